@@ -1,0 +1,345 @@
+"""SiT (Scalable Interpolant Transformers) with per-group timesteps and Attention Separation.
+
+Time convention (METHOD.md section 1): t = 1 is pure noise, t = 0 is data; the network predicts v = eps - x0.
+State-dict keys and shapes match the public SiT / REPA / SRA checkpoints (DESIGN.md, "The model's contract").
+
+Calls:
+    model(x, t, y)                                   t (N,): the plain SiT call -> velocity shaped like x
+    model(x, t, y, groups=g, separate=True)          t (N, K), g (N, T) int64 in [0, K) or a SegmentLayout:
+                                                     token i is conditioned on t[n, g[n, i]] (DTS, Eq. 5-6) and,
+                                                     if separate, attends within its group only (AS, Eq. 8-9)
+    model(..., align_layer=m)                        -> (velocity, head(h_m)): the student's alignment features
+    model.forward_features(x, t, y, layer=k, ...)    -> (N, T, D) hidden state after block k (1-based), raster order
+Label dropout is not done here: the loss drops labels (so the teacher can see either version) and passes the null
+class index `num_classes` explicitly.
+"""
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .attention import Attention
+from .groups import MaskLayout, SegmentLayout, plan_groups
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Embeddings
+# --------------------------------------------------------------------------------------------------------------
+
+def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
+    """Fixed 2-D sin-cos table (grid*grid, dim), raster order (token = row * grid + col).
+
+    Channels [0, dim/2) encode the column, [dim/2, dim) the row; each half is [sin(p w_k), cos(p w_k)] with
+    w_k = 10000^(-k / (dim/4)) (the MAE table SiT uses)."""
+    assert dim % 4 == 0, f"pos-embed width {dim} must be divisible by 4"
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))      # (dim/4,)
+    rows, cols = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
+
+    def half(pos):                                                                   # (grid*grid, dim/2)
+        out = pos.reshape(-1)[:, None] * omega[None]
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    return np.concatenate([half(cols), half(rows)], axis=1).astype(np.float32)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, in_channels: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:                 # (N, C, H, W) -> (N, T, D), raster order
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class TimestepEmbedder(nn.Module):
+    """t in [0, 1] (no x1000) -> 256-d [cos, sin] sinusoid (max period 10000) -> MLP(256 -> D -> D)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:                 # (M,) -> (M, D)
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = t.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+class LabelEmbedder(nn.Module):
+    """Class table with one extra row (index num_classes) for the null class of classifier-free guidance."""
+
+    def __init__(self, num_classes: int, dim: int, class_dropout_prob: float):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + int(class_dropout_prob > 0), dim)
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.embedding_table(y)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Blocks. Modulation tensors are (N, 1, D) (one conditioning per sample), (N, S, D) (one per segment of a
+# SegmentLayout) or (N, T, D) (per token: MaskLayout fallback and the reference implementation).
+# --------------------------------------------------------------------------------------------------------------
+
+def _per_segment(fn, x: Tensor, *mods: Tensor, sizes=None) -> Tensor:
+    """Apply fn(x_part, *mod_parts) with each segment of x paired with its own modulation row."""
+    if mods[0].shape[1] in (1, x.shape[1]):
+        return fn(x, *mods)
+    parts = x.split(sizes, dim=1)
+    return torch.cat([fn(p, *(m[:, s:s + 1] for m in mods)) for s, p in enumerate(parts)], dim=1)
+
+
+def _modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+def _gated(x, gate):
+    return x * gate
+
+
+class SiTBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qk_norm=qk_norm)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential()                           # keys mlp.fc1 / mlp.fc2 as timm's Mlp
+        self.mlp.add_module("fc1", nn.Linear(dim, hidden))
+        self.mlp.add_module("act", nn.GELU(approximate="tanh"))
+        self.mlp.add_module("fc2", nn.Linear(hidden, dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: Tensor, c: Tensor, layout=None, ref=None) -> Tensor:
+        sizes = None if layout is None else layout.sizes
+        mod = self.adaLN_modulation(c)                       # (N, S, 6D): once per (sample, group)
+        if layout is not None:
+            mod = layout.expand_mod(mod)
+        sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, dim=-1)
+        h = self.attn(_per_segment(_modulate, self.norm1(x), sh1, sc1, sizes=sizes), layout, ref)
+        x = x + _per_segment(_gated, h, g1, sizes=sizes)
+        h = self.mlp(_per_segment(_modulate, self.norm2(x), sh2, sc2, sizes=sizes))
+        return x + _per_segment(_gated, h, g2, sizes=sizes)
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: Tensor, c: Tensor, layout=None) -> Tensor:
+        mod = self.adaLN_modulation(c)
+        if layout is not None:
+            mod = layout.expand_mod(mod)
+        shift, scale = mod.chunk(2, dim=-1)
+        sizes = None if layout is None else layout.sizes
+        return self.linear(_per_segment(_modulate, self.norm_final(x), shift, scale, sizes=sizes))
+
+
+class SimpleHead(nn.Module):
+    """SRA projector g (keys ap_head.linear1 / linear2): Linear(D, 2D) -> SiLU -> Linear(2D, out)."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.linear1, self.act, self.linear2 = nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear2(self.act(self.linear1(x)))
+
+
+def repa_projector(dim: int, z_dim: int, hidden: int = 2048) -> nn.Sequential:
+    """REPA projector (keys projectors.0.{0,2,4}): D -> 2048 -> 2048 -> z_dim with SiLU."""
+    return nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                         nn.Linear(hidden, z_dim))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SiT
+# --------------------------------------------------------------------------------------------------------------
+
+class SiT(nn.Module):
+    def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
+                 mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=False, qk_norm=False,
+                 align_head=None, z_dim=None):
+        super().__init__()
+        if input_size % patch_size:
+            raise ValueError(f"input_size {input_size} is not divisible by patch size {patch_size}")
+        if align_head not in (None, "ap_head", "projector"):
+            raise ValueError(f"align_head must be None, 'ap_head' (SRA) or 'projector' (REPA), got {align_head!r}")
+        self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.learn_sigma, self.num_classes, self.num_heads = learn_sigma, num_classes, num_heads
+        self.hidden_size, self.depth = hidden_size, depth
+        self.class_dropout_prob = class_dropout_prob
+        self.grid = input_size // patch_size
+        self.num_tokens = self.grid ** 2
+
+        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, hidden_size), requires_grad=False)
+        self.blocks = nn.ModuleList([SiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth)])
+        self.align_head = align_head
+        if align_head == "ap_head":
+            self.ap_head = SimpleHead(hidden_size, z_dim or hidden_size)
+        elif align_head == "projector":
+            self.projectors = nn.ModuleList([repa_projector(hidden_size, z_dim or 768)])
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        """SiT's initialisation: xavier-uniform linears with zero bias, frozen sin-cos pos_embed, xavier patch
+        embedding on its flattened (D, C*p*p) view, N(0, 0.02) label table and t-MLP, adaLN-Zero blocks and a zero
+        final layer (the initial output is exactly 0)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.pos_embed.data.copy_(torch.from_numpy(sincos_pos_embed_2d(self.hidden_size, self.grid))[None])
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.data.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    # ---- input checks and embedding ---------------------------------------------------------------------------
+    def _check(self, x: Tensor, t: Tensor, y: Tensor):
+        C, S = self.in_channels, self.input_size
+        if x.ndim != 4 or x.shape[1:] != (C, S, S):
+            raise ValueError(f"x must be (N, {C}, {S}, {S}) for this model, got {tuple(x.shape)}")
+        N = x.shape[0]
+        if t.shape[:1] != (N,) or t.ndim not in (1, 2):
+            raise ValueError(f"t must be (N,) or (N, K) with N = {N}, got {tuple(t.shape)}")
+        if y.shape != (N,):
+            raise ValueError(f"y must be (N,) = ({N},) class indices, got {tuple(y.shape)}")
+
+    def _embed(self, x, t, y, groups, separate, reference=False):
+        """-> tokens (N, T, D) in layout order, conditioning (N, S, D), layout, ref.
+
+        ref is None on the fast path; with reference=True it is (attention ids or None,): the release's costs
+        (conditioning and adaLN per token, dense attention with a materialised mask), kept for tests and bench."""
+        self._check(x, t, y)
+        h = self.x_embedder(x) + self.pos_embed                              # (N, T, D), raster order
+        y_emb = self.y_embedder(y)                                           # (N, D)
+        if t.ndim == 1:
+            t = t[:, None]
+        N, K = t.shape
+        if groups is None:
+            if K != 1:
+                raise ValueError(f"t has {K} columns (one per group) but no groups were given")
+            if separate:
+                raise ValueError("separate=True needs groups")
+            c = self.t_embedder(t[:, 0])[:, None] + y_emb[:, None]              # (N, 1, D)
+            if reference:                                                    # the release: adaLN per token
+                return h, c.expand(-1, h.shape[1], -1), None, (None,)
+            return h, c, None, None
+        c = self.t_embedder(t.reshape(-1)).view(N, K, -1) + y_emb[:, None]   # (N, K, D): once per (sample, group)
+        if reference:                                                        # naive: conditioning per token
+            cond_ids, attn_ids = _reference_ids(groups, separate)
+            c_tok = c.gather(1, cond_ids[..., None].expand(-1, -1, c.shape[-1]))       # (N, T, D)
+            return h, c_tok, None, (attn_ids,)
+        layout = groups if isinstance(groups, (SegmentLayout, MaskLayout)) else plan_groups(groups, K, separate)
+        if isinstance(layout, SegmentLayout) and layout.seg_cond is None and K not in (1, len(layout.sizes)):
+            raise ValueError(f"t has {K} columns but the layout has {len(layout.sizes)} groups")
+        return layout.to_groups(h), layout.arrange_cond(c), layout, None
+
+    # ---- forward ----------------------------------------------------------------------------------------------
+    def unpatchify(self, tokens: Tensor) -> Tensor:          # (N, T, p*p*C) -> (N, C, H, W)
+        N, p, g, C = tokens.shape[0], self.patch_size, self.grid, self.out_channels
+        x = tokens.reshape(N, g, g, p, p, C)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(N, C, g * p, g * p)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor, groups=None, separate: bool = False,
+                align_layer: int | None = None, reference: bool = False):
+        h, c, layout, ref = self._embed(x, t, y, groups, separate, reference)
+        feats = None
+        for i, block in enumerate(self.blocks, start=1):
+            h = block(h, c, layout, ref)
+            if i == align_layer:
+                feats = self.head(h if layout is None else layout.to_raster(h))
+        out = self.final_layer(h, c, layout)                               # (N, T, p*p*C_out), layout order
+        if layout is not None:
+            out = layout.to_raster(out)
+        v = self.unpatchify(out)[:, : self.in_channels]                   # learn_sigma: keep the velocity part
+        if align_layer is None:
+            return v
+        if feats is None:
+            raise ValueError(f"align_layer={align_layer} is outside the model's blocks 1..{self.depth}")
+        return v, feats
+
+    def head(self, h: Tensor) -> Tensor:
+        """The student's alignment head applied to (N, T, D) hidden states."""
+        if self.align_head == "ap_head":
+            return self.ap_head(h)
+        if self.align_head == "projector":
+            return self.projectors[0](h)
+        return h
+
+    def forward_features(self, x: Tensor, t: Tensor, y: Tensor, layer: int, groups=None,
+                         separate: bool = False, reference: bool = False) -> Tensor:
+        """(N, T, D) hidden state after block `layer` (1-based), raster order; later blocks are not run."""
+        if not 1 <= layer <= self.depth:
+            raise ValueError(f"layer must be in 1..{self.depth}, got {layer}")
+        h, c, layout, ref = self._embed(x, t, y, groups, separate, reference)
+        for block in self.blocks[:layer]:
+            h = block(h, c, layout, ref)
+        return h if layout is None else layout.to_raster(h)
+
+
+def _reference_ids(groups, separate: bool):
+    """Raster-order (timestep column, attention group) of every token, for the naive reference path."""
+    if torch.is_tensor(groups):
+        return groups, (groups if separate else None)
+    if isinstance(groups, MaskLayout):
+        return groups.ids, (groups.ids if separate else None)
+    dev = groups.perm.device
+    seg = torch.repeat_interleave(torch.arange(len(groups.sizes), device=dev), torch.tensor(groups.sizes, device=dev))
+    seg = seg.expand_as(groups.perm)                                   # (N, T) segment of each group-order slot
+    cond = seg if groups.seg_cond is None else groups.seg_cond.gather(1, seg)
+    attn = None
+    if separate and groups.separate:
+        attn = seg.clone()
+        if groups.full_rows is not None:
+            attn[groups.full_rows] = 0                                 # full rows: one attention group
+    to_raster = lambda ids: ids.gather(1, groups.inv_perm)
+    return to_raster(cond), (None if attn is None else to_raster(attn))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry: SiT-{S,B,L,XL}/{2,4,8} as in SiT (depth, width, heads), plus a tiny T for CPU runs and tests
+# --------------------------------------------------------------------------------------------------------------
+
+SIZES = {"T": (6, 128, 4), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+
+
+def _make(size: str, patch: int):
+    depth, width, heads = SIZES[size]
+
+    def build(**kwargs) -> SiT:
+        return SiT(depth=depth, hidden_size=width, num_heads=heads, patch_size=patch, **kwargs)
+
+    build.__name__ = f"SiT_{size}_{patch}"
+    return build
+
+
+SiT_models = {f"SiT-{s}/{p}": _make(s, p) for s in SIZES for p in (2, 4, 8)}
+
+
+def model_name_for(depth: int, width: int, patch: int) -> str:
+    """The registry name of a (depth, width, patch) triple, e.g. (28, 1152, 2) -> 'SiT-XL/2'."""
+    for size, (d, w, _) in SIZES.items():
+        if (d, w) == (depth, width):
+            return f"SiT-{size}/{patch}"
+    raise ValueError(f"no SiT size has depth {depth} and width {width} (known: {SIZES})")
