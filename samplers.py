@@ -1,0 +1,200 @@
+"""Samplers for the linear flow x_t = (1 - t) x0 + t eps (t = 1 noise, t = 0 data; METHOD.md section 1).
+
+The network predicts the velocity v(x_t, t, y) ~= E[eps - x0 | x_t]. Three integrators from t = 1 to t = 0:
+
+- Euler ODE    grid linspace(1, 0, S + 1); x <- x + (t_next - t_cur) v.                                NFE = S
+- Heun ODE     same grid; second evaluation at t_next, x <- x + dt (v + v') / 2, skipped on the last
+               step (t_next = 0).                                                                     NFE = 2S - 1
+- Euler-Maruyama SDE (the REPA / SRA release sampler; reference/sit-repa-adm.md 2.7)
+               grid [linspace(1, 0.04, S), 0]; diffusion g^2 = 2t; score of the linear path
+               s = -(x + (1 - t) v) / t; drift d = v - g^2 s / 2;
+               x <- x + d dt + sqrt(g^2) sqrt(|dt|) eps for the first S - 1 intervals, then one
+               deterministic (mean) step 0.04 -> 0 with the same drift.                               NFE = S
+
+Classifier-free guidance: when cfg_scale > 1 and guidance_low <= t_cur <= guidance_high, the batch is doubled
+with the null label (model.num_classes) and v = v_u + w (v_c - v_u). Guiding v is the same as guiding the SDE
+drift d (the releases' choice) because d = (2 - t) v + x is affine in v with the same x in both halves.
+cfg_channels=None guides all channels (REPA / SRA); cfg_channels=3 guides only the first three and keeps the
+conditional value elsewhere (DiT / SiT's forward_with_cfg, needed to reproduce SiT's released FID 2.06).
+For Heun the second evaluation uses the guidance decision taken at t_cur (as the releases).
+
+State precision: the state x and the time grid are float64 by default, as the releases do. The elementwise
+update costs nothing next to a network call, and float64 keeps 250 small increments from accumulating fp32
+rounding (|dt| ~ 4e-3 times O(1) velocities). The network is called in fp32 (optionally under bf16 autocast);
+the result is returned in fp32. Pass state_dtype=torch.float32 on devices without float64 (e.g. MPS).
+
+Noise: by default torch's global RNG (as the releases; fine for previews). For reproducible sets pass one
+torch.Generator per image (see `per_image_generators`): image i's SDE noise then depends only on its own
+generator, never on the batch it shares or on the number of processes. Each generator draws its image's noise
+in blocks of NOISE_BLOCK steps, shape (NOISE_BLOCK, C, H, W), so a batch of N images costs N small draws per
+block instead of N per step (kernel launches on GPU) while the buffer stays small (N x 16 x C x H x W floats:
+64 MB for 256 latents of 4 x 32 x 32, instead of 1 GB for a whole 250-step trajectory). The block size is part
+of the definition of the noise stream: changing it changes the samples.
+"""
+import contextlib
+
+import torch
+
+SDE_T_END = 0.04   # last grid point of the stochastic part (SiT's last_step_size, REPA/SRA's 0.04)
+NOISE_BLOCK = 16   # SDE steps drawn at once per image generator (part of the noise-stream definition)
+
+
+def ode_time_grid(num_steps, dtype=torch.float64):
+    """linspace(1, 0, num_steps + 1): (num_steps + 1,)."""
+    return torch.linspace(1.0, 0.0, num_steps + 1, dtype=dtype)
+
+
+def sde_time_grid(num_steps, dtype=torch.float64):
+    """[linspace(1, 0.04, num_steps), 0]: (num_steps + 1,). The last interval is the deterministic one."""
+    return torch.cat([torch.linspace(1.0, SDE_T_END, num_steps, dtype=dtype), torch.zeros(1, dtype=dtype)])
+
+
+def num_function_evals(mode, num_steps, heun=False):
+    """Network evaluations per sample, not counting the CFG doubling."""
+    if mode == "ode" and heun:
+        return 2 * num_steps - 1
+    return num_steps
+
+
+def per_image_generators(seeds, device):
+    """One torch.Generator per image, seeded with its own seed (e.g. global_seed + index)."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def per_image_randn(generators, shape, device, dtype=torch.float32):
+    """Stack one draw of `shape` from each generator: (N, *shape). Used for the initial noise z."""
+    return torch.stack([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in generators])
+
+
+class TrajectoryNoise:
+    """The SDE's per-step Gaussian noise, (N, C, H, W) per step, for a trajectory of `num_draws` steps.
+
+    With generators, image i's noise is read from generators[i] in blocks of NOISE_BLOCK steps (the last
+    block is shorter); without, each step draws from the global RNG (torch.randn, as the releases).
+    """
+
+    def __init__(self, shape, num_draws, device, generators=None):
+        self.shape, self.device, self.generators = tuple(shape), device, generators  # shape (N, C, H, W)
+        self.remaining = num_draws
+        self.buffer, self.pos = None, 0                                             # (N, B, C, H, W)
+        if generators is not None and len(generators) != shape[0]:
+            raise ValueError(f"got {len(generators)} generators for a batch of {shape[0]} images")
+
+    def next(self):
+        if self.remaining <= 0:
+            raise RuntimeError("TrajectoryNoise: more draws requested than the trajectory has steps")
+        if self.generators is None:
+            self.remaining -= 1
+            return torch.randn(self.shape, device=self.device)
+        if self.buffer is None or self.pos == self.buffer.shape[1]:
+            block = min(NOISE_BLOCK, self.remaining)
+            self.buffer = per_image_randn(self.generators, (block,) + self.shape[1:], self.device)
+            self.pos = 0
+        eps = self.buffer[:, self.pos]                                              # (N, C, H, W)
+        self.pos += 1
+        self.remaining -= 1
+        return eps
+
+
+def _null_class(model, null_class):
+    if null_class is not None:
+        return int(null_class)
+    if not hasattr(model, "num_classes"):
+        raise ValueError("CFG needs the null label: pass null_class= or use a model with a num_classes attribute")
+    return int(model.num_classes)
+
+
+def model_velocity(model, x, t, y, bf16=False):
+    """Call the network once. x (N, C, H, W) any float dtype, t python float, y (N,) -> v (N, C, H, W) fp32.
+
+    A learn_sigma network returns 2C channels; the velocity is the first C (as SiT's forward does).
+    """
+    n, c = x.shape[:2]
+    t_vec = torch.full((n,), float(t), device=x.device, dtype=torch.float32)
+    ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with ctx:
+        out = model(x.to(torch.float32), t_vec, y)
+    if out.shape[1] == 2 * c and out.shape[2:] == x.shape[2:]:
+        out = out[:, :c]
+    if out.shape != x.shape:
+        raise ValueError(f"model returned {tuple(out.shape)} for an input of {tuple(x.shape)}")
+    return out.float()
+
+
+def guided_velocity(model, x, t, y, cfg_scale=1.0, use_cfg=False, cfg_channels=None, null_class=None, bf16=False):
+    """v with classifier-free guidance when use_cfg: v_u + w (v_c - v_u) on channels [:cfg_channels] (all
+    channels when None); other channels keep the conditional value. Returns (N, C, H, W) fp32."""
+    if not use_cfg:
+        return model_velocity(model, x, t, y, bf16)
+    n = x.shape[0]
+    y_null = torch.full_like(y, _null_class(model, null_class))
+    v = model_velocity(model, torch.cat([x, x]), t, torch.cat([y, y_null]), bf16)   # (2N, C, H, W)
+    v_c, v_u = v[:n], v[n:]
+    k = v.shape[1] if cfg_channels is None else int(cfg_channels)
+    guided = v_u[:, :k] + cfg_scale * (v_c[:, :k] - v_u[:, :k])
+    return torch.cat([guided, v_c[:, k:]], dim=1)
+
+
+def _check(z, y, num_steps, cfg_scale, guidance_low, guidance_high, cfg_channels, generators):
+    if z.ndim != 4:
+        raise ValueError(f"z must be (N, C, H, W), got shape {tuple(z.shape)}")
+    if y.shape != (z.shape[0],):
+        raise ValueError(f"y must be (N,) = ({z.shape[0]},), got shape {tuple(y.shape)}")
+    if int(num_steps) < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+    if not 0.0 <= guidance_low <= guidance_high <= 1.0:
+        raise ValueError(f"need 0 <= guidance_low <= guidance_high <= 1, got [{guidance_low}, {guidance_high}]")
+    if cfg_channels is not None and not 1 <= int(cfg_channels) <= z.shape[1]:
+        raise ValueError(f"cfg_channels must be in 1..{z.shape[1]} (or None for all), got {cfg_channels}")
+    if generators is not None and len(generators) != z.shape[0]:
+        raise ValueError(f"got {len(generators)} generators for {z.shape[0]} images")
+
+
+@torch.no_grad()
+def sample(model, z, y, mode="sde", num_steps=50, heun=False, cfg_scale=1.0, guidance_low=0.0, guidance_high=1.0,
+           cfg_channels=None, null_class=None, generators=None, bf16=False, state_dtype=torch.float64):
+    """Integrate from t = 1 (z, pure noise) to t = 0. z (N, C, H, W), y (N,) int64 -> x0 (N, C, H, W) fp32.
+
+    mode 'ode' (Euler, or Heun with heun=True) or 'sde' (Euler-Maruyama, the release sampler).
+    generators: None (global RNG) or one torch.Generator per image for the SDE noise (the ODE draws none).
+    """
+    _check(z, y, num_steps, cfg_scale, guidance_low, guidance_high, cfg_channels, generators)
+    if mode not in ("ode", "sde"):
+        raise ValueError(f"mode must be 'ode' or 'sde', got {mode!r}")
+    if heun and mode != "ode":
+        raise ValueError("heun=True is an ODE option; the SDE sampler is Euler-Maruyama only")
+    null_class = _null_class(model, null_class) if cfg_scale > 1.0 else null_class
+
+    def velocity(x, t_cur, t_eval):
+        use_cfg = cfg_scale > 1.0 and guidance_low <= t_cur <= guidance_high
+        return guided_velocity(model, x, t_eval, y, cfg_scale, use_cfg, cfg_channels, null_class, bf16)
+
+    x = z.to(state_dtype)
+    if mode == "ode":
+        t_steps = ode_time_grid(num_steps).tolist()
+        for i in range(num_steps):
+            t_cur, t_next = t_steps[i], t_steps[i + 1]
+            dt = t_next - t_cur
+            v = velocity(x, t_cur, t_cur).to(state_dtype)
+            x_next = x + dt * v
+            if heun and i < num_steps - 1:
+                v_next = velocity(x_next, t_cur, t_next).to(state_dtype)
+                x_next = x + dt * 0.5 * (v + v_next)
+            x = x_next
+        return x.float()
+
+    t_steps = sde_time_grid(num_steps).tolist()
+    noise = TrajectoryNoise(z.shape, num_steps - 1, z.device, generators)
+    for i in range(num_steps):
+        t_cur, t_next = t_steps[i], t_steps[i + 1]
+        dt = t_next - t_cur                                   # < 0
+        v = velocity(x, t_cur, t_cur).to(state_dtype)
+        g2 = 2.0 * t_cur                                      # diffusion^2, REPA/SRA compute_diffusion
+        score = -(x + (1.0 - t_cur) * v) / t_cur              # linear path: x_t = (1 - t) x0 + t eps
+        drift = v - 0.5 * g2 * score
+        x = x + drift * dt
+        if i < num_steps - 1:                                 # the last interval is the mean step
+            x = x + (g2 ** 0.5) * (abs(dt) ** 0.5) * noise.next().to(state_dtype)
+    return x.float()

@@ -1,0 +1,237 @@
+"""samplers.py on analytic flows: Gaussian data, where the exact velocity is known in closed form.
+
+Data x0 ~ N(mu_y, Sigma), eps ~ N(0, I), x_t = (1 - t) x0 + t eps (t = 1 noise). Then x_t ~ N(m_t, S_t) with
+m_t = (1 - t) mu, S_t = (1 - t)^2 Sigma + t^2 I, and the exact velocity is
+    v(x, t) = E[eps - x0 | x_t = x] = (t I - (1 - t) Sigma) S_t^{-1} (x - m_t) - mu.
+Sigma commutes with I, so the ODE solution is x_t = m_t + S_t^{1/2} z: the exact endpoint of the probability
+flow from z is mu + Sigma^{1/2} z, which the ODE tests compare against sample by sample.
+"""
+import math
+
+import pytest
+import torch
+
+import samplers
+
+D_SHAPE = (2, 1, 1)          # (C, H, W): a 2-d Gaussian seen as a 2-channel 1x1 image
+
+
+def spd_sqrt(a):
+    w, q = torch.linalg.eigh(a)
+    return q @ torch.diag(w.sqrt()) @ q.T
+
+
+class GaussianFlow:
+    """Exact velocity of the linear path for x0 ~ N(mu[y], sigma); y == num_classes is the null label."""
+
+    def __init__(self, mu, sigma):
+        self.mu, self.sigma = mu.double(), sigma.double()                   # (K + 1, D), (D, D)
+        self.num_classes = mu.shape[0] - 1
+        self.calls = []                                                     # (t, batch size, saw null label)
+
+    def __call__(self, x, t, y):
+        n, d = x.shape[0], self.sigma.shape[0]
+        tt = float(t[0])                                                    # samplers pass one t per call
+        assert torch.all(t == t[0])
+        self.calls.append((tt, n, bool((y == self.num_classes).any())))
+        eye = torch.eye(d, dtype=torch.float64)
+        s_t = (1 - tt) ** 2 * self.sigma + tt ** 2 * eye                    # (D, D)
+        gain = (tt * eye - (1 - tt) * self.sigma) @ torch.linalg.inv(s_t)   # (D, D)
+        mu = self.mu[y]                                                     # (N, D)
+        v = (x.reshape(n, d).double() - (1 - tt) * mu) @ gain.T - mu
+        return v.to(x.dtype).reshape(x.shape)
+
+    def exact_endpoint(self, z, y):
+        n, d = z.shape[0], self.sigma.shape[0]
+        return (self.mu[y] + z.reshape(n, d).double() @ spd_sqrt(self.sigma).T).reshape(z.shape)
+
+
+def make_flow():
+    mu = torch.tensor([[1.0, -0.5], [-1.0, 2.0], [0.0, 0.0]])              # classes 0, 1 and the null label 2
+    sigma = torch.tensor([[1.0, 0.6], [0.6, 0.8]])
+    return GaussianFlow(mu, sigma)
+
+
+def stats(x):
+    x = x.reshape(x.shape[0], -1).double()
+    return x.mean(0), torch.cov(x.T)
+
+
+def test_time_grids_and_nfe():
+    g = samplers.ode_time_grid(4)
+    assert g.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    s = samplers.sde_time_grid(5)
+    assert len(s) == 6 and s[0] == 1.0 and abs(float(s[-2]) - 0.04) < 1e-12 and s[-1] == 0.0
+    flow, z, y = make_flow(), torch.randn(3, *D_SHAPE), torch.tensor([0, 1, 0])
+    for mode, heun, expected in [("ode", False, 7), ("ode", True, 13), ("sde", False, 7)]:
+        flow.calls.clear()
+        samplers.sample(flow, z, y, mode=mode, num_steps=7, heun=heun)
+        assert len(flow.calls) == expected == samplers.num_function_evals(mode, 7, heun)
+        assert all(n == 3 for _, n, _ in flow.calls)                       # no CFG: never doubled
+        assert min(t for t, _, _ in flow.calls) > 0                          # t = 0 is never evaluated
+
+
+@pytest.mark.parametrize("heun", [False, True])
+def test_ode_lands_on_target(heun):
+    torch.manual_seed(0)
+    flow, n = make_flow(), 20000
+    y = torch.randint(0, 2, (n,))
+    z = torch.randn(n, *D_SHAPE)
+    x = samplers.sample(flow, z, y, mode="ode", num_steps=100, heun=heun)
+    err = (x.double() - flow.exact_endpoint(z, y)).abs()
+    if heun:
+        assert err.max() < 1e-3, err.max()                                  # second order: ~3e-4 at 100 steps
+    else:
+        assert err.mean() < 2e-2, err.mean()                                # first order: ~1e-2 at 100 steps
+    for k in (0, 1):                                                        # per-class mean and covariance
+        m, c = stats(x[y == k])
+        assert (m - flow.mu[k]).abs().max() < 0.04
+        assert (c - flow.sigma).abs().max() < 0.06
+
+
+def test_heun_converges_faster_than_euler():
+    torch.manual_seed(1)
+    flow, n = make_flow(), 512
+    y, z = torch.randint(0, 2, (n,)), torch.randn(n, *D_SHAPE)
+    ref = flow.exact_endpoint(z, y)
+    err = {}
+    for heun in (False, True):
+        for steps in (8, 16, 32, 64):
+            x = samplers.sample(flow, z, y, mode="ode", num_steps=steps, heun=heun)
+            err[heun, steps] = float((x.double() - ref).abs().mean())
+    for steps in (8, 16, 32):
+        euler_rate = math.log2(err[False, steps] / err[False, 2 * steps])
+        heun_rate = math.log2(err[True, steps] / err[True, 2 * steps])
+        assert 0.7 < euler_rate < 1.3, (steps, euler_rate, err)               # first order
+        assert heun_rate > 1.7, (steps, heun_rate, err)                        # second order
+        assert err[True, steps] < err[False, steps] / 4
+    assert err[True, 16] < err[False, 64]                                    # fewer steps, smaller error
+
+
+def test_sde_matches_target_statistics():
+    torch.manual_seed(2)
+    flow, n = make_flow(), 20000
+    y, z = torch.randint(0, 2, (n,)), torch.randn(n, *D_SHAPE)
+    x = samplers.sample(flow, z, y, mode="sde", num_steps=100)
+    for k in (0, 1):
+        m, c = stats(x[y == k])
+        assert (m - flow.mu[k]).abs().max() < 0.05, m
+        assert (c - flow.sigma).abs().max() < 0.08, c
+    # the SDE is stochastic: unlike the ODE it does not map z to the probability-flow endpoint
+    assert (x.double() - flow.exact_endpoint(z, y)).abs().mean() > 0.1
+
+
+def test_sde_noise_is_per_image():
+    flow = make_flow()
+    n = 6
+    y, seeds = torch.tensor([0, 1, 0, 1, 1, 0]), [100 + i for i in range(n)]
+    gens = samplers.per_image_generators(seeds, "cpu")
+    z = samplers.per_image_randn(gens, D_SHAPE, "cpu")
+    full = samplers.sample(flow, z, y, mode="sde", num_steps=40, generators=gens)  # 39 draws: 3 blocks
+    # other batch splits and orders: each image uses only its own generator
+    parts = []
+    for idx in ([4, 1], [0], [5, 3, 2]):
+        g = samplers.per_image_generators([seeds[i] for i in idx], "cpu")
+        zi = samplers.per_image_randn(g, D_SHAPE, "cpu")
+        assert torch.equal(zi, z[idx])
+        parts.append((idx, samplers.sample(flow, zi, y[idx], mode="sde", num_steps=40, generators=g)))
+    for idx, x in parts:
+        assert torch.allclose(x, full[idx], atol=1e-6, rtol=0)
+    again = samplers.sample(flow, z, y, mode="sde", num_steps=40,
+                            generators=samplers.per_image_generators(seeds, "cpu"))
+    assert torch.allclose(again, samplers.sample(flow, z, y, mode="sde", num_steps=40, generators=[
+        torch.Generator().manual_seed(s) for s in seeds]))
+
+
+def test_trajectory_noise_blocks():
+    gens = samplers.per_image_generators([7, 8], "cpu")
+    noise = samplers.TrajectoryNoise((2, 1, 2, 2), samplers.NOISE_BLOCK + 3, "cpu", gens)
+    draws = [noise.next() for _ in range(samplers.NOISE_BLOCK + 3)]
+    assert all(d.shape == (2, 1, 2, 2) for d in draws)
+    first = torch.randn((samplers.NOISE_BLOCK, 1, 2, 2), generator=torch.Generator().manual_seed(8))
+    assert torch.equal(torch.stack([d[1] for d in draws[: samplers.NOISE_BLOCK]]), first)
+    with pytest.raises(RuntimeError):
+        noise.next()
+
+
+@pytest.mark.parametrize("mode,heun", [("sde", False), ("ode", False), ("ode", True)])
+def test_cfg_only_inside_guidance_interval(mode, heun):
+    flow, low, high = make_flow(), 0.2, 0.7
+    z, y = torch.randn(4, *D_SHAPE), torch.tensor([0, 1, 1, 0])
+    samplers.sample(flow, z, y, mode=mode, num_steps=20, heun=heun, cfg_scale=2.0, guidance_low=low,
+                    guidance_high=high)
+    grid = (samplers.sde_time_grid if mode == "sde" else samplers.ode_time_grid)(20).tolist()[:-1]
+    inside = [t for t in grid if low <= t <= high]
+    assert 0 < len(inside) < len(grid)
+    for t, n, saw_null in flow.calls:
+        assert saw_null == (n == 8)
+    guided_t = {round(t, 6) for t, _, null in flow.calls if null}
+    plain_t = {round(t, 6) for t, _, null in flow.calls if not null}
+    if heun:   # the Heun corrector at t_next follows the decision taken at t_cur
+        assert {round(t, 6) for t in inside} <= guided_t
+        assert all(low - 0.06 <= t <= high for t in guided_t)
+    else:
+        assert guided_t == {round(t, 6) for t in inside}
+        assert plain_t == {round(t, 6) for t in grid if not low <= t <= high}
+    flow.calls.clear()                                                     # scale 1: guidance never runs
+    samplers.sample(flow, z, y, mode=mode, num_steps=5, heun=heun, cfg_scale=1.0)
+    assert not any(null for _, _, null in flow.calls)
+
+
+def test_cfg_combination_and_channels():
+    class TwoValued:
+        num_classes = 10
+
+        def __call__(self, x, t, y):                                       # v = 1 conditional, 0 for null
+            return (y != 10).float()[:, None, None, None].expand_as(x).clone()
+
+    x, y = torch.zeros(2, 4, 2, 2), torch.tensor([3, 4])
+    v = samplers.guided_velocity(TwoValued(), x, 0.5, y, cfg_scale=1.8, use_cfg=True)
+    assert torch.allclose(v, torch.full_like(v, 1.8))
+    v3 = samplers.guided_velocity(TwoValued(), x, 0.5, y, cfg_scale=1.8, use_cfg=True, cfg_channels=3)
+    assert torch.allclose(v3[:, :3], torch.full_like(v3[:, :3], 1.8))
+    assert torch.allclose(v3[:, 3], torch.ones_like(v3[:, 3]))          # channel 3 keeps the conditional value
+
+
+def test_cfg_on_gaussians_equals_guided_field():
+    """With scale w the Euler ODE integrates v_u + w (v_c - v_u); check one step against the formula."""
+    flow = make_flow()
+    z, y = torch.randn(5, *D_SHAPE), torch.tensor([0, 1, 0, 1, 1])
+    x = samplers.sample(flow, z, y, mode="ode", num_steps=1, cfg_scale=3.0)
+    t1 = torch.ones(5)
+    v_c, v_u = flow(z, t1, y), flow(z, t1, torch.full_like(y, 2))
+    assert torch.allclose(x, z - (v_u + 3.0 * (v_c - v_u)), atol=1e-6)
+
+
+def test_learn_sigma_output_and_bf16():
+    class Sigma:
+        num_classes = 10
+
+        def __call__(self, x, t, y):                                       # velocity 1, then a junk sigma half
+            return torch.cat([torch.ones_like(x), 100 + x], dim=1)
+
+    z, y = torch.randn(2, 3, 4, 4), torch.tensor([1, 2])
+    x = samplers.sample(Sigma(), z, y, mode="ode", num_steps=4)
+    assert torch.allclose(x, z - 1, atol=1e-6)                              # x0 = x1 - integral of v dt
+    xb = samplers.sample(Sigma(), z, y, mode="ode", num_steps=4, bf16=True)
+    assert xb.dtype == torch.float32 and torch.allclose(xb, x, atol=0.1)
+    x32 = samplers.sample(Sigma(), z, y, mode="ode", num_steps=4, state_dtype=torch.float32)
+    assert torch.allclose(x32, x, atol=1e-5)
+
+
+def test_bad_input_errors():
+    flow, z, y = make_flow(), torch.randn(2, *D_SHAPE), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="mode"):
+        samplers.sample(flow, z, y, mode="dopri5")
+    with pytest.raises(ValueError, match="heun"):
+        samplers.sample(flow, z, y, mode="sde", heun=True)
+    with pytest.raises(ValueError, match=r"y must be"):
+        samplers.sample(flow, z, torch.tensor([0]))
+    with pytest.raises(ValueError, match="guidance_low"):
+        samplers.sample(flow, z, y, cfg_scale=2, guidance_low=0.8, guidance_high=0.2)
+    with pytest.raises(ValueError, match="cfg_channels"):
+        samplers.sample(flow, z, y, cfg_scale=2, cfg_channels=3)
+    with pytest.raises(ValueError, match="generators"):
+        samplers.sample(flow, z, y, generators=samplers.per_image_generators([1], "cpu"))
+    with pytest.raises(ValueError, match="null"):
+        samplers.sample(lambda x, t, y: x, z, y, cfg_scale=2.0)
