@@ -1,11 +1,36 @@
-"""Datasets: the embedded digits default (no download) and preprocessed ImageNet latents.
+"""Datasets: preprocessed ImageNet latents (two layouts), the embedded digits default, posterior sampling and a
+deterministic, resumable data order.
 
-This file is being completed by the training/preprocessing work; the digits loader below is the shared source of
-the embedded dataset (the training quickstart and the embedded metric in evaluations/ both use it).
+What a dataset returns and exposes (all three classes):
+    ds[i] -> (x, label): x float32 torch tensor, label int64 scalar tensor.
+        LatentShardDataset / RepaLatentDataset: x = posterior moments (8, h, w), channels 0-3 mean, 4-7 std,
+            unscaled; turn a batch into model input with sample_posterior(x) (on the device, every step).
+        DigitsDataset: x = image (1, R, R) in [-1, 1], already the model input (pixel space, no VAE).
+    ds.get_batch(indices) -> (x (B, ...), labels (B,)): the same for many indices at once (fast path).
+    ds.is_latent        True for VAE latents (call sample_posterior), False for pixels (use x as is).
+    ds.latent_channels  channels the model sees: 4 (SD-VAE latent) or 1 (digits). Model in_channels.
+    ds.latent_size      spatial side the model sees: resolution / 8 for latents, R for digits. Model input_size.
+    ds.resolution       image side in pixels (256, 512, or R for digits).
+    ds.num_classes      number of classes (the null class for CFG is index num_classes).
+
+Layouts read from disk (build_dataset(data_dir) detects which):
+    LatentShardDataset: data_dir/dataset.json + shards/moments-*.npy + labels.npy, written by
+        `python -m preprocessing` (format in preprocessing/__init__.py); memory-mapped.
+    RepaLatentDataset: data_dir/vae-sd/**/*.npy (float32 (8, h, w)) + data_dir/vae-sd/dataset.json
+        {"labels": [[relpath, label], ...]}, the REPA/SRA layout; files in sorted relative-path order.
+
+Training order: EpochOrder(num_items, batch_size, seed, rank, world_size) (see its docstring).
+digits_images() is also the shared source of the embedded dataset for evaluations/ (keep its behaviour).
 """
+import json
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+LATENT_SCALE = 0.18215          # SD-VAE scale factor (4 channels, no shift)
+SHARD_FORMAT = "sit-latent-shards"
 
 
 def digits_images(resolution: int = 16):
@@ -24,3 +49,272 @@ def digits_images(resolution: int = 16):
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 2 - 1).contiguous()
     return x, torch.from_numpy(d.target.astype(np.int64))
+
+
+class DigitsDataset(torch.utils.data.Dataset):
+    """The embedded default: 1797 digits (10 classes) upsampled to R x R, pixel space. Items: ((1, R, R), label)."""
+
+    is_latent = False
+    latent_channels = 1
+    num_classes = 10
+
+    def __init__(self, resolution: int = 16):
+        self.images, self.labels = digits_images(resolution)          # (N, 1, R, R) float32, (N,) int64
+        self.resolution = self.latent_size = resolution
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+    def get_batch(self, indices):
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return self.images[idx], self.labels[idx]
+
+
+class LatentShardDataset(torch.utils.data.Dataset):
+    """Shards written by `python -m preprocessing`, memory-mapped. Items: (moments (8, h, w) float32, label)."""
+
+    is_latent = True
+    latent_channels = 4
+
+    def __init__(self, data_dir: str):
+        path = os.path.join(data_dir, "dataset.json")
+        if not os.path.isfile(path):
+            hint = " (shards/ exists: preprocessing has not finished; rerun it)" if os.path.isdir(
+                os.path.join(data_dir, "shards")) else ""
+            raise FileNotFoundError(f"{path} not found{hint}")
+        with open(path) as f:
+            self.info = json.load(f)
+        if self.info.get("format") != SHARD_FORMAT:
+            raise ValueError(f"{path} is not a {SHARD_FORMAT!r} dataset.json (format={self.info.get('format')!r})")
+        self.data_dir = data_dir
+        self.shard_files = [os.path.join(data_dir, s["file"]) for s in self.info["shards"]]
+        counts = [s["count"] for s in self.info["shards"]]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)   # shard s = [off[s], off[s+1])
+        self.labels = np.load(os.path.join(data_dir, self.info["labels"]))          # (N,) int64
+        self.item_shape = tuple(self.info["moments_shape"])                         # (8, h, w)
+        n = int(self.offsets[-1])
+        if self.labels.shape != (n,):
+            raise ValueError(f"{data_dir}: labels.npy has shape {self.labels.shape}, the shards hold {n} samples")
+        for file, count in zip(self.shard_files, counts):
+            if not os.path.isfile(file):
+                raise FileNotFoundError(f"{file} listed in {path} is missing")
+            shape = np.load(file, mmap_mode="r").shape
+            if shape != (count,) + self.item_shape:
+                raise ValueError(f"{file} has shape {shape}, {path} says {(count,) + self.item_shape}")
+        self.num_classes = int(self.info["num_classes"])
+        self.resolution = int(self.info["resolution"])
+        self.latent_size = int(self.info["latent_size"])
+        self.has_flips = bool(self.info.get("flip"))
+        self.class_names = self.info.get("class_names")
+        self._maps = None                                                           # opened lazily per process
+
+    def __getstate__(self):                                  # DataLoader workers reopen the memmaps themselves
+        state = dict(self.__dict__)
+        state["_maps"] = None
+        return state
+
+    def _shards(self):
+        if self._maps is None:
+            self._maps = [np.load(f, mmap_mode="r") for f in self.shard_files]
+        return self._maps
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i):
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        s = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        x = np.array(self._shards()[s][i - self.offsets[s]], dtype=np.float32)    # (8, h, w), a copy
+        return torch.from_numpy(x), torch.tensor(int(self.labels[i]), dtype=torch.int64)
+
+    def get_batch(self, indices):
+        """indices (B,) -> (moments (B, 8, h, w) float32, labels (B,) int64), reading each shard once."""
+        idx = np.asarray(torch.as_tensor(indices).cpu(), dtype=np.int64)
+        shard = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = np.empty((len(idx),) + self.item_shape, dtype=np.float32)
+        for s in np.unique(shard):
+            sel = np.nonzero(shard == s)[0]
+            local = idx[sel] - self.offsets[s]
+            order = np.argsort(local, kind="stable")                                 # sorted reads from the file
+            out[sel[order]] = self._shards()[s][local[order]]
+        return torch.from_numpy(out), torch.from_numpy(self.labels[idx].astype(np.int64))
+
+
+def _repa_folder(data_dir: str):
+    """data_dir/vae-sd (or data_dir itself if it is the vae-sd folder) when it holds dataset.json, else None."""
+    for d in (os.path.join(data_dir, "vae-sd"), data_dir):
+        if os.path.isfile(os.path.join(d, "dataset.json")) and not _is_shard_json(os.path.join(d, "dataset.json")):
+            return d
+    return None
+
+
+def _is_shard_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f).get("format") == SHARD_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class RepaLatentDataset(torch.utils.data.Dataset):
+    """The REPA/SRA layout: data_dir/vae-sd/**/*.npy float32 (8, h, w) + vae-sd/dataset.json {"labels": [[rel, y]]}.
+
+    Files are taken in sorted relative-path order (as REPA's loader does); every .npy must have a label and every
+    labelled file must exist. num_classes: max label + 1 unless given (the json does not store it).
+    """
+
+    is_latent = True
+    latent_channels = 4
+    has_flips = False
+    class_names = None
+
+    def __init__(self, data_dir: str, num_classes: int = None):
+        folder = _repa_folder(data_dir)
+        if folder is None:
+            raise FileNotFoundError(f"{os.path.join(data_dir, 'vae-sd', 'dataset.json')} not found (REPA layout)")
+        self.folder = folder
+        with open(os.path.join(folder, "dataset.json")) as f:
+            entries = json.load(f).get("labels")
+        if not entries:
+            raise ValueError(f"{folder}/dataset.json has no labels (expected {{\"labels\": [[relpath, label], ...]}})")
+        labels = {str(rel).replace("\\", "/"): int(y) for rel, y in entries}
+        found = set()
+        for root, _, files in os.walk(folder):
+            for f in files:
+                if f.endswith(".npy"):
+                    found.add(os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/"))
+        unlabelled, missing = sorted(found - labels.keys()), sorted(labels.keys() - found)
+        if unlabelled or missing:
+            raise ValueError(f"{folder}: {len(unlabelled)} .npy files without a label in dataset.json (e.g. "
+                             f"{unlabelled[:3]}) and {len(missing)} labelled files missing (e.g. {missing[:3]})")
+        self.files = sorted(found)                                                  # relative paths
+        self.labels = np.asarray([labels[r] for r in self.files], dtype=np.int64)
+        first = np.load(os.path.join(folder, self.files[0]), mmap_mode="r")
+        if first.ndim != 3 or first.shape[0] != 8:
+            raise ValueError(f"{folder}/{self.files[0]}: expected moments (8, h, w), got {first.shape}")
+        self.item_shape = tuple(first.shape)
+        self.latent_size = first.shape[1]
+        self.resolution = 8 * first.shape[1]
+        self.num_classes = int(num_classes) if num_classes else int(self.labels.max()) + 1
+
+    def __len__(self):
+        return len(self.files)
+
+    def load(self, i) -> np.ndarray:
+        """The stored array of item i as is (float32 (8, h, w))."""
+        x = np.load(os.path.join(self.folder, self.files[i]))
+        if x.shape != self.item_shape:
+            raise ValueError(f"{self.folder}/{self.files[i]} has shape {x.shape}, expected {self.item_shape}")
+        return x
+
+    def __getitem__(self, i):
+        x = self.load(int(i)).astype(np.float32, copy=False)
+        return torch.from_numpy(x), torch.tensor(int(self.labels[i]), dtype=torch.int64)
+
+    def get_batch(self, indices):
+        idx = [int(i) for i in torch.as_tensor(indices).cpu()]
+        x = np.stack([self.load(i) for i in idx]).astype(np.float32, copy=False)
+        return torch.from_numpy(x), torch.from_numpy(self.labels[idx])
+
+
+def build_dataset(data_dir: str, num_classes: int = None):
+    """'digits' / 'digits:32' -> DigitsDataset; a folder -> LatentShardDataset or RepaLatentDataset by layout."""
+    if data_dir == "digits" or str(data_dir).startswith("digits:"):
+        return DigitsDataset(int(data_dir.split(":")[1]) if ":" in data_dir else 16)
+    if os.path.isfile(os.path.join(data_dir, "dataset.json")) and _is_shard_json(
+            os.path.join(data_dir, "dataset.json")):
+        return LatentShardDataset(data_dir)
+    if _repa_folder(data_dir) is not None:
+        return RepaLatentDataset(data_dir, num_classes)
+    if os.path.isdir(os.path.join(data_dir, "shards")):
+        raise FileNotFoundError(f"{data_dir} has shards/ but no dataset.json: preprocessing has not finished; "
+                                f"rerun `python -m preprocessing SRC_DIR {data_dir} ...` with the same arguments")
+    raise FileNotFoundError(
+        f"no dataset in {data_dir!r}. Expected either\n"
+        f"  - {os.path.join(data_dir, 'dataset.json')} + shards/moments-*.npy + labels.npy "
+        f"(written by `python -m preprocessing IMAGENET_TRAIN_DIR {data_dir} --resolution 256`), or\n"
+        f"  - {os.path.join(data_dir, 'vae-sd', 'dataset.json')} + vae-sd/**/*.npy (the REPA/SRA layout), or\n"
+        f"  - the name 'digits' (or 'digits:32') for the embedded dataset.")
+
+
+def sample_posterior(moments: torch.Tensor, scale: float = LATENT_SCALE, generator: torch.Generator = None):
+    """moments (N, 8, h, w) [mean, std] -> z = (mean + std * n) * scale, (N, 4, h, w) float32, n ~ N(0, I).
+
+    Runs on moments' device; `generator` (optional) must live on that device.
+    """
+    if moments.ndim != 4 or moments.shape[1] % 2 != 0:
+        raise ValueError(f"sample_posterior expects moments (N, 2C, h, w) = [mean, std], got {tuple(moments.shape)}")
+    mean, std = moments.float().chunk(2, dim=1)                                     # (N, 4, h, w) each
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return (mean + std * noise) * scale
+
+
+class EpochOrder:
+    """Deterministic, resumable order of index batches for one rank.
+
+    Epoch e is torch.randperm(num_items) drawn from a generator seeded with (seed, e); the last incomplete global
+    batch is dropped; global batch j of epoch e is perm[j*G:(j+1)*G] with G = batch_size * world_size, and rank r
+    takes its slice [r*batch_size:(r+1)*batch_size]. So ranks are disjoint and the order does not depend on when
+    the run was interrupted.
+
+        order = EpochOrder(len(ds), batch_size=32, seed=0, rank=rank, world_size=world)
+        order.load_state_dict(ckpt["data"])          # on resume: {"epoch": e, "position": p}
+        for idx in order:                             # the rest of the current epoch, LongTensor (batch_size,)
+            x, y = ds.get_batch(idx); ...
+            ckpt["data"] = order.state_dict()         # the next batch to be handed out
+
+    Iterating advances (epoch, position); at the end of an epoch it moves to (epoch + 1, 0) and stops, so the next
+    `for` loop runs the next epoch. It can also be a DataLoader batch_sampler, but a DataLoader fetches ahead, so
+    its state runs ahead of the training loop: then checkpoint the number of batches consumed and call
+    seek(batches_consumed) on resume (batches_consumed = optimizer steps * gradient accumulation).
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.num_items, self.batch_size, self.seed = int(num_items), int(batch_size), int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.batches_per_epoch = self.num_items // (self.batch_size * self.world_size)
+        if self.batches_per_epoch < 1:
+            raise ValueError(f"{num_items} items cannot fill one global batch of {batch_size} x {world_size} ranks")
+        self.epoch, self.position = 0, 0
+
+    def epoch_batches(self, epoch: int) -> torch.Tensor:
+        """(batches_per_epoch, batch_size) int64: this rank's index batches of `epoch`."""
+        seed = int(np.random.SeedSequence([self.seed, int(epoch)]).generate_state(1, np.uint64)[0] >> 1)
+        perm = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(seed))
+        used = perm[:self.batches_per_epoch * self.batch_size * self.world_size]
+        return used.view(self.batches_per_epoch, self.world_size, self.batch_size)[:, self.rank].contiguous()
+
+    def __len__(self):
+        return self.batches_per_epoch - self.position             # batches left in the current epoch
+
+    def __iter__(self):
+        batches = self.epoch_batches(self.epoch)
+        while self.position < self.batches_per_epoch:
+            b = batches[self.position]
+            self.position += 1
+            yield b
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def seek(self, batches_consumed: int):
+        """Jump to the state after `batches_consumed` batches since epoch 0 (e.g. steps * grad accumulation)."""
+        self.epoch, self.position = divmod(int(batches_consumed), self.batches_per_epoch)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_items": self.num_items,
+                "batch_size": self.batch_size, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict):
+        for key in ("seed", "num_items", "batch_size", "world_size"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"EpochOrder state was saved with {key}={state[key]}, this run has "
+                                 f"{key}={getattr(self, key)}: the data order would not continue exactly")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        if not 0 <= self.position <= self.batches_per_epoch:
+            raise ValueError(f"EpochOrder position {self.position} outside 0..{self.batches_per_epoch}")

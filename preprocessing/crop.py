@@ -1,0 +1,88 @@
+"""Image loading and the ADM centre crop.
+
+`center_crop_adm` is the crop that ADM, SiT, REPA and SRA use for ImageNet ("center-crop-dhariwal"):
+  1. while the short side is >= 2 * res: downscale by 1/2 with BOX filtering (sizes rounded down);
+  2. resize so that the short side is exactly res with BICUBIC (sizes rounded with Python's round());
+  3. take the centre res x res window (offsets rounded down).
+
+`load_rgb` opens one file and turns it into an RGB PIL image, or says why it cannot. Decisions:
+  - unreadable / not an image / truncated / decompression bomb -> skipped (the reason is returned);
+  - greyscale (1, L, I, I;16, F), CMYK, YCbCr, LAB, HSV -> converted to RGB;
+  - images with transparency (RGBA, LA, PA, P with a transparent colour) -> composited over white;
+  - short side < min_size pixels -> skipped ("too small");
+  - EXIF orientation is ignored, as in the reference pipelines (they read the stored pixel grid).
+"""
+import warnings
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+
+
+def center_crop_adm(pil_image: Image.Image, res: int) -> np.ndarray:
+    """ADM centre crop of an RGB PIL image -> uint8 array (res, res, 3)."""
+    if pil_image.mode != "RGB":
+        raise ValueError(f"center_crop_adm expects an RGB image, got mode {pil_image.mode!r} (use load_rgb first)")
+    img = pil_image
+    while min(img.size) >= 2 * res:                                   # step 1: BOX halving
+        img = img.resize((img.size[0] // 2, img.size[1] // 2), resample=Image.BOX)
+    scale = res / min(img.size)                                        # step 2: bicubic, short side -> res
+    img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), resample=Image.BICUBIC)
+    arr = np.asarray(img)                                              # (H, W, 3) uint8
+    top = (arr.shape[0] - res) // 2                                    # step 3: centre window
+    left = (arr.shape[1] - res) // 2
+    out = arr[top:top + res, left:left + res]
+    if out.shape != (res, res, 3):                                     # cannot happen after step 2; be loud
+        raise AssertionError(f"ADM crop produced {out.shape} from size {pil_image.size} at res {res}")
+    return np.ascontiguousarray(out)
+
+
+def _over_white(img: Image.Image) -> Image.Image:
+    """RGBA -> RGB with transparent pixels composited over a white background."""
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB (see the module docstring for the rules)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+        return _over_white(img)
+    if mode.startswith("I;16") or mode == "I":                        # 16/32-bit grey: keep the top 8 bits
+        arr = np.asarray(img).astype(np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(np.round(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if mode == "F":                                                    # float grey, assume [0, 255]
+        arr = np.clip(np.round(np.asarray(img)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    return img.convert("RGB")                                          # 1, L, P, CMYK, YCbCr, LAB, HSV
+
+
+def load_rgb(path: str, min_size: int = 8):
+    """Open an image file -> (RGB PIL image, None) or (None, reason). Never raises for a bad file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                            # palette/EXIF chatter from PIL
+            with Image.open(path) as img:
+                img.load()                                             # decode now: truncation shows up here
+                if img.size[0] < 1 or img.size[1] < 1:
+                    return None, f"empty image {img.size}"
+                if min(img.size) < min_size:
+                    return None, f"too small: {img.size[0]}x{img.size[1]} < --min-size {min_size}"
+                rgb = to_rgb(img)
+                rgb.load()
+                return rgb, None
+    except Image.DecompressionBombError as e:
+        return None, f"decompression bomb: {e}"
+    except OSError as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg:
+            return None, f"truncated: {msg}"
+        return None, f"unreadable: {msg}"
+    except Exception as e:                                             # noqa: BLE001 - a bad file never kills the run
+        return None, f"unreadable: {type(e).__name__}: {e}"

@@ -1,0 +1,272 @@
+"""Image folder -> latent shards (the format is documented in preprocessing/__init__.py).
+
+    python -m preprocessing SRC_DIR OUT_DIR --resolution 256 [--vae PATH | --vae-id stabilityai/sd-vae-ft-mse]
+        [--batch-size 64] [--precision fp32|tf32|bf16] [--dtype float32|float16] [--flip] [--shard-size 20000]
+        [--workers 8] [--device cuda|cpu] [--reference-batch N] [--reference-seed 0] [--min-size 8]
+    torchrun --nproc_per_node 8 -m preprocessing SRC_DIR OUT_DIR ...      # shard k is done by rank k % world_size
+
+Images are assigned to shards by position in the sorted file list (shard k = files [k*S, (k+1)*S)), so the shards
+do not depend on the number of processes. Finished shards are skipped on restart (checked against a fingerprint of
+their files and the settings); a shard is written under a temporary name and renamed when complete. When every
+shard is finished, rank 0 writes labels.npy, sources.txt, skipped.txt, the reference batch and dataset.json.
+Encoding is deterministic for a fixed device and batch size: a restarted run writes the same bytes.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .crop import IMAGE_EXTENSIONS, center_crop_adm, load_rgb
+from .shards import (DTYPES, ShardWriter, atomic_save_npy, atomic_write_json, finalize, fingerprint, shard_files,
+                     shard_is_done)
+from .vae import DEFAULT_VAE_ID, PRECISIONS, configure_precision, encode_moments, load_vae
+
+
+def scan_folder(src_dir: str):
+    """-> (class_names, items [(relative path, label)], number of non-image files ignored).
+
+    Labels are indices of the class folders in sorted order; files are found recursively inside each class folder
+    and sorted by relative path; only files with an image extension (IMAGE_EXTENSIONS, any case) are taken.
+    """
+    if not os.path.isdir(src_dir):
+        raise FileNotFoundError(f"SRC_DIR {src_dir!r} is not a folder (expected one sub-folder per class)")
+    class_names = sorted(e.name for e in os.scandir(src_dir) if e.is_dir() and not e.name.startswith("."))
+    if not class_names:
+        raise FileNotFoundError(f"SRC_DIR {src_dir!r} has no class sub-folders (expected e.g. n01440764/*.JPEG)")
+    items, ignored = [], 0
+    for label, name in enumerate(class_names):
+        found = []
+        for root, dirs, files in os.walk(os.path.join(src_dir, name)):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for f in files:
+                rel = os.path.relpath(os.path.join(root, f), src_dir).replace(os.sep, "/")
+                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                    found.append(rel)
+                else:
+                    ignored += 1
+        items += [(rel, label) for rel in sorted(found)]
+    if not items:
+        raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {src_dir!r}")
+    return class_names, items, ignored
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Global item index -> (index, uint8 (res, res, 3) crop or None, reason or None); never raises on bad files."""
+
+    def __init__(self, src_dir, items, indices, resolution, min_size):
+        self.src_dir, self.items, self.indices = src_dir, items, indices
+        self.resolution, self.min_size = resolution, min_size
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        idx = self.indices[i]
+        img, reason = load_rgb(os.path.join(self.src_dir, self.items[idx][0]), self.min_size)
+        if img is None:
+            return idx, None, reason
+        try:
+            return idx, center_crop_adm(img, self.resolution), None
+        except Exception as e:                                        # noqa: BLE001
+            return idx, None, f"crop failed: {type(e).__name__}: {e}"
+
+
+def _collate(batch):
+    return batch
+
+
+def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae_id=DEFAULT_VAE_ID,
+                  batch_size=64, precision="fp32", dtype="float32", flip=False, shard_size=20000, workers=4,
+                  device=None, reference_batch=0, reference_seed=0, min_size=8, max_shards=None,
+                  rank=0, world_size=1, progress=True):
+    """Encode SRC_DIR into OUT_DIR. `vae` may be passed directly (tests); otherwise it is loaded via load_vae.
+
+    max_shards: stop after finishing that many shards in this process (for time-limited jobs; rerun to continue).
+    Returns dataset.json's content when this call finished the dataset, else None.
+    """
+    if resolution % 8 != 0 or resolution < 8:
+        raise ValueError(f"--resolution must be a multiple of 8 (256 or 512 for ImageNet), got {resolution}")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"--batch-size and --shard-size must be >= 1, got {batch_size} and {shard_size}")
+    if precision not in PRECISIONS or dtype not in DTYPES:
+        raise ValueError(f"--precision must be in {PRECISIONS} and --dtype in {DTYPES}; got {precision}, {dtype}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    class_names, items, ignored = scan_folder(src_dir)
+    n = len(items)
+    num_shards = (n + shard_size - 1) // shard_size
+    reference = {}                                                     # file index -> rank in a seeded permutation
+    if reference_batch > 0:                                            # N + margin candidates: some may be bad
+        perm = np.random.default_rng(reference_seed).permutation(n)
+        margin = max(16, reference_batch // 100)
+        reference = {int(i): r for r, i in enumerate(perm[:reference_batch + margin])}
+    vae_name = os.path.abspath(vae_path) if vae_path else (vae_id if vae is None else "in-memory")
+    settings = {"resolution": resolution, "vae": vae_name, "precision": precision, "dtype": dtype, "flip": flip,
+                "min_size": min_size, "shard_size": shard_size, "reference_seed": reference_seed}
+
+    def shard_fingerprint(k):
+        lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
+        return fingerprint({"settings": settings, "items": items[lo:hi],
+                            "reference": [[i, reference[i]] for i in range(lo, hi) if i in reference]})
+
+    os.makedirs(os.path.join(out_dir, "shards"), exist_ok=True)
+    mine = [k for k in range(num_shards) if k % world_size == rank]
+    todo = [k for k in mine if not shard_is_done(out_dir, k, shard_fingerprint(k))]
+    stopped_early = max_shards is not None and len(todo) > max_shards
+    if stopped_early:
+        todo = todo[:max_shards]
+    if rank == 0:
+        print(f"[preprocessing] {n} image files in {len(class_names)} classes ({ignored} other files ignored); "
+              f"{num_shards} shards of {shard_size}; rank 0 of {world_size}: {len(mine) - len(todo)} done, "
+              f"{len(todo)} to do on {device}", flush=True)
+
+    if todo:
+        if vae is None:
+            vae = load_vae(vae_path, vae_id, device)
+        configure_precision(precision)
+        indices = [i for k in todo for i in range(k * shard_size, min(n, (k + 1) * shard_size))]
+        loader = torch.utils.data.DataLoader(
+            CropDataset(src_dir, items, indices, resolution, min_size), batch_size=8, shuffle=False,
+            num_workers=workers, collate_fn=_collate, prefetch_factor=4 if workers > 0 else None)
+        stream = (x for chunk in loader for x in chunk)               # ordered (index, crop, reason)
+        bar = tqdm(total=len(indices), unit="img", desc=f"rank {rank}", position=rank, disable=not progress,
+                   dynamic_ncols=True)
+        t0 = time.time()
+        for k in todo:
+            _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, precision, dtype, flip,
+                          resolution, reference, shard_fingerprint(k), device, bar)
+        bar.close()
+        if progress:
+            print(f"[preprocessing] rank {rank}: {len(indices)} images in {time.time() - t0:.1f}s "
+                  f"({len(indices) / max(time.time() - t0, 1e-9):.1f} img/s)", flush=True)
+        del stream, loader
+
+    stopped = torch.tensor(int(stopped_early))
+    if world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(stopped, op=torch.distributed.ReduceOp.MAX)   # also waits for every rank
+    if stopped.item():
+        print(f"[preprocessing] rank {rank}: stopped after --max-shards {max_shards}; rerun to continue", flush=True)
+        return None
+    if rank != 0:
+        return None
+    header = {"resolution": resolution, "latent_size": resolution // 8, "latent_channels": 4,
+              "moments_shape": [8, resolution // 8, resolution // 8], "dtype": dtype, "scale_factor": 0.18215,
+              "moments_layout": "channels 0-3 posterior mean, 4-7 posterior std, unscaled VAE space",
+              "vae": vae_name, "precision": precision, "crop": "adm-center-crop", "min_size": min_size,
+              "flip": flip, "flip_layout": "interleaved: sample 2i = image i, 2i+1 = its mirror" if flip else None,
+              "num_classes": len(class_names), "class_names": class_names, "ignored_non_image_files": ignored,
+              "source_dir": os.path.abspath(src_dir), "created_by": "python -m preprocessing"}
+    info = finalize(out_dir, num_shards, header,
+                    {"count": reference_batch, "seed": reference_seed} if reference_batch > 0 else None)
+    print(f"[preprocessing] wrote {out_dir}: {info['num_samples']} samples from {info['num_images']} images, "
+          f"{info['num_skipped']} skipped (see skipped.txt), {len(info['shards'])} shards", flush=True)
+    return info
+
+
+def _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, precision, dtype, flip, resolution,
+                  reference, fp, device, bar):
+    """Consume shard k's items from `stream`, encode them in batches, write the shard atomically."""
+    lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
+    files = shard_files(out_dir, k)
+    h = resolution // 8
+    writer = ShardWriter(files["moments"], (hi - lo) * (2 if flip else 1), (8, h, h), dtype)
+    labels, sources, skipped, ref_crops, ref_ranks = [], [], [], [], []
+    pending = []                                                       # [(index, crop)] waiting for a full batch
+
+    def flush():
+        x = torch.from_numpy(np.stack([c for _, c in pending]))      # (B, res, res, 3) uint8
+        if flip:
+            x = torch.cat([x, x.flip(2)])                              # (2B, ...): originals, then mirrors
+        m = encode_moments(vae, x, precision).cpu()                    # (B or 2B, 8, h, w) float32
+        if flip:
+            m = m.view(2, -1, *m.shape[1:]).transpose(0, 1).reshape(-1, *m.shape[1:])   # interleave
+        writer.write(m.numpy())
+        for idx, _ in pending:
+            for mirrored in ([False, True] if flip else [False]):
+                labels.append(items[idx][1])
+                sources.append([items[idx][0], int(mirrored)])
+        pending.clear()
+
+    try:
+        for expected in range(lo, hi):
+            idx, crop, reason = next(stream)
+            if idx != expected:
+                raise AssertionError(f"loader order broken: got item {idx}, expected {expected}")
+            bar.update(1)
+            if crop is None:
+                skipped.append([items[idx][0], reason])
+                continue
+            if idx in reference:
+                ref_crops.append(crop)
+                ref_ranks.append(reference[idx])
+            pending.append((idx, crop))
+            if len(pending) == batch_size:
+                flush()
+        if pending:
+            flush()
+        if ref_crops:
+            atomic_save_npy(files["reference"], np.stack(ref_crops))  # (m, res, res, 3) uint8
+        meta = {"fingerprint": fp, "shard": k, "first_item": lo, "num_items": hi - lo, "count": writer.count,
+                "labels": labels, "sources": sources, "skipped": skipped, "reference_ranks": ref_ranks,
+                "float16_rounding": writer.rounding_stats()}
+        atomic_write_json(files["meta"], meta)                        # meta first, the moments file last
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    bar.set_postfix(shard=k, skipped=len(skipped), refresh=False)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m preprocessing", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src_dir", help="image folder, one sub-folder per class (ImageNet train/ layout)")
+    p.add_argument("out_dir", help="output folder (created; rerun with the same arguments to resume)")
+    p.add_argument("--resolution", type=int, default=256, help="crop size in pixels (256 or 512)")
+    p.add_argument("--vae", dest="vae_path", default=None, help="local diffusers AutoencoderKL folder")
+    p.add_argument("--vae-id", default=DEFAULT_VAE_ID, help="Hugging Face id looked up in the local cache only")
+    p.add_argument("--batch-size", type=int, default=64, help="images per encoder call (x2 with --flip)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="encoder arithmetic")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="storage dtype of the moments")
+    p.add_argument("--flip", action="store_true", help="also store each image's horizontal mirror")
+    p.add_argument("--shard-size", type=int, default=20000, help="image files per shard")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes per rank")
+    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
+    p.add_argument("--reference-batch", type=int, default=0, help="also write N cropped images to "
+                                                                   "reference_batch.npz (for the evaluator)")
+    p.add_argument("--reference-seed", type=int, default=0)
+    p.add_argument("--min-size", type=int, default=8, help="skip images whose short side is smaller")
+    p.add_argument("--max-shards", type=int, default=None, help="finish at most this many shards, then exit")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = args.device
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    if world_size > 1:                                                 # gloo: only used for the final barrier
+        import datetime
+        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+    try:
+        encode_folder(args.src_dir, args.out_dir, args.resolution, vae_path=args.vae_path, vae_id=args.vae_id,
+                      batch_size=args.batch_size, precision=args.precision, dtype=args.dtype, flip=args.flip,
+                      shard_size=args.shard_size, workers=args.workers, device=device,
+                      reference_batch=args.reference_batch, reference_seed=args.reference_seed,
+                      min_size=args.min_size, max_shards=args.max_shards, rank=rank, world_size=world_size,
+                      progress=not args.no_progress)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0

@@ -1,0 +1,104 @@
+"""Import an existing REPA/SRA latent folder into the shard format, so nothing has to be re-encoded.
+
+    python -m preprocessing import-repa DATA_DIR OUT_DIR [--shard-size 20000] [--dtype float32] [--num-classes 1000]
+
+DATA_DIR holds vae-sd/ (or is vae-sd/): **/*.npy float32 (8, h, w) posterior [mean, std] files plus dataset.json
+{"labels": [[relpath, label], ...]}, as written by REPA's/SRA's `dataset_tools.py encode`. Samples keep the sorted
+relative-path order that REPA's own loader uses; with --dtype float32 the values are copied bit for bit. Resumable
+like the encoder (finished shards are skipped). The posterior was computed by the source pipeline: dataset.json
+records vae = "imported", crop = "adm-center-crop" (what REPA/SRA preprocessing does) and flip = false.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .shards import DTYPES, ShardWriter, atomic_write_json, finalize, fingerprint, shard_files, shard_is_done
+
+
+class _Arrays(torch.utils.data.Dataset):
+    def __init__(self, ds, indices):
+        self.ds, self.indices = ds, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.ds.load(self.indices[i])                       # float32 (8, h, w), as stored
+
+
+def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classes=None, workers=4, progress=True):
+    """Convert DATA_DIR (REPA layout) into OUT_DIR (shard format). Returns dataset.json's content."""
+    try:
+        from dataset import RepaLatentDataset                      # the one reader of the REPA layout
+    except ImportError:                                            # run from outside the repository root
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from dataset import RepaLatentDataset
+
+    ds = RepaLatentDataset(data_dir, num_classes)
+    n = len(ds)
+    num_shards = (n + shard_size - 1) // shard_size
+    settings = {"source": "repa", "dtype": dtype, "shard_size": shard_size}
+    os.makedirs(os.path.join(out_dir, "shards"), exist_ok=True)
+
+    def shard_fingerprint(k):
+        lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
+        return fingerprint({"settings": settings, "items": [[ds.files[i], int(ds.labels[i])] for i in range(lo, hi)]})
+
+    todo = [k for k in range(num_shards) if not shard_is_done(out_dir, k, shard_fingerprint(k))]
+    print(f"[import-repa] {n} latents {ds.item_shape} in {ds.folder}; {num_shards} shards, {len(todo)} to write",
+          flush=True)
+    bar = tqdm(total=sum(min(n, (k + 1) * shard_size) - k * shard_size for k in todo), unit="latent",
+               disable=not progress, dynamic_ncols=True)
+    for k in todo:
+        lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
+        files = shard_files(out_dir, k)
+        writer = ShardWriter(files["moments"], hi - lo, ds.item_shape, dtype)
+        try:
+            loader = torch.utils.data.DataLoader(_Arrays(ds, list(range(lo, hi))), batch_size=256,
+                                                 num_workers=workers, collate_fn=np.stack)
+            for batch in loader:                                   # (B, 8, h, w) float32
+                writer.write(batch)
+                bar.update(len(batch))
+            meta = {"fingerprint": shard_fingerprint(k), "shard": k, "first_item": lo, "num_items": hi - lo,
+                    "count": writer.count, "labels": ds.labels[lo:hi].tolist(),
+                    "sources": [[ds.files[i], 0] for i in range(lo, hi)], "skipped": [],
+                    "float16_rounding": writer.rounding_stats()}
+            atomic_write_json(files["meta"], meta)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+    bar.close()
+    h = ds.item_shape[1]
+    header = {"resolution": 8 * h, "latent_size": h, "latent_channels": 4, "moments_shape": list(ds.item_shape),
+              "dtype": dtype, "scale_factor": 0.18215,
+              "moments_layout": "channels 0-3 posterior mean, 4-7 posterior std, unscaled VAE space",
+              "vae": "imported", "precision": None, "crop": "adm-center-crop", "min_size": None, "flip": False,
+              "flip_layout": None, "num_classes": ds.num_classes, "class_names": None,
+              "source_dir": os.path.abspath(ds.folder), "created_by": "python -m preprocessing import-repa"}
+    info = finalize(out_dir, num_shards, header)
+    print(f"[import-repa] wrote {out_dir}: {info['num_samples']} samples, {len(info['shards'])} shards", flush=True)
+    return info
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m preprocessing import-repa", description=__doc__.split("\n\n")[0])
+    p.add_argument("data_dir", help="folder holding vae-sd/ (REPA/SRA layout), or vae-sd/ itself")
+    p.add_argument("out_dir")
+    p.add_argument("--shard-size", type=int, default=20000)
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--num-classes", type=int, default=None, help="default: largest label + 1")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        import_repa(args.data_dir, args.out_dir, args.shard_size, args.dtype, args.num_classes, args.workers,
+                    not args.no_progress)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,225 @@
+"""Writing the shard format described in preprocessing/__init__.py: one shard at a time, atomically, then the
+dataset-level files (labels.npy, sources.txt, skipped.txt, reference_batch.npz, dataset.json) once all are done.
+
+A shard is finished when shards/moments-KKKKK.npy exists (it is renamed into place last, after its meta file).
+Temporary files end in ".tmp" and are overwritten by the next attempt.
+"""
+import hashlib
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+
+FORMAT_NAME = "sit-latent-shards"
+FORMAT_VERSION = 1
+DTYPES = ("float32", "float16")
+
+
+def atomic_write_bytes(path: str, data: bytes):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str, obj):
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def atomic_save_npy(path: str, array: np.ndarray):
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def fingerprint(obj) -> str:
+    """Stable hash of a JSON-able object (settings + a shard's file list)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def shard_files(out_dir: str, k: int):
+    d = os.path.join(out_dir, "shards")
+    return {"moments": os.path.join(d, f"moments-{k:05d}.npy"),
+            "meta": os.path.join(d, f"meta-{k:05d}.json"),
+            "reference": os.path.join(d, f"reference-{k:05d}.npy")}
+
+
+def shard_is_done(out_dir: str, k: int, expected_fingerprint: str) -> bool:
+    """True if shard k is finished with the same inputs and settings; raises if it was made differently."""
+    files = shard_files(out_dir, k)
+    if not (os.path.isfile(files["moments"]) and os.path.isfile(files["meta"])):
+        return False
+    with open(files["meta"]) as f:
+        meta = json.load(f)
+    if meta.get("fingerprint") != expected_fingerprint:
+        raise RuntimeError(
+            f"{files['moments']} was written from other input files or settings (resolution, VAE, precision, dtype, "
+            f"--flip, --min-size, --shard-size, --reference-batch/--reference-seed). Use a new OUT_DIR, or delete "
+            f"{os.path.join(out_dir, 'shards')} to start over.")
+    return True
+
+
+class ShardWriter:
+    """Appends float32 moments (n, 8, h, w) to a memory-mapped .npy of at most `capacity` samples, cast to `dtype`.
+
+    close() trims the file to the samples written and renames it into place; nothing is held in RAM.
+    """
+
+    def __init__(self, path: str, capacity: int, sample_shape, dtype: str):
+        if dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+        self.path, self.tmp = path, path[:-len(".npy")] + ".tmp"
+        self.capacity, self.sample_shape, self.dtype = capacity, tuple(sample_shape), np.dtype(dtype)
+        self.count = 0
+        self.err_max, self.err_sum, self.err_n = 0.0, 0.0, 0        # fp16 rounding of the mean, in std units
+        shape = (max(capacity, 1),) + self.sample_shape             # a zero-length memmap is not allowed
+        self.mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=shape)
+
+    def write(self, moments: np.ndarray):
+        n = moments.shape[0]
+        if moments.shape[1:] != self.sample_shape:
+            raise ValueError(f"shard {self.path}: expected samples of shape {self.sample_shape}, "
+                             f"got {moments.shape[1:]}")
+        if self.count + n > self.capacity:
+            raise ValueError(f"shard {self.path}: more than {self.capacity} samples written")
+        stored = moments.astype(self.dtype)
+        self.mm[self.count:self.count + n] = stored
+        self.count += n
+        if self.dtype == np.float16:                                 # measure what fp16 storage costs
+            c = moments.shape[1] // 2
+            err = np.abs(stored[:, :c].astype(np.float32) - moments[:, :c]) / moments[:, c:]
+            self.err_max = max(self.err_max, float(err.max(initial=0.0)))
+            self.err_sum += float(err.sum(dtype=np.float64))
+            self.err_n += err.size
+
+    def rounding_stats(self):
+        if self.dtype != np.float16:
+            return None
+        return {"max_abs_err_over_std": self.err_max, "sum_abs_err_over_std": self.err_sum, "n": self.err_n}
+
+    def close(self):
+        """Trim to `count` samples, flush, and rename into place (atomic)."""
+        self.mm.flush()
+        offset = self.mm.offset                                      # header length of the .npy
+        del self.mm
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                     "shape": (self.count,) + self.sample_shape})
+        header = header.getvalue()
+        nbytes = self.count * int(np.prod(self.sample_shape)) * self.dtype.itemsize
+        if len(header) == offset:                                    # usual case: patch the shape in place
+            with open(self.tmp, "r+b") as f:
+                f.write(header)
+                f.truncate(offset + nbytes)
+                f.flush()
+                os.fsync(f.fileno())
+        else:                                                        # header size changed: copy the prefix
+            src = np.load(self.tmp, mmap_mode="r")
+            atomic_save_npy(self.tmp + "2", np.ascontiguousarray(src[:self.count]))
+            del src
+            os.replace(self.tmp + "2", self.tmp)
+        os.replace(self.tmp, self.path)
+
+    def abort(self):
+        if hasattr(self, "mm"):
+            del self.mm
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+def write_reference_npz(out_dir: str, selection):
+    """selection: [(part path, rows)] -> reference_batch.npz (arr_0 uint8 NHWC, the rows of each part in order),
+    streamed without holding the images in RAM. If the parts are gone, a previous finalize already wrote the npz
+    (and deleted them): keep it."""
+    path = os.path.join(out_dir, "reference_batch.npz")
+    if not all(os.path.isfile(p) for p, _ in selection):
+        if os.path.isfile(path):
+            return
+        raise RuntimeError(f"reference parts missing in {os.path.join(out_dir, 'shards')} and no {path}: delete "
+                           f"the shards whose meta lists reference_ranks and rerun")
+    first = np.load(selection[0][0], mmap_mode="r")
+    shape = (sum(len(rows) for _, rows in selection),) + first.shape[1:]      # (N, res, res, 3)
+    del first
+    with zipfile.ZipFile(path + ".tmp", "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                    "shape": shape})
+            for p, rows in selection:
+                part = np.load(p, mmap_mode="r")
+                if part.dtype != np.uint8 or part.shape[1:] != shape[1:]:
+                    raise RuntimeError(f"{p}: expected uint8 {shape[1:]} crops, got {part.dtype} {part.shape}")
+                f.write(np.ascontiguousarray(part[rows]).tobytes())
+                del part
+    os.replace(path + ".tmp", path)
+
+
+def finalize(out_dir: str, num_shards: int, header: dict, reference=None) -> dict:
+    """All shards finished -> labels.npy, sources.txt, skipped.txt, reference_batch.npz, dataset.json. Idempotent.
+
+    reference: None, or {"count": N, "seed": s}: the reference batch takes the N readable candidates of smallest
+    rank (the shard metas list each saved crop's rank in the seeded permutation), in file order.
+    """
+    shards, labels, sources, skipped, candidates = [], [], [], [], []   # candidates: (rank, shard, row)
+    err_max, err_sum, err_n = 0.0, 0.0, 0
+    for k in range(num_shards):
+        files = shard_files(out_dir, k)
+        if not os.path.isfile(files["moments"]):
+            raise RuntimeError(f"cannot finalize {out_dir}: shard {files['moments']} is missing; rerun the command")
+        with open(files["meta"]) as f:
+            meta = json.load(f)
+        mm = np.load(files["moments"], mmap_mode="r")
+        if mm.shape[0] != meta["count"] or len(meta["labels"]) != meta["count"]:
+            raise RuntimeError(f"{files['moments']} holds {mm.shape[0]} samples but {files['meta']} says "
+                               f"{meta['count']} ({len(meta['labels'])} labels); delete both and rerun")
+        shards.append({"file": os.path.relpath(files["moments"], out_dir).replace(os.sep, "/"),
+                       "count": meta["count"]})
+        labels += meta["labels"]
+        sources += meta["sources"]
+        skipped += meta["skipped"]
+        candidates += [(r, k, row) for row, r in enumerate(meta.get("reference_ranks", []))]
+        r = meta.get("float16_rounding")
+        if r:
+            err_max, err_sum, err_n = max(err_max, r["max_abs_err_over_std"]), err_sum + r["sum_abs_err_over_std"], \
+                err_n + r["n"]
+
+    atomic_save_npy(os.path.join(out_dir, "labels.npy"), np.asarray(labels, dtype=np.int64).reshape(-1))
+    atomic_write_bytes(os.path.join(out_dir, "sources.txt"),
+                       "".join(f"{p}\t{int(fl)}\n" for p, fl in sources).encode())
+    atomic_write_bytes(os.path.join(out_dir, "skipped.txt"), "".join(f"{p}\t{r}\n" for p, r in skipped).encode())
+
+    if reference:
+        chosen = sorted(candidates)[:reference["count"]]
+        if not chosen:
+            raise RuntimeError("--reference-batch: none of the candidate images could be read")
+        by_shard = {}
+        for _, k, row in chosen:
+            by_shard.setdefault(k, []).append(row)
+        write_reference_npz(out_dir, [(shard_files(out_dir, k)["reference"], sorted(rows))
+                                      for k, rows in sorted(by_shard.items())])
+        for k in range(num_shards):                                  # the crops now live in the npz
+            if os.path.isfile(shard_files(out_dir, k)["reference"]):
+                os.remove(shard_files(out_dir, k)["reference"])
+        reference = {"file": "reference_batch.npz", "count": len(chosen), "requested": reference["count"],
+                     "seed": reference["seed"]}
+
+    num_samples = len(labels)
+    info = dict(header)
+    info.update({
+        "format": FORMAT_NAME, "version": FORMAT_VERSION,
+        "num_images": num_samples // (2 if header.get("flip") else 1),
+        "num_skipped": len(skipped), "num_samples": num_samples,
+        "shards": shards, "labels": "labels.npy", "sources": "sources.txt", "skipped": "skipped.txt",
+        "reference_batch": reference,
+        "float16_rounding": None if not err_n else {
+            "max_abs_err_over_std": err_max, "mean_abs_err_over_std": err_sum / err_n,
+            "what": "|float16(mean) - float32(mean)| / posterior std over all mean channels"},
+    })
+    info["num_files"] = info["num_images"] + info["num_skipped"]
+    atomic_write_json(os.path.join(out_dir, "dataset.json"), info)
+    return info

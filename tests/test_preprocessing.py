@@ -1,0 +1,319 @@
+"""preprocessing/: ADM crop, odd and broken inputs, shards + labels + dataset.json, resume, import-repa, VAE loading.
+
+CPU only, nothing downloaded: the VAE is diffusers' AutoencoderKL with the SD-VAE architecture and random weights
+(a much narrower VAE with the same /8 geometry for the pipeline tests that run the encoder several times).
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataset import LatentShardDataset, RepaLatentDataset, build_dataset
+from preprocessing.crop import center_crop_adm, load_rgb
+from preprocessing.encode import encode_folder, main as encode_main, scan_folder
+from preprocessing.import_repa import import_repa
+from preprocessing.vae import encode_moments, load_vae
+
+RES = 32                                                     # crop size used in the pipeline tests (latent 4x4)
+
+
+def sd_vae_config():
+    return dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+                layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=256)
+
+
+def tiny_vae_config():
+    return dict(sd_vae_config(), block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8)
+
+
+def make_vae(config):
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    return AutoencoderKL(**config).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def sd_vae():
+    return make_vae(sd_vae_config())
+
+
+@pytest.fixture(scope="module")
+def tiny_vae():
+    return make_vae(tiny_vae_config())
+
+
+def _noise(rng, h, w, c=3):
+    return rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """3 classes, 14 image files: 11 readable (RGB, grey, 16-bit grey, CMYK, RGBA, palette+transparency, nested, BMP),
+    3 bad (truncated JPEG, a text file named .jpg, a 1x1 image), plus one ignored non-image file."""
+    root = tmp_path_factory.mktemp("imagenet") / "train"
+    rng = np.random.default_rng(0)
+    for c in ("n01_alpha", "n02_beta", "n03_gamma"):
+        (root / c).mkdir(parents=True)
+    Image.fromarray(_noise(rng, 40, 48)).save(root / "n01_alpha" / "a0.JPEG", quality=95)
+    Image.fromarray(_noise(rng, 64, 40)).save(root / "n01_alpha" / "a1.png")
+    Image.fromarray(_noise(rng, 50, 50, 1)[..., 0], mode="L").save(root / "n01_alpha" / "a2.jpg")
+    (root / "n01_alpha" / "sub").mkdir()
+    Image.fromarray(_noise(rng, 45, 80)).save(root / "n01_alpha" / "sub" / "a3.JPEG")
+    (root / "n01_alpha" / "notes.txt").write_text("not an image")
+    Image.fromarray(_noise(rng, 70, 100)).save(root / "n02_beta" / "b0.JPEG")
+    Image.fromarray(_noise(rng, 40, 60, 4), mode="RGBA").convert("CMYK").save(root / "n02_beta" / "b1.jpg")
+    rgba = _noise(rng, 45, 45, 4)
+    rgba[:10, :, 3] = 0                                                      # a transparent band
+    Image.fromarray(rgba, mode="RGBA").save(root / "n02_beta" / "b2.png")
+    pal = Image.fromarray(_noise(rng, 40, 40)).convert("P", palette=Image.ADAPTIVE, colors=16)
+    pal.save(root / "n02_beta" / "b3.png", transparency=0)
+    Image.fromarray(rng.integers(0, 65535, (40, 40), dtype=np.uint16)).save(root / "n02_beta" / "b4.png")
+    Image.new("RGB", (1, 1), (10, 20, 30)).save(root / "n02_beta" / "b5.png")
+    Image.fromarray(_noise(rng, 64, 64)).save(root / "n03_gamma" / "c0.JPEG", quality=95)
+    data = (root / "n03_gamma" / "c0.JPEG").read_bytes()
+    (root / "n03_gamma" / "c0.JPEG").write_bytes(data[:int(len(data) * 0.6)])  # truncated
+    (root / "n03_gamma" / "c1.jpg").write_text("this is text, not a JPEG")
+    Image.fromarray(_noise(rng, 64, 64)).save(root / "n03_gamma" / "c2.JPEG")
+    Image.fromarray(_noise(rng, 77, 33)).save(root / "n03_gamma" / "c3.bmp")
+    return str(root)
+
+
+BAD = {"n02_beta/b5.png": "too small", "n03_gamma/c0.JPEG": "truncated", "n03_gamma/c1.jpg": "unreadable"}
+
+
+# ----------------------------------------------------------------------------------------------- the ADM crop
+def _pattern(w, h):
+    """A deterministic RGB image with structure at every scale (gradients + a checkerboard)."""
+    y, x = np.mgrid[0:h, 0:w]
+    arr = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), ((x // 7 + y // 5) % 2) * 255], -1)
+    return Image.fromarray(arr.astype(np.uint8), mode="RGB")
+
+
+@pytest.mark.parametrize("size,res,steps", [
+    ((600, 400), 256, [((384, 256), Image.BICUBIC)]),                         # no halving: 400 < 512
+    ((600, 400), 128, [((300, 200), Image.BOX), ((192, 128), Image.BICUBIC)]),
+    ((600, 400), 64, [((300, 200), Image.BOX), ((150, 100), Image.BOX), ((96, 64), Image.BICUBIC)]),
+    ((401, 601), 100, [((200, 300), Image.BOX), ((100, 150), Image.BOX),      # portrait, odd sizes floor,
+                       ((100, 150), Image.BICUBIC)]),                          # 200 >= 2*100 halves again
+    ((333, 200), 128, [((213, 128), Image.BICUBIC)]),                           # 333 * 0.64 = 213.12 -> 213
+    ((512, 512), 256, [((256, 256), Image.BOX), ((256, 256), Image.BICUBIC)]),  # exactly 2x: one halving
+])
+def test_center_crop_adm_steps(monkeypatch, size, res, steps):
+    img = _pattern(*size)
+    calls, real_resize = [], Image.Image.resize
+
+    def spy(self, new_size, resample=None, *a, **k):
+        calls.append((tuple(new_size), resample))
+        return real_resize(self, new_size, resample, *a, **k)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    out = center_crop_adm(img, res)
+    assert calls == steps
+    monkeypatch.setattr(Image.Image, "resize", real_resize)
+    # the same steps by hand, then the centre window (offsets rounded down)
+    ref = img
+    for new_size, resample in steps:
+        ref = ref.resize(new_size, resample=resample)
+    ref = np.asarray(ref)
+    top, left = (ref.shape[0] - res) // 2, (ref.shape[1] - res) // 2
+    assert out.dtype == np.uint8 and out.shape == (res, res, 3)
+    np.testing.assert_array_equal(out, ref[top:top + res, left:left + res])
+
+
+def test_center_crop_keeps_the_centre():
+    """A 600x400 image, left half black / right half white: the centre crop straddles the edge at its middle."""
+    arr = np.zeros((400, 600, 3), np.uint8)
+    arr[:, 300:] = 255
+    out = center_crop_adm(Image.fromarray(arr), 256)
+    assert out[:, :120].max() == 0 and out[:, 136:].min() == 255               # edge at column 128 (+- bicubic)
+
+
+def test_load_rgb_odd_modes(image_folder):
+    for rel in ["n01_alpha/a2.jpg", "n02_beta/b1.jpg", "n02_beta/b2.png", "n02_beta/b3.png", "n02_beta/b4.png"]:
+        img, reason = load_rgb(os.path.join(image_folder, rel))
+        assert reason is None and img.mode == "RGB", rel
+    img, _ = load_rgb(os.path.join(image_folder, "n02_beta/b2.png"))
+    assert (np.asarray(img)[:10] == 255).all()                                 # transparent -> white
+    for rel, why in BAD.items():
+        img, reason = load_rgb(os.path.join(image_folder, rel))
+        assert img is None and why in reason, (rel, reason)
+
+
+# ------------------------------------------------------------------------------- end to end with the SD-VAE
+@pytest.fixture(scope="module")
+def encoded(image_folder, sd_vae, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("encoded") / "latents")
+    info = encode_folder(image_folder, out, RES, vae=sd_vae, batch_size=3, shard_size=4, workers=0,
+                         reference_batch=5, progress=False)
+    return out, info
+
+
+def test_shards_labels_and_json_agree(image_folder, encoded):
+    out, info = encoded
+    with open(os.path.join(out, "dataset.json")) as f:
+        assert json.load(f) == info
+    class_names, items, ignored = scan_folder(image_folder)
+    assert class_names == ["n01_alpha", "n02_beta", "n03_gamma"] and ignored == 1
+    assert info["num_files"] == len(items) == 14
+    assert info["num_skipped"] == 3 and info["num_images"] == info["num_samples"] == 11
+    assert info["resolution"] == RES and info["moments_shape"] == [8, RES // 8, RES // 8]
+    assert info["num_classes"] == 3 and info["dtype"] == "float32" and info["flip"] is False
+    counts = [np.load(os.path.join(out, s["file"]), mmap_mode="r").shape[0] for s in info["shards"]]
+    assert counts == [s["count"] for s in info["shards"]] and sum(counts) == 11 and len(counts) == 4
+    labels = np.load(os.path.join(out, "labels.npy"))
+    sources = [line.split("\t") for line in open(os.path.join(out, "sources.txt")).read().splitlines()]
+    assert labels.dtype == np.int64 and labels.shape == (11,)
+    assert [class_names.index(p.split("/")[0]) for p, _ in sources] == labels.tolist()
+    good = [rel for rel, _ in items if rel not in BAD]
+    assert [p for p, _ in sources] == good                                    # file order, bad ones left out
+    skipped = dict(line.split("\t") for line in open(os.path.join(out, "skipped.txt")).read().splitlines())
+    assert set(skipped) == set(BAD) and all(BAD[p] in r for p, r in skipped.items())
+    assert not [f for f in os.listdir(os.path.join(out, "shards")) if f.endswith(".tmp")]
+
+
+def test_moments_match_the_vae_posterior(image_folder, encoded, sd_vae):
+    out, _ = encoded
+    ds = LatentShardDataset(out)
+    sources = [line.split("\t")[0] for line in open(os.path.join(out, "sources.txt")).read().splitlines()]
+    pick = [sources.index(p) for p in ("n01_alpha/a2.jpg", "n02_beta/b1.jpg", "n02_beta/b3.png")]  # L, CMYK, P
+    crops = np.stack([center_crop_adm(load_rgb(os.path.join(image_folder, sources[i]))[0], RES) for i in pick])
+    with torch.no_grad():
+        post = sd_vae.encode(torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist
+    x, y = ds.get_batch(pick)
+    assert x.shape == (3, 8, RES // 8, RES // 8)
+    torch.testing.assert_close(x[:, :4], post.mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x[:, 4:], post.std, atol=1e-5, rtol=1e-5)
+    # and encode_moments (what the CLI runs) is that posterior too
+    torch.testing.assert_close(encode_moments(sd_vae, torch.from_numpy(crops)), torch.cat([post.mean, post.std], 1))
+
+
+def test_reference_batch(image_folder, encoded):
+    out, info = encoded
+    ref = np.load(os.path.join(out, "reference_batch.npz"))["arr_0"]
+    assert ref.dtype == np.uint8 and ref.shape == (5, RES, RES, 3) and info["reference_batch"]["count"] == 5
+    _, items, _ = scan_folder(image_folder)
+    perm = np.random.default_rng(0).permutation(len(items))
+    chosen = sorted([i for i in perm if items[i][0] not in BAD][:5])           # first 5 readable, file order
+    for row, i in zip(ref, chosen):
+        np.testing.assert_array_equal(row, center_crop_adm(load_rgb(os.path.join(image_folder, items[i][0]))[0], RES))
+    assert not [f for f in os.listdir(os.path.join(out, "shards")) if f.startswith("reference-")]
+
+
+# ------------------------------------------------------------------------------- resume, ranks, flips, fp16
+def _all_bytes(out):
+    files = {}
+    for root, _, names in os.walk(out):
+        for n in names:
+            files[os.path.relpath(os.path.join(root, n), out)] = open(os.path.join(root, n), "rb").read()
+    return files
+
+
+def test_interrupted_runs_equal_an_uninterrupted_run(image_folder, tiny_vae, tmp_path, monkeypatch):
+    kw = dict(vae=tiny_vae, batch_size=3, shard_size=4, workers=0, reference_batch=4, progress=False)
+    straight = str(tmp_path / "straight")
+    encode_folder(image_folder, straight, RES, **kw)
+
+    resumed = str(tmp_path / "resumed")
+    assert encode_folder(image_folder, resumed, RES, max_shards=1, **kw) is None            # stop after 1 shard
+    assert not os.path.exists(os.path.join(resumed, "dataset.json"))
+    import preprocessing.encode as enc
+    calls, real = [0], enc.encode_moments
+
+    def dies_on_third_call(*a, **k):                                         # a crash in the middle of a shard
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*a, **k)
+
+    monkeypatch.setattr(enc, "encode_moments", dies_on_third_call)
+    with pytest.raises(KeyboardInterrupt):
+        encode_folder(image_folder, resumed, RES, **kw)
+    monkeypatch.setattr(enc, "encode_moments", real)
+    shards = sorted(os.listdir(os.path.join(resumed, "shards")))
+    assert not [f for f in shards if ".tmp" in f] and "moments-00001.npy" in shards and "moments-00002.npy" not in shards
+    encode_folder(image_folder, resumed, RES, **kw)                          # finishes the rest
+    assert _all_bytes(resumed) == _all_bytes(straight)
+
+    ranks = str(tmp_path / "ranks")                                          # 2 "ranks", run one after the other
+    assert encode_folder(image_folder, ranks, RES, rank=1, world_size=2, **kw) is None
+    encode_folder(image_folder, ranks, RES, rank=0, world_size=2, **kw)
+    assert _all_bytes(ranks) == _all_bytes(straight)
+
+    with pytest.raises(RuntimeError, match="other input files or settings"):  # resuming with other settings
+        encode_folder(image_folder, resumed, RES, **dict(kw, batch_size=2, reference_batch=0, shard_size=5))
+
+
+def test_flip_and_float16(image_folder, tiny_vae, tmp_path):
+    out32 = str(tmp_path / "f32")
+    encode_folder(image_folder, out32, RES, vae=tiny_vae, batch_size=4, shard_size=6, workers=0, progress=False)
+    out = str(tmp_path / "flip16")
+    info = encode_folder(image_folder, out, RES, vae=tiny_vae, batch_size=4, shard_size=6, workers=0, flip=True,
+                         dtype="float16", progress=False)
+    assert info["num_images"] == 11 and info["num_samples"] == 22 and info["flip"] is True
+    ds, ds32 = LatentShardDataset(out), LatentShardDataset(out32)
+    assert ds.has_flips and len(ds) == 22 and np.load(os.path.join(out, info["shards"][0]["file"])).dtype == np.float16
+    x, _ = ds.get_batch(range(22))
+    x32, _ = ds32.get_batch(range(11))
+    torch.testing.assert_close(x[0::2], x32, atol=0, rtol=2 ** -10)          # originals = the fp32 run, rounded
+    assert torch.equal(ds.get_batch(range(0, 22, 2))[1], ds.get_batch(range(1, 22, 2))[1])   # mirror: same label
+    sources = [line.split("\t") for line in open(os.path.join(out, "sources.txt")).read().splitlines()]
+    crop = center_crop_adm(load_rgb(os.path.join(image_folder, sources[3][0]))[0], RES)
+    assert sources[3][1] == "1"
+    mirrored = encode_moments(tiny_vae, torch.from_numpy(np.ascontiguousarray(crop[:, ::-1]))[None])
+    torch.testing.assert_close(x[3:4], mirrored, atol=0, rtol=2 ** -10)       # the mirrored image, encoded
+    r = info["float16_rounding"]
+    assert 0 < r["mean_abs_err_over_std"] <= r["max_abs_err_over_std"] < 0.01
+
+
+# ------------------------------------------------------------------------------------- import-repa, loading
+def test_import_repa_round_trip(encoded, tmp_path):
+    src, _ = encoded
+    ds = LatentShardDataset(src)
+    repa = tmp_path / "repa" / "vae-sd"
+    entries = []
+    for i in range(len(ds)):
+        rel = f"{i // 4:05d}/img-mean-std-{i:08d}.npy"                         # REPA's naming
+        (repa / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(repa / rel, ds[i][0].numpy())
+        entries.append([rel, int(ds.labels[i])])
+    (repa / "dataset.json").write_text(json.dumps({"labels": entries[::-1]}))
+    direct = build_dataset(str(tmp_path / "repa"))
+    assert isinstance(direct, RepaLatentDataset) and len(direct) == len(ds) and direct.resolution == RES
+    out = str(tmp_path / "imported")
+    info = import_repa(str(tmp_path / "repa"), out, shard_size=4, workers=0, progress=False)
+    imported = build_dataset(out)
+    assert isinstance(imported, LatentShardDataset) and info["num_samples"] == len(ds)
+    assert imported.num_classes == 3 and imported.latent_size == RES // 8
+    a, ya = imported.get_batch(range(len(ds)))
+    b, yb = ds.get_batch(range(len(ds)))
+    assert torch.equal(a, b) and torch.equal(ya, yb)                         # bit for bit, same order
+    assert import_repa(str(tmp_path / "repa"), out, shard_size=4, workers=0, progress=False) == info
+
+
+def test_load_vae_from_folder_and_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "sd-vae"
+    make_vae(tiny_vae_config()).save_pretrained(folder)
+    vae = load_vae(str(folder))
+    x = torch.randint(0, 256, (2, RES, RES, 3), dtype=torch.uint8)
+    torch.testing.assert_close(encode_moments(vae, x), encode_moments(make_vae(tiny_vae_config()), x))
+    with pytest.raises(FileNotFoundError, match="--vae /path/to/sd-vae-ft-mse") as e:
+        load_vae(str(tmp_path / "nowhere"))
+    assert "config.json" in str(e.value)
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download nobody/no-such-vae"):
+        load_vae(None, "nobody/no-such-vae")
+
+
+def test_cli(image_folder, tmp_path, capsys):
+    folder = tmp_path / "sd-vae"
+    make_vae(tiny_vae_config()).save_pretrained(folder)
+    out = str(tmp_path / "cli")
+    rc = encode_main([image_folder, out, "--resolution", str(RES), "--vae", str(folder), "--batch-size", "4",
+                      "--workers", "1", "--device", "cpu", "--shard-size", "8", "--no-progress"])
+    assert rc == 0 and build_dataset(out).num_classes == 3 and len(build_dataset(out)) == 11
+    assert encode_main([image_folder, str(tmp_path / "x"), "--vae", str(tmp_path / "none"), "--device", "cpu"]) == 2
+    assert "SD-VAE weights not found" in capsys.readouterr().err
