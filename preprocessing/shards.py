@@ -63,6 +63,14 @@ def shard_is_done(out_dir: str, k: int, expected_fingerprint: str) -> bool:
     return True
 
 
+def npy_header(dtype, shape) -> bytes:
+    """The .npy (version 1.0) header numpy writes for a C-ordered array of this dtype and shape."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)})
+    return buf.getvalue()
+
+
 class ShardWriter:
     """Appends float32 moments (n, 8, h, w) to a memory-mapped .npy of at most `capacity` samples, cast to `dtype`.
 
@@ -106,11 +114,7 @@ class ShardWriter:
         self.mm.flush()
         offset = self.mm.offset                                      # header length of the .npy
         del self.mm
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            header, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                     "shape": (self.count,) + self.sample_shape})
-        header = header.getvalue()
+        header = npy_header(self.dtype, (self.count,) + self.sample_shape)
         nbytes = self.count * int(np.prod(self.sample_shape)) * self.dtype.itemsize
         if len(header) == offset:                                    # usual case: patch the shape in place
             with open(self.tmp, "r+b") as f:
@@ -147,9 +151,7 @@ def write_reference_npz(out_dir: str, selection):
     del first
     with zipfile.ZipFile(path + ".tmp", "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_1_0(
-                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                    "shape": shape})
+            f.write(npy_header(np.uint8, shape))
             for p, rows in selection:
                 part = np.load(p, mmap_mode="r")
                 if part.dtype != np.uint8 or part.shape[1:] != shape[1:]:

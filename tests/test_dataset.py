@@ -1,0 +1,199 @@
+"""dataset.py: the shard and REPA readers, build_dataset, sample_posterior, DigitsDataset, EpochOrder resume.
+
+The shard folders here are written with preprocessing.shards directly (random moments, no VAE), so this file is fast.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dataset import (LATENT_SCALE, DigitsDataset, EpochOrder, LatentShardDataset, RepaLatentDataset, build_dataset,
+                     digits_images, sample_posterior)
+from preprocessing.shards import ShardWriter, atomic_write_json, finalize, shard_files
+
+
+def write_shards(out, counts, h=4, dtype="float32", num_classes=5, seed=0):
+    """A shard-format folder with random moments (std > 0); returns (all moments float32, labels)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(out, "shards"), exist_ok=True)
+    allm, alll = [], []
+    for k, c in enumerate(counts):
+        m = rng.normal(size=(c, 8, h, h)).astype(np.float32)
+        m[:, 4:] = np.exp(m[:, 4:] - 2)
+        y = rng.integers(0, num_classes, c)
+        w = ShardWriter(shard_files(out, k)["moments"], c + 2, (8, h, h), dtype)   # capacity > count: trimmed
+        w.write(m)
+        atomic_write_json(shard_files(out, k)["meta"], {"count": c, "labels": y.tolist(),
+                                                         "sources": [[f"c/{k}_{i}.png", 0] for i in range(c)],
+                                                         "skipped": [], "float16_rounding": w.rounding_stats()})
+        w.close()
+        allm.append(m)
+        alll.append(y)
+    header = {"resolution": 8 * h, "latent_size": h, "latent_channels": 4, "moments_shape": [8, h, h],
+              "dtype": dtype, "vae": "test", "flip": False, "num_classes": num_classes,
+              "class_names": [f"c{i}" for i in range(num_classes)]}
+    finalize(out, len(counts), header)
+    return np.concatenate(allm), np.concatenate(alll)
+
+
+def test_latent_shard_dataset(tmp_path):
+    out = str(tmp_path / "d")
+    m, y = write_shards(out, [3, 0, 5, 2])
+    ds = build_dataset(out)
+    assert isinstance(ds, LatentShardDataset) and len(ds) == 10
+    assert ds.is_latent and ds.latent_channels == 4 and ds.latent_size == 4 and ds.resolution == 32
+    assert ds.num_classes == 5 and not ds.has_flips
+    for i in range(10):
+        x, label = ds[i]
+        assert x.dtype == torch.float32 and x.shape == (8, 4, 4) and label.dtype == torch.int64
+        np.testing.assert_array_equal(x.numpy(), m[i])
+        assert int(label) == y[i]
+    idx = [9, 0, 4, 3, 4]
+    xb, yb = ds.get_batch(idx)
+    np.testing.assert_array_equal(xb.numpy(), m[idx])
+    np.testing.assert_array_equal(yb.numpy(), y[idx])
+    with pytest.raises(IndexError):
+        ds[10]
+    # works through DataLoader worker processes (memmaps are reopened there, not pickled)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1)
+    got = torch.cat([b[0] for b in loader])
+    np.testing.assert_array_equal(got.numpy(), m)
+
+
+def test_shard_writer_trims_when_the_header_size_changes(tmp_path, monkeypatch):
+    """close() patches the shape in place when the header keeps its length, else copies the prefix: same result."""
+    import preprocessing.shards as shards
+    m = np.random.default_rng(0).normal(size=(3, 8, 2, 2)).astype(np.float32)
+    real = shards.npy_header
+    for name, header in [("inplace", real), ("copy", lambda d, s: real(d, s) + b" " * 64)]:
+        monkeypatch.setattr(shards, "npy_header", header)
+        w = ShardWriter(str(tmp_path / f"{name}.npy"), 10, (8, 2, 2), "float32")
+        w.write(m)
+        w.close()
+        np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"), m)
+        assert not os.path.exists(tmp_path / f"{name}.tmp")
+
+
+def test_float16_shards_read_as_float32(tmp_path):
+    m, _ = write_shards(str(tmp_path / "d"), [4, 3], dtype="float16")
+    x, _ = LatentShardDataset(str(tmp_path / "d")).get_batch(range(7))
+    assert x.dtype == torch.float32
+    np.testing.assert_array_equal(x.numpy(), m.astype(np.float16).astype(np.float32))
+
+
+def test_repa_layout_and_errors(tmp_path):
+    vae = tmp_path / "repa" / "vae-sd"
+    rng = np.random.default_rng(1)
+    entries, arrays = [], {}
+    for i in [3, 1, 0, 2]:
+        rel = f"0000{i // 2}/img-mean-std-{i:08d}.npy"
+        (vae / rel).parent.mkdir(parents=True, exist_ok=True)
+        arrays[rel] = rng.normal(size=(8, 2, 2)).astype(np.float32)
+        np.save(vae / rel, arrays[rel])
+        entries.append([rel, i % 3])
+    (vae / "dataset.json").write_text(json.dumps({"labels": entries}))
+    for d in (tmp_path / "repa", vae):                                         # the root or vae-sd itself
+        ds = build_dataset(str(d))
+        assert isinstance(ds, RepaLatentDataset) and len(ds) == 4 and ds.resolution == 16 and ds.num_classes == 3
+        assert ds.files == sorted(arrays)                                        # sorted relative paths
+        for i, rel in enumerate(ds.files):
+            np.testing.assert_array_equal(ds[i][0].numpy(), arrays[rel])
+            assert int(ds[i][1]) == dict(entries)[rel]
+    assert RepaLatentDataset(str(tmp_path / "repa"), num_classes=1000).num_classes == 1000
+    np.save(vae / "00000" / "extra.npy", np.zeros((8, 2, 2), np.float32))       # a file without a label
+    with pytest.raises(ValueError, match="without a label"):
+        RepaLatentDataset(str(tmp_path / "repa"))
+
+
+def test_build_dataset_errors(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        build_dataset(str(tmp_path))
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "shards/moments-*.npy" in msg and "vae-sd/dataset.json" in msg
+    (tmp_path / "shards").mkdir()
+    with pytest.raises(FileNotFoundError, match="preprocessing has not finished"):
+        build_dataset(str(tmp_path))
+    d = build_dataset("digits:32")
+    assert isinstance(d, DigitsDataset) and d.resolution == 32
+
+
+def test_sample_posterior_math():
+    mean = torch.randn(3, 4, 5, 5)
+    std = torch.rand(3, 4, 5, 5) + 0.1
+    moments = torch.cat([mean, std], 1)
+    z = sample_posterior(moments, generator=torch.Generator().manual_seed(7))
+    noise = torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(7))
+    assert z.shape == (3, 4, 5, 5) and z.dtype == torch.float32
+    torch.testing.assert_close(z, (mean + std * noise) * LATENT_SCALE)
+    z2 = sample_posterior(moments, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(z, z2)
+    # statistics: a constant posterior N(2, 0.5^2) becomes N(2 s, (0.5 s)^2)
+    big = torch.cat([torch.full((4000, 4, 4, 4), 2.0), torch.full((4000, 4, 4, 4), 0.5)], 1)
+    zb = sample_posterior(big, generator=torch.Generator().manual_seed(0))
+    assert abs(zb.mean().item() - 2 * LATENT_SCALE) < 0.002
+    assert abs(zb.std().item() - 0.5 * LATENT_SCALE) < 0.002
+    assert torch.equal(sample_posterior(torch.cat([mean, torch.zeros_like(std)], 1)), mean * LATENT_SCALE)
+    with pytest.raises(ValueError, match="mean, std"):
+        sample_posterior(torch.zeros(2, 3, 4, 4))
+
+
+def test_digits_dataset():
+    ds = DigitsDataset(16)
+    x, y = digits_images(16)
+    assert len(ds) == 1797 and not ds.is_latent and ds.latent_channels == 1 and ds.latent_size == 16
+    assert ds.num_classes == 10
+    xi, yi = ds[5]
+    assert xi.shape == (1, 16, 16) and xi.dtype == torch.float32 and torch.equal(xi, x[5]) and int(yi) == y[5]
+    assert xi.min() >= -1 and xi.max() <= 1
+    xb, yb = ds.get_batch([3, 1])
+    assert torch.equal(xb, x[[3, 1]]) and torch.equal(yb, y[[3, 1]])
+
+
+def _take(order, n):
+    out = []
+    while len(out) < n:
+        for b in order:
+            out.append((order.epoch, b.clone()))
+            if len(out) == n:
+                break
+    return out
+
+
+def test_epoch_order_resume_and_ranks():
+    n, bs, world = 53, 4, 2
+    orders = [EpochOrder(n, bs, seed=3, rank=r, world_size=world) for r in range(world)]
+    assert orders[0].batches_per_epoch == 6                                    # 53 // 8, the rest dropped
+    epoch0 = torch.cat([o.epoch_batches(0) for o in orders], 1)                # (6, 8)
+    assert epoch0.unique().numel() == 48                                       # ranks disjoint, no repeats
+    assert not torch.equal(orders[0].epoch_batches(0), orders[0].epoch_batches(1))
+    assert not torch.equal(orders[0].epoch_batches(0), EpochOrder(n, bs, seed=4, world_size=2).epoch_batches(0))
+
+    straight = [b for _, b in _take(EpochOrder(n, bs, seed=3, rank=1, world_size=world), 15)]   # 2.5 epochs
+    first = EpochOrder(n, bs, seed=3, rank=1, world_size=world)
+    head = [b for _, b in _take(first, 9)]                                     # stop mid-epoch 1
+    state = json.loads(json.dumps(first.state_dict()))                         # survives a JSON/ckpt round trip
+    assert (state["epoch"], state["position"]) == (1, 3)
+    again = EpochOrder(n, bs, seed=3, rank=1, world_size=world)
+    again.load_state_dict(state)
+    assert len(again) == 3
+    tail = [b for _, b in _take(again, 6)]
+    assert all(torch.equal(a, b) for a, b in zip(head + tail, straight))
+    sought = EpochOrder(n, bs, seed=3, rank=1, world_size=world)
+    sought.seek(9)
+    assert all(torch.equal(a, b) for a, b in zip([b for _, b in _take(sought, 6)], straight[9:]))
+    with pytest.raises(ValueError, match="batch_size"):
+        EpochOrder(n, 5, seed=3, rank=1, world_size=world).load_state_dict(state)
+    with pytest.raises(ValueError, match="cannot fill"):
+        EpochOrder(7, 4, world_size=2)
+
+
+def test_epoch_order_as_batch_sampler():
+    ds = DigitsDataset(8)
+    order = EpochOrder(len(ds), 16, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=order)
+    assert len(loader) == len(ds) // 16
+    first = [y for _, y in loader]
+    assert len(first) == len(ds) // 16 and order.epoch == 1 and order.position == 0
+    assert torch.equal(first[0], ds.labels[order.epoch_batches(0)[0]])
