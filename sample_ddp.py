@@ -1,0 +1,390 @@
+"""Generate N samples from a checkpoint: PNGs and one ADM-format .npz, seeded per image, resumable.
+
+    torchrun --nproc_per_node=8 sample_ddp.py --ckpt runs/x/checkpoints/0400000.pt --num-fid-samples 50000
+    python sample_ddp.py --ckpt SiT-XL-2-256x256.pt --time-convention sit --mode ode --heun --num-steps 125 \
+        --cfg-scale 1.5 --cfg-channels 3                      # SiT's released setting (FID 2.06)
+    python sample_ddp.py --ckpt ... --grid --grid-classes 207 360 387 974 88 979 417 279
+
+Image i (0 <= i < N) is made by rank i % world from its own seed global_seed + i: one torch.Generator draws its
+initial noise and then all its SDE noise (samplers.py), and its label is a function of (global_seed, i) too. The
+set therefore does not depend on the number of processes or the batch size, images of a smaller N are the first
+images of a larger one, and note that seed s + 1 gives image i of seed s as its image i - 1 (pick seeds far apart).
+Labels: uniform over classes from numpy's default_rng(global_seed + i) (random as the releases, reproducible per
+index), or with --balanced-labels, i % num_classes.
+Decoding: latents (in_channels 4) through the SD-VAE, x = vae.decode(z / 0.18215); pixel models (in_channels 1 or
+3, data in [-1, 1]) pass through. uint8 = floor(clamp(127.5 x + 128, 0, 255)) (round half up, as DiT / SiT);
+grey images are repeated to 3 channels.
+Output: <sample-dir>/<folder named after every setting that changes the samples>/ with {i:06d}.png (or, with
+--npz-only, chunk files chunks/chunk-{first index}.npz), sampling.json and samples_{N}.npz (arr_0 uint8
+(N, H, W, 3) in index order, labels int64 (N,)). Every file is written to a temporary name and renamed, so a killed
+run leaves only complete files; rerunning the same command skips what exists.
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import sys
+import time
+import zipfile
+
+import numpy as np
+import torch
+from PIL import Image
+
+import samplers
+
+VAE_SCALE = 0.18215                       # SD-VAE latent scale (z = 0.18215 * posterior sample)
+PNG_RE = re.compile(r"^(\d{6,})\.png$")
+CHUNK_RE = re.compile(r"^chunk-(\d{6,})\.npz$")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure helpers (importable by the training loop without side effects)
+# ----------------------------------------------------------------------------------------------------------------
+
+def image_labels(indices, num_classes, global_seed, balanced=False):
+    """Label of each image index: i % num_classes if balanced, else uniform from default_rng(global_seed + i)."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if balanced:
+        return idx % num_classes
+    return np.array([np.random.default_rng(global_seed + int(i)).integers(num_classes) for i in idx], dtype=np.int64)
+
+
+def to_uint8(x):
+    """(N, C, H, W) float in [-1, 1], C in {1, 3} -> (N, H, W, 3) uint8 numpy, floor(clamp(127.5 x + 128))."""
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(x.shape)}")
+    u8 = (127.5 * x.float() + 128.0).clamp(0, 255).to(torch.uint8)         # truncation = floor for >= 0
+    if u8.shape[1] == 1:
+        u8 = u8.expand(-1, 3, -1, -1)
+    return u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def save_png(image, path):
+    """One (H, W, 3) uint8 image, written atomically."""
+    tmp = os.path.join(os.path.dirname(path) or ".", "." + os.path.basename(path) + ".tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def save_grid(images, path, nrow, pad=2):
+    """(N, H, W, 3) uint8 -> one PNG, nrow images per row, pad pixels of black between them."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"save_grid wants (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
+    n, h, w, _ = images.shape
+    rows = -(-n // nrow)
+    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), dtype=np.uint8)
+    for k in range(n):
+        r, c = divmod(k, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[k]
+    save_png(grid, path)
+
+
+def load_vae(spec, device):
+    """SD-VAE from a local folder, or 'ema' / 'mse' from the Hugging Face cache (never downloads)."""
+    from diffusers.models import AutoencoderKL
+
+    name = f"stabilityai/sd-vae-ft-{spec}" if spec in ("ema", "mse") else spec
+    try:
+        vae = AutoencoderKL.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(
+            f"--vae {spec}: could not load the SD-VAE {name!r} locally ({type(e).__name__}). Pass --vae /path/to/"
+            f"folder (with config.json and the weights) or put {name} in the Hugging Face cache first, e.g. "
+            f"`huggingface-cli download {name}` on a machine with network access.") from e
+    return vae.to(device).eval()
+
+
+@torch.no_grad()
+def decode(vae, x, batch=32):
+    """Sampler output -> pixels in [-1, 1]. vae None: x already is pixels (N, 1 or 3, H, W)."""
+    if vae is None:
+        return x
+    return torch.cat([vae.decode(x[k:k + batch] / VAE_SCALE).sample for k in range(0, x.shape[0], batch)])
+
+
+def sample_images(model, seeds, labels, device, vae=None, **sampler_kwargs):
+    """Images from per-image seeds (one generator each) and labels -> (N, H, W, 3) uint8 numpy.
+
+    sampler_kwargs go to samplers.sample (mode, num_steps, heun, cfg_scale, guidance_low, ...)."""
+    gens = samplers.per_image_generators(seeds, device)
+    z = samplers.per_image_randn(gens, (model.in_channels, model.input_size, model.input_size), device)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device)
+    x = samplers.sample(model, z, y, generators=gens, **sampler_kwargs)
+    return to_uint8(decode(vae, x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output stores: which indices exist, writing batches, reading back in index order
+# ----------------------------------------------------------------------------------------------------------------
+
+class PngStore:
+    def __init__(self, folder):
+        self.folder = folder
+
+    def done(self):
+        return {int(m.group(1)) for f in os.listdir(self.folder) if (m := PNG_RE.match(f))}
+
+    def write(self, indices, images):
+        for i, img in zip(indices, images):
+            save_png(img, os.path.join(self.folder, f"{i:06d}.png"))
+
+    def read_all(self, n):
+        """Yields (indices, (B, H, W, 3) uint8) in index order."""
+        for s in range(0, n, 256):
+            idx = range(s, min(n, s + 256))
+            yield idx, np.stack([np.asarray(Image.open(os.path.join(self.folder, f"{i:06d}.png")).convert("RGB"))
+                                 for i in idx])
+
+
+class ChunkStore:
+    """--npz-only: one chunks/chunk-{first index}.npz (indices, images) per generated batch."""
+
+    def __init__(self, folder):
+        self.folder = os.path.join(folder, "chunks")
+        os.makedirs(self.folder, exist_ok=True)
+
+    def _chunks(self):
+        return sorted(f for f in os.listdir(self.folder) if CHUNK_RE.match(f))
+
+    def done(self):
+        out = set()
+        for f in self._chunks():
+            with np.load(os.path.join(self.folder, f)) as z:
+                out.update(z["indices"].tolist())
+        return out
+
+    def write(self, indices, images):
+        path = os.path.join(self.folder, f"chunk-{indices[0]:06d}.npz")
+        tmp = path[:-4] + ".tmp.npz"
+        np.savez(tmp, indices=np.asarray(indices, dtype=np.int64), images=images)
+        os.replace(tmp, path)
+
+    def read_all(self, n):
+        for f in self._chunks():
+            with np.load(os.path.join(self.folder, f)) as z:
+                idx = z["indices"]
+                keep = idx < n
+                yield idx[keep], z["images"][keep]
+
+
+def write_npz(path, n, store, labels):
+    """Stream the store into an ADM .npz (arr_0 (N, H, W, 3) uint8 in index order, labels), atomically.
+
+    Rows are first gathered into a disk-backed .npy (memory stays O(batch)), then copied into the zip."""
+    tmp_arr = path + ".arr_0.tmp.npy"
+    arr, seen = None, np.zeros(n, dtype=bool)
+    for idx, imgs in store.read_all(n):
+        if arr is None:
+            arr = np.lib.format.open_memmap(tmp_arr, mode="w+", dtype=np.uint8, shape=(n,) + imgs.shape[1:])
+        if imgs.shape[1:] != arr.shape[1:]:
+            raise ValueError(f"image shape {imgs.shape[1:]} differs from {arr.shape[1:]} in {store.folder}")
+        arr[np.asarray(idx)] = imgs
+        seen[np.asarray(idx)] = True
+    if arr is None or not seen.all():
+        raise RuntimeError(f"{store.folder}: {int((~seen).sum())} of {n} images missing; rerun to complete")
+    arr.flush()
+    tmp = path + ".tmp.npz"
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": arr.shape})
+            for s in range(0, n, 1024):
+                f.write(np.ascontiguousarray(arr[s:s + 1024]).tobytes())
+        with zf.open("labels.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
+    del arr
+    os.remove(tmp_arr)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", required=True, help="checkpoint of this codebase, or a public SiT / REPA / SRA file")
+    p.add_argument("--which", choices=["ema", "model"], default="ema", help="weights to load (default: EMA)")
+    p.add_argument("--model", default=None, help="expected model name (checked against the file), e.g. SiT-XL/2")
+    p.add_argument("--time-convention", choices=["ours", "repa", "sit"], default=None,
+                   help="required for foreign files: 'sit' (public SiT, t = 0 noise) or 'repa' (REPA / SRA)")
+    p.add_argument("--vae", default="auto", help="'ema' | 'mse' (HF cache) | a local folder | 'none' (pixel "
+                   "model); auto = ema for 4-channel latent models, none otherwise")
+    p.add_argument("--mode", choices=["sde", "ode"], default="sde")
+    p.add_argument("--heun", action="store_true", help="Heun ODE (2 NFE per step but the last)")
+    p.add_argument("--num-steps", type=int, default=250)
+    p.add_argument("--cfg-scale", type=float, default=1.0)
+    p.add_argument("--guidance-low", type=float, default=0.0)
+    p.add_argument("--guidance-high", type=float, default=1.0)
+    p.add_argument("--cfg-channels", type=int, choices=[3, 4], default=None,
+                   help="default: all channels (REPA / SRA); 3 reproduces DiT / SiT's released numbers")
+    p.add_argument("--global-seed", type=int, default=0)
+    p.add_argument("--balanced-labels", action="store_true", help="label of image i = i % num_classes")
+    p.add_argument("--num-fid-samples", type=int, default=50000)
+    p.add_argument("--per-proc-batch-size", type=int, default=32)
+    p.add_argument("--sample-dir", default="samples")
+    p.add_argument("--npz-only", action="store_true", help="no PNGs: per-batch chunk files, then the npz")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the network (state stays fp64)")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="TF32 matmuls on GPU in fp32 mode (the releases' default)")
+    p.add_argument("--grid", action="store_true", help="write one grid PNG of --grid-classes and exit")
+    p.add_argument("--grid-classes", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5, 6, 7])
+    p.add_argument("--grid-per-class", type=int, default=8)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.num_steps < 1:
+        p.error(f"--num-steps must be >= 1, got {args.num_steps}")
+    if args.num_fid_samples < 1 or args.per_proc_batch_size < 1:
+        p.error("--num-fid-samples and --per-proc-batch-size must be >= 1")
+    if args.heun and args.mode != "ode":
+        p.error("--heun needs --mode ode (the SDE sampler is Euler-Maruyama)")
+    if not 0 <= args.guidance_low <= args.guidance_high <= 1:
+        p.error(f"need 0 <= --guidance-low <= --guidance-high <= 1, got {args.guidance_low}, {args.guidance_high}")
+    return args
+
+
+def settings_of(args, info, device):
+    """Everything that changes the samples (and so names the folder)."""
+    c = info["in_channels"]
+    vae = args.vae if args.vae != "auto" else ("ema" if c == 4 else "none")
+    if vae == "none" and c not in (1, 3):
+        raise ValueError(f"--vae none: a {c}-channel model is not a pixel model; pass --vae ema|mse|PATH")
+    if args.cfg_channels is not None and args.cfg_channels > c:
+        raise ValueError(f"--cfg-channels {args.cfg_channels} but the model has {c} channels")
+    stem = os.path.splitext(os.path.basename(args.ckpt))[0]
+    parent = os.path.basename(os.path.dirname(os.path.abspath(args.ckpt)))
+    if parent == "checkpoints":                              # runs/<run>/checkpoints/0050000.pt
+        stem = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(args.ckpt)))) + "-" + stem
+    precision = "bf16" if args.bf16 else ("tf32" if args.tf32 and device.type == "cuda" else "fp32")
+    return dict(model=info["model_name"], ckpt=stem, steps=info["steps"], which=args.which,
+                time_convention=info["time_convention"], mode=args.mode, heun=args.heun, num_steps=args.num_steps,
+                cfg_scale=args.cfg_scale, guidance_low=args.guidance_low, guidance_high=args.guidance_high,
+                cfg_channels=args.cfg_channels if args.cfg_channels and args.cfg_channels < c else "all",
+                global_seed=args.global_seed, labels="balanced" if args.balanced_labels else "uniform",
+                precision=precision, vae=os.path.basename(os.path.normpath(vae)),
+                noise_block=samplers.NOISE_BLOCK)
+
+
+def folder_name(s):
+    step = "" if s["steps"] is None or str(s["steps"]) in s["ckpt"] else f"-step{s['steps']}"
+    sampler = f"{s['mode']}{'-heun' if s['heun'] else ''}{s['num_steps']}"
+    return (f"{s['model'].replace('/', '-')}-{s['ckpt']}{step}-{s['which']}-{sampler}-cfg{s['cfg_scale']:g}"
+            f"-g{s['guidance_low']:g}-{s['guidance_high']:g}-ch{s['cfg_channels']}-seed{s['global_seed']}"
+            f"-{s['labels']}-{s['precision']}-vae{s['vae']}")
+
+
+def write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def setup_distributed():
+    """-> (rank, world, device). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is rank 0 of 1."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        import torch.distributed as dist
+        # long timeout: ranks finish at different times (resume, uneven splits) and only meet at the end
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=48))
+    return rank, world, device
+
+
+def barrier(world, device):
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier(device_ids=[device.index]) if device.type == "cuda" else dist.barrier()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world, device = setup_distributed()
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    from models import load_checkpoint
+
+    model, info = load_checkpoint(args.ckpt, which=args.which, model_name=args.model,
+                                  time_convention=args.time_convention)
+    model = model.to(device).eval()
+    s = settings_of(args, info, device)
+    vae = None if s["vae"] == "none" else load_vae(args.vae if args.vae != "auto" else "ema", device)
+    kw = dict(mode=args.mode, num_steps=args.num_steps, heun=args.heun, cfg_scale=args.cfg_scale,
+              guidance_low=args.guidance_low, guidance_high=args.guidance_high, cfg_channels=args.cfg_channels,
+              bf16=args.bf16)
+    folder = os.path.join(args.sample_dir, folder_name(s))
+    os.makedirs(folder, exist_ok=True)
+
+    if args.grid:
+        bad = [c for c in args.grid_classes if not 0 <= c < info["num_classes"]]
+        if bad:
+            raise ValueError(f"--grid-classes {bad} outside 0..{info['num_classes'] - 1}")
+        if rank == 0:
+            k = args.grid_per_class                          # column j uses seed global_seed + j in every row
+            seeds = [args.global_seed + j for _ in args.grid_classes for j in range(k)]
+            labels = [c for c in args.grid_classes for _ in range(k)]
+            imgs = np.concatenate([sample_images(model, seeds[b:b + args.per_proc_batch_size],
+                                                 labels[b:b + args.per_proc_batch_size], device, vae, **kw)
+                                   for b in range(0, len(seeds), args.per_proc_batch_size)])
+            path = os.path.join(folder, "grid-" + "-".join(map(str, args.grid_classes)) + ".png")
+            save_grid(imgs, path, nrow=k)
+            print(f"wrote {path}")
+        barrier(world, device)
+        return folder
+
+    n = args.num_fid_samples
+    npz_path = os.path.join(folder, f"samples_{n}.npz")
+    json_path = os.path.join(folder, "sampling.json")
+    if os.path.exists(json_path):                            # every rank checks, so none waits on a dead one
+        with open(json_path) as f:
+            old = json.load(f).get("settings", {})
+        diff = {k: (old.get(k), v) for k, v in s.items() if k in old and old[k] != v}
+        if diff:
+            raise ValueError(f"{json_path} was written with other settings {diff}; use another --sample-dir")
+    barrier(world, device)
+    store = ChunkStore(folder) if args.npz_only else PngStore(folder)
+    done = store.done()
+    todo = [i for i in range(rank, n, world) if i not in done]
+    labels = image_labels(range(n), info["num_classes"], args.global_seed, args.balanced_labels)
+    if rank == 0:
+        write_json(json_path, dict(settings=s, checkpoint=os.path.abspath(args.ckpt), num_fid_samples=n,
+                                   world_size=world, per_proc_batch_size=args.per_proc_batch_size,
+                                   nfe_per_image=samplers.num_function_evals(args.mode, args.num_steps, args.heun)
+                                   * (2 if args.cfg_scale > 1 else 1), status="running", argv=sys.argv[1:]))
+        print(f"{folder}: {len(done & set(range(n)))} of {n} images exist; generating the rest on {world} "
+              f"process(es)", flush=True)
+
+    from tqdm import tqdm
+    t0 = time.time()
+    bar = tqdm(total=len(todo), unit="img", disable=rank != 0 or args.no_progress)
+    for b in range(0, len(todo), args.per_proc_batch_size):
+        idx = todo[b:b + args.per_proc_batch_size]
+        imgs = sample_images(model, [args.global_seed + i for i in idx], labels[idx], device, vae, **kw)
+        store.write(idx, imgs)
+        bar.update(len(idx))
+    bar.close()
+    elapsed = time.time() - t0
+    barrier(world, device)
+
+    if rank == 0:
+        write_npz(npz_path, n, store, labels)
+        with open(json_path) as f:
+            record = json.load(f)
+        record.update(status="done", npz=os.path.abspath(npz_path),
+                      last_run=dict(rank0_images=len(todo), rank0_seconds=round(elapsed, 3)))
+        write_json(json_path, record)
+        print(f"wrote {npz_path} ({n} images); rank 0 made {len(todo)} in {elapsed:.1f} s", flush=True)
+    barrier(world, device)
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return npz_path
+
+
+if __name__ == "__main__":
+    main()
