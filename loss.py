@@ -1,0 +1,291 @@
+"""The training objective: flow matching + alignment, with DTS, AS and every teacher strategy of the paper and release.
+
+Equations are numbered as in "From SRA to Self-Flow: Data Augmentation or Self-Supervision?" (arXiv 2607.02508);
+METHOD.md is the one-page version, with each place where the paper and the public release disagree.
+
+    x_t = (1 - t) x0 + t eps,  target v = eps - x0                     (Eq. 1-2; t = 1 noise, t = 0 data)
+    L = L_gen + lambda * L_align                                        (Eq. 3-4)
+    L_align = d(g(h_m(student)), sg[h_n(teacher)])                      (SRA: EMA teacher, block n, head g)
+    tokens split into groups with their own timesteps t_g              (DTS, Eq. 5-6)
+    attention only within a group: A_ij = 1[g_i = g_j]                  (AS, Eq. 8-9)
+
+One call draws everything (t per group, token groups, eps, label dropout), runs the student once and the
+alignment target (EMA teacher up to block n, or an external target), and returns per-sample losses plus the scalars
+to log. Nothing here reads a value back to the host: the step stays asynchronous on the GPU.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models import SegmentLayout
+
+LOSS_TYPES = ("cos-token", "cos-channel", "sml1", "l1", "l2")
+TEACHER_T = ("sra", "self_flow", "same")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Paths, timesteps and groups
+# --------------------------------------------------------------------------------------------------------------
+
+def interpolant(path_type: str, t: Tensor):
+    """(alpha, sigma, d alpha/dt, d sigma/dt) at t, so that x_t = alpha x0 + sigma eps and v = alpha' x0 + sigma' eps."""
+    if path_type == "linear":
+        return 1 - t, t, -torch.ones_like(t), torch.ones_like(t)
+    if path_type == "cosine":
+        a, s = torch.cos(t * math.pi / 2), torch.sin(t * math.pi / 2)
+        return a, s, -math.pi / 2 * s, math.pi / 2 * a
+    raise ValueError(f"--path-type must be linear or cosine, got {path_type!r}")
+
+
+def sample_t(shape, weighting: str, path_type: str, device) -> Tensor:
+    """t ~ U(0, 1), or logit-normal: s = exp(0.847 + 0.8 n), t = s / (1 + s) (linear) or 2/pi atan(s) (cosine)."""
+    if weighting == "uniform":
+        return torch.rand(shape, device=device)
+    if weighting == "lognormal":
+        s = torch.exp(0.847 + 0.8 * torch.randn(shape, device=device))
+        return s / (1 + s) if path_type == "linear" else 2 / math.pi * torch.atan(s)
+    raise ValueError(f"--weighting must be uniform or lognormal, got {weighting!r}")
+
+
+def group_ratios(mask_ratio) -> list[float]:
+    """--mask-ratio: one value r -> [r, 1 - r] (r <= 0 or >= 1 -> one group); several -> renormalised groups."""
+    vals = [float(r) for r in ([mask_ratio] if isinstance(mask_ratio, (int, float)) else mask_ratio)]
+    if len(vals) == 1:
+        r = vals[0]
+        return [1.0] if r <= 0 or r >= 1 else [r, 1 - r]
+    if any(v <= 0 for v in vals):
+        raise ValueError(f"--mask-ratio with several values needs them all > 0, got {vals}")
+    return [v / sum(vals) for v in vals]
+
+
+def group_sizes(ratios, T: int) -> tuple:
+    """Exact token counts: floor(r T), the remainder one each to the largest fractional parts (0.25 -> 64, 192)."""
+    raw = [r * T for r in ratios]
+    sizes = [int(math.floor(x)) for x in raw]
+    for k in sorted(range(len(raw)), key=lambda k: raw[k] - sizes[k], reverse=True)[: T - sum(sizes)]:
+        sizes[k] += 1
+    if min(sizes) == 0:
+        raise ValueError(f"--mask-ratio {ratios} leaves an empty group at {T} tokens")
+    return tuple(sizes)
+
+
+def per_token_map(tau: Tensor, grid: int, patch: int) -> Tensor:
+    """(N, T) raster-order per-token values -> (N, 1, H, W) image map (each patch filled with its token's value)."""
+    N = tau.shape[0]
+    return tau.view(N, 1, grid, 1, grid, 1).expand(N, 1, grid, patch, grid, patch).reshape(N, 1, grid * patch, grid * patch)
+
+
+def patch_tokens(x: Tensor, patch: int) -> Tensor:
+    """(N, C, H, W) -> (N, T, p*p*C) raster-order patches, in the model's (p, q, c) order."""
+    N, C, H, W = x.shape
+    g = H // patch
+    return x.reshape(N, C, g, patch, g, patch).permute(0, 2, 4, 3, 5, 1).reshape(N, g * g, patch * patch * C)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Alignment distances (METHOD.md section 6), per sample, always in fp32
+# --------------------------------------------------------------------------------------------------------------
+
+def alignment_distance(a: Tensor, b: Tensor, loss_type: str) -> Tensor:
+    """a, b (N, T, D) -> (N,). cos-token: 1 - cos over features per token, mean over tokens (the paper's Eq. 3/7);
+    cos-channel: 1 - cos over tokens per channel, mean over channels (the release's F.cosine_similarity dim=1)."""
+    a, b = a.float(), b.float()
+    if loss_type == "cos-token":
+        return (1 - F.cosine_similarity(a, b, dim=-1)).mean(dim=1)
+    if loss_type == "cos-channel":
+        return (1 - F.cosine_similarity(a, b, dim=1)).mean(dim=1)
+    if loss_type == "sml1":
+        return F.smooth_l1_loss(a, b, beta=0.05, reduction="none").mean(dim=(1, 2))
+    if loss_type == "l1":
+        return (a - b).abs().mean(dim=(1, 2))
+    if loss_type == "l2":
+        return (a - b).pow(2).mean(dim=(1, 2))
+    raise ValueError(f"--loss-type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Where the alignment target comes from. A target sees the drawn batch (`Draw`) and returns (N, T, D_target).
+# Adding a new target is one class with `z_dim(model)` and `__call__(draw)`.
+# --------------------------------------------------------------------------------------------------------------
+
+class Draw:
+    """Everything one loss call drew, handed to the alignment target."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+class EMATeacher:
+    """SRA / Self-Flow / ours: the EMA model's block-n hidden state on a less noisy input (Sec. 5 table)."""
+    needs_ema = True
+
+    def __init__(self, block_out_t: int, teacher_t: str, teacher_mask: bool, teacher_labels: str):
+        self.block_out_t, self.teacher_t = block_out_t, teacher_t
+        self.teacher_mask, self.teacher_labels = teacher_mask, teacher_labels
+
+    def z_dim(self, model) -> int:
+        return model.hidden_size
+
+    @torch.no_grad()
+    def __call__(self, d: Draw) -> Tensor:
+        N, G = d.t.shape
+        y = d.y if self.teacher_labels == "clean" else d.y_dropped
+        if self.teacher_t == "same":                                    # the student's own input and layout
+            s, x_in, layout = d.t, d.x_t, d.layout
+        elif self.teacher_t == "self_flow":                             # Eq. 7: whole image at t_lo = min_g t_g
+            s, layout = d.t.min(dim=1, keepdim=True).values, None
+            x_in = d.mix(s[:, :, None, None])
+        else:                                                           # sra: s_g = clamp(t_g - 0.2 U_g, 0, 1)
+            u = torch.rand(N, G, device=d.t.device)
+            if d.num_full:
+                u[: d.num_full] = u[: d.num_full, :1]                   # a full-image row keeps one timestep
+            s = (d.t - 0.2 * u).clamp(0, 1)
+            layout = d.layout if self.teacher_mask else None
+            if layout is None:                                          # one group: plain SRA teacher
+                s = s[:, :1]
+                x_in = d.mix(s[:, :, None, None])
+            else:
+                tau = per_token_map(s.gather(1, d.ids), d.grid, d.patch)
+                x_in = d.mix(tau)
+        t_in = s[:, 0] if layout is None else s
+        kw = dict(groups=layout, separate=layout is not None and layout.separate)
+        if not d.reference:                                             # stop after block n
+            return d.ema.forward_features(x_in, t_in, y, layer=self.block_out_t, **kw)
+        got = {}                                                        # the release's cost: run every block
+        hook = d.ema.blocks[self.block_out_t - 1].register_forward_hook(lambda m, i, o: got.setdefault("h", o))
+        try:
+            d.ema(x_in, t_in, y, reference=True, **kw)
+        finally:
+            hook.remove()
+        return got["h"]
+
+
+class VAELatentTarget:
+    """SRA 2 (arXiv 2601.17830, our reading; no official code): the clean latent's own per-token patches."""
+    needs_ema = False
+
+    def z_dim(self, model) -> int:
+        return model.patch_size ** 2 * model.in_channels
+
+    def __call__(self, d: Draw) -> Tensor:
+        return patch_tokens(d.x0, d.patch)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loss
+# --------------------------------------------------------------------------------------------------------------
+
+class TrainingLoss:
+    """Flow matching + optional alignment. Call: loss(model, x0, y, ema=None) -> (per-sample loss (N,), logs)."""
+
+    def __init__(self, *, num_tokens: int, grid: int, patch: int, num_classes: int, path_type="linear",
+                 weighting="uniform", class_dropout_prob=0.1, use_alignment_loss=False, align_weight=0.5,
+                 loss_type="cos-channel", block_out_s=3, block_out_t=8, mask_ratio=(0.0,),
+                 dual_time_scheduling=False, attention_separation=False, full_sample_prob=0.0, teacher_t="sra",
+                 teacher_mask=False, teacher_labels="clean", sorted_timesteps=False, target=None):
+        interpolant(path_type, torch.zeros(1))                         # validates the name
+        if weighting not in ("uniform", "lognormal"):
+            raise ValueError(f"--weighting must be uniform or lognormal, got {weighting!r}")
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"--loss-type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        if teacher_t not in TEACHER_T:
+            raise ValueError(f"--teacher-t must be one of {TEACHER_T}, got {teacher_t!r}")
+        if teacher_labels not in ("clean", "dropped"):
+            raise ValueError(f"--teacher-labels must be clean or dropped, got {teacher_labels!r}")
+        self.ratios = group_ratios(mask_ratio)
+        self.sizes = group_sizes(self.ratios, num_tokens)
+        G = len(self.sizes)
+        if G == 1:
+            bad = [f for f, on in (("--dual-time-scheduling", dual_time_scheduling),
+                                   ("--attention-separation", attention_separation),
+                                   ("--teacher-mask", teacher_mask), ("--full-sample-prob", full_sample_prob > 0),
+                                   ("--sorted-timesteps", sorted_timesteps)) if on]
+            if bad:
+                raise ValueError(f"{', '.join(bad)} need(s) token groups: set --mask-ratio to a value in (0, 1) "
+                                 f"(got {list(mask_ratio) if not isinstance(mask_ratio, (int, float)) else mask_ratio})")
+        if not 0 <= full_sample_prob <= 1:
+            raise ValueError(f"--full-sample-prob must lie in [0, 1], got {full_sample_prob}")
+        if full_sample_prob > 0 and G != 2:
+            raise ValueError("--full-sample-prob needs exactly two groups (one --mask-ratio value)")
+        if full_sample_prob > 0 and not (attention_separation or dual_time_scheduling):
+            raise ValueError("--full-sample-prob mixes plain samples into DTS/AS batches: it needs "
+                             "--dual-time-scheduling or --attention-separation")
+        if use_alignment_loss:
+            if not 1 <= block_out_s:
+                raise ValueError(f"--block-out-s must be >= 1, got {block_out_s}")
+            if target is None:
+                target = EMATeacher(block_out_t, teacher_t, teacher_mask, teacher_labels)
+            if isinstance(target, EMATeacher) and G > 1:
+                if teacher_t == "self_flow" and teacher_mask:
+                    raise ValueError("--teacher-t self_flow feeds the teacher the whole image at t_lo (Eq. 7); "
+                                     "--teacher-mask does not apply to it")
+                if teacher_t in ("sra", "same") and not teacher_mask:
+                    raise ValueError(f"--teacher-t {teacher_t} with token groups runs the teacher on the student's "
+                                     "groups: add --teacher-mask (or use --teacher-t self_flow)")
+        self.num_tokens, self.grid, self.patch, self.num_classes = num_tokens, grid, patch, num_classes
+        self.path_type, self.weighting, self.class_dropout_prob = path_type, weighting, class_dropout_prob
+        self.use_alignment_loss, self.align_weight, self.loss_type = use_alignment_loss, align_weight, loss_type
+        self.block_out_s = block_out_s
+        self.dual_time_scheduling, self.attention_separation = dual_time_scheduling, attention_separation
+        self.full_sample_prob, self.sorted_timesteps = full_sample_prob, sorted_timesteps
+        self.target = target if use_alignment_loss else None
+
+    @property
+    def needs_ema(self) -> bool:
+        return self.target is not None and self.target.needs_ema
+
+    def __call__(self, model, x0: Tensor, y: Tensor, ema=None, reference: bool = False):
+        N, dev, G = x0.shape[0], x0.device, len(self.sizes)
+        eps = torch.randn_like(x0)
+        drop = torch.rand(N, device=dev) < self.class_dropout_prob       # label dropout for CFG (null = num_classes)
+        y_dropped = torch.where(drop, torch.full_like(y, self.num_classes), y)
+
+        # ---- timesteps per group (DTS, Eq. 5) and exact-size token groups ------------------------------------
+        t = sample_t((N, G if self.dual_time_scheduling else 1), self.weighting, self.path_type, dev).expand(N, G)
+        if self.sorted_timesteps:                                          # Eq. 5 as written: t_hi on the masked group
+            t = t.sort(dim=1, descending=True).values
+        num_full = int(round(self.full_sample_prob * N)) if G > 1 else 0   # full-image mixing: exact count, no sync
+        if num_full:
+            t = torch.cat([t[:num_full, 1:2].expand(-1, G), t[num_full:]])  # full rows: one timestep (group 1's)
+        t = t.contiguous()
+
+        def mix(tau):                                                      # x_tau for a (N, 1, H|1, W|1) time map
+            a, s, _, _ = interpolant(self.path_type, tau)
+            return a * x0 + s * eps
+
+        layout = ids = None
+        if G == 1:
+            tau = t[:, :1, None, None]                                     # (N, 1, 1, 1)
+        else:
+            perm = torch.rand(N, self.num_tokens, device=dev).argsort(dim=1)   # random subset per sample
+            gid = torch.repeat_interleave(torch.arange(G, device=dev), torch.tensor(self.sizes, device=dev))
+            ids = torch.empty_like(perm).scatter_(1, perm, gid.expand(N, -1))  # (N, T) raster-order group ids
+            layout = SegmentLayout.from_perm(perm, self.sizes, self.attention_separation, num_full)
+            tau = per_token_map(t.gather(1, ids), self.grid, self.patch)   # (N, 1, H, W) per-token timestep
+        alpha, sigma, d_alpha, d_sigma = interpolant(self.path_type, tau)
+        x_t = alpha * x0 + sigma * eps                                     # Eq. 1 per token (Eq. 6 under DTS)
+        target_v = d_alpha * x0 + d_sigma * eps                            # eps - x0 on the linear path
+
+        # ---- student ------------------------------------------------------------------------------------------
+        align_layer = self.block_out_s if self.target is not None else None
+        kw = dict(align_layer=align_layer, reference=reference)
+        if G == 1:
+            out = model(x_t, t[:, 0], y_dropped, **kw)
+        else:
+            out = model(x_t, t, y_dropped, groups=layout, separate=self.attention_separation, **kw)
+        v, feats = out if align_layer is not None else (out, None)
+        loss_gen = (v.float() - target_v.float()).pow(2).mean(dim=(1, 2, 3))   # (N,), Eq. 2
+        logs = {"loss_gen": loss_gen.detach().mean()}
+        if self.target is None:
+            return loss_gen, logs
+
+        # ---- alignment target and distance (Eq. 3-4, 7), fp32 -------------------------------------------------
+        draw = Draw(x0=x0, eps=eps, t=t, y=y, y_dropped=y_dropped, x_t=x_t, ids=ids, layout=layout, ema=ema,
+                    num_full=num_full, grid=self.grid, patch=self.patch, mix=mix, reference=reference)
+        z = self.target(draw)
+        with torch.autocast(device_type=dev.type, enabled=False):
+            loss_align = alignment_distance(feats, z, self.loss_type)     # (N,)
+        logs["loss_align"] = loss_align.detach().mean()
+        return loss_gen + self.align_weight * loss_align, logs

@@ -1,0 +1,197 @@
+"""loss.py: group sizes, timesteps, teacher inputs (METHOD.md section 5), full-image mixing, distances, flags."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loss import TrainingLoss, alignment_distance, group_ratios, group_sizes, patch_tokens
+from models import SiT_models
+
+
+class Recorder(torch.nn.Module):
+    """Wraps a model; records the inputs of __call__ and forward_features."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.m, self.calls, self.feature_calls = model, [], []
+        self.hidden_size, self.depth = model.hidden_size, model.depth
+
+    def forward(self, x, t, y, **kw):
+        self.calls.append(dict(x=x.clone(), t=t.clone(), y=y.clone(), **kw))
+        return self.m(x, t, y, **kw)
+
+    def forward_features(self, x, t, y, layer, groups=None, separate=False):
+        self.feature_calls.append(dict(x=x.clone(), t=t.clone(), y=y.clone(), layer=layer, groups=groups,
+                                       separate=separate))
+        return self.m.forward_features(x, t, y, layer=layer, groups=groups, separate=separate)
+
+
+def tiny_pair(seed=0):
+    torch.manual_seed(seed)
+    m = SiT_models["SiT-T/2"](input_size=8, in_channels=1, num_classes=10, align_head="ap_head")
+    return Recorder(m), Recorder(copy.deepcopy(m))
+
+
+def make_loss(**kw):
+    base = dict(num_tokens=16, grid=4, patch=2, num_classes=10, use_alignment_loss=True, block_out_s=2,
+                block_out_t=4)
+    return TrainingLoss(**{**base, **kw})
+
+
+def per_token(img, patch=2):                     # (N, 1, 8, 8) -> (N, 16) value of each patch (constant per patch)
+    return patch_tokens(img, patch).mean(-1)
+
+
+def test_group_sizes_and_ratios():
+    assert group_ratios([0.25]) == [0.25, 0.75] and group_ratios([0.0]) == [1.0] and group_ratios([1.0]) == [1.0]
+    assert group_sizes(group_ratios([0.25]), 256) == (64, 192)
+    assert group_sizes(group_ratios([0.3]), 256) == (77, 179)
+    assert group_sizes(group_ratios([0.5, 0.3, 0.2]), 256) == (128, 77, 51)
+    assert group_sizes(group_ratios([0.35]), 1024) == (358, 666)
+
+
+def test_groups_exact_random_subsets_and_timesteps():
+    student, ema = tiny_pair()
+    fn = make_loss(mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True, teacher_mask=True)
+    torch.manual_seed(1)
+    counts = torch.zeros(16)
+    for _ in range(50):
+        fn(student, torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)), ema=ema)
+        call = student.calls[-1]
+        layout, t = call["groups"], call["t"]
+        ids = torch.empty_like(layout.perm).scatter_(1, layout.perm, torch.tensor([0] * 4 + [1] * 12).expand(8, -1))
+        assert (ids == 0).sum(1).tolist() == [4] * 8                  # exact sizes for every sample
+        counts += (ids == 0).float().sum(0)
+        assert t.shape == (8, 2) and call["separate"]
+        # every token of group k carries t_k: x_t = (1 - t) x0 + t eps is checked in the teacher test
+    freq = counts / (50 * 8)
+    assert (freq - 0.25).abs().max() < 0.12                           # membership is uniform over positions
+    ts = torch.cat([c["t"] for c in student.calls])
+    assert (ts[:, 0] != ts[:, 1]).all()                                # DTS: independent timesteps per group
+    assert 0.35 < (ts[:, 0] > ts[:, 1]).float().mean() < 0.65         # unsorted (the release)
+
+
+def test_single_timestep_sorted_and_full_rows():
+    student, ema = tiny_pair()
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    make_loss(mask_ratio=[0.25], attention_separation=True, teacher_mask=True)(student, x, y, ema=ema)
+    t = student.calls[-1]["t"]
+    assert torch.equal(t[:, 0], t[:, 1])                               # AS as augmentation: one timestep (Table 2)
+    make_loss(mask_ratio=[0.25], dual_time_scheduling=True, sorted_timesteps=True, attention_separation=True,
+              teacher_mask=True)(student, x, y, ema=ema)
+    t = student.calls[-1]["t"]
+    assert (t[:, 0] >= t[:, 1]).all()                                  # Eq. 5: t_hi on the masked group
+    make_loss(mask_ratio=[0.5], dual_time_scheduling=True, attention_separation=True, teacher_mask=True,
+              full_sample_prob=0.25)(student, x, y, ema=ema)
+    call = student.calls[-1]
+    t, layout = call["t"], call["groups"]
+    assert layout.full_rows.tolist() == [0, 1]                          # exactly round(0.25 * 8) plain rows
+    assert torch.equal(t[:2, 0], t[:2, 1]) and (t[2:, 0] != t[2:, 1]).all()
+    s = ema.feature_calls[-1]["t"]
+    assert torch.equal(s[:2, 0], s[:2, 1])                              # ... and their teacher keeps one timestep
+
+
+@pytest.mark.parametrize("strategy", ["sra", "self_flow", "same"])
+def test_teacher_inputs_follow_the_table(strategy):
+    student, ema = tiny_pair()
+    torch.manual_seed(3)
+    x0, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    mask = strategy != "self_flow"
+    fn = make_loss(mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True, teacher_t=strategy,
+                   teacher_mask=mask, class_dropout_prob=0.5)
+    fn(student, x0, y, ema=ema)
+    sc, tc = student.calls[-1], ema.feature_calls[-1]
+    layout, t = sc["groups"], sc["t"]
+    ids = torch.empty_like(layout.perm).scatter_(1, layout.perm, torch.tensor([0] * 4 + [1] * 12).expand(6, -1))
+    tau = t.gather(1, ids)                                              # (N, T) student time per token
+    eps_tok = (per_token(sc["x"] - (1 - torch.repeat_interleave(torch.repeat_interleave(
+        tau.view(6, 1, 4, 4), 2, 2), 2, 3)) * x0)) / tau                # recover eps per token (patch means)
+    assert tc["layer"] == 4 and torch.equal(tc["y"], y)                 # clean labels (release default)
+    if strategy == "same":
+        assert torch.equal(tc["x"], sc["x"]) and torch.equal(tc["t"], t) and tc["separate"]
+        return
+    if strategy == "self_flow":                                         # whole image at t_lo, full attention
+        s_tok = t.min(1).values[:, None].expand(-1, 16)
+        assert tc["groups"] is None and tc["t"].shape == (6,)
+        torch.testing.assert_close(tc["t"], t.min(1).values)
+    else:                                                               # sra: s_g = clamp(t_g - 0.2 U_g, 0, 1)
+        s = tc["t"]
+        assert s.shape == (6, 2) and (s <= t + 1e-7).all() and (s >= (t - 0.2).clamp(min=0) - 1e-7).all()
+        assert tc["groups"] is layout and tc["separate"]
+        s_tok = s.gather(1, ids)
+    want = per_token((1 - torch.repeat_interleave(torch.repeat_interleave(s_tok.reshape(6, 1, 4, 4), 2, 2), 2, 3))
+                     * x0) + s_tok * eps_tok
+    torch.testing.assert_close(per_token(tc["x"]), want, atol=1e-4, rtol=1e-4)
+
+
+def test_teacher_sees_dropped_labels_when_asked():
+    student, ema = tiny_pair()
+    fn = make_loss(mask_ratio=[0.0], class_dropout_prob=1.0, teacher_labels="dropped")
+    fn(student, torch.randn(4, 1, 8, 8), torch.tensor([1, 2, 3, 4]), ema=ema)
+    assert (student.calls[-1]["y"] == 10).all() and (ema.feature_calls[-1]["y"] == 10).all()
+    s, t = ema.feature_calls[-1]["t"], student.calls[-1]["t"]
+    assert s.shape == (4,) and (s <= t).all()                          # plain SRA: one less-noisy timestep
+
+
+def test_denoising_loss_is_the_flow_matching_mse():
+    """Eq. 2 with a zero-velocity model: L_gen = mean (eps - x0)^2 per sample."""
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, y, **kw):
+            self.x, self.t = x, t
+            return torch.zeros_like(x)
+
+    m, fn = Zero(), make_loss(use_alignment_loss=False)
+    x0 = torch.randn(3, 1, 8, 8)
+    loss, logs = fn(m, x0, torch.tensor([0, 1, 2]))
+    t = m.t[:, None, None, None]
+    eps = (m.x - (1 - t) * x0) / t
+    torch.testing.assert_close(loss, (eps - x0).pow(2).mean((1, 2, 3)))
+    assert set(logs) == {"loss_gen"}
+
+
+def test_alignment_distances_by_hand():
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    tok = torch.stack([torch.stack([1 - a[n, i] @ b[n, i] / (a[n, i].norm() * b[n, i].norm()) for i in range(5)]).mean()
+                       for n in range(2)])
+    ch = torch.stack([torch.stack([1 - a[n, :, d] @ b[n, :, d] / (a[n, :, d].norm() * b[n, :, d].norm())
+                                   for d in range(3)]).mean() for n in range(2)])
+    torch.testing.assert_close(alignment_distance(a, b, "cos-token"), tok)
+    torch.testing.assert_close(alignment_distance(a, b, "cos-channel"), ch)
+    diff = (a - b).abs()
+    sml1 = torch.where(diff < 0.05, 0.5 * diff ** 2 / 0.05, diff - 0.025).mean((1, 2))
+    torch.testing.assert_close(alignment_distance(a, b, "sml1"), sml1)
+    torch.testing.assert_close(alignment_distance(a, b, "l1"), diff.mean((1, 2)))
+    torch.testing.assert_close(alignment_distance(a, b, "l2"), diff.pow(2).mean((1, 2)))
+    assert alignment_distance(a.bfloat16(), b.bfloat16(), "cos-token").dtype == torch.float32
+
+
+def test_total_loss_and_gradients_reach_only_the_student():
+    student, ema = tiny_pair()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        for p in student.m.blocks.parameters():
+            p.normal_(0, 0.05)
+    fn = make_loss(mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True, teacher_mask=True,
+                   align_weight=0.5)
+    loss, logs = fn(student, torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)), ema=ema)
+    torch.testing.assert_close(loss.mean(), logs["loss_gen"] + 0.5 * logs["loss_align"])
+    loss.mean().backward()
+    assert student.m.ap_head.linear1.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kw,flag", [
+    (dict(mask_ratio=[0.0], teacher_mask=True), "--teacher-mask"),
+    (dict(mask_ratio=[0.0], attention_separation=True), "--attention-separation"),
+    (dict(mask_ratio=[0.25], teacher_t="self_flow", teacher_mask=True), "--teacher-mask does not apply"),
+    (dict(mask_ratio=[0.25], teacher_t="sra", teacher_mask=False), "add --teacher-mask"),
+    (dict(mask_ratio=[0.5, 0.3, 0.2], full_sample_prob=0.2, attention_separation=True, teacher_mask=True),
+     "exactly two groups"),
+    (dict(loss_type="cos"), "--loss-type"),
+    (dict(full_sample_prob=1.5, mask_ratio=[0.25]), "--full-sample-prob must lie in"),
+])
+def test_invalid_combinations_name_the_flags(kw, flag):
+    with pytest.raises(ValueError, match=flag):
+        make_loss(**kw)

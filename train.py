@@ -1,0 +1,385 @@
+"""Train SiT with flow matching + self-representation alignment (SRA), DTS and AS. Wiring only: the math is in loss.py.
+
+    python train.py --preset digits                                   # the embedded default, CPU, minutes
+    accelerate launch --num_processes 8 train.py --preset ours-b2 --data-dir /data/imagenet256
+    accelerate launch --num_processes 8 train.py --preset ours-xl2 --data-dir /data/imagenet256 --resume auto
+"""
+import argparse
+import json
+import math
+import os
+import time
+from copy import deepcopy
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm import tqdm
+
+import runlog
+from dataset import EpochOrder, build_dataset, sample_posterior
+from loss import LOSS_TYPES, TEACHER_T, TrainingLoss, VAELatentTarget
+from models import SiT_models
+from presets import PRESETS
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Flags (names as in the public release; a preset fills the defaults, explicit flags win)
+# --------------------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    B = argparse.BooleanOptionalAction
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="the paper's recipes (presets.py)")
+    g = p.add_argument_group("run")
+    g.add_argument("--output-dir", default="runs")
+    g.add_argument("--exp-name", default=None, help="run folder name (default: preset or model)")
+    g.add_argument("--data-dir", default="digits", help="preprocessed latents, REPA vae-sd folder, or 'digits[:R]'")
+    g.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' (the run folder's latest)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-train-steps", type=int, default=400_000)
+    g.add_argument("--checkpoint-steps", type=int, default=50_000)
+    g.add_argument("--keep-last", type=int, default=0, help="keep only the newest N checkpoints (0 = all)")
+    g.add_argument("--keep-every", type=int, default=100_000, help="with --keep-last, also keep multiples of this")
+    g.add_argument("--sample-steps", type=int, default=10_000, help="EMA preview grid every N steps (0 = never)")
+    g.add_argument("--log-every", type=int, default=100)
+    g.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none")
+    g.add_argument("--num-workers", type=int, default=8)
+    g.add_argument("--vae", default=None, help="SD-VAE folder for decoding previews (default: HF cache)")
+    g.add_argument("--vae-id", default="stabilityai/sd-vae-ft-ema")
+    g.add_argument("--eval-samples", type=int, default=0, help="digits: samples for the embedded metric at the end")
+    g.add_argument("--preview-num-steps", type=int, default=50)
+    g.add_argument("--preview-cfg-scale", type=float, default=1.0)
+    g = p.add_argument_group("model and optimisation")
+    g.add_argument("--model", choices=sorted(SiT_models), default="SiT-B/2")
+    g.add_argument("--qk-norm", action=B, default=False)
+    g.add_argument("--class-dropout-prob", "--cfg-prob", type=float, default=0.1)
+    g.add_argument("--batch-size", type=int, default=256, help="global batch (all GPUs, all accumulation steps)")
+    g.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    g.add_argument("--learning-rate", type=float, default=1e-4)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
+    g.add_argument("--adam-weight-decay", type=float, default=0.0)
+    g.add_argument("--adam-epsilon", type=float, default=1e-8)
+    g.add_argument("--max-grad-norm", type=float, default=1.0)
+    g.add_argument("--ema-decay", type=float, default=0.9999)
+    g.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default="bf16")
+    g.add_argument("--compile", action=B, default=False, help="torch.compile the model's blocks")
+    g = p.add_argument_group("loss (loss.py)")
+    g.add_argument("--path-type", choices=["linear", "cosine"], default="linear")
+    g.add_argument("--weighting", choices=["uniform", "lognormal"], default="uniform")
+    g.add_argument("--use-alignment-loss", action=B, default=False)
+    g.add_argument("--align-target", choices=["ema", "repa", "sra2"], default="ema")
+    g.add_argument("--align-weight", type=float, default=0.5)
+    g.add_argument("--loss-type", choices=LOSS_TYPES, default="cos-channel")
+    g.add_argument("--block-out-s", type=int, default=3, help="student block (1-based) for the alignment head")
+    g.add_argument("--block-out-t", type=int, default=8, help="teacher (EMA) block (1-based)")
+    g.add_argument("--mask-ratio", type=float, nargs="+", default=[0.0])
+    g.add_argument("--dual-time-scheduling", action=B, default=False)
+    g.add_argument("--attention-separation", action=B, default=False)
+    g.add_argument("--full-sample-prob", type=float, default=0.0)
+    g.add_argument("--teacher-t", choices=TEACHER_T, default="sra")
+    g.add_argument("--teacher-mask", action=B, default=False)
+    g.add_argument("--teacher-labels", choices=["clean", "dropped"], default="clean")
+    g.add_argument("--sorted-timesteps", action=B, default=False, help="Eq. 5 as written: t_hi on the masked group")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.preset:
+        parser.set_defaults(**PRESETS[known.preset])
+    args = parser.parse_args(argv)
+    if args.exp_name is None:
+        args.exp_name = args.preset or args.model.replace("/", "-")
+    return args
+
+
+def check_args(args, world_size: int):
+    if args.batch_size % (world_size * args.gradient_accumulation_steps):
+        raise SystemExit(f"--batch-size {args.batch_size} is the global batch: it must be divisible by "
+                         f"{world_size} processes x --gradient-accumulation-steps {args.gradient_accumulation_steps}")
+    for flag in ("max_train_steps", "checkpoint_steps", "log_every"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.align_target == "repa" and args.use_alignment_loss:
+        raise SystemExit("--align-target repa needs the REPA target (issue 8), which is not wired yet")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pieces of the loop
+# --------------------------------------------------------------------------------------------------------------
+
+def build_loss(args, model, dataset) -> TrainingLoss:
+    target = VAELatentTarget() if args.align_target == "sra2" else None
+    try:
+        return TrainingLoss(
+            num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size, num_classes=dataset.num_classes,
+            path_type=args.path_type, weighting=args.weighting, class_dropout_prob=args.class_dropout_prob,
+            use_alignment_loss=args.use_alignment_loss, align_weight=args.align_weight, loss_type=args.loss_type,
+            block_out_s=args.block_out_s, block_out_t=args.block_out_t, mask_ratio=args.mask_ratio,
+            dual_time_scheduling=args.dual_time_scheduling, attention_separation=args.attention_separation,
+            full_sample_prob=args.full_sample_prob, teacher_t=args.teacher_t, teacher_mask=args.teacher_mask,
+            teacher_labels=args.teacher_labels, sorted_timesteps=args.sorted_timesteps, target=target)
+    except ValueError as e:
+        raise SystemExit(f"invalid flags: {e}") from None
+
+
+def build_model(args, dataset):
+    head, z_dim = None, None
+    if args.use_alignment_loss:
+        head = "projector" if args.align_target == "repa" else "ap_head"
+        if args.align_target == "sra2":
+            z_dim = int(args.model.split("/")[1]) ** 2 * dataset.latent_channels
+    model = SiT_models[args.model](input_size=dataset.latent_size, in_channels=dataset.latent_channels,
+                                   num_classes=dataset.num_classes, class_dropout_prob=args.class_dropout_prob,
+                                   qk_norm=args.qk_norm, align_head=head, z_dim=z_dim)
+    for flag, block in (("--block-out-s", args.block_out_s), ("--block-out-t", args.block_out_t)):
+        if args.use_alignment_loss and not 1 <= block <= model.depth:
+            raise SystemExit(f"{flag} {block} is outside {args.model}'s blocks 1..{model.depth}")
+    return model
+
+
+class Batches:
+    """Index batches of this rank in a deterministic order that depends only on (seed, step): exact resume."""
+
+    def __init__(self, dataset, args, local_batch, rank, world, device):
+        self.dataset, self.device = dataset, device
+        self.order = EpochOrder(len(dataset), local_batch, seed=args.seed, rank=rank, world_size=world)
+        self.on_device = not dataset.is_latent                          # the digits fit in memory: index directly
+        if self.on_device:
+            self.images, self.labels = dataset.images.to(device), dataset.labels.to(device)
+        self.num_workers = args.num_workers
+        self._it = None
+
+    def seek(self, batches_consumed: int):
+        self.order.seek(batches_consumed)
+        self._it = None
+
+    def _loader(self):
+        while True:
+            if self.on_device:
+                for idx in self.order:
+                    idx = idx.to(self.device)
+                    yield self.images[idx], self.labels[idx]
+            else:
+                loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.order, pin_memory=True,
+                                                     num_workers=self.num_workers)
+                for x, y in loader:
+                    yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def next(self):
+        if self._it is None:
+            self._it = self._loader()
+        x, y = next(self._it)
+        if self.dataset.is_latent:
+            x = sample_posterior(x)                                     # z = (mean + std n) * 0.18215
+        return x, y
+
+
+@torch.no_grad()
+def save_preview(ema, args, dataset, run_dir, step, device, fixed):
+    """EMA samples on fixed noise and labels -> samples/NNNNNNN.png."""
+    from samplers import sample
+    from sample_ddp import save_grid
+
+    z, y = fixed
+    x = sample(ema, z, y, mode="sde", num_steps=args.preview_num_steps, cfg_scale=args.preview_cfg_scale)
+    if dataset.is_latent:
+        vae = load_preview_vae(args, device)
+        if vae is None:
+            return
+        x = vae.decode(x / 0.18215).sample
+    img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    save_grid(img, os.path.join(run_dir, "samples", f"{step:07d}.png"), nrow=int(math.sqrt(len(img))))
+
+
+_VAE = {}
+
+
+def load_preview_vae(args, device):
+    if "vae" not in _VAE:
+        from preprocessing.vae import load_vae
+        try:
+            _VAE["vae"] = load_vae(args.vae, args.vae_id, device)
+        except FileNotFoundError as e:
+            print(f"previews skipped: {e}")
+            _VAE["vae"] = None
+    return _VAE["vae"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              mixed_precision=args.mixed_precision,
+                              log_with=None if args.report_to == "none" else args.report_to,
+                              project_dir=os.path.join(args.output_dir, args.exp_name))
+    check_args(args, accelerator.num_processes)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    run_dir = os.path.join(args.output_dir, args.exp_name)
+    if accelerator.is_main_process:
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
+    accelerator.wait_for_everyone()
+    logger = runlog.make_logger(run_dir if accelerator.is_main_process else None)
+
+    # ---- data, model, EMA teacher, optimizer, loss ---------------------------------------------------------------
+    try:
+        dataset = build_dataset(args.data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"--data-dir: {e}") from None
+    set_seed(args.seed)                                                 # same initial weights on every rank
+    model = build_model(args, dataset).to(device)
+    ema = deepcopy(model).requires_grad_(False).eval()                  # teacher: starts as an exact copy (Sec. 3)
+    loss_fn = build_loss(args, model, dataset)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                            weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+                            fused=device.type == "cuda")
+    if args.compile:
+        for block in model.blocks:
+            block.compile()
+    model, opt = accelerator.prepare(model, opt)
+    raw = accelerator.unwrap_model(model)
+    params = [p for p in raw.parameters()]
+    ema_params = [p for p in ema.parameters()]
+
+    # ---- resume -------------------------------------------------------------------------------------------------
+    step = 0
+    resume = args.resume
+    if resume == "auto":
+        ckpts = runlog.list_checkpoints(run_dir)
+        resume = ckpts[-1] if ckpts else None
+    ckpt = None
+    if resume:
+        if not os.path.isfile(resume):
+            raise SystemExit(f"--resume {resume}: no such checkpoint")
+        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
+        raw.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["opt"])
+        if ckpt.get("scaler") and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(ckpt["scaler"])
+        step = int(ckpt["steps"])
+    local_batch = args.batch_size // world // args.gradient_accumulation_steps
+    batches = Batches(dataset, args, local_batch, rank, world, device)
+    batches.seek(step * args.gradient_accumulation_steps)
+    set_seed(args.seed + rank + 1)                                      # per-rank draws (t, eps, groups, dropout)
+    if ckpt is not None:
+        if len(ckpt["rng"]) == world:
+            runlog.set_rng_state(ckpt["rng"][rank])
+        else:
+            logger.warning(f"checkpoint has RNG states of {len(ckpt['rng'])} processes, this run has {world}: "
+                           "random draws are reseeded, the data order still continues exactly")
+        logger.info(f"resumed from {resume} at step {step}")
+
+    if accelerator.is_main_process:
+        runlog.atomic_write_text(os.path.join(run_dir, "args.json"), json.dumps(vars(args), indent=2) + "\n")
+        metrics = runlog.MetricsWriter(run_dir, resume_step=step)
+    if args.report_to != "none":
+        accelerator.init_trackers(args.exp_name, config={k: str(v) for k, v in vars(args).items()})
+    g = torch.Generator().manual_seed(args.seed)                         # fixed preview noise and labels
+    n_prev = 64 if not dataset.is_latent else 16
+    fixed = (torch.randn(n_prev, raw.in_channels, raw.input_size, raw.input_size, generator=g).to(device),
+             torch.arange(n_prev).remainder(dataset.num_classes).to(device))
+    logger.info(f"{args.model}: {sum(p.numel() for p in raw.parameters() if p.requires_grad) / 1e6:.2f}M params, "
+                f"{len(dataset)} items, global batch {args.batch_size}, {world} process(es), run folder {run_dir}")
+
+    # ---- the loop -----------------------------------------------------------------------------------------------
+    sums, n_sum, t_log, step_log = {}, 0, time.time(), step
+    bar = tqdm(total=args.max_train_steps, initial=step, disable=not accelerator.is_main_process,
+               dynamic_ncols=True, desc="train")
+    model.train()
+    while step < args.max_train_steps:
+        for _ in range(args.gradient_accumulation_steps):
+            x, y = batches.next()
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss, logs = loss_fn(model, x, y, ema=ema if loss_fn.needs_ema else None)
+                loss = loss.mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    logs["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            logs["loss"] = loss.detach()
+            for k, v in logs.items():                                   # device-side sums: no host sync here
+                sums[k] = sums.get(k, 0) + v.detach().float()
+            n_sum += 1
+        torch._foreach_lerp_(ema_params, params, 1 - args.ema_decay)   # EMA teacher, every optimizer step
+        step += 1
+        bar.update(1)
+
+        if step % args.log_every == 0 or step == args.max_train_steps:
+            keys = sorted(sums)
+            vals = accelerator.reduce(torch.stack([sums[k] for k in keys]) / n_sum, reduction="mean").tolist()
+            row = dict(zip(keys, vals))
+            dt = time.time() - t_log
+            row.update(step=step, steps_per_s=(step - step_log) / dt,
+                       img_per_s=(step - step_log) * args.batch_size / dt)
+            sums, n_sum, t_log, step_log = {}, 0, time.time(), step
+            if not all(math.isfinite(row[k]) for k in keys):
+                raise SystemExit(f"non-finite loss at step {step}: {row}. Stopping; the last good checkpoint is "
+                                 f"kept in {os.path.join(run_dir, 'checkpoints')} (resume with --resume auto).")
+            bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "loss_gen", "loss_align") if k in row}
+                            | {"img/s": f"{row['img_per_s']:.0f}"})
+            if accelerator.is_main_process:
+                metrics.write(row)
+                logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            if args.report_to != "none":
+                accelerator.log(row, step=step)
+
+        if step % args.checkpoint_steps == 0 or step == args.max_train_steps:
+            rng = gather_object([runlog.rng_state()])
+            if accelerator.is_main_process:
+                state = {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                         "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                         "args": vars(args), "steps": step, "rng": rng, "time_convention": "ours",
+                         "data": batches.order.state_dict()}
+                runlog.atomic_torch_save(state, os.path.join(run_dir, "checkpoints", f"{step:07d}.pt"))
+                runlog.prune_checkpoints(run_dir, args.keep_last, args.keep_every)
+                runlog.plot_loss_curves(run_dir)
+            accelerator.wait_for_everyone()
+
+        if args.sample_steps and (step % args.sample_steps == 0 or step == args.max_train_steps):
+            if accelerator.is_main_process:
+                save_preview(ema, args, dataset, run_dir, step, device, fixed)
+            accelerator.wait_for_everyone()
+    bar.close()
+
+    # ---- the embedded metric (digits) ---------------------------------------------------------------------------
+    if accelerator.is_main_process and args.eval_samples and not dataset.is_latent:
+        evaluate_digits(ema, args, dataset, run_dir, step, device, logger)
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        logger.info(f"done: {run_dir} (checkpoints/, samples/, metrics.jsonl, loss.png)")
+
+
+@torch.no_grad()
+def evaluate_digits(ema, args, dataset, run_dir, step, device, logger):
+    from evaluations.digits_metric import digits_metric
+    from samplers import sample
+
+    g = torch.Generator().manual_seed(args.seed + 12345)
+    n = args.eval_samples
+    y = torch.arange(n).remainder(dataset.num_classes)
+    xs = []
+    for a in range(0, n, 250):
+        z = torch.randn(min(250, n - a), ema.in_channels, ema.input_size, ema.input_size, generator=g)
+        xs.append(sample(ema, z.to(device), y[a:a + len(z)].to(device), mode="sde",
+                         num_steps=args.preview_num_steps).cpu())
+    res = digits_metric(torch.cat(xs).clamp(-1, 1), y)
+    res.update(step=step, sampler=f"sde-{args.preview_num_steps}", n=n)
+    runlog.atomic_write_text(os.path.join(run_dir, "eval_digits.json"), json.dumps(res, indent=2) + "\n")
+    logger.info(f"embedded metric on {n} EMA samples: Frechet distance {res['fd']:.3f} (classifier features), "
+                f"{100 * res['accuracy']:.1f}% classified as their label -> {run_dir}/eval_digits.json")
+
+
+if __name__ == "__main__":
+    main()
