@@ -1,0 +1,88 @@
+"""train.py: exact resume, checkpoint format, non-finite stop, flag validation."""
+import json
+import os
+
+import pytest
+import torch
+
+import loss as loss_module
+import train
+
+TINY = ["--preset", "digits", "--data-dir", "digits:8", "--batch-size", "16", "--log-every", "2",
+        "--sample-steps", "0", "--eval-samples", "0", "--num-workers", "0", "--mixed-precision", "no",
+        "--block-out-s", "1", "--block-out-t", "2"]
+
+
+def run(tmp_path, name, *extra):
+    train.main(TINY + ["--output-dir", str(tmp_path), "--exp-name", name, *extra])
+    return os.path.join(tmp_path, name)
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)      # plain types only
+
+
+def assert_same_state(a, b):
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs"
+    sa, sb = a["opt"]["state"], b["opt"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for k in sa[i]:
+            assert torch.equal(sa[i][k], sb[i][k]), f"opt state {i}.{k} differs"
+
+
+def test_resume_is_exact(tmp_path):
+    straight = run(tmp_path, "straight", "--max-train-steps", "6", "--checkpoint-steps", "3")
+    # the same run, stopped at step 3 and resumed from its checkpoint
+    run(tmp_path, "resumed", "--max-train-steps", "3", "--checkpoint-steps", "3")
+    resumed = run(tmp_path, "resumed", "--max-train-steps", "6", "--checkpoint-steps", "3", "--resume", "auto")
+    a, b = load(f"{straight}/checkpoints/0000006.pt"), load(f"{resumed}/checkpoints/0000006.pt")
+    assert a["steps"] == b["steps"] == 6 and a["data"] == b["data"]
+    assert_same_state(a, b)                                               # bitwise on CPU
+    rows = [json.loads(line) for line in open(f"{resumed}/metrics.jsonl")]
+    assert [r["step"] for r in rows] == [2, 3, 4, 6]                     # the log continues, nothing duplicated
+    straight_rows = {r["step"]: r for r in map(json.loads, open(f"{straight}/metrics.jsonl"))}
+    assert rows[-1]["loss"] == pytest.approx(straight_rows[6]["loss"], abs=0)
+    args = json.load(open(f"{resumed}/args.json"))
+    assert args["model"] == "SiT-T/2" and args["attention_separation"] and args["dual_time_scheduling"]
+    assert a["time_convention"] == "ours" and isinstance(a["args"], dict)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = loss_module.TrainingLoss.__call__
+    calls = {"n": 0}
+
+    def poisoned(self, *a, **kw):
+        calls["n"] += 1
+        out, logs = real(self, *a, **kw)
+        return (out * float("nan"), logs) if calls["n"] > 2 else (out, logs)
+
+    monkeypatch.setattr(loss_module.TrainingLoss, "__call__", poisoned)
+    with pytest.raises(SystemExit, match="non-finite loss at step 4"):
+        run(tmp_path, "nan", "--max-train-steps", "6", "--checkpoint-steps", "2")
+    ckpts = sorted(os.listdir(tmp_path / "nan" / "checkpoints"))
+    assert ckpts == ["0000002.pt"]
+    assert all(torch.isfinite(v).all() for v in load(tmp_path / "nan" / "checkpoints" / "0000002.pt")["model"].values())
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--block-out-t", "9"], "--block-out-t 9 is outside SiT-T/2's blocks 1..6"),
+    (["--batch-size", "10", "--gradient-accumulation-steps", "4"], "must be divisible"),
+    (["--mask-ratio", "0", "--teacher-mask"], "invalid flags: .*--teacher-mask"),
+    (["--data-dir", "/nonexistent/latents"], "--data-dir"),
+])
+def test_bad_flags_fail_at_start_with_a_clear_message(tmp_path, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        run(tmp_path, "bad", "--max-train-steps", "1", *extra)
+
+
+def test_presets_cover_the_paper_and_explicit_flags_win():
+    a = train.parse_args(["--preset", "ours-xl2"])
+    assert (a.model, a.block_out_s, a.block_out_t, a.mask_ratio, a.max_train_steps) == ("SiT-XL/2", 8, 20, [0.25], 4_000_000)
+    assert a.attention_separation and a.dual_time_scheduling and a.teacher_mask and a.teacher_t == "sra"
+    b = train.parse_args(["--preset", "self-flow-b2", "--mask-ratio", "0.35"])
+    assert b.mask_ratio == [0.35] and not b.attention_separation and b.teacher_t == "self_flow"
+    assert train.parse_args(["--preset", "sit-b2"]).use_alignment_loss is False
