@@ -15,7 +15,8 @@ Storage format ("sit-latent-shards", version 1), everything under OUT_DIR:
                               vae, precision, crop ("adm-center-crop"), min_size, flip (bool), num_files (image
                               files found), num_images (encoded), num_skipped, num_samples (= num_images, x2 with
                               flip), num_classes, class_names, shards [{"file", "count"}], labels, sources, skipped,
-                              reference_batch ({"file", "count", "seed"} or null), float16_rounding (or null).
+                              reference_batch ({"file", "count", "seed"} or null), latent_stats (per-channel
+                              mean/std of the posterior means, 1/std, posterior std range), float16_rounding.
     shards/moments-KKKKK.npy  plain .npy, shape (count_K, 8, h, w), h = w = resolution / 8, dtype as above;
                               channels 0-3 posterior mean, 4-7 posterior std, unscaled VAE space.
                               Open with np.load(path, mmap_mode="r"). Samples follow the image order; with --flip
@@ -31,7 +32,11 @@ Storage format ("sit-latent-shards", version 1), everything under OUT_DIR:
                             if more of them are unreadable, the batch is shorter and dataset.json says so.)
 
 Samples are numbered globally by concatenating the shards in order; dataset.LatentShardDataset reads this layout.
-float32 is the default (identical to the REPA/SRA files). float16 halves the size (41 -> 21 GB at 256x256); its
-rounding error (<= 2^-11 relative) is measured on the real data while encoding and recorded in dataset.json under
-float16_rounding (largest and mean |fp16 - fp32| of the mean channels in units of the posterior std).
+float32 is the default (identical to the REPA/SRA files). float16 halves the size (41 -> 21 GB at 256x256) but is
+not free: the SD-VAE posterior std is very small (the encoder is nearly deterministic), while float16 rounds the
+mean by up to 2^-11 of its value (about 1e-3 to 1e-2 for typical |mean| of 2 to 20), which can be comparable to or
+larger than that std; it stays ~1e-3 of the latent's own scale, and stds below 6e-5 become float16 subnormals. The
+error is measured on the real data while encoding and recorded in dataset.json under float16_rounding (largest and
+mean |fp16 - fp32| of the mean channels in units of the posterior std): check it before training on float16 shards.
+The same reasoning makes --precision fp32 the default for the encoder (bf16 arithmetic errs by ~4e-3 relative).
 """

@@ -211,7 +211,7 @@ def _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, pre
             atomic_save_npy(files["reference"], np.stack(ref_crops))  # (m, res, res, 3) uint8
         meta = {"fingerprint": fp, "shard": k, "first_item": lo, "num_items": hi - lo, "count": writer.count,
                 "labels": labels, "sources": sources, "skipped": skipped, "reference_ranks": ref_ranks,
-                "float16_rounding": writer.rounding_stats()}
+                "stats": writer.stats}
         atomic_write_json(files["meta"], meta)                        # meta first, the moments file last
         writer.close()
     except BaseException:
@@ -221,19 +221,24 @@ def _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, pre
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m preprocessing", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m preprocessing", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Resume: rerun the same command. Multi-GPU: torchrun --nproc_per_node N -m preprocessing ...\n"
+               "Keep existing REPA/SRA latents: python -m preprocessing import-repa DATA_DIR OUT_DIR (--help there).")
     p.add_argument("src_dir", help="image folder, one sub-folder per class (ImageNet train/ layout)")
     p.add_argument("out_dir", help="output folder (created; rerun with the same arguments to resume)")
     p.add_argument("--resolution", type=int, default=256, help="crop size in pixels (256 or 512)")
     p.add_argument("--vae", dest="vae_path", default=None, help="local diffusers AutoencoderKL folder")
     p.add_argument("--vae-id", default=DEFAULT_VAE_ID, help="Hugging Face id looked up in the local cache only")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder call (x2 with --flip)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="encoder arithmetic")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="encoder arithmetic: fp32 (TF32 off, "
+                                                                         "default), tf32, bf16 (fastest on GPU)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="storage dtype of the moments")
     p.add_argument("--flip", action="store_true", help="also store each image's horizontal mirror")
     p.add_argument("--shard-size", type=int, default=20000, help="image files per shard")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes per rank")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding processes per rank (default: CPU cores / ranks, at most 8)")
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
     p.add_argument("--reference-batch", type=int, default=0, help="also write N cropped images to "
                                                                    "reference_batch.npz (for the evaluator)")
@@ -248,6 +253,9 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    workers = args.workers
+    if workers is None:
+        workers = min(8, max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
     device = args.device
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
@@ -259,7 +267,7 @@ def main(argv=None):
     try:
         encode_folder(args.src_dir, args.out_dir, args.resolution, vae_path=args.vae_path, vae_id=args.vae_id,
                       batch_size=args.batch_size, precision=args.precision, dtype=args.dtype, flip=args.flip,
-                      shard_size=args.shard_size, workers=args.workers, device=device,
+                      shard_size=args.shard_size, workers=workers, device=device,
                       reference_batch=args.reference_batch, reference_seed=args.reference_seed,
                       min_size=args.min_size, max_shards=args.max_shards, rank=rank, world_size=world_size,
                       progress=not args.no_progress)

@@ -66,7 +66,7 @@ def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classe
             meta = {"fingerprint": shard_fingerprint(k), "shard": k, "first_item": lo, "num_items": hi - lo,
                     "count": writer.count, "labels": ds.labels[lo:hi].tolist(),
                     "sources": [[ds.files[i], 0] for i in range(lo, hi)], "skipped": [],
-                    "float16_rounding": writer.rounding_stats()}
+                    "stats": writer.stats}
             atomic_write_json(files["meta"], meta)
             writer.close()
         except BaseException:

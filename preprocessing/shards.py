@@ -83,7 +83,10 @@ class ShardWriter:
         self.path, self.tmp = path, path[:-len(".npy")] + ".tmp"
         self.capacity, self.sample_shape, self.dtype = capacity, tuple(sample_shape), np.dtype(dtype)
         self.count = 0
-        self.err_max, self.err_sum, self.err_n = 0.0, 0.0, 0        # fp16 rounding of the mean, in std units
+        c = self.sample_shape[0] // 2
+        self.stats = {"n": 0, "mean_sum": [0.0] * c, "mean_sqsum": [0.0] * c,                # running sums
+                      "std_sum": 0.0, "std_min": None, "std_max": None,
+                      "fp16_err_max": 0.0, "fp16_err_sum": 0.0}                               # in std units
         shape = (max(capacity, 1),) + self.sample_shape             # a zero-length memmap is not allowed
         self.mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=shape)
 
@@ -97,17 +100,21 @@ class ShardWriter:
         stored = moments.astype(self.dtype)
         self.mm[self.count:self.count + n] = stored
         self.count += n
-        if self.dtype == np.float16:                                 # measure what fp16 storage costs
-            c = moments.shape[1] // 2
-            err = np.abs(stored[:, :c].astype(np.float32) - moments[:, :c]) / moments[:, c:]
-            self.err_max = max(self.err_max, float(err.max(initial=0.0)))
-            self.err_sum += float(err.sum(dtype=np.float64))
-            self.err_n += err.size
-
-    def rounding_stats(self):
-        if self.dtype != np.float16:
-            return None
-        return {"max_abs_err_over_std": self.err_max, "sum_abs_err_over_std": self.err_sum, "n": self.err_n}
+        if n == 0:
+            return
+        c, st = moments.shape[1] // 2, self.stats
+        mean, std = moments[:, :c].astype(np.float64), moments[:, c:].astype(np.float64)
+        st["n"] += mean[:, 0].size
+        st["mean_sum"] = [a + b for a, b in zip(st["mean_sum"], mean.sum(axis=(0, 2, 3)).tolist())]
+        st["mean_sqsum"] = [a + b for a, b in zip(st["mean_sqsum"], (mean ** 2).sum(axis=(0, 2, 3)).tolist())]
+        st["std_sum"] += float(std.sum())
+        lo, hi = float(std.min()), float(std.max())
+        st["std_min"] = lo if st["std_min"] is None else min(st["std_min"], lo)
+        st["std_max"] = hi if st["std_max"] is None else max(st["std_max"], hi)
+        if self.dtype == np.float16:                                 # what fp16 storage costs, in std units
+            err = np.abs(stored[:, :c].astype(np.float64) - mean) / std
+            st["fp16_err_max"] = max(st["fp16_err_max"], float(err.max()))
+            st["fp16_err_sum"] += float(err.sum())
 
     def close(self):
         """Trim to `count` samples, flush, and rename into place (atomic)."""
@@ -161,6 +168,31 @@ def write_reference_npz(out_dir: str, selection):
     os.replace(path + ".tmp", path)
 
 
+def summarize_stats(stats, float16: bool) -> dict:
+    """Per-shard running sums -> dataset.json's latent_stats and float16_rounding."""
+    stats = [s for s in stats if s["n"] > 0]
+    n = sum(s["n"] for s in stats)
+    if n == 0:
+        return {"latent_stats": None, "float16_rounding": None}
+    c = len(stats[0]["mean_sum"])
+    m1 = [sum(s["mean_sum"][i] for s in stats) / n for i in range(c)]
+    m2 = [sum(s["mean_sqsum"][i] for s in stats) / n for i in range(c)]
+    overall = float(np.sqrt(sum(m2) / c - (sum(m1) / c) ** 2))
+    out = {"latent_stats": {
+        "what": "statistics of the unscaled posterior mean per channel, and of the posterior std, over the dataset",
+        "channel_mean": m1, "channel_std": [float(np.sqrt(max(b - a * a, 0.0))) for a, b in zip(m1, m2)],
+        "scale_for_unit_std": 1.0 / overall if overall > 0 else None,     # compare with scale_factor 0.18215
+        "posterior_std_mean": sum(s["std_sum"] for s in stats) / (n * c),
+        "posterior_std_min": min(s["std_min"] for s in stats), "posterior_std_max": max(s["std_max"] for s in stats)},
+        "float16_rounding": None}
+    if float16:
+        out["float16_rounding"] = {
+            "what": "|float16(mean) - float32(mean)| / posterior std over all mean values",
+            "max_abs_err_over_std": max(s["fp16_err_max"] for s in stats),
+            "mean_abs_err_over_std": sum(s["fp16_err_sum"] for s in stats) / (n * c)}
+    return out
+
+
 def finalize(out_dir: str, num_shards: int, header: dict, reference=None) -> dict:
     """All shards finished -> labels.npy, sources.txt, skipped.txt, reference_batch.npz, dataset.json. Idempotent.
 
@@ -168,7 +200,7 @@ def finalize(out_dir: str, num_shards: int, header: dict, reference=None) -> dic
     rank (the shard metas list each saved crop's rank in the seeded permutation), in file order.
     """
     shards, labels, sources, skipped, candidates = [], [], [], [], []   # candidates: (rank, shard, row)
-    err_max, err_sum, err_n = 0.0, 0.0, 0
+    stats = []                                                              # per-shard running sums
     for k in range(num_shards):
         files = shard_files(out_dir, k)
         if not os.path.isfile(files["moments"]):
@@ -185,10 +217,7 @@ def finalize(out_dir: str, num_shards: int, header: dict, reference=None) -> dic
         sources += meta["sources"]
         skipped += meta["skipped"]
         candidates += [(r, k, row) for row, r in enumerate(meta.get("reference_ranks", []))]
-        r = meta.get("float16_rounding")
-        if r:
-            err_max, err_sum, err_n = max(err_max, r["max_abs_err_over_std"]), err_sum + r["sum_abs_err_over_std"], \
-                err_n + r["n"]
+        stats.append(meta["stats"])
 
     atomic_save_npy(os.path.join(out_dir, "labels.npy"), np.asarray(labels, dtype=np.int64).reshape(-1))
     atomic_write_bytes(os.path.join(out_dir, "sources.txt"),
@@ -218,9 +247,7 @@ def finalize(out_dir: str, num_shards: int, header: dict, reference=None) -> dic
         "num_skipped": len(skipped), "num_samples": num_samples,
         "shards": shards, "labels": "labels.npy", "sources": "sources.txt", "skipped": "skipped.txt",
         "reference_batch": reference,
-        "float16_rounding": None if not err_n else {
-            "max_abs_err_over_std": err_max, "mean_abs_err_over_std": err_sum / err_n,
-            "what": "|float16(mean) - float32(mean)| / posterior std over all mean channels"},
+        **summarize_stats(stats, header.get("dtype") == "float16"),
     })
     info["num_files"] = info["num_images"] + info["num_skipped"]
     atomic_write_json(os.path.join(out_dir, "dataset.json"), info)

@@ -27,7 +27,7 @@ def write_shards(out, counts, h=4, dtype="float32", num_classes=5, seed=0):
         w.write(m)
         atomic_write_json(shard_files(out, k)["meta"], {"count": c, "labels": y.tolist(),
                                                          "sources": [[f"c/{k}_{i}.png", 0] for i in range(c)],
-                                                         "skipped": [], "float16_rounding": w.rounding_stats()})
+                                                         "skipped": [], "stats": w.stats})
         w.close()
         allm.append(m)
         alll.append(y)

@@ -173,6 +173,13 @@ def test_shards_labels_and_json_agree(image_folder, encoded):
     skipped = dict(line.split("\t") for line in open(os.path.join(out, "skipped.txt")).read().splitlines())
     assert set(skipped) == set(BAD) and all(BAD[p] in r for p, r in skipped.items())
     assert not [f for f in os.listdir(os.path.join(out, "shards")) if f.endswith(".tmp")]
+    x, _ = LatentShardDataset(out).get_batch(range(11))                      # the recorded statistics
+    st = info["latent_stats"]
+    np.testing.assert_allclose(st["channel_mean"], x[:, :4].double().mean((0, 2, 3)).numpy(), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(st["channel_std"], x[:, :4].double().std((0, 2, 3), unbiased=False).numpy(),
+                               rtol=1e-6)
+    assert st["posterior_std_min"] == x[:, 4:].min().item() and st["posterior_std_max"] == x[:, 4:].max().item()
+    assert info["float16_rounding"] is None
 
 
 def test_moments_match_the_vae_posterior(image_folder, encoded, sd_vae):
