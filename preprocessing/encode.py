@@ -212,7 +212,7 @@ def _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, pre
         meta = {"fingerprint": fp, "shard": k, "first_item": lo, "num_items": hi - lo, "count": writer.count,
                 "labels": labels, "sources": sources, "skipped": skipped, "reference_ranks": ref_ranks,
                 "stats": writer.stats}
-        atomic_write_json(files["meta"], meta)                        # meta first, the moments file last
+        atomic_write_json(files["meta"], meta, indent=None)          # meta first, the moments file last
         writer.close()
     except BaseException:
         writer.abort()

@@ -67,7 +67,7 @@ def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classe
                     "count": writer.count, "labels": ds.labels[lo:hi].tolist(),
                     "sources": [[ds.files[i], 0] for i in range(lo, hi)], "skipped": [],
                     "stats": writer.stats}
-            atomic_write_json(files["meta"], meta)
+            atomic_write_json(files["meta"], meta, indent=None)
             writer.close()
         except BaseException:
             writer.abort()

@@ -26,8 +26,8 @@ def atomic_write_bytes(path: str, data: bytes):
     os.replace(tmp, path)
 
 
-def atomic_write_json(path: str, obj):
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+def atomic_write_json(path: str, obj, indent=1):
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
 
 
 def atomic_save_npy(path: str, array: np.ndarray):
