@@ -1,0 +1,163 @@
+"""ADM evaluator: IS, FID, sFID, precision and recall of a sample batch against a reference batch.
+
+    python -m evaluations.evaluator REF.npz SAMPLE.npz [--inception PATH] [--out JSON]
+
+Follows openai/guided-diffusion evaluations/evaluator.py (the numbers in SiT / REPA / SRA tables), see
+../shared/reference/sit-repa-adm.md section 4:
+- images: `arr_0`, uint8 N x H x W x 3, streamed in batches in file order through the Inception graph
+  (evaluations/inception.py); any resolution (the graph resizes to 299 itself);
+- FID on pool_3 (2048-d), sFID on mixed_6/conv[..., :7] (2023-d); the reference's `mu, sigma, mu_s, sigma_s` are
+  used when the reference npz has them (ADM's VIRTUAL_imagenet256_labeled.npz does), computed from its arr_0 otherwise;
+- IS over consecutive splits of 5000 samples (10 splits at 50K, 2 at 10K);
+- precision / recall with k = 3 on pool_3 features of the reference's arr_0 and of all samples.
+Differences from the ADM code, none of which changes the protocol: the Frechet distance comes from eigenvalues in
+float64 instead of scipy.linalg.sqrtm, IS is computed in float64, and the fp16 distances of precision/recall are
+emulated on the CPU (fp32 accumulation, fp16 rounding; `--pr-dtype float32` to skip the rounding).
+
+With fewer than 50,000 samples every number is labelled with the count, e.g. FID-10K, as the paper's ablations.
+Prints the five numbers and writes a JSON record (default: SAMPLE_eval.json next to the samples).
+"""
+import argparse
+import hashlib
+import os
+import sys
+import time
+
+import numpy as np
+
+from evaluations import metrics
+from evaluations.common import (NpzArrayReader, atomic_write_json, check_images_array, npz_keys, now_iso,
+                                versions)
+from evaluations.inception import POOL_DIM, SPATIAL_DIM, resolve_graph_path
+
+STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_batch_file(path: str, flag: str) -> list:
+    """Clear errors for a missing file, a missing or mis-shaped arr_0, or partial reference statistics."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} file not found: {path}")
+    keys = npz_keys(path)
+    if "arr_0" not in keys:
+        raise KeyError(f"{path} ({flag}): no 'arr_0' array (arrays in file: {keys}); the evaluator reads "
+                       f"uint8 N x H x W x 3 images from arr_0, as np.savez(path, images) writes them")
+    with NpzArrayReader(path, "arr_0") as r:
+        check_images_array(path, "arr_0", r.shape, r.dtype)
+    present = [k for k in STAT_KEYS if k in keys]
+    if present and len(present) != len(STAT_KEYS):
+        raise KeyError(f"{path} ({flag}): has {present} but not all of {list(STAT_KEYS)}; store all four "
+                       f"reference statistics or none")
+    return keys
+
+
+def load_reference_stats(path: str):
+    """(mu, sigma), (mu_s, sigma_s) stored in a reference npz, shape-checked, as float64."""
+    with np.load(path) as z:
+        out = {k: np.asarray(z[k], dtype=np.float64) for k in STAT_KEYS}
+    for mu, sigma, dim in (("mu", "sigma", POOL_DIM), ("mu_s", "sigma_s", SPATIAL_DIM)):
+        if out[mu].shape != (dim,) or out[sigma].shape != (dim, dim):
+            raise ValueError(f"{path}: '{mu}' / '{sigma}' have shapes {out[mu].shape} / {out[sigma].shape}, "
+                             f"expected ({dim},) / ({dim}, {dim})")
+    return (out["mu"], out["sigma"]), (out["mu_s"], out["sigma_s"])
+
+
+def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size: int = 64,
+             pr_dtype: str = "float16", progress: bool = True, log=print) -> dict:
+    """Runs the ADM protocol and returns the JSON record (see main). Raises with a clear message on bad input."""
+    t_start = time.time()
+    graph = resolve_graph_path(inception)                    # fail fast, before TensorFlow or any image is read
+    ref_keys = check_batch_file(ref_path, "REF")
+    check_batch_file(sample_path, "SAMPLE")
+
+    from evaluations.inception import InceptionNet, read_activations
+    net = InceptionNet(graph)
+    try:
+        ref_pool, ref_spatial = read_activations(net, ref_path, batch_size=batch_size, progress=progress)
+        smp_pool, smp_spatial = read_activations(net, sample_path, batch_size=batch_size, progress=progress)
+        probs = net.class_probs(smp_pool)
+    finally:
+        net.close()
+    n = smp_pool.shape[0]
+    if n < 2 or ref_pool.shape[0] < 2:
+        raise ValueError(f"need at least 2 images in each batch (reference {ref_pool.shape[0]}, samples {n})")
+
+    if all(k in ref_keys for k in STAT_KEYS):
+        ref_stats, ref_stats_s = load_reference_stats(ref_path)
+        stats_source = "stored in REF (mu, sigma, mu_s, sigma_s)"
+    else:
+        ref_stats, ref_stats_s = metrics.feature_stats(ref_pool), metrics.feature_stats(ref_spatial)
+        stats_source = f"computed from REF arr_0 ({ref_pool.shape[0]} images)"
+    log(f"reference statistics: {stats_source}")
+
+    inception_score = metrics.inception_score(probs)
+    fid = metrics.frechet_distance(*metrics.feature_stats(smp_pool), *ref_stats)
+    sfid = metrics.frechet_distance(*metrics.feature_stats(smp_spatial), *ref_stats_s)
+    if progress:
+        log("computing precision/recall (k=3 nearest neighbours) ...")
+    precision, recall = metrics.precision_recall(ref_pool, smp_pool, metrics.NHOOD_SIZE, pr_dtype)
+
+    suffix = metrics.count_suffix(n)
+    named = {f"IS{suffix}": inception_score, f"FID{suffix}": fid, f"sFID{suffix}": sfid,
+             f"Precision{suffix}": precision, f"Recall{suffix}": recall}
+    return {
+        "protocol": "ADM evaluator (openai/guided-diffusion evaluations/evaluator.py)",
+        "ref": os.path.abspath(ref_path),
+        "samples": os.path.abspath(sample_path),
+        "num_samples": int(n),
+        "num_ref_images": int(ref_pool.shape[0]),
+        "metrics": named,
+        "inception_score": inception_score, "fid": fid, "sfid": sfid, "precision": precision, "recall": recall,
+        "label_suffix": suffix,
+        "is_splits": metrics.num_is_splits(n), "is_split_size": metrics.IS_SPLIT_SIZE,
+        "pr_nhood_size": metrics.NHOOD_SIZE, "pr_distance_dtype": pr_dtype,
+        "reference_stats": stats_source,
+        "inception_graph": os.path.abspath(graph),
+        "inception_graph_sha256": _sha256(graph),
+        "versions": versions("numpy", "scipy", "tensorflow"),
+        "time": now_iso(),
+        "wall_seconds": round(time.time() - t_start, 2),
+    }
+
+
+def default_out_path(sample_path: str) -> str:
+    base = sample_path[:-4] if sample_path.endswith(".npz") else sample_path
+    return base + "_eval.json"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ref", help="reference batch npz: arr_0 uint8 NHWC, optionally mu, sigma, mu_s, sigma_s")
+    p.add_argument("samples", help="sample batch npz: arr_0 uint8 NHWC (e.g. 50000 x 256 x 256 x 3)")
+    p.add_argument("--inception", help="path to classify_image_graph_def.pb (else $ADM_INCEPTION_GRAPH, else "
+                                       "~/.cache/sit_sra/classify_image_graph_def.pb); never downloaded")
+    p.add_argument("--out", help="JSON record path (default: SAMPLES_eval.json next to the samples)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per Inception batch (ADM: 64)")
+    p.add_argument("--pr-dtype", choices=["float16", "float32"], default="float16",
+                   help="precision/recall distance arithmetic; float16 emulates ADM's (default)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    args = p.parse_args(argv)
+    try:
+        record = evaluate(args.ref, args.samples, args.inception, args.batch_size, args.pr_dtype,
+                          progress=not args.no_progress)
+    except (FileNotFoundError, KeyError, ValueError, ImportError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(2)
+    for name, value in record["metrics"].items():
+        print(f"{name}: {value:.6g}" if name.startswith(("IS", "FID", "sFID")) else f"{name}: {value:.4f}")
+    out = args.out or default_out_path(args.samples)
+    atomic_write_json(out, record)
+    print(f"wrote {out}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Builds a reference batch for evaluations/evaluator.py in the format of ADM's VIRTUAL_*.npz files:
+
+    arr_0  uint8 (M, R, R, 3)   reference images for precision/recall (ADM: 10,000)
+    mu, sigma       float64     pool_3 statistics over all used images (2048-d)
+    mu_s, sigma_s   float64     mixed_6/conv[..., :7] statistics over all used images (2023-d)
+    labels int64 (M,)           class index per arr_0 image, when known (folder names, or `labels` in the input npz)
+
+    python -m evaluations.make_reference OUT.npz --images DIR --resolution 256 [--num-ref 10000] [--inception PB]
+    python -m evaluations.make_reference OUT.npz --npz IMAGES.npz [--resolution 256]
+
+Images from a folder (searched recursively; class = first sub-folder, sorted) get ADM's centre crop
+(adm_center_crop). Images from an npz (`arr_0`, uint8 NHWC) are used as they are when already R x R, centre-cropped
+otherwise. Statistics are accumulated in a stream (float64), so the whole ImageNet training set fits in memory.
+`--no-stats` writes arr_0 (and labels) only; the evaluator then computes the statistics from arr_0.
+"""
+import argparse
+import os
+
+import numpy as np
+
+from evaluations.common import NpzArrayReader, atomic_savez, check_images_array, npz_keys
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def adm_center_crop(image, resolution: int) -> np.ndarray:
+    """ADM's centre crop (guided-diffusion image_datasets.py, also used by REPA/SRA preprocessing):
+    halve with a BOX filter while the short side is >= 2 * resolution, resize the short side to `resolution` with
+    BICUBIC (long side rounded), take the centre resolution x resolution square. PIL image -> uint8 (R, R, 3)."""
+    from PIL import Image
+    image = image.convert("RGB")
+    while min(image.size) >= 2 * resolution:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
+    scale = resolution / min(image.size)
+    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+    arr = np.asarray(image)                                       # (H, W, 3)
+    top, left = (arr.shape[0] - resolution) // 2, (arr.shape[1] - resolution) // 2
+    return np.ascontiguousarray(arr[top:top + resolution, left:left + resolution])
+
+
+def list_images(folder: str):
+    """Sorted image paths under `folder` and their labels (index of the sorted first-level sub-folder, or None
+    when the images lie directly in `folder`)."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--images folder not found: {folder}")
+    paths = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not paths:
+        raise ValueError(f"--images {folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+    rel_first = [os.path.relpath(p, folder).split(os.sep)[0] for p in paths]
+    if any(os.sep not in os.path.relpath(p, folder) for p in paths):
+        return paths, None
+    classes = sorted(set(rel_first))
+    index = {c: i for i, c in enumerate(classes)}
+    return paths, np.array([index[c] for c in rel_first], dtype=np.int64)
+
+
+class _FolderSource:
+    def __init__(self, folder, resolution):
+        self.paths, self.labels = list_images(folder)
+        self.resolution = resolution
+
+    def __len__(self):
+        return len(self.paths)
+
+    def batch(self, indices):
+        from PIL import Image
+        out = []
+        for i in indices:
+            with Image.open(self.paths[i]) as im:
+                out.append(adm_center_crop(im, self.resolution))
+        return np.stack(out)
+
+
+class _NpzSource:
+    """arr_0 of an npz, read in order (indices must be increasing); centre-cropped when not R x R."""
+
+    def __init__(self, path, resolution):
+        self.reader = NpzArrayReader(path, "arr_0")
+        check_images_array(path, "arr_0", self.reader.shape, self.reader.dtype, channels=(1, 3))
+        h, w = self.reader.shape[1:3]
+        self.resolution = resolution or h
+        self.labels = None
+        if "labels" in npz_keys(path):
+            with np.load(path) as z:
+                self.labels = np.asarray(z["labels"], dtype=np.int64)
+            if self.labels.shape != (self.reader.shape[0],):
+                raise ValueError(f"{path}: 'labels' has shape {self.labels.shape}, expected ({self.reader.shape[0]},)")
+        self._pos = 0
+
+    def __len__(self):
+        return self.reader.shape[0]
+
+    def batch(self, indices):
+        from PIL import Image
+        rows = []
+        for i in indices:
+            if i < self._pos:
+                raise ValueError("npz rows must be read in increasing order")
+            if i > self._pos:
+                self.reader.read(i - self._pos)                   # skip unused rows
+            img = self.reader.read(1)[0]
+            self._pos = i + 1
+            if img.shape[-1] == 1:
+                img = np.repeat(img, 3, axis=-1)
+            if img.shape[:2] != (self.resolution, self.resolution):
+                img = adm_center_crop(Image.fromarray(img), self.resolution)
+            rows.append(img)
+        return np.stack(rows)
+
+    def close(self):
+        self.reader.close()
+
+
+def make_reference(out: str, images: str = None, npz: str = None, resolution: int = None, num_ref: int = 10000,
+                   max_images: int = None, seed: int = 0, inception: str = None, stats: bool = True,
+                   batch_size: int = 64, progress: bool = True) -> dict:
+    """Writes the reference npz `out` and returns a summary dict (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    from evaluations import metrics
+    if (images is None) == (npz is None):
+        raise ValueError("give exactly one of --images DIR or --npz FILE")
+    if images is not None and not resolution:
+        raise ValueError("--images needs --resolution (e.g. 256)")
+    source = _FolderSource(images, resolution) if images is not None else _NpzSource(npz, resolution)
+    rng = np.random.default_rng(seed)
+    used = np.arange(len(source))
+    if max_images is not None and max_images < len(used):
+        used = np.sort(rng.choice(used, size=max_images, replace=False))
+    ref_pos = np.sort(rng.choice(len(used), size=min(num_ref, len(used)), replace=False))   # positions in `used`
+    is_ref = np.zeros(len(used), dtype=bool)
+    is_ref[ref_pos] = True
+
+    net = None
+    if stats:
+        from evaluations.inception import InceptionNet, resolve_graph_path
+        net = InceptionNet(resolve_graph_path(inception))
+        pool_stats, spatial_stats = metrics.RunningStats(), metrics.RunningStats()
+    res = source.resolution
+    arr = np.empty((len(ref_pos), res, res, 3), dtype=np.uint8)
+    filled = 0
+    bar = tqdm(total=len(used), desc="reference images", unit="img", disable=not progress)
+    for start in range(0, len(used), batch_size):
+        batch = source.batch(used[start:start + batch_size])       # uint8 (B, R, R, 3)
+        if net is not None:
+            pool, spatial = net.features(batch)
+            pool_stats.update(pool)
+            spatial_stats.update(spatial)
+        keep = batch[is_ref[start:start + batch_size]]
+        arr[filled:filled + len(keep)] = keep
+        filled += len(keep)
+        bar.update(len(batch))
+    bar.close()
+    if hasattr(source, "close"):
+        source.close()
+    result = {"arr_0": arr}
+    if net is not None:
+        net.close()
+        result["mu"], result["sigma"] = pool_stats.stats()
+        result["mu_s"], result["sigma_s"] = spatial_stats.stats()
+    if source.labels is not None:
+        result["labels"] = source.labels[used[ref_pos]]
+    atomic_savez(out, **result)
+    return {"out": out, "images_used": int(len(used)), "ref_images": int(len(ref_pos)), "resolution": res,
+            "stats": bool(stats), "labels": source.labels is not None}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="output reference npz")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="image folder (class sub-folders optional), ADM centre crop")
+    src.add_argument("--npz", help="npz with arr_0 uint8 N x H x W x C images (e.g. samples or preprocessed images)")
+    p.add_argument("--resolution", type=int, help="output resolution R (needed with --images)")
+    p.add_argument("--num-ref", type=int, default=10000, help="images kept in arr_0 (ADM: 10000)")
+    p.add_argument("--max-images", type=int, help="use a random subset of this many images for the statistics")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset choices")
+    p.add_argument("--inception", help="classify_image_graph_def.pb (else $ADM_INCEPTION_GRAPH or the cache)")
+    p.add_argument("--no-stats", action="store_true", help="write arr_0 (and labels) only; no Inception needed")
+    p.add_argument("--batch-size", type=int, default=64)
+    args = p.parse_args(argv)
+    try:
+        summary = make_reference(args.out, args.images, args.npz, args.resolution, args.num_ref, args.max_images,
+                                 args.seed, args.inception, not args.no_stats, args.batch_size)
+    except (FileNotFoundError, KeyError, ValueError, ImportError) as e:
+        raise SystemExit(f"error: {e.args[0] if isinstance(e, KeyError) else e}")
+    print(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
