@@ -221,7 +221,7 @@ def parse_args(argv=None):
     p.add_argument("--cfg-channels", type=int, choices=[3, 4], default=None,
                    help="default: all channels (REPA / SRA); 3 reproduces DiT / SiT's released numbers")
     p.add_argument("--global-seed", type=int, default=0)
-    p.add_argument("--balanced-labels", action="store_true", help="label of image i = i % num_classes")
+    p.add_argument("--balanced-labels", action="store_true", help="label of image i = i %% num_classes")
     p.add_argument("--num-fid-samples", type=int, default=50000)
     p.add_argument("--per-proc-batch-size", type=int, default=32)
     p.add_argument("--sample-dir", default="samples")
@@ -236,6 +236,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.num_steps < 1:
         p.error(f"--num-steps must be >= 1, got {args.num_steps}")
+    if args.global_seed < 0:
+        p.error(f"--global-seed must be >= 0 (image i uses seed global_seed + i), got {args.global_seed}")
     if args.num_fid_samples < 1 or args.per_proc_batch_size < 1:
         p.error("--num-fid-samples and --per-proc-batch-size must be >= 1")
     if args.heun and args.mode != "ode":

@@ -192,6 +192,9 @@ def test_foreign_files_and_errors(ckpt, tmp_path):
         run(ckpt, tmp_path, "--cfg-channels", "3")
     with pytest.raises(SystemExit):
         sample_ddp.parse_args(["--ckpt", ckpt, "--mode", "sde", "--heun"])
+    with pytest.raises(SystemExit) as e:                                 # the help text formats
+        sample_ddp.parse_args(["--help"])
+    assert e.value.code == 0
 
 
 def test_latent_model_through_a_local_vae(tmp_path):
