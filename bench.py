@@ -6,8 +6,9 @@
 --reference-impl runs the public release's costs with the same math: conditioning and adaLN per token, dense
 attention with a materialised T x T mask, and the EMA teacher running every block. --compare runs ours, then the
 reference, in one process and prints both lines plus a line of ratios. The recipe is the release's unless flags say
-otherwise: SRA + DTS + AS, mask ratio 0.25, teacher sra with the mask, student / teacher blocks 3 / 8 (B) or
-8 / 20 (L, XL).
+otherwise (`--method ours`): SRA + DTS + AS, mask ratio 0.25, teacher sra with the mask, student / teacher
+blocks 3 / 8 (B) or 8 / 20 (L, XL). `--method sit|sra|self-flow|repa|sra2|ours-mix` measures the other recipes;
+REPA's encoder (DINOv2-B, random weights) runs on images as if read from disk (no VAE decoding counted).
 """
 import argparse
 import json
@@ -18,8 +19,9 @@ from copy import deepcopy
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from loss import TrainingLoss
+from loss import REPATarget, TrainingLoss, VAELatentTarget
 from models import SiT_models
+from presets import METHODS, PRESETS
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}       # dense, vendor datasheets
 
@@ -30,7 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default="SiT-B/2", choices=sorted(SiT_models))
     p.add_argument("--batch-size", type=int, default=32, help="per device")
     p.add_argument("--resolution", type=int, default=256, help="image side; latents are resolution / 8")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda, cpu, or meta (with --count-flops: FLOPs without computing anything)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on GPU, 2 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 on GPU, 1 on CPU)")
     p.add_argument("--mixed-precision", choices=["bf16", "no"], default=None, help="default bf16 on GPU")
@@ -38,11 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--count-flops", action=B, default=False, help="FlopCounterMode over one step")
     p.add_argument("--reference-impl", action=B, default=False, help="the public release's costs")
     p.add_argument("--compare", action=B, default=False, help="ours and --reference-impl side by side")
-    p.add_argument("--mask-ratio", type=float, nargs="+", default=[0.25])
-    p.add_argument("--dual-time-scheduling", action=B, default=True)
-    p.add_argument("--attention-separation", action=B, default=True)
-    p.add_argument("--use-alignment-loss", action=B, default=True)
-    p.add_argument("--teacher-t", default="sra")
+    p.add_argument("--method", choices=sorted(METHODS), default="ours", help="a recipe of presets.py")
     p.add_argument("--block-out-s", type=int, default=None)
     p.add_argument("--block-out-t", type=int, default=None)
     p.add_argument("--peak-tflops", type=float, default=None, help="for MFU (default: by device name, bf16 dense)")
@@ -50,18 +49,31 @@ def parse_args(argv=None):
 
 
 def setup(args):
+    """Model, EMA, loss and optimizer for `--method` at the preset's blocks for this model size."""
     dev = torch.device(args.device)
+    method = METHODS[args.method]
+    scale = "xl2" if args.model.startswith(("SiT-XL", "SiT-L")) else "b2"
+    preset = PRESETS[f"{args.method}-{scale}"]
+    s, t = args.block_out_s or preset["block_out_s"], args.block_out_t or preset["block_out_t"]
+    align = method["use_alignment_loss"]
+    target, head, z_dim = None, "ap_head" if align else None, None
+    if align and method["align_target"] == "repa":        # DINOv2-B on images read from disk (REPA's setup)
+        from models.dinov2 import build_dinov2
+        encoder = build_dinov2("dinov2_vitb14").to(dev).requires_grad_(False).eval()
+        images = torch.rand(args.batch_size, 3, args.resolution, args.resolution, device=dev) * 2 - 1
+        target, head, z_dim = REPATarget(encoder, to_images=lambda x0: images), "projector", encoder.embed_dim
+    elif align and method["align_target"] == "sra2":
+        target = VAELatentTarget()
     model = SiT_models[args.model](input_size=args.resolution // 8, in_channels=4, num_classes=1000,
-                                   align_head="ap_head" if args.use_alignment_loss else None).to(dev)
-    deep = model.depth > 12
-    s = args.block_out_s or (8 if deep else 3)
-    t = args.block_out_t or (20 if deep else 8)
-    groups = any(0 < r < 1 for r in args.mask_ratio) or len(args.mask_ratio) > 1
+                                   align_head=head, z_dim=z_dim).to(dev)
+    if align and method["align_target"] == "sra2":
+        model = SiT_models[args.model](input_size=args.resolution // 8, in_channels=4, num_classes=1000,
+                                       align_head="ap_head", z_dim=target.z_dim(model)).to(dev)
+    keys = ("mask_ratio", "dual_time_scheduling", "attention_separation", "full_sample_prob", "teacher_t",
+            "teacher_mask", "loss_type", "align_weight")
     loss_fn = TrainingLoss(num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size, num_classes=1000,
-                           use_alignment_loss=args.use_alignment_loss, block_out_s=s, block_out_t=t,
-                           mask_ratio=args.mask_ratio, dual_time_scheduling=args.dual_time_scheduling and groups,
-                           attention_separation=args.attention_separation and groups, teacher_t=args.teacher_t,
-                           teacher_mask=groups and args.teacher_t != "self_flow")
+                           use_alignment_loss=align, block_out_s=s, block_out_t=t, target=target,
+                           **{k: preset[k] for k in keys if k in preset})
     ema = deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=dev.type == "cuda")
     if args.compile:
@@ -78,7 +90,7 @@ def make_step(args, model, ema, loss_fn, opt, reference):
     y = torch.randint(0, 1000, (args.batch_size,), device=dev)
 
     def step():
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast("cuda" if dev.type == "cuda" else "cpu", dtype=torch.bfloat16, enabled=bf16):
             loss, _ = loss_fn(model, x, y, ema=ema, reference=reference)
         loss.mean().backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -102,13 +114,14 @@ def bench_one(args, reference: bool) -> dict:
                resolution=args.resolution, device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else
                f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
                torch=torch.__version__, mixed_precision=args.mixed_precision, compile=args.compile,
-               recipe=dict(mask_ratio=args.mask_ratio, dts=loss_fn.dual_time_scheduling,
-                           attention_separation=loss_fn.attention_separation, alignment=args.use_alignment_loss,
-                           teacher_t=args.teacher_t, block_out_s=s, block_out_t=t))
+               recipe=dict(method=args.method, groups=list(loss_fn.sizes), dts=loss_fn.dual_time_scheduling,
+                           attention_separation=loss_fn.attention_separation, block_out_s=s, block_out_t=t))
     if args.count_flops:
         with FlopCounterMode(display=False) as fc:
             step()
         out["gflops_per_img"] = round(fc.get_total_flops() / 1e9 / args.batch_size, 2)
+    if dev.type == "meta":                                              # FLOPs only: nothing to time
+        return out
     for _ in range(args.warmup):
         step()
     sync(dev)
@@ -138,12 +151,22 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     runs = [False, True] if args.compare else [args.reference_impl]
-    results = [bench_one(args, ref) for ref in runs]
+    if args.device == "meta" and not args.count_flops:
+        raise SystemExit("--device meta only counts FLOPs: add --count-flops")
+    results = []
+    for ref in runs:
+        if args.device == "meta":
+            with torch.device("meta"):
+                results.append(bench_one(args, ref))
+        else:
+            results.append(bench_one(args, ref))
     for r in results:
         print(json.dumps(r))
     if args.compare:
         ours, ref = results
-        ratio = dict(model=args.model, img_per_s_ratio=round(ours["img_per_s"] / ref["img_per_s"], 3))
+        ratio = dict(model=args.model)
+        if "img_per_s" in ours:
+            ratio["img_per_s_ratio"] = round(ours["img_per_s"] / ref["img_per_s"], 3)
         if "peak_mem_gb" in ours:
             ratio["peak_mem_ratio"] = round(ours["peak_mem_gb"] / ref["peak_mem_gb"], 3)
         if "gflops_per_img" in ours:

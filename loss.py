@@ -162,8 +162,33 @@ class EMATeacher:
         return got["h"]
 
 
+class REPATarget:
+    """REPA (arXiv 2410.06940): a frozen external encoder's patch tokens on the clean image, DINOv2's
+    x_norm_patchtokens at 14 * grid pixels (224 for 16 x 16 SiT tokens, 448 for 32 x 32), so tokens line up."""
+    needs_ema = False
+
+    def __init__(self, encoder, to_images):
+        self.encoder = encoder          # models.dinov2.DinoV2, frozen, eval mode
+        self.to_images = to_images      # x0 in model space (N, C, h, w) -> images (N, 3 or 1, H, W) in [-1, 1]
+
+    def z_dim(self, model) -> int:
+        return self.encoder.embed_dim
+
+    @torch.no_grad()
+    def __call__(self, d: Draw) -> Tensor:
+        from models.dinov2 import dinov2_resolution, preprocess_for_dinov2
+        images = self.to_images(d.x0).float()
+        if images.shape[1] == 1:                                        # grey (the embedded digits)
+            images = images.expand(-1, 3, -1, -1)
+        x = preprocess_for_dinov2(images, resolution=dinov2_resolution(d.grid))
+        return self.encoder.forward_features(x)["x_norm_patchtokens"]  # (N, grid^2, D_enc)
+
+
 class VAELatentTarget:
-    """SRA 2 (arXiv 2601.17830, our reading; no official code): the clean latent's own per-token patches."""
+    """SRA 2 (arXiv 2601.17830; no official code, so each choice here is our reading of its description):
+    the target is the clean latent x0 itself, exactly as the student denoises it this step (posterior sample,
+    scaled by 0.18215), cut into the model's tokens: (N, T, p*p*C), in the model's (p, q, c) patch order, so
+    token i of the target is the patch token i of the student embeds. 16-d per token for p = 2, C = 4."""
     needs_ema = False
 
     def z_dim(self, model) -> int:
@@ -231,6 +256,14 @@ class TrainingLoss:
         self.dual_time_scheduling, self.attention_separation = dual_time_scheduling, attention_separation
         self.full_sample_prob, self.sorted_timesteps = full_sample_prob, sorted_timesteps
         self.target = target if use_alignment_loss else None
+        self._groups_cache = {}
+
+    def _rank_group(self, dev) -> Tensor:
+        """(T,) group of each rank in the random order: [0] * sizes[0] + [1] * sizes[1] + ... (cached per device)."""
+        if dev not in self._groups_cache:
+            ranks = [k for k, n in enumerate(self.sizes) for _ in range(n)]
+            self._groups_cache[dev] = torch.tensor(ranks, device=dev)
+        return self._groups_cache[dev]
 
     @property
     def needs_ema(self) -> bool:
@@ -260,8 +293,7 @@ class TrainingLoss:
             tau = t[:, :1, None, None]                                     # (N, 1, 1, 1)
         else:
             perm = torch.rand(N, self.num_tokens, device=dev).argsort(dim=1)   # random subset per sample
-            gid = torch.repeat_interleave(torch.arange(G, device=dev), torch.tensor(self.sizes, device=dev))
-            ids = torch.empty_like(perm).scatter_(1, perm, gid.expand(N, -1))  # (N, T) raster-order group ids
+            ids = torch.empty_like(perm).scatter_(1, perm, self._rank_group(dev).expand(N, -1))  # (N, T) group ids
             layout = SegmentLayout.from_perm(perm, self.sizes, self.attention_separation, num_full)
             tau = per_token_map(t.gather(1, ids), self.grid, self.patch)   # (N, 1, H, W) per-token timestep
         alpha, sigma, d_alpha, d_sigma = interpolant(self.path_type, tau)
@@ -285,7 +317,7 @@ class TrainingLoss:
         draw = Draw(x0=x0, eps=eps, t=t, y=y, y_dropped=y_dropped, x_t=x_t, ids=ids, layout=layout, ema=ema,
                     num_full=num_full, grid=self.grid, patch=self.patch, mix=mix, reference=reference)
         z = self.target(draw)
-        with torch.autocast(device_type=dev.type, enabled=False):
+        with torch.autocast(device_type="cuda" if dev.type == "cuda" else "cpu", enabled=False):
             loss_align = alignment_distance(feats, z, self.loss_type)     # (N,)
         logs["loss_align"] = loss_align.detach().mean()
         return loss_gen + self.align_weight * loss_align, logs

@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 import runlog
 from dataset import EpochOrder, build_dataset, sample_posterior
-from loss import LOSS_TYPES, TEACHER_T, TrainingLoss, VAELatentTarget
+from loss import LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget
 from models import SiT_models
+from models.dinov2 import DINOV2_DIMS
 from presets import PRESETS
 
 
@@ -69,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--path-type", choices=["linear", "cosine"], default="linear")
     g.add_argument("--weighting", choices=["uniform", "lognormal"], default="uniform")
     g.add_argument("--use-alignment-loss", action=B, default=False)
-    g.add_argument("--align-target", choices=["ema", "repa", "sra2"], default="ema")
+    g.add_argument("--align-target", choices=["ema", "repa", "sra2"], default="ema",
+                   help="ema: EMA teacher (SRA, Self-Flow, ours); repa: DINOv2; sra2: the clean VAE latent")
+    g.add_argument("--enc-type", choices=sorted(DINOV2_DIMS), default="dinov2_vitb14", help="REPA encoder")
+    g.add_argument("--enc-weights", default=None, help="REPA encoder weights file (local; never downloaded)")
     g.add_argument("--align-weight", type=float, default=0.5)
     g.add_argument("--loss-type", choices=LOSS_TYPES, default="cos-channel")
     g.add_argument("--block-out-s", type=int, default=3, help="student block (1-based) for the alignment head")
@@ -103,16 +107,30 @@ def check_args(args, world_size: int):
     for flag in ("max_train_steps", "checkpoint_steps", "log_every"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.align_target == "repa" and args.use_alignment_loss:
-        raise SystemExit("--align-target repa needs the REPA target (issue 8), which is not wired yet")
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Pieces of the loop
 # --------------------------------------------------------------------------------------------------------------
 
-def build_loss(args, model, dataset) -> TrainingLoss:
-    target = VAELatentTarget() if args.align_target == "sra2" else None
+def build_target(args, dataset, device):
+    """The alignment target (loss.py): None = the EMA teacher, built by the loss itself."""
+    if not args.use_alignment_loss or args.align_target == "ema":
+        return None
+    if args.align_target == "sra2":
+        return VAELatentTarget()
+    from models.dinov2 import load_dinov2
+    try:
+        encoder = load_dinov2(args.enc_type, path=args.enc_weights).to(device)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise SystemExit(f"--enc-weights: {e}") from None
+    if not dataset.is_latent:
+        return REPATarget(encoder, to_images=lambda x0: x0)
+    vae = load_preview_vae(args, device, required=True)
+    return REPATarget(encoder, to_images=lambda x0: vae.decode(x0 / 0.18215).sample)
+
+
+def build_loss(args, model, dataset, target=None) -> TrainingLoss:
     try:
         return TrainingLoss(
             num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size, num_classes=dataset.num_classes,
@@ -130,6 +148,8 @@ def build_model(args, dataset):
     head, z_dim = None, None
     if args.use_alignment_loss:
         head = "projector" if args.align_target == "repa" else "ap_head"
+        if args.align_target == "repa":
+            z_dim = DINOV2_DIMS[args.enc_type]
         if args.align_target == "sra2":
             z_dim = int(args.model.split("/")[1]) ** 2 * dataset.latent_channels
     model = SiT_models[args.model](input_size=dataset.latent_size, in_channels=dataset.latent_channels,
@@ -198,12 +218,15 @@ def save_preview(ema, args, dataset, run_dir, step, device, fixed):
 _VAE = {}
 
 
-def load_preview_vae(args, device):
+def load_preview_vae(args, device, required=False):
+    """The SD-VAE decoder (local folder or HF cache). Previews are skipped without it; REPA on latents needs it."""
     if "vae" not in _VAE:
         from preprocessing.vae import load_vae
         try:
             _VAE["vae"] = load_vae(args.vae, args.vae_id, device)
         except FileNotFoundError as e:
+            if required:
+                raise SystemExit(f"--vae: {e}") from None
             print(f"previews skipped: {e}")
             _VAE["vae"] = None
     return _VAE["vae"]
@@ -238,7 +261,7 @@ def main(argv=None):
     set_seed(args.seed)                                                 # same initial weights on every rank
     model = build_model(args, dataset).to(device)
     ema = deepcopy(model).requires_grad_(False).eval()                  # teacher: starts as an exact copy (Sec. 3)
-    loss_fn = build_loss(args, model, dataset)
+    loss_fn = build_loss(args, model, dataset, build_target(args, dataset, device))
     opt = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                             weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
                             fused=device.type == "cuda")

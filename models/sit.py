@@ -305,7 +305,7 @@ def _reference_ids(groups, separate: bool):
     if isinstance(groups, MaskLayout):
         return groups.ids, (groups.ids if separate else None)
     dev = groups.perm.device
-    seg = torch.repeat_interleave(torch.arange(len(groups.sizes), device=dev), torch.tensor(groups.sizes, device=dev))
+    seg = torch.tensor([k for k, n in enumerate(groups.sizes) for _ in range(n)], device=dev)
     seg = seg.expand_as(groups.perm)                                   # (N, T) segment of each group-order slot
     cond = seg if groups.seg_cond is None else groups.seg_cond.gather(1, seg)
     attn = None
