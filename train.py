@@ -11,6 +11,7 @@ import os
 import time
 from copy import deepcopy
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
@@ -46,8 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, default=100)
     g.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none")
     g.add_argument("--num-workers", type=int, default=8)
-    g.add_argument("--vae", default=None, help="SD-VAE folder for decoding previews (default: HF cache)")
-    g.add_argument("--vae-id", default="stabilityai/sd-vae-ft-ema")
+    g.add_argument("--vae", default="ema", help="SD-VAE for previews: ema | mse (HF cache) | a local folder")
     g.add_argument("--eval-samples", type=int, default=0, help="digits: samples for the embedded metric at the end")
     g.add_argument("--preview-num-steps", type=int, default=50)
     g.add_argument("--preview-cfg-scale", type=float, default=1.0)
@@ -126,7 +126,7 @@ def build_target(args, dataset, device):
         raise SystemExit(f"--enc-weights: {e}") from None
     if not dataset.is_latent:
         return REPATarget(encoder, to_images=lambda x0: x0)
-    vae = load_preview_vae(args, device, required=True)
+    vae = load_vae_for(args, device, required=True)
     return REPATarget(encoder, to_images=lambda x0: vae.decode(x0 / 0.18215).sample)
 
 
@@ -199,34 +199,33 @@ class Batches:
 
 
 @torch.no_grad()
-def save_preview(ema, args, dataset, run_dir, step, device, fixed):
-    """EMA samples on fixed noise and labels -> samples/NNNNNNN.png."""
-    from samplers import sample
-    from sample_ddp import save_grid
+def save_preview(ema, args, dataset, run_dir, step, device):
+    """EMA samples from fixed per-image seeds and labels -> samples/NNNNNNN.png (decoded with the VAE for latents)."""
+    from sample_ddp import sample_images, save_grid
 
-    z, y = fixed
-    x = sample(ema, z, y, mode="sde", num_steps=args.preview_num_steps, cfg_scale=args.preview_cfg_scale)
-    if dataset.is_latent:
-        vae = load_preview_vae(args, device)
-        if vae is None:
-            return
-        x = vae.decode(x / 0.18215).sample
-    img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    save_grid(img, os.path.join(run_dir, "samples", f"{step:07d}.png"), nrow=int(math.sqrt(len(img))))
+    vae = load_vae_for(args, device) if dataset.is_latent else None
+    if dataset.is_latent and vae is None:
+        return
+    n = 64 if not dataset.is_latent else 16
+    labels = [i % dataset.num_classes for i in range(n)]
+    img = sample_images(ema, range(args.seed, args.seed + n), labels, device, vae=vae, mode="sde",
+                        num_steps=args.preview_num_steps, cfg_scale=args.preview_cfg_scale)
+    save_grid(img, os.path.join(run_dir, "samples", f"{step:07d}.png"), nrow=int(math.sqrt(n)))
 
 
 _VAE = {}
 
 
-def load_preview_vae(args, device, required=False):
-    """The SD-VAE decoder (local folder or HF cache). Previews are skipped without it; REPA on latents needs it."""
+def load_vae_for(args, device, required=False):
+    """The SD-VAE (--vae: ema | mse from the HF cache, or a folder). Previews are skipped without it; REPA on
+    latents needs it."""
     if "vae" not in _VAE:
-        from preprocessing.vae import load_vae
+        from sample_ddp import load_vae
         try:
-            _VAE["vae"] = load_vae(args.vae, args.vae_id, device)
+            _VAE["vae"] = load_vae(args.vae, device)
         except FileNotFoundError as e:
             if required:
-                raise SystemExit(f"--vae: {e}") from None
+                raise SystemExit(str(e)) from None
             print(f"previews skipped: {e}")
             _VAE["vae"] = None
     return _VAE["vae"]
@@ -307,10 +306,6 @@ def main(argv=None):
         metrics = runlog.MetricsWriter(run_dir, resume_step=step)
     if args.report_to != "none":
         accelerator.init_trackers(args.exp_name, config={k: str(v) for k, v in vars(args).items()})
-    g = torch.Generator().manual_seed(args.seed)                         # fixed preview noise and labels
-    n_prev = 64 if not dataset.is_latent else 16
-    fixed = (torch.randn(n_prev, raw.in_channels, raw.input_size, raw.input_size, generator=g).to(device),
-             torch.arange(n_prev).remainder(dataset.num_classes).to(device))
     logger.info(f"{args.model}: {sum(p.numel() for p in raw.parameters() if p.requires_grad) / 1e6:.2f}M params, "
                 f"{len(dataset)} items, global batch {args.batch_size}, {world} process(es), run folder {run_dir}")
 
@@ -372,7 +367,7 @@ def main(argv=None):
 
         if args.sample_steps and (step % args.sample_steps == 0 or step == args.max_train_steps):
             if accelerator.is_main_process:
-                save_preview(ema, args, dataset, run_dir, step, device, fixed)
+                save_preview(ema, args, dataset, run_dir, step, device)
             accelerator.wait_for_everyone()
     bar.close()
 
@@ -386,18 +381,16 @@ def main(argv=None):
 
 @torch.no_grad()
 def evaluate_digits(ema, args, dataset, run_dir, step, device, logger):
+    """The embedded metric on class-balanced EMA samples (evaluations/digits_metric.py) -> eval_digits.json."""
     from evaluations.digits_metric import digits_metric
-    from samplers import sample
+    from sample_ddp import sample_images
 
-    g = torch.Generator().manual_seed(args.seed + 12345)
-    n = args.eval_samples
-    y = torch.arange(n).remainder(dataset.num_classes)
-    xs = []
-    for a in range(0, n, 250):
-        z = torch.randn(min(250, n - a), ema.in_channels, ema.input_size, ema.input_size, generator=g)
-        xs.append(sample(ema, z.to(device), y[a:a + len(z)].to(device), mode="sde",
-                         num_steps=args.preview_num_steps).cpu())
-    res = digits_metric(torch.cat(xs).clamp(-1, 1), y)
+    n, labels, images = args.eval_samples, [i % dataset.num_classes for i in range(args.eval_samples)], []
+    seeds = range(10 ** 6 + args.seed, 10 ** 6 + args.seed + n)       # far from the preview seeds
+    for a in tqdm(range(0, n, 250), desc="eval samples"):
+        images.append(sample_images(ema, seeds[a:a + 250], labels[a:a + 250], device, mode="sde",
+                                    num_steps=args.preview_num_steps))
+    res = digits_metric(np.concatenate(images), torch.tensor(labels))
     res.update(step=step, sampler=f"sde-{args.preview_num_steps}", n=n)
     runlog.atomic_write_text(os.path.join(run_dir, "eval_digits.json"), json.dumps(res, indent=2) + "\n")
     logger.info(f"embedded metric on {n} EMA samples: Frechet distance {res['fd']:.3f} (classifier features), "
