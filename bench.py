@@ -100,26 +100,44 @@ def make_step(args, model, ema, loss_fn, opt, reference):
     return step
 
 
+def device_name(dev) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    if dev.type == "meta":
+        return "meta (FLOPs only)"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize()
 
 
+def count_gflops_per_img(args, reference: bool) -> float:
+    """FlopCounterMode over one step built on the meta device: the same code path, nothing computed, and every
+    attention kernel counted (CPU's fused SDPA kernel has no FLOP formula, so counting on CPU would miss it)."""
+    meta = argparse.Namespace(**{**vars(args), "device": "meta", "compile": False})
+    with torch.device("meta"):
+        model, ema, loss_fn, opt, _ = setup(meta)
+        step = make_step(meta, model, ema, loss_fn, opt, reference)
+        with FlopCounterMode(display=False) as fc:
+            step()
+    return round(fc.get_total_flops() / 1e9 / args.batch_size, 2)
+
+
 def bench_one(args, reference: bool) -> dict:
     torch.manual_seed(0)
-    model, ema, loss_fn, opt, (s, t) = setup(args)
+    with torch.device(args.device if args.device == "meta" else "cpu"):
+        model, ema, loss_fn, opt, (s, t) = setup(args)
     dev = next(model.parameters()).device
     step = make_step(args, model, ema, loss_fn, opt, reference)
     out = dict(model=args.model, impl="reference" if reference else "ours", batch_size=args.batch_size,
-               resolution=args.resolution, device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else
-               f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+               resolution=args.resolution, device=device_name(dev),
                torch=torch.__version__, mixed_precision=args.mixed_precision, compile=args.compile,
                recipe=dict(method=args.method, groups=list(loss_fn.sizes), dts=loss_fn.dual_time_scheduling,
                            attention_separation=loss_fn.attention_separation, block_out_s=s, block_out_t=t))
     if args.count_flops:
-        with FlopCounterMode(display=False) as fc:
-            step()
-        out["gflops_per_img"] = round(fc.get_total_flops() / 1e9 / args.batch_size, 2)
+        out["gflops_per_img"] = count_gflops_per_img(args, reference)
     if dev.type == "meta":                                              # FLOPs only: nothing to time
         return out
     for _ in range(args.warmup):
@@ -153,13 +171,7 @@ def main(argv=None):
     runs = [False, True] if args.compare else [args.reference_impl]
     if args.device == "meta" and not args.count_flops:
         raise SystemExit("--device meta only counts FLOPs: add --count-flops")
-    results = []
-    for ref in runs:
-        if args.device == "meta":
-            with torch.device("meta"):
-                results.append(bench_one(args, ref))
-        else:
-            results.append(bench_one(args, ref))
+    results = [bench_one(args, ref) for ref in runs]
     for r in results:
         print(json.dumps(r))
     if args.compare:
