@@ -1,0 +1,22 @@
+"""bench.py's FLOP accounting (meta device: nothing is computed): ours vs the public release's costs."""
+import pytest
+
+import bench
+
+
+def test_b2_release_recipe_flops_against_the_release():
+    ours, ref = bench.main(["--model", "SiT-B/2", "--batch-size", "2", "--device", "meta", "--count-flops",
+                            "--compare"])
+    assert ours["recipe"]["groups"] == [64, 192] and ours["recipe"]["attention_separation"]
+    assert ours["gflops_per_img"] <= 180                      # SRA + DTS + AS, student 3 / teacher 8
+    assert 270 <= ref["gflops_per_img"] <= 285                # the release: per-token adaLN, full teacher (279)
+
+
+@pytest.mark.parametrize("method,low,high", [("sit", 135, 141), ("sra2", 1.0, 1.06), ("repa", 1.3, 1.5)])
+def test_method_overheads(method, low, high):
+    (sit,) = bench.main(["--model", "SiT-B/2", "--batch-size", "1", "--device", "meta", "--count-flops",
+                         "--method", "sit"])
+    (other,) = bench.main(["--model", "SiT-B/2", "--batch-size", "1", "--device", "meta", "--count-flops",
+                           "--method", method])
+    value = other["gflops_per_img"] if method == "sit" else other["gflops_per_img"] / sit["gflops_per_img"]
+    assert low <= value <= high, value
