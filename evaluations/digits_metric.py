@@ -1,0 +1,245 @@
+"""The embedded metric for the embedded digits dataset (no download): a small conv-net classifier trained once,
+deterministically, on scikit-learn's bundled digits (dataset.digits_images), cached on disk.
+
+    digits_metric(images, labels, resolution=None) -> {"fd": ..., "accuracy": ..., "n": ..., ...}
+    python -m evaluations.digits_metric SAMPLES.npz [--out JSON]     # arr_0 uint8 (N, R, R[, C]) and labels
+    python -m evaluations.digits_metric --real --resolution 16        # the real data's own numbers
+
+- fd: Frechet distance (evaluations.metrics.frechet_distance, the FID formula) between Gaussians fitted to the
+  classifier's penultimate 128-d features of the samples and of all 1797 real digits. Like FID it is biased upwards
+  for small N; compare runs at the same N (--real prints the floor of a random half of the real digits).
+- accuracy: fraction of samples the classifier assigns to their conditioning label (class-conditional samples).
+The classifier: fixed seed, fixed epochs, CPU, a few seconds; cached as $SIT_SRA_CACHE (or ~/.cache/sit_sra)
+/digits_classifier_{R}.pt (atomic write) and retrained when the recipe below changes.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from evaluations.common import atomic_write_json, cache_dir, now_iso, versions
+from evaluations.metrics import feature_stats, frechet_distance
+
+RECIPE = {"version": 1, "seed": 0, "epochs": 20, "batch_size": 128, "lr": 3e-3, "weight_decay": 1e-4,
+          "max_shift_fraction": 0.125, "channels": (16, 32, 32), "feature_dim": 128, "threads": 1}
+_MODELS = {}      # resolution -> (net, real_stats), per process
+
+
+class DigitsNet(nn.Module):
+    """(N, 1, R, R) in [-1, 1] -> 10 logits; features() gives the 128-d penultimate activations."""
+
+    def __init__(self, channels=(16, 32, 32), feature_dim: int = 128):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)                 # (N, c1, R, R)
+        self.conv2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)      # (N, c2, R/2, R/2)
+        self.conv3 = nn.Conv2d(c2, c3, 3, stride=2, padding=1)      # (N, c3, R/4, R/4)
+        self.fc = nn.Linear(c3 * 4 * 4, feature_dim)
+        self.head = nn.Linear(feature_dim, 10)
+
+    def features(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.relu(self.conv3(x))
+        x = F.adaptive_avg_pool2d(x, 4).flatten(1)                  # (N, c3 * 16)
+        return F.relu(self.fc(x))                                   # (N, 128)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _random_shift(x, max_shift, gen):
+    """Translate each image by up to max_shift pixels (background -1 fills in): light augmentation."""
+    if max_shift == 0:
+        return x
+    n, _, r, _ = x.shape
+    padded = F.pad(x, (max_shift,) * 4, value=-1.0)
+    shift = torch.randint(0, 2 * max_shift + 1, (2, n), generator=gen)
+    out = torch.empty_like(x)
+    for dy in range(2 * max_shift + 1):
+        for dx in range(2 * max_shift + 1):
+            sel = (shift[0] == dy) & (shift[1] == dx)
+            out[sel] = padded[sel, :, dy:dy + r, dx:dx + r]
+    return out
+
+
+def train_classifier(resolution: int, recipe: dict = RECIPE, log=print):
+    """Trains DigitsNet on all digits at `resolution` with the fixed recipe; returns (net, train accuracy).
+    Deterministic for a given torch build; leaves the caller's global RNG state and thread count untouched
+    (trains on recipe["threads"] threads: the net is tiny, and spare threads only spin on a shared machine)."""
+    from dataset import digits_images
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe["threads"])
+    try:
+        return _train(resolution, recipe, log, digits_images(resolution))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(resolution, recipe, log, data):
+    x, y = data
+    gen = torch.Generator().manual_seed(recipe["seed"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe["seed"])
+        net = DigitsNet(recipe["channels"], recipe["feature_dim"])
+    opt = torch.optim.AdamW(net.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    steps = recipe["epochs"] * -(-len(x) // recipe["batch_size"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps)
+    max_shift = int(resolution * recipe["max_shift_fraction"]) // 2
+    net.train()
+    for _ in range(recipe["epochs"]):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), recipe["batch_size"]):
+            idx = order[i:i + recipe["batch_size"]]
+            loss = F.cross_entropy(net(_random_shift(x[idx], max_shift, gen)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    net.eval()
+    with torch.no_grad():
+        accuracy = float((net(x).argmax(1) == y).float().mean())
+    log(f"digits classifier {resolution}x{resolution}: trained {recipe['epochs']} epochs, "
+        f"train accuracy {accuracy:.4f}")
+    return net, accuracy
+
+
+def classifier_path(resolution: int) -> str:
+    return os.path.join(cache_dir(), f"digits_classifier_{resolution}.pt")
+
+
+def load_classifier(resolution: int, log=print) -> DigitsNet:
+    """The cached classifier for `resolution`, trained (and cached atomically) when missing or outdated."""
+    path = classifier_path(resolution)
+    if os.path.isfile(path):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:                        # a corrupt cache file is rebuilt, not fatal
+            log(f"ignoring unreadable {path}: {e}")
+            saved = None
+        if saved is not None and saved.get("recipe") == RECIPE and saved.get("resolution") == resolution:
+            net = DigitsNet(RECIPE["channels"], RECIPE["feature_dim"])
+            net.load_state_dict(saved["state_dict"])
+            return net.eval()
+    net, accuracy = train_classifier(resolution, log=log)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".digits_classifier_", suffix=".tmp", dir=os.path.dirname(path))
+    os.close(fd)
+    torch.save({"recipe": RECIPE, "resolution": resolution, "train_accuracy": accuracy,
+                "state_dict": net.state_dict()}, tmp)
+    os.replace(tmp, path)
+    return net
+
+
+@torch.no_grad()
+def _features(net, x, batch_size=512):
+    return np.concatenate([net.features(x[i:i + batch_size]).double().numpy() for i in range(0, len(x), batch_size)])
+
+
+def _model(resolution: int, log=print):
+    """(net, real features (1797, 128), real labels) for `resolution`, memoised per process."""
+    if resolution not in _MODELS:
+        from dataset import digits_images
+        net = load_classifier(resolution, log=log)
+        x, y = digits_images(resolution)
+        _MODELS[resolution] = (net, _features(net, x), y.numpy())
+    return _MODELS[resolution]
+
+
+def to_model_input(images) -> torch.Tensor:
+    """float [-1, 1] (N, 1, R, R) or (N, R, R); uint8 0..255 (N, R, R), (N, R, R, C) or (N, C, R, R) with C in
+    {1, 3} (colour is averaged to grey) -> float32 (N, 1, R, R) in [-1, 1]."""
+    x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images).detach().cpu()
+    if x.dtype == torch.uint8:
+        if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] == x.shape[2]:
+            x = x.permute(0, 3, 1, 2)                                 # NHWC -> NCHW
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[2] != x.shape[3]:
+            raise ValueError(f"uint8 digit images must be (N, R, R), (N, R, R, C) or (N, C, R, R) with C in "
+                             f"{{1, 3}}, got shape {tuple(x.shape)}")
+        return (x.float().mean(1, keepdim=True) / 127.5 - 1.0).contiguous()
+    if not torch.is_floating_point(x):
+        raise ValueError(f"digit images must be float in [-1, 1] or uint8, got dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3]:
+        raise ValueError(f"float digit images must be (N, 1, R, R) in [-1, 1], got shape {tuple(x.shape)}")
+    return x.float().contiguous()
+
+
+def digits_metric(images, labels=None, resolution: int = None, log=print) -> dict:
+    """fd and accuracy of digit samples (see the module docstring). labels: (N,) ints or None (accuracy None)."""
+    x = to_model_input(images)
+    n, r = x.shape[0], x.shape[-1]
+    if resolution is not None and resolution != r:
+        raise ValueError(f"images are {r}x{r} but resolution={resolution} was asked for")
+    if n < 2:
+        raise ValueError(f"digits_metric needs at least 2 images, got {n}")
+    net, real_feats, _ = _model(r, log=log)
+    feats = _features(net, x)
+    fd = frechet_distance(*feature_stats(feats), *feature_stats(real_feats))
+    accuracy = None
+    if labels is not None:
+        labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels).long().cpu()
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+        with torch.no_grad():
+            predicted = torch.cat([net(x[i:i + 512]).argmax(1) for i in range(0, n, 512)])
+        accuracy = float((predicted == labels).float().mean())
+    return {"fd": float(fd), "accuracy": accuracy, "n": int(n), "resolution": int(r),
+            "real_n": int(len(real_feats))}
+
+
+def real_reference(resolution: int, seed: int = 0, log=print) -> dict:
+    """The real digits' own numbers: all real vs real (fd 0 by construction, train accuracy) and a random half vs
+    all real (the small-N floor of fd to read sample numbers against)."""
+    from dataset import digits_images
+    x, y = digits_images(resolution)
+    full = digits_metric(x, y, log=log)
+    half = torch.from_numpy(np.random.default_rng(seed).permutation(len(x))[:len(x) // 2])
+    return {"real_vs_real": full, "real_half_vs_real": digits_metric(x[half], y[half], log=log)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("samples", nargs="?", help="npz with arr_0 (uint8 digit images) and optionally labels")
+    p.add_argument("--resolution", type=int, help="expected image size (checked); needed with --real")
+    p.add_argument("--real", action="store_true", help="print the real digits' own numbers instead")
+    p.add_argument("--out", help="JSON record (default: SAMPLES_digits_metric.json)")
+    args = p.parse_args(argv)
+    if args.real:
+        if not args.resolution:
+            p.error("--real needs --resolution")
+        result = real_reference(args.resolution)
+        for name, r in result.items():
+            print(f"{name}: fd {r['fd']:.4f}  accuracy {r['accuracy']:.4f}  (n={r['n']})")
+        return result
+    if not args.samples:
+        p.error("give SAMPLES.npz or --real")
+    try:
+        with np.load(args.samples) as z:
+            if "arr_0" not in z.files:
+                raise KeyError(f"{args.samples}: no 'arr_0' array (arrays in file: {z.files})")
+            images, labels = z["arr_0"], (z["labels"] if "labels" in z.files else None)
+        result = digits_metric(images, labels, args.resolution)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        raise SystemExit(2)
+    acc = "n/a (no labels in file)" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
+    print(f"digits fd: {result['fd']:.4f}  accuracy: {acc}  (n={result['n']}, {result['resolution']}px)")
+    record = {"samples": os.path.abspath(args.samples), **result, "classifier": classifier_path(result["resolution"]),
+              "recipe": RECIPE, "versions": versions("numpy", "scipy", "torch"), "time": now_iso()}
+    out = args.out or (args.samples[:-4] if args.samples.endswith(".npz") else args.samples) + "_digits_metric.json"
+    atomic_write_json(out, record)
+    print(f"wrote {out}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

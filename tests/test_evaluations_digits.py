@@ -1,0 +1,122 @@
+"""The embedded digits metric (evaluations/digits_metric.py): the real data's own numbers, noise, input formats,
+cache, determinism, CLI. Trains the 16x16 classifier once (a few seconds, CPU) into a temporary cache."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dataset import digits_images
+from evaluations import digits_metric as dm
+
+RES = 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIT_SRA_CACHE", str(tmp_path_factory.mktemp("cache")))
+    dm._MODELS.clear()
+    yield
+    dm._MODELS.clear()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def real():
+    return digits_images(RES)
+
+
+@pytest.fixture(scope="module")
+def real_numbers():
+    return dm.real_reference(RES)
+
+
+def test_real_digits_own_numbers(real_numbers):
+    full, half = real_numbers["real_vs_real"], real_numbers["real_half_vs_real"]
+    print(f"\nreal vs real: {full}\nreal half vs real: {half}")
+    assert full["n"] == 1797 and full["real_n"] == 1797 and full["resolution"] == RES
+    assert abs(full["fd"]) < 1e-6                     # the same features on both sides
+    assert full["accuracy"] >= 0.95                   # training set (measured: about 0.99)
+    assert half["accuracy"] >= 0.95 and 0.0 < half["fd"] < 20.0
+
+
+def test_noise_gives_large_fd_and_chance_accuracy(real_numbers):
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.rand(1000, 1, RES, RES, generator=gen) * 2 - 1
+    labels = torch.arange(1000) % 10
+    r = dm.digits_metric(noise, labels)
+    print(f"\nuniform noise: {r}")
+    assert r["fd"] > 10 * real_numbers["real_half_vs_real"]["fd"]
+    assert r["accuracy"] < 0.3                        # chance is 0.1
+    blank = dm.digits_metric(-torch.ones(200, 1, RES, RES), torch.arange(200) % 10)
+    assert blank["fd"] > 10 * real_numbers["real_half_vs_real"]["fd"] and blank["accuracy"] <= 0.2
+
+
+def test_uint8_layouts_match_float_input(real):
+    x, y = real[0][:400], real[1][:400]
+    u8 = torch.round((x + 1) * 127.5).clamp(0, 255).to(torch.uint8)          # (N, 1, R, R)
+    ref = dm.digits_metric(x, y)
+    for arr in (u8, u8[:, 0].numpy(), u8.permute(0, 2, 3, 1).numpy(), u8.repeat(1, 3, 1, 1).permute(0, 2, 3, 1)):
+        r = dm.digits_metric(arr, y)
+        assert r["fd"] == pytest.approx(ref["fd"], abs=0.05) and abs(r["accuracy"] - ref["accuracy"]) < 0.01
+    assert dm.digits_metric(x[:, 0], None)["accuracy"] is None              # (N, R, R) float, no labels
+
+
+@pytest.mark.parametrize("images, match", [
+    (np.zeros((4, 1, 16, 16), np.int32), "dtype"),
+    (np.zeros((4, 2, 16, 16), np.float32), r"\(N, 1, R, R\)"),
+    (np.zeros((4, 16, 12), np.uint8), "uint8 digit images"),
+])
+def test_bad_inputs_give_clear_errors(images, match):
+    with pytest.raises(ValueError, match=match):
+        dm.digits_metric(images)
+
+
+def test_resolution_and_label_checks(real):
+    x, y = real
+    with pytest.raises(ValueError, match="resolution=32"):
+        dm.digits_metric(x[:10], y[:10], resolution=32)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        dm.digits_metric(x[:10], y[:9])
+
+
+def test_classifier_is_cached_and_reused(real, monkeypatch):
+    dm.digits_metric(real[0][:50], real[1][:50])
+    path = dm.classifier_path(RES)
+    saved = torch.load(path, weights_only=True)
+    assert saved["recipe"] == dm.RECIPE and saved["train_accuracy"] >= 0.95
+    dm._MODELS.clear()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained although cached")
+    monkeypatch.setattr(dm, "train_classifier", no_training)
+    net = dm.load_classifier(RES)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, saved["state_dict"][k])
+
+
+def test_training_is_deterministic_and_leaves_global_rng_alone():
+    recipe = dict(dm.RECIPE, epochs=2)
+    state = torch.get_rng_state()
+    threads = torch.get_num_threads()
+    a, _ = dm.train_classifier(8, recipe, log=lambda *a: None)
+    b, _ = dm.train_classifier(8, recipe, log=lambda *a: None)
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_cli_writes_json(real, tmp_path, capsys):
+    x, y = real
+    u8 = torch.round((x[:300, 0] + 1) * 127.5).to(torch.uint8).numpy()       # (N, R, R)
+    path = str(tmp_path / "samples.npz")
+    np.savez(path, arr_0=u8, labels=y[:300].numpy())
+    record = dm.main([path])
+    assert "digits fd:" in capsys.readouterr().out
+    saved = json.load(open(str(tmp_path / "samples_digits_metric.json")))
+    assert saved["n"] == 300 and saved["accuracy"] >= 0.95 and saved["fd"] == record["fd"]
+    np.savez(str(tmp_path / "bad.npz"), images=u8)
+    with pytest.raises(SystemExit):
+        dm.main([str(tmp_path / "bad.npz")])
+    assert "no 'arr_0'" in capsys.readouterr().err
