@@ -46,6 +46,6 @@ for _m, _method in METHODS.items():
 
 # The embedded default: the paper's full scheme (SRA + DTS + AS) on 16x16 digits, in minutes on a laptop CPU.
 PRESETS["digits"] = {**COMMON, **METHODS["ours"], **dict(
-    model="SiT-T/2", data_dir="digits", block_out_s=2, block_out_t=4, batch_size=64, max_train_steps=1500,
-    learning_rate=1e-3, ema_decay=0.995, checkpoint_steps=500, sample_steps=500, log_every=50,
+    model="SiT-T/4", data_dir="digits", block_out_s=2, block_out_t=4, batch_size=64, max_train_steps=2000,
+    learning_rate=1e-3, ema_decay=0.995, checkpoint_steps=1000, sample_steps=500, log_every=50,
     mixed_precision="no", eval_samples=1000, preview_num_steps=50)}
