@@ -78,6 +78,7 @@ def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size:
     check_batch_file(sample_path, "SAMPLE")
 
     from evaluations.inception import InceptionNet, read_activations
+    timings, t0 = {}, time.time()
     net = InceptionNet(graph)
     try:
         ref_pool, ref_spatial = read_activations(net, ref_path, batch_size=batch_size, progress=progress)
@@ -85,6 +86,7 @@ def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size:
         probs = net.class_probs(smp_pool)
     finally:
         net.close()
+    timings["inception"], t0 = round(time.time() - t0, 2), time.time()
     n = smp_pool.shape[0]
     if n < 2 or ref_pool.shape[0] < 2:
         raise ValueError(f"need at least 2 images in each batch (reference {ref_pool.shape[0]}, samples {n})")
@@ -100,9 +102,11 @@ def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size:
     inception_score = metrics.inception_score(probs)
     fid = metrics.frechet_distance(*metrics.feature_stats(smp_pool), *ref_stats)
     sfid = metrics.frechet_distance(*metrics.feature_stats(smp_spatial), *ref_stats_s)
+    timings["is_fid_sfid"], t0 = round(time.time() - t0, 2), time.time()
     if progress:
         log("computing precision/recall (k=3 nearest neighbours) ...")
     precision, recall = metrics.precision_recall(ref_pool, smp_pool, metrics.NHOOD_SIZE, pr_dtype)
+    timings["precision_recall"] = round(time.time() - t0, 2)
 
     suffix = metrics.count_suffix(n)
     named = {f"IS{suffix}": inception_score, f"FID{suffix}": fid, f"sFID{suffix}": sfid,
@@ -124,6 +128,7 @@ def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size:
         "versions": versions("numpy", "scipy", "tensorflow"),
         "time": now_iso(),
         "wall_seconds": round(time.time() - t_start, 2),
+        "phase_seconds": timings,
     }
 
 

@@ -117,33 +117,20 @@ class InceptionNet:
 
 
 def read_activations(net: InceptionNet, path: str, key: str = "arr_0", batch_size: int = 64,
-                     limit: int = None, progress: bool = True, stats=None):
+                     progress: bool = True):
     """Streams uint8 NHWC images from `path`[key] through the network in file order, `batch_size` at a time.
-
-    Returns (pool (N, 2048), spatial (N, 2023)) float32 arrays. With `stats` = (RunningStats, RunningStats) the
-    features are folded into them instead and (None, None) is returned (for references too large to hold).
-    """
+    Returns (pool (N, 2048), spatial (N, 2023)) float32 arrays."""
     from tqdm.auto import tqdm
 
     from evaluations.common import NpzArrayReader, check_images_array
     with NpzArrayReader(path, key) as reader:
         check_images_array(path, key, reader.shape, reader.dtype)
-        n = reader.shape[0] if limit is None else min(limit, reader.shape[0])
         pools, spatials = [], []
-        bar = tqdm(total=n, desc=f"inception {os.path.basename(path)}", unit="img", disable=not progress)
-        done = 0
-        while done < n:
-            batch = reader.read(min(batch_size, n - done))
-            pool, spatial = net.features(batch)
-            if stats is None:
+        with tqdm(total=len(reader), desc=f"inception {os.path.basename(path)}", unit="img",
+                  disable=not progress) as bar:
+            for batch in reader.batches(batch_size):
+                pool, spatial = net.features(batch)
                 pools.append(pool)
                 spatials.append(spatial)
-            else:
-                stats[0].update(pool)
-                stats[1].update(spatial)
-            done += batch.shape[0]
-            bar.update(batch.shape[0])
-        bar.close()
-    if stats is not None:
-        return None, None
+                bar.update(batch.shape[0])
     return np.concatenate(pools), np.concatenate(spatials)
