@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-LATENT_SCALE = 0.18215          # SD-VAE scale factor (4 channels, no shift)
+from models.vae import LATENT_SCALE
+
 SHARD_FORMAT = "sit-latent-shards"
 
 

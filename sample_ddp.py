@@ -33,8 +33,8 @@ import torch
 from PIL import Image
 
 import samplers
+from models.vae import decode_latents, load_vae_spec
 
-VAE_SCALE = 0.18215                       # SD-VAE latent scale (z = 0.18215 * posterior sample)
 PNG_RE = re.compile(r"^(\d{6,})\.png$")
 CHUNK_RE = re.compile(r"^chunk-(\d{6,})\.npz$")
 
@@ -82,29 +82,6 @@ def save_grid(images, path, nrow, pad=2):
     save_png(grid, path)
 
 
-def load_vae(spec, device):
-    """SD-VAE from a local folder, or 'ema' / 'mse' from the Hugging Face cache (never downloads)."""
-    from diffusers.models import AutoencoderKL
-
-    name = f"stabilityai/sd-vae-ft-{spec}" if spec in ("ema", "mse") else spec
-    try:
-        vae = AutoencoderKL.from_pretrained(name, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise FileNotFoundError(
-            f"--vae {spec}: could not load the SD-VAE {name!r} locally ({type(e).__name__}). Pass --vae /path/to/"
-            f"folder (with config.json and the weights) or put {name} in the Hugging Face cache first, e.g. "
-            f"`huggingface-cli download {name}` on a machine with network access.") from e
-    return vae.to(device).eval()
-
-
-@torch.no_grad()
-def decode(vae, x, batch=32):
-    """Sampler output -> pixels in [-1, 1]. vae None: x already is pixels (N, 1 or 3, H, W)."""
-    if vae is None:
-        return x
-    return torch.cat([vae.decode(x[k:k + batch] / VAE_SCALE).sample for k in range(0, x.shape[0], batch)])
-
-
 def sample_images(model, seeds, labels, device, vae=None, **sampler_kwargs):
     """Images from per-image seeds (one generator each) and labels -> (N, H, W, 3) uint8 numpy.
 
@@ -113,7 +90,7 @@ def sample_images(model, seeds, labels, device, vae=None, **sampler_kwargs):
     z = samplers.per_image_randn(gens, (model.in_channels, model.input_size, model.input_size), device)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device)
     x = samplers.sample(model, z, y, generators=gens, **sampler_kwargs)
-    return to_uint8(decode(vae, x))
+    return to_uint8(decode_latents(vae, x))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,7 +292,7 @@ def main(argv=None):
                                   time_convention=args.time_convention)
     model = model.to(device).eval()
     s = settings_of(args, info, device)
-    vae = None if s["vae"] == "none" else load_vae(args.vae if args.vae != "auto" else "ema", device)
+    vae = None if s["vae"] == "none" else load_vae_spec(args.vae if args.vae != "auto" else "ema", device)
     kw = dict(mode=args.mode, num_steps=args.num_steps, heun=args.heun, cfg_scale=args.cfg_scale,
               guidance_low=args.guidance_low, guidance_high=args.guidance_high, cfg_channels=args.cfg_channels,
               bf16=args.bf16)

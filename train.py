@@ -22,6 +22,7 @@ from dataset import EpochOrder, build_dataset, sample_posterior
 from loss import LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget
 from models import SiT_models
 from models.dinov2 import DINOV2_DIMS
+from models.vae import decode_latents
 from presets import PRESETS
 
 
@@ -127,7 +128,7 @@ def build_target(args, dataset, device):
     if not dataset.is_latent:
         return REPATarget(encoder, to_images=lambda x0: x0)
     vae = load_vae_for(args, device, required=True)
-    return REPATarget(encoder, to_images=lambda x0: vae.decode(x0 / 0.18215).sample)
+    return REPATarget(encoder, to_images=lambda x0: decode_latents(vae, x0))
 
 
 def build_loss(args, model, dataset, target=None) -> TrainingLoss:
@@ -220,9 +221,9 @@ def load_vae_for(args, device, required=False):
     """The SD-VAE (--vae: ema | mse from the HF cache, or a folder). Previews are skipped without it; REPA on
     latents needs it."""
     if "vae" not in _VAE:
-        from sample_ddp import load_vae
+        from models.vae import load_vae_spec
         try:
-            _VAE["vae"] = load_vae(args.vae, device)
+            _VAE["vae"] = load_vae_spec(args.vae, device)
         except FileNotFoundError as e:
             if required:
                 raise SystemExit(str(e)) from None

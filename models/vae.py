@@ -1,4 +1,4 @@
-"""The SD-VAE encoder: loading weights that are already on disk, and images -> posterior moments.
+"""The SD-VAE: loading weights that are already on disk, images -> posterior moments, latents -> images.
 
 Weights are never downloaded. `load_vae` looks, in order, at
   1. `--vae PATH`: a diffusers folder (config.json + diffusion_pytorch_model.safetensors or .bin), or a Hugging Face
@@ -19,6 +19,7 @@ import warnings
 import torch
 
 DEFAULT_VAE_ID = "stabilityai/sd-vae-ft-mse"
+LATENT_SCALE = 0.18215          # SD-VAE scale factor (4 channels, no shift): z = 0.18215 * posterior sample
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
@@ -33,7 +34,7 @@ def missing_weights_message(vae_path, vae_id) -> str:
         f"and diffusion_pytorch_model.safetensors (e.g. `huggingface-cli download {vae_id} "
         f"--local-dir /path/to/sd-vae-ft-mse` on a machine with network), or\n"
         f"  - fill the Hugging Face cache once with `huggingface-cli download {vae_id}` (cache: {cache}; set HF_HOME "
-        f"to move it) and pass --vae-id {vae_id}."
+        f"to move it); then preprocessing takes --vae-id {vae_id}, train.py / sample_ddp.py take --vae ema or mse."
     )
 
 
@@ -55,6 +56,21 @@ def load_vae(vae_path=None, vae_id=DEFAULT_VAE_ID, device="cpu"):
         raise FileNotFoundError(missing_weights_message(vae_path, vae_id) + f"\n(diffusers said: {e})") from e
     vae.eval().requires_grad_(False)
     return vae.to(device)
+
+
+def load_vae_spec(spec: str, device="cpu"):
+    """--vae as the samplers and train.py take it: 'ema' / 'mse' (stabilityai/sd-vae-ft-*, HF cache) or a folder."""
+    if spec in ("ema", "mse"):
+        return load_vae(None, f"stabilityai/sd-vae-ft-{spec}", device)
+    return load_vae(spec, DEFAULT_VAE_ID, device)
+
+
+@torch.no_grad()
+def decode_latents(vae, z: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """Model-space latents (N, 4, h, w) -> images (N, 3, 8h, 8w) in about [-1, 1]; vae None: z already is pixels."""
+    if vae is None:
+        return z
+    return torch.cat([vae.decode(z[k:k + batch] / LATENT_SCALE).sample for k in range(0, z.shape[0], batch)])
 
 
 def configure_precision(precision: str):

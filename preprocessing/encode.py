@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .crop import IMAGE_EXTENSIONS, center_crop_adm, load_rgb
 from .shards import (DTYPES, ShardWriter, atomic_save_npy, atomic_write_json, finalize, fingerprint, shard_files,
                      shard_is_done)
-from .vae import DEFAULT_VAE_ID, PRECISIONS, configure_precision, encode_moments, load_vae
+from models.vae import DEFAULT_VAE_ID, PRECISIONS, configure_precision, encode_moments, load_vae
 
 
 def scan_folder(src_dir: str):

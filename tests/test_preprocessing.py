@@ -15,7 +15,7 @@ from dataset import LatentShardDataset, RepaLatentDataset, build_dataset
 from preprocessing.crop import center_crop_adm, load_rgb
 from preprocessing.encode import encode_folder, main as encode_main, scan_folder
 from preprocessing.import_repa import import_repa
-from preprocessing.vae import encode_moments, load_vae
+from models.vae import encode_moments, load_vae
 
 RES = 32                                                     # crop size used in the pipeline tests (latent 4x4)
 

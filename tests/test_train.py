@@ -47,7 +47,7 @@ def test_resume_is_exact(tmp_path):
     straight_rows = {r["step"]: r for r in map(json.loads, open(f"{straight}/metrics.jsonl"))}
     assert rows[-1]["loss"] == pytest.approx(straight_rows[6]["loss"], abs=0)
     args = json.load(open(f"{resumed}/args.json"))
-    assert args["model"] == "SiT-T/2" and args["attention_separation"] and args["dual_time_scheduling"]
+    assert args["model"] == "SiT-T/4" and args["attention_separation"] and args["dual_time_scheduling"]
     assert a["time_convention"] == "ours" and isinstance(a["args"], dict)
 
 
@@ -69,7 +69,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--block-out-t", "9"], "--block-out-t 9 is outside SiT-T/2's blocks 1..6"),
+    (["--block-out-t", "9"], "--block-out-t 9 is outside SiT-T/4's blocks 1..6"),
     (["--batch-size", "10", "--gradient-accumulation-steps", "4"], "must be divisible"),
     (["--mask-ratio", "0", "--teacher-mask"], "invalid flags: .*--teacher-mask"),
     (["--data-dir", "/nonexistent/latents"], "--data-dir"),
