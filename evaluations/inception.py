@@ -88,7 +88,9 @@ class InceptionNet:
             self.pool = pool                                                  # (N, 1, 1, 2048)
             self.spatial = spatial[..., :SPATIAL_CHANNELS]                    # (N, 17, 17, 7)
             weight = matmul.inputs[1]                                         # (2048, 1008)
-        self.session = tf1.Session(graph=self.graph)
+        config = tf1.ConfigProto(allow_soft_placement=True)
+        config.gpu_options.allow_growth = True          # on a GPU, leave memory to the sampler / other processes
+        self.session = tf1.Session(graph=self.graph, config=config)
         self.softmax_weight = np.asarray(self.session.run(weight), dtype=np.float32)
         if self.softmax_weight.shape[0] != POOL_DIM:
             raise ValueError(f"{graph_path}: softmax weight has shape {self.softmax_weight.shape}, expected "
