@@ -16,20 +16,7 @@ import re
 import numpy as np
 import torch
 
-
-def atomic_torch_save(obj, path: str):
-    """Write to a temporary name in the same folder, then rename: a killed run never leaves half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str, text: str):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from fileio import atomic_path, atomic_write_text
 
 
 def list_checkpoints(run_dir: str) -> list[str]:
@@ -119,7 +106,6 @@ def plot_loss_curves(run_dir: str):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = os.path.join(run_dir, ".loss.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(os.path.join(run_dir, "loss.png")) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, os.path.join(run_dir, "loss.png"))

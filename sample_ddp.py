@@ -26,13 +26,13 @@ import os
 import re
 import sys
 import time
-import zipfile
 
 import numpy as np
 import torch
 from PIL import Image
 
 import samplers
+from fileio import atomic_path, atomic_write_json, stream_npz
 from models.vae import decode_latents, load_vae_spec
 
 PNG_RE = re.compile(r"^(\d{6,})\.png$")
@@ -63,9 +63,8 @@ def to_uint8(x):
 
 def save_png(image, path):
     """One (H, W, 3) uint8 image, written atomically."""
-    tmp = os.path.join(os.path.dirname(path) or ".", "." + os.path.basename(path) + ".tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
 
 
 def save_grid(images, path, nrow, pad=2):
@@ -135,9 +134,8 @@ class ChunkStore:
 
     def write(self, indices, images):
         path = os.path.join(self.folder, f"chunk-{indices[0]:06d}.npz")
-        tmp = path[:-4] + ".tmp.npz"
-        np.savez(tmp, indices=np.asarray(indices, dtype=np.int64), images=images)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, indices=np.asarray(indices, dtype=np.int64), images=images)
 
     def read_all(self, n):
         for f in self._chunks():
@@ -163,17 +161,10 @@ def write_npz(path, n, store, labels):
     if arr is None or not seen.all():
         raise RuntimeError(f"{store.folder}: {int((~seen).sum())} of {n} images missing; rerun to complete")
     arr.flush()
-    tmp = path + ".tmp.npz"
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": arr.shape})
-            for s in range(0, n, 1024):
-                f.write(np.ascontiguousarray(arr[s:s + 1024]).tobytes())
-        with zf.open("labels.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
+    stream_npz(path, arr.shape, (arr[s:s + 1024] for s in range(0, n, 1024)),
+               extra={"labels": np.asarray(labels, dtype=np.int64)})
     del arr
     os.remove(tmp_arr)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,13 +245,6 @@ def folder_name(s):
             f"-{s['labels']}-{s['precision']}-vae{s['vae']}")
 
 
-def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def setup_distributed():
     """-> (rank, world, device). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is rank 0 of 1."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -331,7 +315,7 @@ def main(argv=None):
     todo = [i for i in range(rank, n, world) if i not in done]
     labels = image_labels(range(n), info["num_classes"], args.global_seed, args.balanced_labels)
     if rank == 0:
-        write_json(json_path, dict(settings=s, checkpoint=os.path.abspath(args.ckpt), num_fid_samples=n,
+        atomic_write_json(json_path, dict(settings=s, checkpoint=os.path.abspath(args.ckpt), num_fid_samples=n,
                                    world_size=world, per_proc_batch_size=args.per_proc_batch_size,
                                    nfe_per_image=samplers.num_function_evals(args.mode, args.num_steps, args.heun)
                                    * (2 if args.cfg_scale > 1 else 1), status="running", argv=sys.argv[1:]))
@@ -356,7 +340,7 @@ def main(argv=None):
             record = json.load(f)
         record.update(status="done", npz=os.path.abspath(npz_path),
                       last_run=dict(rank0_images=len(todo), rank0_seconds=round(elapsed, 3)))
-        write_json(json_path, record)
+        atomic_write_json(json_path, record)
         print(f"wrote {npz_path} ({n} images); rank 0 made {len(todo)} in {elapsed:.1f} s", flush=True)
     barrier(world, device)
     if world > 1:

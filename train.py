@@ -18,6 +18,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
 import runlog
+from fileio import atomic_torch_save, atomic_write_text
 from dataset import EpochOrder, build_dataset, sample_posterior
 from loss import LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget
 from models import SiT_models
@@ -303,7 +304,7 @@ def main(argv=None):
         logger.info(f"resumed from {resume} at step {step}")
 
     if accelerator.is_main_process:
-        runlog.atomic_write_text(os.path.join(run_dir, "args.json"), json.dumps(vars(args), indent=2) + "\n")
+        atomic_write_text(os.path.join(run_dir, "args.json"), json.dumps(vars(args), indent=2) + "\n")
         metrics = runlog.MetricsWriter(run_dir, resume_step=step)
     if args.report_to != "none":
         accelerator.init_trackers(args.exp_name, config={k: str(v) for k, v in vars(args).items()})
@@ -361,7 +362,7 @@ def main(argv=None):
                          "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                          "args": vars(args), "steps": step, "rng": rng, "time_convention": "ours",
                          "data": batches.order.state_dict()}
-                runlog.atomic_torch_save(state, os.path.join(run_dir, "checkpoints", f"{step:07d}.pt"))
+                atomic_torch_save(state, os.path.join(run_dir, "checkpoints", f"{step:07d}.pt"))
                 runlog.prune_checkpoints(run_dir, args.keep_last, args.keep_every)
                 runlog.plot_loss_curves(run_dir)
             accelerator.wait_for_everyone()
@@ -393,7 +394,7 @@ def evaluate_digits(ema, args, dataset, run_dir, step, device, logger):
                                     num_steps=args.preview_num_steps))
     res = digits_metric(np.concatenate(images), torch.tensor(labels))
     res.update(step=step, sampler=f"sde-{args.preview_num_steps}", n=n)
-    runlog.atomic_write_text(os.path.join(run_dir, "eval_digits.json"), json.dumps(res, indent=2) + "\n")
+    atomic_write_text(os.path.join(run_dir, "eval_digits.json"), json.dumps(res, indent=2) + "\n")
     logger.info(f"embedded metric on {n} EMA samples: Frechet distance {res['fd']:.3f} (classifier features), "
                 f"{100 * res['accuracy']:.1f}% classified as their label -> {run_dir}/eval_digits.json")
 

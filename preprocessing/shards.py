@@ -5,35 +5,16 @@ A shard is finished when shards/moments-KKKKK.npy exists (it is renamed into pla
 Temporary files end in ".tmp" and are overwritten by the next attempt.
 """
 import hashlib
-import io
 import json
 import os
-import zipfile
 
 import numpy as np
+
+from fileio import atomic_save_npy, atomic_write_bytes, atomic_write_json, npy_header, stream_npz  # noqa: F401
 
 FORMAT_NAME = "sit-latent-shards"
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
-
-
-def atomic_write_bytes(path: str, data: bytes):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str, obj, indent=1):
-    atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
-
-
-def atomic_save_npy(path: str, array: np.ndarray):
-    buf = io.BytesIO()
-    np.save(buf, array)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def fingerprint(obj) -> str:
@@ -61,14 +42,6 @@ def shard_is_done(out_dir: str, k: int, expected_fingerprint: str) -> bool:
             f"--flip, --min-size, --shard-size, --reference-batch/--reference-seed). Use a new OUT_DIR, or delete "
             f"{os.path.join(out_dir, 'shards')} to start over.")
     return True
-
-
-def npy_header(dtype, shape) -> bytes:
-    """The .npy (version 1.0) header numpy writes for a C-ordered array of this dtype and shape."""
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)})
-    return buf.getvalue()
 
 
 class ShardWriter:
@@ -156,16 +129,15 @@ def write_reference_npz(out_dir: str, selection):
     first = np.load(selection[0][0], mmap_mode="r")
     shape = (sum(len(rows) for _, rows in selection),) + first.shape[1:]      # (N, res, res, 3)
     del first
-    with zipfile.ZipFile(path + ".tmp", "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-            f.write(npy_header(np.uint8, shape))
-            for p, rows in selection:
-                part = np.load(p, mmap_mode="r")
-                if part.dtype != np.uint8 or part.shape[1:] != shape[1:]:
-                    raise RuntimeError(f"{p}: expected uint8 {shape[1:]} crops, got {part.dtype} {part.shape}")
-                f.write(np.ascontiguousarray(part[rows]).tobytes())
-                del part
-    os.replace(path + ".tmp", path)
+    def rows_of_parts():
+        for p, rows in selection:
+            part = np.load(p, mmap_mode="r")
+            if part.dtype != np.uint8 or part.shape[1:] != shape[1:]:
+                raise RuntimeError(f"{p}: expected uint8 {shape[1:]} crops, got {part.dtype} {part.shape}")
+            yield part[rows]
+            del part
+
+    stream_npz(path, shape, rows_of_parts())
 
 
 def summarize_stats(stats, float16: bool) -> dict:

@@ -1,0 +1,85 @@
+"""Writing files so that a killed process never leaves half of one: every writer goes through `atomic_path`.
+
+    with atomic_path("out/x.npz") as tmp:      # tmp = out/.x.tmp-PID.npz (same folder, same extension)
+        np.savez(tmp, ...)                      # renamed to out/x.npz only if the block finishes
+"""
+import contextlib
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temporary name next to `path`; rename it onto `path` on success (atomic), delete it on error."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder or ".", exist_ok=True)
+    stem, ext = os.path.splitext(name)
+    tmp = os.path.join(folder, f".{stem}.tmp-{os.getpid()}{ext}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str, data: bytes, fsync: bool = False):
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str, text: str):
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str, obj, indent: int = 2):
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def atomic_torch_save(obj, path: str):
+    import torch
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def atomic_save_npy(path: str, array: np.ndarray):
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue(), fsync=True)
+
+
+def npy_header(dtype, shape) -> bytes:
+    """The .npy (version 1.0) header numpy writes for a C-ordered array of this dtype and shape."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)})
+    return buf.getvalue()
+
+
+def stream_npz(path: str, shape, chunks, dtype=np.uint8, extra: dict | None = None):
+    """Write an uncompressed .npz (the ADM evaluator's format) whose `arr_0` of `shape` is the concatenation of
+    `chunks` (arrays along axis 0), without holding it in memory; `extra` arrays are stored beside it. Atomic."""
+    written = 0
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+                f.write(npy_header(dtype, shape))
+                for chunk in chunks:
+                    chunk = np.ascontiguousarray(chunk, dtype=dtype)
+                    if chunk.shape[1:] != tuple(shape[1:]):
+                        raise ValueError(f"{path}: chunk of shape {chunk.shape} does not fit arr_0 {tuple(shape)}")
+                    f.write(chunk.tobytes())
+                    written += len(chunk)
+            if written != shape[0]:
+                raise ValueError(f"{path}: {written} rows written for arr_0 of {shape[0]}")
+            for key, value in (extra or {}).items():
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asarray(value))
