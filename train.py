@@ -5,7 +5,6 @@
     accelerate launch --num_processes 8 train.py --preset ours-xl2 --data-dir /data/imagenet256 --resume auto
 """
 import argparse
-import json
 import math
 import os
 import time
@@ -18,7 +17,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
 import runlog
-from fileio import atomic_torch_save, atomic_write_text
+from fileio import atomic_torch_save, atomic_write_json
 from dataset import EpochOrder, build_dataset, sample_posterior
 from loss import LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget
 from models import SiT_models
@@ -304,7 +303,7 @@ def main(argv=None):
         logger.info(f"resumed from {resume} at step {step}")
 
     if accelerator.is_main_process:
-        atomic_write_text(os.path.join(run_dir, "args.json"), json.dumps(vars(args), indent=2) + "\n")
+        atomic_write_json(os.path.join(run_dir, "args.json"), vars(args))
         metrics = runlog.MetricsWriter(run_dir, resume_step=step)
     if args.report_to != "none":
         accelerator.init_trackers(args.exp_name, config={k: str(v) for k, v in vars(args).items()})
@@ -394,7 +393,7 @@ def evaluate_digits(ema, args, dataset, run_dir, step, device, logger):
                                     num_steps=args.preview_num_steps))
     res = digits_metric(np.concatenate(images), torch.tensor(labels))
     res.update(step=step, sampler=f"sde-{args.preview_num_steps}", n=n)
-    atomic_write_text(os.path.join(run_dir, "eval_digits.json"), json.dumps(res, indent=2) + "\n")
+    atomic_write_json(os.path.join(run_dir, "eval_digits.json"), res)
     logger.info(f"embedded metric on {n} EMA samples: Frechet distance {res['fd']:.3f} (classifier features), "
                 f"{100 * res['accuracy']:.1f}% classified as their label -> {run_dir}/eval_digits.json")
 
