@@ -42,6 +42,10 @@ def parse_args(argv=None):
     p.add_argument("--reference-impl", action=B, default=False, help="the public release's costs")
     p.add_argument("--compare", action=B, default=False, help="ours and --reference-impl side by side")
     p.add_argument("--method", choices=sorted(METHODS), default="ours", help="a recipe of presets.py")
+    p.add_argument("--attention-separation", action=B, default=None, help="override the method's AS setting")
+    p.add_argument("--sampler", action=B, default=False,
+                   help="time the sampler instead: SDE --num-steps, CFG 1.8 on t <= 0.7, batch --batch-size")
+    p.add_argument("--num-steps", type=int, default=250, help="sampler steps (with --sampler)")
     p.add_argument("--block-out-s", type=int, default=None)
     p.add_argument("--block-out-t", type=int, default=None)
     p.add_argument("--peak-tflops", type=float, default=None, help="for MFU (default: by device name, bf16 dense)")
@@ -71,9 +75,11 @@ def setup(args):
                                        align_head="ap_head", z_dim=target.z_dim(model)).to(dev)
     keys = ("mask_ratio", "dual_time_scheduling", "attention_separation", "full_sample_prob", "teacher_t",
             "teacher_mask", "loss_type", "align_weight")
+    recipe = {k: preset[k] for k in keys if k in preset}
+    if args.attention_separation is not None:
+        recipe["attention_separation"] = args.attention_separation
     loss_fn = TrainingLoss(num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size, num_classes=1000,
-                           use_alignment_loss=align, block_out_s=s, block_out_t=t, target=target,
-                           **{k: preset[k] for k in keys if k in preset})
+                           use_alignment_loss=align, block_out_s=s, block_out_t=t, target=target, **recipe)
     ema = deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=dev.type == "cuda")
     if args.compile:
@@ -159,6 +165,40 @@ def bench_one(args, reference: bool) -> dict:
     return out
 
 
+class ReferenceModel(torch.nn.Module):
+    """The release's sampling costs: the same network with per-token adaLN and non-fused attention."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.in_channels, self.num_classes = model, model.in_channels, model.num_classes
+
+    def forward(self, x, t, y):
+        return self.model(x, t, y, reference=True)
+
+
+@torch.no_grad()
+def bench_sampler(args, reference: bool) -> dict:
+    """SDE sampling img/s (SiT sampler settings of the paper: CFG 1.8 on t <= 0.7), per-sample conditioning."""
+    from samplers import sample
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    model = SiT_models[args.model](input_size=args.resolution // 8, in_channels=4, num_classes=1000).to(dev).eval()
+    net = ReferenceModel(model) if reference else model
+    z = torch.randn(args.batch_size, 4, args.resolution // 8, args.resolution // 8, device=dev)
+    y = torch.randint(0, 1000, (args.batch_size,), device=dev)
+    kw = dict(mode="sde", num_steps=args.num_steps, cfg_scale=1.8, guidance_high=0.7,
+              bf16=args.mixed_precision == "bf16")
+    sample(net, z[:2], y[:2], **{**kw, "num_steps": 2})                 # warm-up
+    sync(dev)
+    t0 = time.perf_counter()
+    sample(net, z, y, **kw)
+    sync(dev)
+    dt = time.perf_counter() - t0
+    return dict(model=args.model, impl="reference" if reference else "ours", mode="sampler", batch_size=args.batch_size,
+                num_steps=args.num_steps, device=device_name(dev), torch=torch.__version__,
+                mixed_precision=args.mixed_precision, seconds=round(dt, 2), img_per_s=round(args.batch_size / dt, 3))
+
+
 def main(argv=None):
     args = parse_args(argv)
     gpu = args.device.startswith("cuda")
@@ -171,7 +211,7 @@ def main(argv=None):
     runs = [False, True] if args.compare else [args.reference_impl]
     if args.device == "meta" and not args.count_flops:
         raise SystemExit("--device meta only counts FLOPs: add --count-flops")
-    results = [bench_one(args, ref) for ref in runs]
+    results = [(bench_sampler if args.sampler else bench_one)(args, ref) for ref in runs]
     for r in results:
         print(json.dumps(r))
     if args.compare:
