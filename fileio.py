@@ -56,6 +56,14 @@ def atomic_save_npy(path: str, array: np.ndarray):
     atomic_write_bytes(path, buf.getvalue(), fsync=True)
 
 
+def atomic_savez(path: str, **arrays):
+    """np.savez (uncompressed, so arr_0 can be streamed back) to `path`, atomically."""
+    if not path.endswith(".npz"):
+        raise ValueError(f"npz output path must end with .npz, got {path!r}")
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+
+
 def npy_header(dtype, shape) -> bytes:
     """The .npy (version 1.0) header numpy writes for a C-ordered array of this dtype and shape."""
     buf = io.BytesIO()

@@ -1,4 +1,4 @@
-"""Small shared helpers for evaluations/: cache folder, atomic writes, streamed npz arrays, version record.
+"""Small shared helpers for evaluations/: cache folder, streamed npz arrays, version record (atomic writes: fileio).
 
 Nothing here imports TensorFlow or torch, so the metric math and its tests stay light.
 """
@@ -6,7 +6,6 @@ import datetime
 import json
 import os
 import platform
-import tempfile
 import zipfile
 
 import numpy as np
@@ -17,42 +16,6 @@ CACHE_ENV = "SIT_SRA_CACHE"
 def cache_dir() -> str:
     """The project's cache folder: $SIT_SRA_CACHE if set, else ~/.cache/sit_sra (not created here)."""
     return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "sit_sra")
-
-
-def _atomic_target(path: str):
-    """Open a temporary file next to `path` (same folder, so os.replace is atomic). Returns (fd, tmp_path)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    return tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-
-
-def atomic_write_json(path: str, record: dict) -> None:
-    """Write `record` as indented JSON to `path` through a temporary file and os.replace."""
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_savez(path: str, **arrays) -> None:
-    """np.savez (uncompressed, so arr_0 can be streamed back) to `path` through a temporary file."""
-    if not path.endswith(".npz"):
-        raise ValueError(f"npz output path must end with .npz, got {path!r}")
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def npz_keys(path: str) -> list:

@@ -15,14 +15,16 @@ The classifier: fixed seed, fixed epochs, CPU, a few seconds; cached as $SIT_SRA
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evaluations.common import atomic_write_json, cache_dir, now_iso, versions
+if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from evaluations.common import cache_dir, now_iso, versions
+from fileio import atomic_torch_save, atomic_write_json
 from evaluations.metrics import feature_stats, frechet_distance
 
 RECIPE = {"version": 1, "seed": 0, "epochs": 20, "batch_size": 128, "lr": 3e-3, "weight_decay": 1e-4,
@@ -127,12 +129,8 @@ def load_classifier(resolution: int, log=print) -> DigitsNet:
             net.load_state_dict(saved["state_dict"])
             return net.eval()
     net, accuracy = train_classifier(resolution, log=log)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".digits_classifier_", suffix=".tmp", dir=os.path.dirname(path))
-    os.close(fd)
-    torch.save({"recipe": RECIPE, "resolution": resolution, "train_accuracy": accuracy,
-                "state_dict": net.state_dict()}, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save({"recipe": RECIPE, "resolution": resolution, "train_accuracy": accuracy,
+                       "state_dict": net.state_dict()}, path)
     return net
 
 

@@ -25,8 +25,11 @@ import time
 
 import numpy as np
 
+if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluations import metrics
-from evaluations.common import (NpzArrayReader, atomic_write_json, check_images_array, npz_keys, now_iso,
+from fileio import atomic_write_json
+from evaluations.common import (NpzArrayReader, check_images_array, npz_keys, now_iso,
                                 versions)
 from evaluations.inception import POOL_DIM, SPATIAL_DIM, resolve_graph_path
 

@@ -15,27 +15,19 @@ otherwise. Statistics are accumulated in a stream (float64), so the whole ImageN
 """
 import argparse
 import os
+import sys
 
 import numpy as np
 
-from evaluations.common import NpzArrayReader, atomic_savez, check_images_array, npz_keys
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
+if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from evaluations.common import NpzArrayReader, check_images_array, npz_keys
+from fileio import atomic_savez
+from preprocessing.crop import IMAGE_EXTENSIONS, center_crop_adm, to_rgb
 
 def adm_center_crop(image, resolution: int) -> np.ndarray:
-    """ADM's centre crop (guided-diffusion image_datasets.py, also used by REPA/SRA preprocessing):
-    halve with a BOX filter while the short side is >= 2 * resolution, resize the short side to `resolution` with
-    BICUBIC (long side rounded), take the centre resolution x resolution square. PIL image -> uint8 (R, R, 3)."""
-    from PIL import Image
-    image = image.convert("RGB")
-    while min(image.size) >= 2 * resolution:
-        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
-    scale = resolution / min(image.size)
-    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
-    arr = np.asarray(image)                                       # (H, W, 3)
-    top, left = (arr.shape[0] - resolution) // 2, (arr.shape[1] - resolution) // 2
-    return np.ascontiguousarray(arr[top:top + resolution, left:left + resolution])
+    """ADM's centre crop (preprocessing/crop.py) of any PIL image -> uint8 (R, R, 3)."""
+    return center_crop_adm(to_rgb(image), resolution)
 
 
 def list_images(folder: str):
@@ -46,9 +38,9 @@ def list_images(folder: str):
     paths = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
-        paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        paths += [os.path.join(root, f) for f in sorted(files) if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
     if not paths:
-        raise ValueError(f"--images {folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+        raise ValueError(f"--images {folder}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
     rel_first = [os.path.relpath(p, folder).split(os.sep)[0] for p in paths]
     if any(os.sep not in os.path.relpath(p, folder) for p in paths):
         return paths, None

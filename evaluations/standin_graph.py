@@ -11,10 +11,15 @@ between are a few pools and small convolutions with random (seeded) weights; the
 """
 import argparse
 import os
+import sys
 import tempfile
 import time
 
 import numpy as np
+
+if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fileio import atomic_savez, atomic_write_bytes
 
 
 def build_standin_graph(path: str, seed: int = 0) -> str:
@@ -47,12 +52,7 @@ def build_standin_graph(path: str, seed: int = 0) -> str:
         logits = tf.nn.bias_add(logits, tf.zeros([1008]), name="softmax/logits")
         tf.nn.softmax(logits, name="softmax")
     data = graph.as_graph_def().SerializeToString()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=folder)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     return path
 
 
@@ -70,7 +70,6 @@ def smooth_images(n: int, size: int, seed: int, shift: float = 0.0) -> np.ndarra
 def bench(n: int, size: int, batch_size: int, folder: str) -> None:
     """Times `evaluator.py REF SAMPLE` on n vs n stand-in images (two different image draws)."""
     from evaluations import evaluator
-    from evaluations.common import atomic_savez
     graph = build_standin_graph(os.path.join(folder, "standin.pb"))
     ref, smp = os.path.join(folder, "ref.npz"), os.path.join(folder, "samples.npz")
     atomic_savez(ref, arr_0=smooth_images(n, size, seed=1))

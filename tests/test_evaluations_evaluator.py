@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from evaluations import evaluator, make_reference
-from evaluations.common import NpzArrayReader, atomic_savez
+from evaluations.common import NpzArrayReader
+from fileio import atomic_savez
 from evaluations.inception import GRAPH_ENV, GRAPH_FILE, resolve_graph_path
 
 N = 96          # images per batch file
