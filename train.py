@@ -20,7 +20,7 @@ import runlog
 from fileio import atomic_torch_save, atomic_write_json
 from dataset import EpochOrder, build_dataset, sample_posterior
 from loss import LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget
-from models import SiT_models
+from models import SiT_models, load_state_dict_strict
 from models.dinov2 import DINOV2_DIMS
 from models.vae import decode_latents
 from presets import PRESETS
@@ -283,9 +283,20 @@ def main(argv=None):
     if resume:
         if not os.path.isfile(resume):
             raise SystemExit(f"--resume {resume}: no such checkpoint")
-        ckpt = torch.load(resume, map_location="cpu", weights_only=True)
-        raw.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
+        try:
+            ckpt = torch.load(resume, map_location="cpu", weights_only=True)
+        except Exception as e:                                          # truncated or foreign file
+            raise SystemExit(f"--resume {resume}: cannot read this checkpoint ({type(e).__name__}: {e})") from None
+        try:
+            load_state_dict_strict(raw, ckpt["model"], source=f"{resume} ['model']")
+            load_state_dict_strict(ema, ckpt["ema"], source=f"{resume} ['ema']")
+        except ValueError as e:
+            raise SystemExit(f"--resume: {e}") from None
+        changed = [k for k in ("model", "batch_size", "seed", "data_dir", "gradient_accumulation_steps")
+                   if ckpt.get("args", {}).get(k) != getattr(args, k)]
+        if changed:
+            logger.warning(f"--resume: {', '.join(changed)} differ from the checkpoint's run: the data order and "
+                           "random draws will not continue exactly")
         opt.load_state_dict(ckpt["opt"])
         if ckpt.get("scaler") and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(ckpt["scaler"])
@@ -311,7 +322,7 @@ def main(argv=None):
                 f"{len(dataset)} items, global batch {args.batch_size}, {world} process(es), run folder {run_dir}")
 
     # ---- the loop -----------------------------------------------------------------------------------------------
-    sums, n_sum, t_log, step_log = {}, 0, time.time(), step
+    sums, counts, t_log, step_log = {}, {}, time.time(), step
     bar = tqdm(total=args.max_train_steps, initial=step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="train")
     model.train()
@@ -330,19 +341,19 @@ def main(argv=None):
             logs["loss"] = loss.detach()
             for k, v in logs.items():                                   # device-side sums: no host sync here
                 sums[k] = sums.get(k, 0) + v.detach().float()
-            n_sum += 1
+                counts[k] = counts.get(k, 0) + 1
         torch._foreach_lerp_(ema_params, params, 1 - args.ema_decay)   # EMA teacher, every optimizer step
         step += 1
         bar.update(1)
 
         if step % args.log_every == 0 or step == args.max_train_steps:
             keys = sorted(sums)
-            vals = accelerator.reduce(torch.stack([sums[k] for k in keys]) / n_sum, reduction="mean").tolist()
+            vals = accelerator.reduce(torch.stack([sums[k] / counts[k] for k in keys]), reduction="mean").tolist()
             row = dict(zip(keys, vals))
             dt = time.time() - t_log
             row.update(step=step, steps_per_s=(step - step_log) / dt,
                        img_per_s=(step - step_log) * args.batch_size / dt)
-            sums, n_sum, t_log, step_log = {}, 0, time.time(), step
+            sums, counts, t_log, step_log = {}, {}, time.time(), step
             if not all(math.isfinite(row[k]) for k in keys):
                 raise SystemExit(f"non-finite loss at step {step}: {row}. Stopping; the last good checkpoint is "
                                  f"kept in {os.path.join(run_dir, 'checkpoints')} (resume with --resume auto).")

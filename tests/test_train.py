@@ -86,3 +86,14 @@ def test_presets_cover_the_paper_and_explicit_flags_win():
     b = train.parse_args(["--preset", "self-flow-b2", "--mask-ratio", "0.35"])
     assert b.mask_ratio == [0.35] and not b.attention_separation and b.teacher_t == "self_flow"
     assert train.parse_args(["--preset", "sit-b2"]).use_alignment_loss is False
+
+
+def test_bad_resume_files(tmp_path):
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        run(tmp_path, "r", "--max-train-steps", "1", "--resume", str(tmp_path / "missing.pt"))
+    (tmp_path / "half.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(SystemExit, match="cannot read this checkpoint"):
+        run(tmp_path, "r", "--max-train-steps", "1", "--resume", str(tmp_path / "half.pt"))
+    other = run(tmp_path, "other", "--max-train-steps", "1", "--model", "SiT-S/4")
+    with pytest.raises(SystemExit, match=r"--resume: .*does not match the model"):
+        run(tmp_path, "r", "--max-train-steps", "2", "--resume", f"{other}/checkpoints/0000001.pt")
