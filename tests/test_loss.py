@@ -30,7 +30,7 @@ class Recorder(torch.nn.Module):
 def tiny_pair(seed=0):
     torch.manual_seed(seed)
     m = SiT_models["SiT-T/2"](input_size=8, in_channels=1, num_classes=10, align_head="ap_head")
-    return Recorder(m), Recorder(copy.deepcopy(m))
+    return Recorder(m), Recorder(copy.deepcopy(m).requires_grad_(False))
 
 
 def make_loss(**kw):
@@ -195,3 +195,31 @@ def test_total_loss_and_gradients_reach_only_the_student():
 def test_invalid_combinations_name_the_flags(kw, flag):
     with pytest.raises(ValueError, match=flag):
         make_loss(**kw)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True, teacher_mask=True),
+    dict(mask_ratio=[0.5], dual_time_scheduling=True, attention_separation=True, teacher_mask=True,
+         full_sample_prob=0.25),
+    dict(mask_ratio=[0.25], dual_time_scheduling=True, teacher_t="self_flow"),
+])
+def test_training_step_reads_nothing_back_to_the_host(kw, monkeypatch):
+    """No .item() / .tolist() / bool(tensor) / .cpu() in the loss, backward, clipping and EMA update: on a GPU
+    each of these would stall the launch queue once per step."""
+    student, ema = tiny_pair()
+    fn = make_loss(**kw)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    fn(student, x, y, ema=ema)                                   # warm caches (the group table moves once)
+
+    def forbidden(name):
+        def f(self, *a, **k):
+            raise AssertionError(f"host sync: Tensor.{name} called in the training step")
+        return f
+    for name in ("item", "tolist", "__bool__", "cpu", "numpy", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden(name))
+    loss, logs = fn(student, x, y, ema=ema)
+    loss.mean().backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+    torch._foreach_lerp_(list(ema.parameters()), list(student.parameters()), 1e-4)
+    monkeypatch.undo()
+    assert set(logs) == {"loss_gen", "loss_align"}
