@@ -56,14 +56,15 @@ def set_rng_state(state: dict):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_logger(run_dir: str | None) -> logging.Logger:
+def make_logger(run_dir: str | None, main: bool = True) -> logging.Logger:
+    """Main process: INFO to the console and RUN/log.txt; other ranks: warnings only."""
     logger = logging.getLogger("train")
     logger.handlers.clear()
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if main else logging.WARNING)
     logger.propagate = False
     fmt = logging.Formatter("[%(asctime)s] %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers = [logging.StreamHandler()]
-    if run_dir is not None:
+    if run_dir is not None and main:
         handlers.append(logging.FileHandler(os.path.join(run_dir, "log.txt")))
     for h in handlers:
         h.setFormatter(fmt)

@@ -240,7 +240,8 @@ def main(argv=None):
     args = parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),      # CPU: gloo when launched with torchrun
+                              gradient_accumulation_steps=args.gradient_accumulation_steps,
                               mixed_precision=args.mixed_precision,
                               log_with=None if args.report_to == "none" else args.report_to,
                               project_dir=os.path.join(args.output_dir, args.exp_name))
@@ -251,7 +252,7 @@ def main(argv=None):
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
         os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
     accelerator.wait_for_everyone()
-    logger = runlog.make_logger(run_dir if accelerator.is_main_process else None)
+    logger = runlog.make_logger(run_dir, main=accelerator.is_main_process)
 
     # ---- data, model, EMA teacher, optimizer, loss ---------------------------------------------------------------
     try:

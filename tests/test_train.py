@@ -97,3 +97,19 @@ def test_bad_resume_files(tmp_path):
     other = run(tmp_path, "other", "--max-train-steps", "1", "--model", "SiT-S/4")
     with pytest.raises(SystemExit, match=r"--resume: .*does not match the model"):
         run(tmp_path, "r", "--max-train-steps", "2", "--resume", f"{other}/checkpoints/0000001.pt")
+
+
+def test_two_processes_on_cpu(tmp_path):
+    """torchrun with 2 CPU processes (gloo): one run folder, written by rank 0, data split between the ranks."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py", *TINY,
+           "--max-train-steps", "4", "--checkpoint-steps", "4", "--output-dir", str(tmp_path), "--exp-name", "ddp"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 process(es)" in res.stdout + res.stderr
+    ckpt = load(tmp_path / "ddp" / "checkpoints" / "0000004.pt")
+    assert len(ckpt["rng"]) == 2 and ckpt["data"]["world_size"] == 2
+    assert [json.loads(line)["step"] for line in open(tmp_path / "ddp" / "metrics.jsonl")] == [2, 4]
