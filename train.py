@@ -105,6 +105,10 @@ def check_args(args, world_size: int):
     if args.batch_size % (world_size * args.gradient_accumulation_steps):
         raise SystemExit(f"--batch-size {args.batch_size} is the global batch: it must be divisible by "
                          f"{world_size} processes x --gradient-accumulation-steps {args.gradient_accumulation_steps}")
+    if args.report_to != "none":
+        import importlib.util
+        if importlib.util.find_spec(args.report_to) is None:
+            raise SystemExit(f"--report-to {args.report_to}: the package is not installed (pip install {args.report_to})")
     for flag in ("max_train_steps", "checkpoint_steps", "log_every"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
