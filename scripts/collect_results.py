@@ -26,6 +26,10 @@ import os
 import re
 import sys
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from fileio import atomic_write_text  # noqa: E402  (the repository root is not on the path of scripts/)
+
 DASH = "–"
 
 # ---- the paper's numbers (METHOD.md section 9): FID-10K of the B/2 ablations, system runs with CFG ----------------
@@ -383,12 +387,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     out = args.out or args.roots[0]
     text, figures = collect(args.roots, out)
-    os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "results.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     print(text)
     print(f"wrote {path}" + (f" and {len(figures)} figure(s)" if figures else " (no curves to plot)"))
     return text, figures

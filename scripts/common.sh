@@ -102,10 +102,11 @@ launch() {
 words() { read -r -a WORDS <<< "${1:-}"; }
 
 # The training flags --tiny adds after a preset: the preset's method (alignment, DTS, AS, teacher) stays, its scale
-# becomes SiT-T/2 on the 16x16 digits for TINY_STEPS steps, with a checkpoint every TINY_STEPS / 2 steps.
+# becomes SiT-T/2 on the 16x16 digits for TINY_STEPS steps, with a checkpoint every TINY_STEPS / 2 steps. EMA decay
+# 0.5: after a few steps the EMA weights (which are sampled) then reflect the training, so settings differ.
 export TINY_STEPS=${TINY_STEPS:-4}
 TINY_TRAIN_FLAGS=(--model SiT-T/2 --block-out-s 2 --block-out-t 4 --batch-size 16 --learning-rate 1e-3
-  --ema-decay 0.995 --mixed-precision no --max-train-steps "$TINY_STEPS" --checkpoint-steps $((TINY_STEPS / 2))
+  --ema-decay 0.5 --mixed-precision no --max-train-steps "$TINY_STEPS" --checkpoint-steps $((TINY_STEPS / 2))
   --sample-steps 0 --log-every 1 --num-workers 0 --eval-samples 0)
 
 # train_and_eval EXP PROTOCOL "STEPS" TRAIN_FLAGS...: train run EXP (resumes when it exists), then sample and

@@ -3,6 +3,7 @@ USAGE="Sample and evaluate every saved checkpoint of a training run (or the step
 
 usage: scripts/eval_run.sh [--dry-run] [--tiny] RUN_DIR
 
+Environment:
   STEPS   training steps to evaluate, e.g. '100000 400000 800000' (the paper's B/2 ablations);
           default: every checkpoint in RUN_DIR/checkpoints/
 Each checkpoint RUN_DIR/checkpoints/NNNNNNN.pt goes through scripts/sample_eval.sh with the same environment

@@ -27,7 +27,7 @@ def digits_reference(out, count=256, resolution=16):
     import torch
 
     from dataset import digits_images
-    from evaluations.common import atomic_savez
+    from fileio import atomic_savez
 
     images, labels = digits_images(resolution)                          # (1797, 1, R, R) in [-1, 1], (1797,)
     if not 2 <= count <= len(images):
