@@ -2,7 +2,8 @@
 deterministic, resumable data order.
 
 What a dataset returns and exposes (all three classes):
-    ds[i] -> (x, label): x float32 torch tensor, label int64 scalar tensor.
+    ds[i] -> (x, label): x float32 torch tensor, label int64 scalar tensor (LatentShardDataset with precomputed
+        REPA features: (x, label, feats (T, D) float32)).
         LatentShardDataset / RepaLatentDataset: x = posterior moments (8, h, w), channels 0-3 mean, 4-7 std,
             unscaled; turn a batch into model input with sample_posterior(x) (on the device, every step).
         DigitsDataset: x = image (1, R, R) in [-1, 1], already the model input (pixel space, no VAE).
@@ -75,12 +76,17 @@ class DigitsDataset(torch.utils.data.Dataset):
 
 
 class LatentShardDataset(torch.utils.data.Dataset):
-    """Shards written by `python -m preprocessing`, memory-mapped. Items: (moments (8, h, w) float32, label)."""
+    """Shards written by `python -m preprocessing`, memory-mapped. Items: (moments (8, h, w) float32, label).
+
+    features: the name of a folder under data_dir written by `python -m preprocessing repa-features` (e.g.
+    "repa-dinov2_vitb14-p2"); then items are (moments, label, feats (T, D) float32), the sample's precomputed
+    DINOv2 patch tokens, and `features_info` holds its features.json.
+    """
 
     is_latent = True
     latent_channels = 4
 
-    def __init__(self, data_dir: str):
+    def __init__(self, data_dir: str, features: str = None):
         path = os.path.join(data_dir, "dataset.json")
         if not os.path.isfile(path):
             hint = " (shards/ exists: preprocessing has not finished; rerun it)" if os.path.isdir(
@@ -110,17 +116,50 @@ class LatentShardDataset(torch.utils.data.Dataset):
         self.latent_size = int(self.info["latent_size"])
         self.has_flips = bool(self.info.get("flip"))
         self.class_names = self.info.get("class_names")
-        self._maps = None                                                           # opened lazily per process
+        self._maps = self._feature_maps = None                                      # opened lazily per process
+        self.features, self.features_info, self.feature_files = features, None, None
+        if features is not None:
+            self._check_features(features, counts)
+
+    def _check_features(self, name: str, counts):
+        folder = os.path.join(self.data_dir, name)
+        how = f"`python -m preprocessing repa-features {self.data_dir} ...`"
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"precomputed features {folder} not found: write them with {how} (the folder is "
+                                    f"repa-<enc_type>-p<patch>, e.g. repa-dinov2_vitb14-p2)")
+        path = os.path.join(folder, "features.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: {how} has not finished; rerun it")
+        with open(path) as f:
+            info = json.load(f)
+        if list(info.get("counts", [])) != list(counts):
+            raise ValueError(f"precomputed features {folder} do not match the moments shards of {self.data_dir}: "
+                             f"{len(info.get('counts', []))} shards with counts {_short(info.get('counts'))} vs "
+                             f"{len(counts)} with {_short(counts)} (the dataset was re-encoded?); rerun {how}")
+        self.feature_files = [os.path.join(folder, f) for f in info["files"]]
+        want = (int(info["tokens"]), int(info["dim"]))
+        for file, count in zip(self.feature_files, counts):
+            if not os.path.isfile(file):
+                raise FileNotFoundError(f"{file} listed in {path} is missing")
+            shape = np.load(file, mmap_mode="r").shape
+            if shape != (count,) + want:
+                raise ValueError(f"{file} has shape {shape}, {path} says {(count,) + want}")
+        self.features_info = info
 
     def __getstate__(self):                                  # DataLoader workers reopen the memmaps themselves
         state = dict(self.__dict__)
-        state["_maps"] = None
+        state["_maps"] = state["_feature_maps"] = None
         return state
 
     def _shards(self):
         if self._maps is None:
             self._maps = [np.load(f, mmap_mode="r") for f in self.shard_files]
         return self._maps
+
+    def _features(self):
+        if self._feature_maps is None:
+            self._feature_maps = [np.load(f, mmap_mode="r") for f in self.feature_files]
+        return self._feature_maps
 
     def __len__(self):
         return int(self.offsets[-1])
@@ -131,19 +170,30 @@ class LatentShardDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
         s = int(np.searchsorted(self.offsets, i, side="right")) - 1
         x = np.array(self._shards()[s][i - self.offsets[s]], dtype=np.float32)    # (8, h, w), a copy
-        return torch.from_numpy(x), torch.tensor(int(self.labels[i]), dtype=torch.int64)
+        y = torch.tensor(int(self.labels[i]), dtype=torch.int64)
+        if self.features is None:
+            return torch.from_numpy(x), y
+        f = np.array(self._features()[s][i - self.offsets[s]], dtype=np.float32)  # (T, D)
+        return torch.from_numpy(x), y, torch.from_numpy(f)
 
     def get_batch(self, indices):
-        """indices (B,) -> (moments (B, 8, h, w) float32, labels (B,) int64), reading each shard once."""
+        """indices (B,) -> (moments (B, 8, h, w) float32, labels (B,) int64[, feats (B, T, D) float32]), reading
+        each shard once."""
         idx = np.asarray(torch.as_tensor(indices).cpu(), dtype=np.int64)
         shard = np.searchsorted(self.offsets, idx, side="right") - 1
         out = np.empty((len(idx),) + self.item_shape, dtype=np.float32)
+        feats = None
+        if self.features is not None:
+            feats = np.empty((len(idx), self.features_info["tokens"], self.features_info["dim"]), dtype=np.float32)
         for s in np.unique(shard):
             sel = np.nonzero(shard == s)[0]
             local = idx[sel] - self.offsets[s]
             order = np.argsort(local, kind="stable")                                 # sorted reads from the file
             out[sel[order]] = self._shards()[s][local[order]]
-        return torch.from_numpy(out), torch.from_numpy(self.labels[idx].astype(np.int64))
+            if feats is not None:
+                feats[sel[order]] = self._features()[s][local[order]]
+        y = torch.from_numpy(self.labels[idx].astype(np.int64))
+        return (torch.from_numpy(out), y) if feats is None else (torch.from_numpy(out), y, torch.from_numpy(feats))
 
 
 def _repa_folder(data_dir: str):
@@ -223,13 +273,25 @@ class RepaLatentDataset(torch.utils.data.Dataset):
         return torch.from_numpy(x), torch.from_numpy(self.labels[idx])
 
 
-def build_dataset(data_dir: str, num_classes: int = None):
-    """'digits' / 'digits:32' -> DigitsDataset; a folder -> LatentShardDataset or RepaLatentDataset by layout."""
+def _short(values, limit=8):
+    values = list(values or [])
+    return str(values) if len(values) <= limit else f"[{', '.join(map(str, values[:limit]))}, ...]"
+
+
+def build_dataset(data_dir: str, num_classes: int = None, features: str = None):
+    """'digits' / 'digits:32' -> DigitsDataset; a folder -> LatentShardDataset or RepaLatentDataset by layout.
+
+    features: a precomputed-features folder name under data_dir (LatentShardDataset only; see its docstring)."""
+    is_shards = os.path.isfile(os.path.join(data_dir, "dataset.json")) and _is_shard_json(
+        os.path.join(data_dir, "dataset.json"))
+    if features is not None and not is_shards:
+        raise ValueError(f"precomputed features ({features}) need a dataset written by `python -m preprocessing` "
+                         f"(dataset.json + shards/ + sources.txt); {data_dir!r} is not one (the digits and the "
+                         f"REPA/SRA latent folder have none: run the encoder on the fly instead)")
     if data_dir == "digits" or str(data_dir).startswith("digits:"):
         return DigitsDataset(int(data_dir.split(":")[1]) if ":" in data_dir else 16)
-    if os.path.isfile(os.path.join(data_dir, "dataset.json")) and _is_shard_json(
-            os.path.join(data_dir, "dataset.json")):
-        return LatentShardDataset(data_dir)
+    if is_shards:
+        return LatentShardDataset(data_dir, features)
     if _repa_folder(data_dir) is not None:
         return RepaLatentDataset(data_dir, num_classes)
     if os.path.isdir(os.path.join(data_dir, "shards")):

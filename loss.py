@@ -164,19 +164,37 @@ class EMATeacher:
 
 class REPATarget:
     """REPA (arXiv 2410.06940): a frozen external encoder's patch tokens on the clean image, DINOv2's
-    x_norm_patchtokens at 14 * grid pixels (224 for 16 x 16 SiT tokens, 448 for 32 x 32), so tokens line up."""
+    x_norm_patchtokens at 14 * grid pixels (224 for 16 x 16 SiT tokens, 448 for 32 x 32), so tokens line up.
+
+    Precomputed (`python -m preprocessing repa-features`, train.py --repa-features): the batch's features arrive
+    on the draw (d.features, (N, T, D_enc)) and are the target as they are; then no encoder is needed (pass
+    encoder=None and dim=D_enc)."""
     needs_ema = False
 
-    def __init__(self, encoder, to_images):
-        self.encoder = encoder          # models.dinov2.DinoV2, frozen, eval mode
+    def __init__(self, encoder=None, to_images=None, dim: int = None):
+        if encoder is None and dim is None:
+            raise ValueError("REPATarget needs an encoder, or dim (the encoder width) for precomputed features")
+        self.encoder = encoder          # models.dinov2.DinoV2, frozen, eval mode (None: precomputed features only)
         self.to_images = to_images      # x0 in model space (N, C, h, w) -> images (N, 3 or 1, H, W) in [-1, 1]
+        self.dim = encoder.embed_dim if encoder is not None else int(dim)
 
     def z_dim(self, model) -> int:
-        return self.encoder.embed_dim
+        return self.dim
 
     @torch.no_grad()
     def __call__(self, d: Draw) -> Tensor:
         from models.dinov2 import dinov2_resolution, preprocess_for_dinov2
+        features = getattr(d, "features", None)
+        if features is not None:                                        # precomputed: (N, grid^2, D_enc)
+            want = (d.x0.shape[0], d.grid ** 2, self.dim)
+            if tuple(features.shape) != want:
+                raise ValueError(f"precomputed REPA features have shape {tuple(features.shape)}, expected {want} "
+                                 f"(batch, the model's {d.grid}x{d.grid} tokens, encoder width {self.dim}): were "
+                                 f"they written for another --enc-type or --patch-size?")
+            return features.float()
+        if self.encoder is None:
+            raise ValueError("REPATarget has no encoder: pass the batch's precomputed features to the loss "
+                             "(TrainingLoss(..., features=...))")
         images = self.to_images(d.x0).float()
         if images.shape[1] == 1:                                        # grey (the embedded digits)
             images = images.expand(-1, 3, -1, -1)
@@ -203,7 +221,8 @@ class VAELatentTarget:
 # --------------------------------------------------------------------------------------------------------------
 
 class TrainingLoss:
-    """Flow matching + optional alignment. Call: loss(model, x0, y, ema=None) -> (per-sample loss (N,), logs)."""
+    """Flow matching + optional alignment. Call: loss(model, x0, y, ema=None, features=None) -> (per-sample loss (N,),
+    logs)."""
 
     def __init__(self, *, num_tokens: int, grid: int, patch: int, num_classes: int, path_type="linear",
                  weighting="uniform", class_dropout_prob=0.1, use_alignment_loss=False, align_weight=0.5,
@@ -269,7 +288,8 @@ class TrainingLoss:
     def needs_ema(self) -> bool:
         return self.target is not None and self.target.needs_ema
 
-    def __call__(self, model, x0: Tensor, y: Tensor, ema=None, reference: bool = False):
+    def __call__(self, model, x0: Tensor, y: Tensor, ema=None, reference: bool = False, features: Tensor = None):
+        """features: the batch's precomputed alignment target (N, T, D) when the target reads it (REPA), else None."""
         N, dev, G = x0.shape[0], x0.device, len(self.sizes)
         eps = torch.randn_like(x0)
         drop = torch.rand(N, device=dev) < self.class_dropout_prob       # label dropout for CFG (null = num_classes)
@@ -315,7 +335,8 @@ class TrainingLoss:
 
         # ---- alignment target and distance (Eq. 3-4, 7), fp32 -------------------------------------------------
         draw = Draw(x0=x0, eps=eps, t=t, y=y, y_dropped=y_dropped, x_t=x_t, ids=ids, layout=layout, ema=ema,
-                    num_full=num_full, grid=self.grid, patch=self.patch, mix=mix, reference=reference)
+                    num_full=num_full, grid=self.grid, patch=self.patch, mix=mix, reference=reference,
+                    features=features)
         z = self.target(draw)
         with torch.autocast(device_type="cuda" if dev.type == "cuda" else "cpu", enabled=False):
             loss_align = alignment_distance(feats, z, self.loss_type)     # (N,)

@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ema: EMA teacher (SRA, Self-Flow, ours); repa: DINOv2; sra2: the clean VAE latent")
     g.add_argument("--enc-type", choices=sorted(DINOV2_DIMS), default="dinov2_vitb14", help="REPA encoder")
     g.add_argument("--enc-weights", default=None, help="REPA encoder weights file (local; never downloaded)")
+    g.add_argument("--repa-features", default=None, metavar="NAME",
+                   help="REPA with precomputed targets: a folder under --data-dir written by `python -m preprocessing "
+                        "repa-features DATA_DIR --enc-type ENC --patch-size P` (NAME = repa-ENC-pP, e.g. "
+                        "repa-dinov2_vitb14-p2); no DINOv2 or VAE decode per step (needs --align-target repa)")
     g.add_argument("--align-weight", type=float, default=0.5)
     g.add_argument("--loss-type", choices=LOSS_TYPES, default="cos-channel")
     g.add_argument("--block-out-s", type=int, default=3, help="student block (1-based) for the alignment head")
@@ -109,6 +113,9 @@ def check_args(args, world_size: int):
         import importlib.util
         if importlib.util.find_spec(args.report_to) is None:
             raise SystemExit(f"--report-to {args.report_to}: the package is not installed (pip install {args.report_to})")
+    if args.repa_features and not (args.use_alignment_loss and args.align_target == "repa"):
+        raise SystemExit(f"--repa-features {args.repa_features} holds REPA targets: it needs --use-alignment-loss "
+                         f"--align-target repa (e.g. --preset repa-b2)")
     for flag in ("max_train_steps", "checkpoint_steps", "log_every"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -124,6 +131,14 @@ def build_target(args, dataset, device):
         return None
     if args.align_target == "sra2":
         return VAELatentTarget()
+    if args.repa_features:                                              # targets come with the batches
+        info, patch = dataset.features_info, int(args.model.split("/")[1])
+        tokens = (dataset.latent_size // patch) ** 2
+        if info["encoder"] != args.enc_type or info["tokens"] != tokens:
+            raise SystemExit(f"--repa-features {args.repa_features}: written for {info['encoder']} with "
+                             f"{info['tokens']} tokens, this run has --enc-type {args.enc_type} and {args.model} "
+                             f"with {tokens} tokens")
+        return REPATarget(dim=DINOV2_DIMS[args.enc_type])
     from models.dinov2 import load_dinov2
     try:
         encoder = load_dinov2(args.enc_type, path=args.enc_weights).to(device)
@@ -167,7 +182,10 @@ def build_model(args, dataset):
 
 
 class Batches:
-    """Index batches of this rank in a deterministic order that depends only on (seed, step): exact resume."""
+    """Index batches of this rank in a deterministic order that depends only on (seed, step): exact resume.
+
+    next() -> (x, y, extra): extra is a dict of loss keyword arguments, {"features": (B, T, D)} when the dataset
+    carries precomputed REPA targets, else {}."""
 
     def __init__(self, dataset, args, local_batch, rank, world, device):
         self.dataset, self.device = dataset, device
@@ -187,20 +205,21 @@ class Batches:
             if self.on_device:
                 for idx in self.order:
                     idx = idx.to(self.device)
-                    yield self.images[idx], self.labels[idx]
+                    yield self.images[idx], self.labels[idx], {}
             else:
                 loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.order, pin_memory=True,
                                                      num_workers=self.num_workers)
-                for x, y in loader:
-                    yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                for x, y, *feats in loader:                              # (moments, labels[, features])
+                    extra = {"features": feats[0].to(self.device, non_blocking=True)} if feats else {}
+                    yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), extra
 
     def next(self):
         if self._it is None:
             self._it = self._loader()
-        x, y = next(self._it)
+        x, y, extra = next(self._it)
         if self.dataset.is_latent:
             x = sample_posterior(x)                                     # z = (mean + std n) * 0.18215
-        return x, y
+        return x, y, extra
 
 
 @torch.no_grad()
@@ -260,9 +279,9 @@ def main(argv=None):
 
     # ---- data, model, EMA teacher, optimizer, loss ---------------------------------------------------------------
     try:
-        dataset = build_dataset(args.data_dir)
+        dataset = build_dataset(args.data_dir, features=args.repa_features)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"--data-dir: {e}") from None
+        raise SystemExit(f"--data-dir{' / --repa-features' if args.repa_features else ''}: {e}") from None
     set_seed(args.seed)                                                 # same initial weights on every rank
     model = build_model(args, dataset).to(device)
     ema = deepcopy(model).requires_grad_(False).eval()                  # teacher: starts as an exact copy (Sec. 3)
@@ -333,10 +352,10 @@ def main(argv=None):
     model.train()
     while step < args.max_train_steps:
         for _ in range(args.gradient_accumulation_steps):
-            x, y = batches.next()
+            x, y, extra = batches.next()
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    loss, logs = loss_fn(model, x, y, ema=ema if loss_fn.needs_ema else None)
+                    loss, logs = loss_fn(model, x, y, ema=ema if loss_fn.needs_ema else None, **extra)
                 loss = loss.mean()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
