@@ -273,20 +273,16 @@ def system_table(title, runs, records, view, with_paper):
 
 def all_records_table(records) -> str:
     """Every evaluation found, one row per (run, step, samples, sampler, CFG), ADM and digits numbers side by side."""
-    keys = sorted({(r["run"], r["step"] if r["step"] is not None else -1, r["n"], r["sampler"], r["cfg"],
-                    r["guidance"]) for r in records})
+    merged = {}
+    for r in records:
+        key = (r["run"], -1 if r["step"] is None else r["step"], r["n"], r["sampler"], r["cfg"], r["guidance"])
+        merged.setdefault(key, {}).update(r["values"])
     header = ["run", "step", "samples", "sampler", "CFG (interval)", "FID", "sFID", "IS", "Prec.", "Rec.",
               "digits FD", "digits acc."]
     rows = []
-    for run, step, n, sampler, cfg, guidance in keys:
-        step = None if step == -1 else step
-        vals = {}
-        for r in records:
-            if (r["run"], r["step"], r["n"], r["sampler"], r["cfg"], r["guidance"]) == (run, step, n, sampler, cfg,
-                                                                                          guidance):
-                vals.update(r["values"])
+    for (run, step, n, sampler, cfg, guidance), vals in sorted(merged.items()):
         interval = f"{cfg:g}" + (f" ({guidance[0]:g}-{guidance[1]:g})" if cfg > 1 else "")
-        rows.append([run, step_label(step), f"{n:,}", sampler, interval]
+        rows.append([run, step_label(None if step == -1 else step), f"{n:,}", sampler, interval]
                     + [fmt(vals.get(m), m) for m in ("fid", "sfid", "inception_score", "precision", "recall", "fd",
                                                      "accuracy")])
     return "### All evaluation records\n\n" + md_table(header, rows)

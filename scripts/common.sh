@@ -27,10 +27,19 @@ cd "$REPO"
 
 die() { echo "error: $*" >&2; exit 2; }
 
+COMMON_HELP="
+Every script:
+  --dry-run   (DRY_RUN=1) print the commands, one per line, instead of running them
+  --tiny      (TINY=1) the whole chain on the CPU in minutes: SiT-T/2 on the embedded digits, a few steps, ~20
+              samples, the digits metric and the ADM evaluator with a stand-in Inception graph, under \$TINY_ROOT
+              (default runs/tiny-chain)
+  Launcher: LAUNCHER (accelerate|torchrun), NNODES, NODE_RANK (default from SLURM), GPUS_PER_NODE (8),
+  MASTER_ADDR, MASTER_PORT; see scripts/common.sh. Paths are relative to the repository root."
+
 ARGS=()
 for arg in "$@"; do
   case $arg in
-    -h|--help) printf '%s\n' "$USAGE"; exit 0 ;;
+    -h|--help) printf '%s\n%s\n' "$USAGE" "$COMMON_HELP"; exit 0 ;;
     --dry-run) DRY_RUN=1 ;;
     --tiny) TINY=1 ;;
     *) ARGS+=("$arg") ;;
