@@ -305,7 +305,7 @@ def plot_curves(path, title, settings, recs, view, with_paper):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     v = VIEWS[view]
     show_paper = with_paper and max(s for _, points in series for s, _ in points) >= PAPER_STEPS[0]
@@ -322,6 +322,7 @@ def plot_curves(path, title, settings, recs, view, with_paper):
     for ax, label in zip(axes, (v["label"], v["label2"])):
         ax.set_xlabel("training steps")
         ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))             # steps are whole numbers
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: step_label(int(x)) if x >= 0 else ""))
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
