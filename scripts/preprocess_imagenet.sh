@@ -16,6 +16,9 @@ Environment (defaults in brackets):
   PRECISION        encoder arithmetic fp32 | tf32 | bf16 [fp32]    DTYPE  stored moments float32 | float16 [float32]
   BATCH_SIZE [64]  REFERENCE_BATCH [10000]   PREPROCESS_ARGS  extra flags, e.g. '--flip'
   MAKE_REFERENCE [0]   REF_DIR [/data/adm]   INCEPTION  Inception graph for MAKE_REFERENCE [evaluator's default]
+  ENC_WEIGHTS      DINOv2-B weights file: when set, also precompute REPA's targets into
+                   DATA_ROOT/imagenet<RES>/repa-dinov2_vitb14-p2 ('python -m preprocessing repa-features'), so that
+                   REPA trains without running DINOv2 and the VAE decoder every step (REPA_FEATURES=1 in train_system.sh)
 With --tiny: a few generated images, a narrow random-weight VAE and the stand-in Inception graph, at 32 and 64
 pixels, under \$TINY_ROOT; MAKE_REFERENCE=1.
 Launcher variables: see scripts/common.sh (LAUNCHER, NNODES, NODE_RANK, GPUS_PER_NODE, MASTER_ADDR, MASTER_PORT)."
@@ -35,6 +38,7 @@ REFERENCE_BATCH=${REFERENCE_BATCH:-$(tiny_or 10000 4)}
 MAKE_REFERENCE=${MAKE_REFERENCE:-$(tiny_or 0 1)}
 REF_DIR=${REF_DIR:-$(tiny_or /data/adm "$TINY_ROOT/data")}
 INCEPTION=${INCEPTION:-$(tiny_or "" "$fixtures/standin_inception.pb")}
+ENC_WEIGHTS=${ENC_WEIGHTS:-}
 
 if [ "$TINY" = 1 ]; then                            # stand-ins: an image folder, a VAE, an Inception graph
   [ -d "$IMAGENET_TRAIN" ] || run "$PYTHON" scripts/tiny_fixtures.py image-folder "$IMAGENET_TRAIN"
@@ -49,6 +53,10 @@ for res in $RESOLUTIONS; do
   [ "$TINY" = 1 ] && flags+=(--shard-size 4 --workers 0 --no-progress)
   words "${PREPROCESS_ARGS:-}"
   launch torchrun -m preprocessing "$IMAGENET_TRAIN" "$DATA_ROOT/imagenet$res" "${flags[@]}" "${WORDS[@]}"
+  if [ -n "$ENC_WEIGHTS" ]; then
+    launch torchrun -m preprocessing repa-features "$DATA_ROOT/imagenet$res" --enc-type dinov2_vitb14 \
+      --enc-weights "$ENC_WEIGHTS" --patch-size 2
+  fi
 
   if [ "$MAKE_REFERENCE" = 1 ] && [ "$NODE_RANK" = 0 ]; then
     ref=(--images "$IMAGENET_TRAIN" --resolution "$res" --num-ref "$(tiny_or 10000 4)")

@@ -18,6 +18,8 @@ Environment (defaults in brackets):
   REF_BATCH    ADM reference batch [\$REF_DIR/VIRTUAL_imagenet256_labeled.npz or VIRTUAL_imagenet512.npz]
   ENC_WEIGHTS  DINOv2-B weights file for REPA (local; never downloaded)
   VAE          SD-VAE folder, for REPA on latents (it decodes to pixels) [Hugging Face cache]
+  REPA_FEATURES=1  REPA reads the DINOv2 targets precomputed by scripts/preprocess_imagenet.sh (ENC_WEIGHTS set
+               there) from DATA_DIR/repa-dinov2_vitb14-p2 instead of running DINOv2 and the VAE decoder every step
   EVAL_STEPS   checkpoints to evaluate [the last: 4000000 or 1000000; \$TINY_STEPS with --tiny]
   TRAIN_ARGS   extra train.py flags for every run, e.g. '--compile --keep-last 2'
   TRAIN=0      only evaluate;  EVAL=0 only train
@@ -37,6 +39,7 @@ export OUTPUT_DIR=${OUTPUT_DIR:-$(tiny_or runs "$TINY_ROOT/runs")}
 export REF_BATCH=${REF_BATCH:-$(tiny_or "${REF_DIR:-/data/adm}/$ref" "$TINY_ROOT/fixtures/digits_ref.npz")}
 ENC_WEIGHTS=${ENC_WEIGHTS:-}
 VAE=${VAE:-}
+REPA_FEATURES=${REPA_FEATURES:-0}
 EVAL_STEPS=${EVAL_STEPS:-$(tiny_or $last "$TINY_STEPS")}
 
 METHODS=("$@")
@@ -48,9 +51,14 @@ for method in "${METHODS[@]}"; do
   case $method in
     ours|sit|sra|self-flow|sra2|ours-mix) flags=() ;;
     repa)
-      [ -n "$ENC_WEIGHTS" ] || [ "$DRY_RUN" = 1 ] || die "REPA needs the DINOv2-B weights: ENC_WEIGHTS=/path/to/file"
-      flags=(--enc-weights "${ENC_WEIGHTS:-/path/to/dinov2_vitb14.pth}")
-      [ -n "$VAE" ] && flags+=(--vae "$VAE") ;;
+      if [ "$REPA_FEATURES" = 1 ]; then
+        flags=(--repa-features repa-dinov2_vitb14-p2)
+      else
+        [ -n "$ENC_WEIGHTS" ] || [ "$DRY_RUN" = 1 ] ||
+          die "REPA needs the DINOv2-B weights (ENC_WEIGHTS=/path/to/file) or precomputed targets (REPA_FEATURES=1)"
+        flags=(--enc-weights "${ENC_WEIGHTS:-/path/to/dinov2_vitb14.pth}")
+        [ -n "$VAE" ] && flags+=(--vae "$VAE")
+      fi ;;
     *) die "unknown method '$method' (see --help)" ;;
   esac
   note "method $method at $RES"

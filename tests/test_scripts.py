@@ -103,7 +103,10 @@ def parse_program(program, args, monkeypatch):
     if program == "sample_ddp.py":
         import sample_ddp
         return sample_ddp.parse_args(args)
-    if program == "-m preprocessing":
+    if program == "-m preprocessing":                   # routed by its first word as preprocessing/__main__.py does
+        if args[:1] == ["repa-features"]:
+            from preprocessing import repa_features
+            return repa_features.parse_args(args[1:])
         from preprocessing import encode
         return encode.parse_args(args)
     if program == "scripts/tiny_fixtures.py":
@@ -195,6 +198,8 @@ def test_system_runs_dry_run(monkeypatch):
         assert ns.exp_name == ns.preset and ns.model == "SiT-XL/2" and ns.max_train_steps == 4_000_000
         assert collect_results.SYSTEM_RE.match(ns.exp_name)
     assert [ns.enc_weights for *_, ns in trains if ns.preset == "repa-xl2"] == ["/w/dinov2_vitb14.pth"]
+    (*_, ns), = of(parse_all(dry_run("train_system.sh", "repa", REPA_FEATURES=1, EVAL=0), monkeypatch), "train.py")
+    assert ns.repa_features == "repa-dinov2_vitb14-p2" and ns.enc_weights is None
     samples = of(parsed, "sample_ddp.py")
     assert len(samples) == 6
     for *_, ns in samples:
@@ -245,8 +250,12 @@ def test_sample_eval_and_eval_run_dry_run(monkeypatch):
 
 
 def test_preprocessing_dry_run(monkeypatch):
-    parsed = parse_all(dry_run("preprocess_imagenet.sh", MAKE_REFERENCE=1, VAE="/w/sd-vae-ft-mse"), monkeypatch)
-    pre = of(parsed, "-m preprocessing")
+    parsed = parse_all(dry_run("preprocess_imagenet.sh", MAKE_REFERENCE=1, VAE="/w/sd-vae-ft-mse",
+                               ENC_WEIGHTS="/w/dinov2.pth"), monkeypatch)
+    pre = [p for p in of(parsed, "-m preprocessing") if hasattr(p[3], "resolution")]
+    features = [p[3] for p in of(parsed, "-m preprocessing") if not hasattr(p[3], "resolution")]
+    assert [(ns.data_dir, ns.enc_weights, ns.patch_size) for ns in features] == [
+        ("/data/imagenet256", "/w/dinov2.pth", 2), ("/data/imagenet512", "/w/dinov2.pth", 2)]
     assert [ns.resolution for *_, ns in pre] == [256, 512]
     assert [ns.out_dir for *_, ns in pre] == ["/data/imagenet256", "/data/imagenet512"]
     assert all(p[0] == "torchrun" and ns.vae_path == "/w/sd-vae-ft-mse" and ns.reference_batch == 10_000
