@@ -7,7 +7,7 @@ usage: scripts/sample_eval.sh [--dry-run] [--tiny] CHECKPOINT
      into SAMPLE_DIR/EXP/STEP-TAG/<folder named by sample_ddp.py>/samples_N.npz (resumable: rerun to finish);
   2. on machine 0: the ADM evaluator (FID, sFID, IS, precision, recall) against REF_BATCH and/or the embedded
      digits metric, records in RESULTS_DIR/EXP/STEP-TAG/{adm,digits}.json next to a copy of sampling.json.
-EXP and STEP come from the path runs/EXP/checkpoints/NNNNNNN.pt (override with EXP=, STEP=).
+EXP and STEP come from the path runs/EXP/checkpoints/NNNNNNN.pt (override with RUN_NAME=, RUN_STEP=).
 TAG names the sampler settings, e.g. n10000-sde250-cfg1-gh1 (scripts/collect_results.py reads them back).
 
 Environment (defaults in brackets):
@@ -60,11 +60,11 @@ done
 
 # runs/EXP/checkpoints/0400000.pt -> EXP, 0400000; any other file -> its name, 'final'
 if [ "$(basename "$(dirname "$CKPT")")" = checkpoints ]; then
-  EXP=${EXP:-$(basename "$(dirname "$(dirname "$CKPT")")")}
-  STEP=${STEP:-$(basename "$CKPT" .pt)}
+  EXP=${RUN_NAME:-$(basename "$(dirname "$(dirname "$CKPT")")")}
+  STEP=${RUN_STEP:-$(basename "$CKPT" .pt)}
 else
-  EXP=${EXP:-$(basename "$CKPT" .pt)}
-  STEP=${STEP:-final}
+  EXP=${RUN_NAME:-$(basename "$CKPT" .pt)}
+  STEP=${RUN_STEP:-final}
 fi
 TAG="n${NUM_SAMPLES}-${MODE}${NUM_STEPS}-cfg${CFG_SCALE}-gh${GUIDANCE_HIGH}"
 samples="$SAMPLE_DIR/$EXP/$STEP-$TAG"
