@@ -415,7 +415,6 @@ def main(argv=None):
         logger.info(f"done: {run_dir} (checkpoints/, samples/, metrics.jsonl, loss.png)")
 
 
-@torch.no_grad()
 def evaluate_digits(ema, args, dataset, run_dir, step, device, logger):
     """The embedded metric on class-balanced EMA samples (evaluations/digits_metric.py) -> eval_digits.json."""
     from evaluations.digits_metric import digits_metric

@@ -83,6 +83,7 @@ def train_classifier(resolution: int, recipe: dict = RECIPE, log=print):
         torch.set_num_threads(threads)
 
 
+@torch.enable_grad()                                      # callers may sit inside torch.no_grad()
 def _train(resolution, recipe, log, data):
     x, y = data
     gen = torch.Generator().manual_seed(recipe["seed"])

@@ -120,3 +120,11 @@ def test_cli_writes_json(real, tmp_path, capsys):
     with pytest.raises(SystemExit):
         dm.main([str(tmp_path / "bad.npz")])
     assert "no 'arr_0'" in capsys.readouterr().err
+
+
+def test_classifier_trains_even_when_called_under_no_grad(tmp_path, monkeypatch):
+    """The quickstart calls the metric from sampling code that runs without autograd."""
+    monkeypatch.setenv("SIT_SRA_CACHE", str(tmp_path))
+    with torch.no_grad():
+        net = dm.load_classifier(8, log=lambda *a: None)
+    assert (tmp_path / "digits_classifier_8.pt").exists() and not net.training
