@@ -207,7 +207,7 @@ class Batches:
                     idx = idx.to(self.device)
                     yield self.images[idx], self.labels[idx], {}
             else:
-                loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.order, pin_memory=True,
+                loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.order, pin_memory=self.device.type == "cuda",
                                                      num_workers=self.num_workers)
                 for x, y, *feats in loader:                              # (moments, labels[, features])
                     extra = {"features": feats[0].to(self.device, non_blocking=True)} if feats else {}
