@@ -3,7 +3,6 @@
 Nothing here imports TensorFlow or torch, so the metric math and its tests stay light.
 """
 import datetime
-import json
 import os
 import platform
 import zipfile

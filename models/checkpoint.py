@@ -9,7 +9,7 @@ import os
 import torch
 import torch.nn as nn
 
-from .sit import SIZES, SiT, SiT_models, model_name_for
+from .sit import SiT, SiT_models, model_name_for
 
 CONVENTIONS = ("ours", "repa", "sit")
 

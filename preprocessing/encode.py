@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .crop import IMAGE_EXTENSIONS, center_crop_adm, load_rgb
 from .shards import (DTYPES, ShardWriter, atomic_save_npy, atomic_write_json, finalize, fingerprint, shard_files,
                      shard_is_done)
+from .launch import rank_environment
 from models.vae import DEFAULT_VAE_ID, PRECISIONS, configure_precision, encode_moments, load_vae
 
 
@@ -251,30 +252,15 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    workers = args.workers
-    if workers is None:
-        workers = min(8, max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
-    device = args.device
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    if world_size > 1:                                                 # gloo: only used for the final barrier
-        import datetime
-        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-    try:
-        encode_folder(args.src_dir, args.out_dir, args.resolution, vae_path=args.vae_path, vae_id=args.vae_id,
-                      batch_size=args.batch_size, precision=args.precision, dtype=args.dtype, flip=args.flip,
-                      shard_size=args.shard_size, workers=workers, device=device,
-                      reference_batch=args.reference_batch, reference_seed=args.reference_seed,
-                      min_size=args.min_size, max_shards=args.max_shards, rank=rank, world_size=world_size,
-                      progress=not args.no_progress)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    with rank_environment(args.workers, args.device) as (rank, world_size, workers, device):
+        try:
+            encode_folder(args.src_dir, args.out_dir, args.resolution, vae_path=args.vae_path, vae_id=args.vae_id,
+                          batch_size=args.batch_size, precision=args.precision, dtype=args.dtype, flip=args.flip,
+                          shard_size=args.shard_size, workers=workers, device=device,
+                          reference_batch=args.reference_batch, reference_seed=args.reference_seed,
+                          min_size=args.min_size, max_shards=args.max_shards, rank=rank, world_size=world_size,
+                          progress=not args.no_progress)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from fileio import atomic_path, atomic_save_npy, atomic_write_json
 from models.dinov2 import DINOV2_DIMS, dinov2_resolution, load_dinov2, preprocess_for_dinov2
 from .crop import center_crop_adm, load_rgb
+from .launch import rank_environment
 from .shards import FORMAT_NAME, fingerprint
 
 FEATURES_FORMAT = "sit-repa-features"
@@ -273,25 +274,12 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    workers = args.workers
-    if workers is None:
-        workers = min(8, max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
-    device = args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    if world_size > 1:                                                    # gloo: only used for the final barrier
-        import datetime
-        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-    try:
-        repa_features(args.data_dir, args.enc_type, args.enc_weights, args.patch_size, args.batch_size,
-                      args.precision, workers, args.images_root, device, rank=rank, world_size=world_size,
-                      progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    with rank_environment(args.workers, args.device) as (rank, world_size, workers, device):
+        try:
+            repa_features(args.data_dir, args.enc_type, args.enc_weights, args.patch_size, args.batch_size,
+                          args.precision, workers, args.images_root, device, rank=rank, world_size=world_size,
+                          progress=not args.no_progress)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0

@@ -3,7 +3,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from loss import TrainingLoss, alignment_distance, group_ratios, group_sizes, patch_tokens
 from models import SiT_models

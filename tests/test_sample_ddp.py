@@ -17,15 +17,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster than several on a shared CPU (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_state_dict(in_channels=1, input_size=8, seed=0):
     """SiT-T/2 with random (non-zero) weights: the SiT init has a zero output layer, which would hide bugs."""
     torch.manual_seed(seed)

@@ -16,15 +16,6 @@ import samplers
 D_SHAPE = (2, 1, 1)          # (C, H, W): a 2-d Gaussian seen as a 2-channel 1x1 image
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster than several on a shared CPU (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def spd_sqrt(a):
     w, q = torch.linalg.eigh(a)
     return q @ torch.diag(w.sqrt()) @ q.T

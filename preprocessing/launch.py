@@ -1,0 +1,28 @@
+"""The launch environment shared by the preprocessing commands: torchrun ranks, decoding workers, the device."""
+import contextlib
+import datetime
+import os
+
+import torch
+
+
+@contextlib.contextmanager
+def rank_environment(workers=None, device=None):
+    """-> (rank, world_size, workers, device) from torchrun's variables (plain python: rank 0 of 1).
+
+    workers: decoding processes per rank (default: CPU cores / ranks on this node, at most 8); device: cuda:LOCAL_RANK
+    when a GPU is there, else cpu. With several ranks a gloo group exists for the final barrier only."""
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if workers is None:
+        workers = min(8, max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
+    device = device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    if world_size > 1:
+        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+    try:
+        yield rank, world_size, workers, device
+    finally:
+        if world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
