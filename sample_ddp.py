@@ -350,4 +350,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:                  # bad checkpoint, flags or folder: no traceback
+        sys.exit(f"sample_ddp.py: error: {e}")
