@@ -113,3 +113,15 @@ def test_two_processes_on_cpu(tmp_path):
     ckpt = load(tmp_path / "ddp" / "checkpoints" / "0000004.pt")
     assert len(ckpt["rng"]) == 2 and ckpt["data"]["world_size"] == 2
     assert [json.loads(line)["step"] for line in open(tmp_path / "ddp" / "metrics.jsonl")] == [2, 4]
+
+
+def test_keep_last_and_keep_every(tmp_path):
+    import runlog
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for step in (100, 200, 300, 400, 500):
+        (folder / f"{step:07d}.pt").write_bytes(b"x")
+    (folder / ".0000600.tmp-1.pt").write_bytes(b"half")               # a temporary file is never a checkpoint
+    runlog.prune_checkpoints(str(tmp_path), keep_last=2, keep_every=200)
+    assert [os.path.basename(p) for p in runlog.list_checkpoints(str(tmp_path))] == \
+        ["0000200.pt", "0000400.pt", "0000500.pt"]
