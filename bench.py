@@ -19,8 +19,8 @@ from copy import deepcopy
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from loss import REPATarget, TrainingLoss, VAELatentTarget
-from models import SiT_models
+from loss import REPATarget, TrainingLoss, VAELatentTarget, student_head
+from models import SiT_models, patch_size_of
 from presets import METHODS, PRESETS
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}       # dense, vendor datasheets
@@ -60,19 +60,17 @@ def setup(args):
     preset = PRESETS[f"{args.method}-{scale}"]
     s, t = args.block_out_s or preset["block_out_s"], args.block_out_t or preset["block_out_t"]
     align = method["use_alignment_loss"]
-    target, head, z_dim = None, "ap_head" if align else None, None
+    target = None                                          # the EMA teacher
     if align and method["align_target"] == "repa":        # DINOv2-B on images read from disk (REPA's setup)
         from models.dinov2 import build_dinov2
         encoder = build_dinov2("dinov2_vitb14").to(dev).requires_grad_(False).eval()
         images = torch.rand(args.batch_size, 3, args.resolution, args.resolution, device=dev) * 2 - 1
-        target, head, z_dim = REPATarget(encoder, to_images=lambda x0: images), "projector", encoder.embed_dim
+        target = REPATarget(encoder, to_images=lambda x0: images)
     elif align and method["align_target"] == "sra2":
         target = VAELatentTarget()
+    head, z_dim = student_head(target, patch_size_of(args.model), 4) if align else (None, None)
     model = SiT_models[args.model](input_size=args.resolution // 8, in_channels=4, num_classes=1000,
                                    align_head=head, z_dim=z_dim).to(dev)
-    if align and method["align_target"] == "sra2":
-        model = SiT_models[args.model](input_size=args.resolution // 8, in_channels=4, num_classes=1000,
-                                       align_head="ap_head", z_dim=target.z_dim(model)).to(dev)
     keys = ("mask_ratio", "dual_time_scheduling", "attention_separation", "full_sample_prob", "teacher_t",
             "teacher_mask", "loss_type", "align_weight")
     recipe = {k: preset[k] for k in keys if k in preset}

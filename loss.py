@@ -107,7 +107,8 @@ def alignment_distance(a: Tensor, b: Tensor, loss_type: str) -> Tensor:
 
 # --------------------------------------------------------------------------------------------------------------
 # Where the alignment target comes from. A target sees the drawn batch (`Draw`) and returns (N, T, D_target).
-# Adding a new target is one class with `z_dim(model)` and `__call__(draw)`.
+# Adding a new target is one class with `head` (the student's head: ap_head or projector), `z_dim(patch, channels)`
+# (the head's output width; None = the model's own width) and `__call__(draw)`.
 # --------------------------------------------------------------------------------------------------------------
 
 class Draw:
@@ -117,16 +118,21 @@ class Draw:
         self.__dict__.update(kw)
 
 
+def student_head(target, patch: int, channels: int):
+    """(align_head, z_dim) the SiT student needs for `target` (None = the EMA teacher: ap_head at the model width)."""
+    return ("ap_head", None) if target is None else (target.head, target.z_dim(patch, channels))
+
+
 class EMATeacher:
     """SRA / Self-Flow / ours: the EMA model's block-n hidden state on a less noisy input (Sec. 5 table)."""
-    needs_ema = True
+    needs_ema, head = True, "ap_head"
 
     def __init__(self, block_out_t: int, teacher_t: str, teacher_mask: bool, teacher_labels: str):
         self.block_out_t, self.teacher_t = block_out_t, teacher_t
         self.teacher_mask, self.teacher_labels = teacher_mask, teacher_labels
 
-    def z_dim(self, model) -> int:
-        return model.hidden_size
+    def z_dim(self, patch: int, channels: int):
+        return None                                                     # the teacher's width = the student's
 
     @torch.no_grad()
     def __call__(self, d: Draw) -> Tensor:
@@ -169,7 +175,7 @@ class REPATarget:
     Precomputed (`python -m preprocessing repa-features`, train.py --repa-features): the batch's features arrive
     on the draw (d.features, (N, T, D_enc)) and are the target as they are; then no encoder is needed (pass
     encoder=None and dim=D_enc)."""
-    needs_ema = False
+    needs_ema, head = False, "projector"
 
     def __init__(self, encoder=None, to_images=None, dim: int = None):
         if encoder is None and dim is None:
@@ -178,7 +184,7 @@ class REPATarget:
         self.to_images = to_images      # x0 in model space (N, C, h, w) -> images (N, 3 or 1, H, W) in [-1, 1]
         self.dim = encoder.embed_dim if encoder is not None else int(dim)
 
-    def z_dim(self, model) -> int:
+    def z_dim(self, patch: int, channels: int) -> int:
         return self.dim
 
     @torch.no_grad()
@@ -207,10 +213,10 @@ class VAELatentTarget:
     the target is the clean latent x0 itself, exactly as the student denoises it this step (posterior sample,
     scaled by 0.18215), cut into the model's tokens: (N, T, p*p*C), in the model's (p, q, c) patch order, so
     token i of the target is the patch token i of the student embeds. 16-d per token for p = 2, C = 4."""
-    needs_ema = False
+    needs_ema, head = False, "ap_head"
 
-    def z_dim(self, model) -> int:
-        return model.patch_size ** 2 * model.in_channels
+    def z_dim(self, patch: int, channels: int) -> int:
+        return patch ** 2 * channels
 
     def __call__(self, d: Draw) -> Tensor:
         return patch_tokens(d.x0, d.patch)

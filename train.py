@@ -19,8 +19,8 @@ from tqdm import tqdm
 import runlog
 from fileio import atomic_torch_save, atomic_write_json
 from dataset import EpochOrder, build_dataset, sample_posterior
-from loss import LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget
-from models import SiT_models, load_state_dict_strict
+from loss import LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget, student_head
+from models import SiT_models, load_state_dict_strict, patch_size_of
 from models.dinov2 import DINOV2_DIMS
 from models.vae import decode_latents
 from presets import PRESETS
@@ -132,8 +132,8 @@ def build_target(args, dataset, device):
     if args.align_target == "sra2":
         return VAELatentTarget()
     if args.repa_features:                                              # targets come with the batches
-        info, patch = dataset.features_info, int(args.model.split("/")[1])
-        tokens = (dataset.latent_size // patch) ** 2
+        info = dataset.features_info
+        tokens = (dataset.latent_size // patch_size_of(args.model)) ** 2
         if info["encoder"] != args.enc_type or info["tokens"] != tokens:
             raise SystemExit(f"--repa-features {args.repa_features}: written for {info['encoder']} with "
                              f"{info['tokens']} tokens, this run has --enc-type {args.enc_type} and {args.model} "
@@ -164,14 +164,10 @@ def build_loss(args, model, dataset, target=None) -> TrainingLoss:
         raise SystemExit(f"invalid flags: {e}") from None
 
 
-def build_model(args, dataset):
-    head, z_dim = None, None
-    if args.use_alignment_loss:
-        head = "projector" if args.align_target == "repa" else "ap_head"
-        if args.align_target == "repa":
-            z_dim = DINOV2_DIMS[args.enc_type]
-        if args.align_target == "sra2":
-            z_dim = int(args.model.split("/")[1]) ** 2 * dataset.latent_channels
+def build_model(args, dataset, target=None):
+    """SiT with the alignment head the target asks for (target None: the EMA teacher's, at the model's width)."""
+    head, z_dim = student_head(target, patch_size_of(args.model), dataset.latent_channels) \
+        if args.use_alignment_loss else (None, None)
     model = SiT_models[args.model](input_size=dataset.latent_size, in_channels=dataset.latent_channels,
                                    num_classes=dataset.num_classes, class_dropout_prob=args.class_dropout_prob,
                                    qk_norm=args.qk_norm, align_head=head, z_dim=z_dim)
@@ -282,10 +278,11 @@ def main(argv=None):
         dataset = build_dataset(args.data_dir, features=args.repa_features)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"--data-dir{' / --repa-features' if args.repa_features else ''}: {e}") from None
+    target = build_target(args, dataset, device)                        # None: the EMA teacher
     set_seed(args.seed)                                                 # same initial weights on every rank
-    model = build_model(args, dataset).to(device)
+    model = build_model(args, dataset, target).to(device)
     ema = deepcopy(model).requires_grad_(False).eval()                  # teacher: starts as an exact copy (Sec. 3)
-    loss_fn = build_loss(args, model, dataset, build_target(args, dataset, device))
+    loss_fn = build_loss(args, model, dataset, target)
     opt = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                             weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
                             fused=device.type == "cuda")

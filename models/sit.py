@@ -337,6 +337,11 @@ def _make(size: str, patch: int):
 SiT_models = {f"SiT-{s}/{p}": _make(s, p) for s in SIZES for p in (2, 4, 8)}
 
 
+def patch_size_of(name: str) -> int:
+    """The patch size a registry name says: 'SiT-XL/2' -> 2."""
+    return int(name.rsplit("/", 1)[1])
+
+
 def model_name_for(depth: int, width: int, patch: int) -> str:
     """The registry name of a (depth, width, patch) triple, e.g. (28, 1152, 2) -> 'SiT-XL/2'."""
     for size, (d, w, _) in SIZES.items():

@@ -65,7 +65,7 @@ def test_sra2_target_patches_line_up_with_the_model_tokens():
     x0 = torch.zeros(1, 4, 8, 8)
     x0[0, :, 2:4, 6:8] = 1.0                                          # one bright patch: row 1, column 3
     z = VAELatentTarget()(Draw(x0=x0, patch=2))
-    assert z.shape == (1, 16, 16) and VAELatentTarget().z_dim(model) == 16
+    assert z.shape == (1, 16, 16) and VAELatentTarget().z_dim(2, 4) == 16
     bright = (z.abs().sum(-1) > 0).nonzero()[:, 1].tolist()
     assert bright == [1 * 4 + 3]                                      # raster token index row * grid + col
     torch.testing.assert_close(model.unpatchify(patch_tokens(x0, 2)), x0)   # the model's own token order
