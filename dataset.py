@@ -75,6 +75,16 @@ class DigitsDataset(torch.utils.data.Dataset):
         return self.images[idx], self.labels[idx]
 
 
+def _check_arrays(files, counts, item_shape, listed_in):
+    """Every .npy listed in `listed_in` exists and holds (count,) + item_shape (read from its header only)."""
+    for file, count in zip(files, counts):
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{file} listed in {listed_in} is missing")
+        shape = np.load(file, mmap_mode="r").shape
+        if shape != (count,) + tuple(item_shape):
+            raise ValueError(f"{file} has shape {shape}, {listed_in} says {(count,) + tuple(item_shape)}")
+
+
 class LatentShardDataset(torch.utils.data.Dataset):
     """Shards written by `python -m preprocessing`, memory-mapped. Items: (moments (8, h, w) float32, label).
 
@@ -105,12 +115,7 @@ class LatentShardDataset(torch.utils.data.Dataset):
         n = int(self.offsets[-1])
         if self.labels.shape != (n,):
             raise ValueError(f"{data_dir}: labels.npy has shape {self.labels.shape}, the shards hold {n} samples")
-        for file, count in zip(self.shard_files, counts):
-            if not os.path.isfile(file):
-                raise FileNotFoundError(f"{file} listed in {path} is missing")
-            shape = np.load(file, mmap_mode="r").shape
-            if shape != (count,) + self.item_shape:
-                raise ValueError(f"{file} has shape {shape}, {path} says {(count,) + self.item_shape}")
+        _check_arrays(self.shard_files, counts, self.item_shape, path)
         self.num_classes = int(self.info["num_classes"])
         self.resolution = int(self.info["resolution"])
         self.latent_size = int(self.info["latent_size"])
@@ -137,13 +142,7 @@ class LatentShardDataset(torch.utils.data.Dataset):
                              f"{len(info.get('counts', []))} shards with counts {_short(info.get('counts'))} vs "
                              f"{len(counts)} with {_short(counts)} (the dataset was re-encoded?); rerun {how}")
         self.feature_files = [os.path.join(folder, f) for f in info["files"]]
-        want = (int(info["tokens"]), int(info["dim"]))
-        for file, count in zip(self.feature_files, counts):
-            if not os.path.isfile(file):
-                raise FileNotFoundError(f"{file} listed in {path} is missing")
-            shape = np.load(file, mmap_mode="r").shape
-            if shape != (count,) + want:
-                raise ValueError(f"{file} has shape {shape}, {path} says {(count,) + want}")
+        _check_arrays(self.feature_files, counts, (int(info["tokens"]), int(info["dim"])), path)
         self.features_info = info
 
     def __getstate__(self):                                  # DataLoader workers reopen the memmaps themselves
