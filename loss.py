@@ -244,8 +244,7 @@ class TrainingLoss:
             raise ValueError(f"--teacher-t must be one of {TEACHER_T}, got {teacher_t!r}")
         if teacher_labels not in ("clean", "dropped"):
             raise ValueError(f"--teacher-labels must be clean or dropped, got {teacher_labels!r}")
-        self.ratios = group_ratios(mask_ratio)
-        self.sizes = group_sizes(self.ratios, num_tokens)
+        self.sizes = group_sizes(group_ratios(mask_ratio), num_tokens)
         G = len(self.sizes)
         if G == 1:
             bad = [f for f, on in (("--dual-time-scheduling", dual_time_scheduling),
@@ -276,7 +275,7 @@ class TrainingLoss:
                                      "groups: add --teacher-mask (or use --teacher-t self_flow)")
         self.num_tokens, self.grid, self.patch, self.num_classes = num_tokens, grid, patch, num_classes
         self.path_type, self.weighting, self.class_dropout_prob = path_type, weighting, class_dropout_prob
-        self.use_alignment_loss, self.align_weight, self.loss_type = use_alignment_loss, align_weight, loss_type
+        self.align_weight, self.loss_type = align_weight, loss_type
         self.block_out_s = block_out_s
         self.dual_time_scheduling, self.attention_separation = dual_time_scheduling, attention_separation
         self.full_sample_prob, self.sorted_timesteps = full_sample_prob, sorted_timesteps
