@@ -12,8 +12,11 @@ images of a larger one, and note that seed s + 1 gives image i of seed s as its 
 Labels: uniform over classes from numpy's default_rng(global_seed + i) (random as the releases, reproducible per
 index), or with --balanced-labels, i % num_classes.
 Decoding: latents (in_channels 4) through the SD-VAE, x = vae.decode(z / 0.18215); pixel models (in_channels 1 or
-3, data in [-1, 1]) pass through. uint8 = floor(clamp(127.5 x + 128, 0, 255)) (round half up, as DiT / SiT);
-grey images are repeated to 3 channels.
+3, data in [-1, 1]) pass through. uint8 (--quantize): `release` (default) = floor(clamp(127.5 x + 127.5, 0, 255)),
+as the SRA release's and REPA's generate.py, so FIDs compare with the paper's; `dit` = floor(clamp(127.5 x + 128,
+0, 255)), as DiT / SiT's sample_ddp (half a grey level brighter); grey images are repeated to 3 channels.
+The SDE's score depends on the path the model was trained on: --path-type is read from the checkpoint's settings
+(a flag that contradicts the file is an error), linear when the file does not say.
 Output: <sample-dir>/<folder named after every setting that changes the samples>/ with {i:06d}.png (or, with
 --npz-only, chunk files chunks/chunk-{first index}.npz), sampling.json and samples_{N}.npz (arr_0 uint8
 (N, H, W, 3) in index order, labels int64 (N,)). Every file is written to a temporary name and renamed, so a killed
@@ -51,11 +54,17 @@ def image_labels(indices, num_classes, global_seed, balanced=False):
     return np.array([np.random.default_rng(global_seed + int(i)).integers(num_classes) for i in idx], dtype=np.int64)
 
 
-def to_uint8(x):
-    """(N, C, H, W) float in [-1, 1], C in {1, 3} -> (N, H, W, 3) uint8 numpy, floor(clamp(127.5 x + 128))."""
+QUANTIZE_OFFSET = {"release": 127.5, "dit": 128.0}   # uint8 = floor(clamp(127.5 x + offset, 0, 255))
+
+
+def to_uint8(x, quantize="release"):
+    """(N, C, H, W) float in [-1, 1], C in {1, 3} -> (N, H, W, 3) uint8 numpy, floor(clamp(127.5 x + offset)):
+    offset 127.5 for quantize='release' (SRA / REPA generate.py), 128 for 'dit' (DiT / SiT sample_ddp)."""
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(x.shape)}")
-    u8 = (127.5 * x.float() + 128.0).clamp(0, 255).to(torch.uint8)         # truncation = floor for >= 0
+    if quantize not in QUANTIZE_OFFSET:
+        raise ValueError(f"quantize must be one of {sorted(QUANTIZE_OFFSET)}, got {quantize!r}")
+    u8 = (127.5 * x.float() + QUANTIZE_OFFSET[quantize]).clamp(0, 255).to(torch.uint8)   # truncation = floor
     if u8.shape[1] == 1:
         u8 = u8.expand(-1, 3, -1, -1)
     return u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
@@ -81,15 +90,15 @@ def save_grid(images, path, nrow, pad=2):
     save_png(grid, path)
 
 
-def sample_images(model, seeds, labels, device, vae=None, **sampler_kwargs):
-    """Images from per-image seeds (one generator each) and labels -> (N, H, W, 3) uint8 numpy.
+def sample_images(model, seeds, labels, device, vae=None, quantize="release", **sampler_kwargs):
+    """Images from per-image seeds (one generator each) and labels -> (N, H, W, 3) uint8 numpy (see to_uint8).
 
-    sampler_kwargs go to samplers.sample (mode, num_steps, heun, cfg_scale, guidance_low, ...)."""
+    sampler_kwargs go to samplers.sample (mode, num_steps, heun, cfg_scale, guidance_low, path_type, ...)."""
     gens = samplers.per_image_generators(seeds, device)
     z = samplers.per_image_randn(gens, (model.in_channels, model.input_size, model.input_size), device)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device)
     x = samplers.sample(model, z, y, generators=gens, **sampler_kwargs)
-    return to_uint8(decode_latents(vae, x))
+    return to_uint8(decode_latents(vae, x), quantize)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -201,6 +210,10 @@ def parse_args(argv=None):
     p.add_argument("--grid-classes", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5, 6, 7])
     p.add_argument("--grid-per-class", type=int, default=8)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--quantize", choices=sorted(QUANTIZE_OFFSET), default="release",
+                   help="uint8 rule: release = floor(127.5 x + 127.5) (SRA / REPA), dit = floor(127.5 x + 128)")
+    p.add_argument("--path-type", choices=list(samplers.PATH_TYPES), default=None,
+                   help="the path the model was trained on (default: what the checkpoint says, else linear)")
     args = p.parse_args(argv)
     if args.num_steps < 1:
         p.error(f"--num-steps must be >= 1, got {args.num_steps}")
@@ -213,6 +226,14 @@ def parse_args(argv=None):
     if not 0 <= args.guidance_low <= args.guidance_high <= 1:
         p.error(f"need 0 <= --guidance-low <= --guidance-high <= 1, got {args.guidance_low}, {args.guidance_high}")
     return args
+
+
+def resolve_path_type(flag, info, ckpt):
+    """The model's path: what the checkpoint's settings say; --path-type must agree (default linear)."""
+    recorded = (info.get("args") or {}).get("path_type")
+    if flag is not None and recorded is not None and flag != recorded:
+        raise ValueError(f"--path-type {flag} but {ckpt} was trained with --path-type {recorded}")
+    return flag or recorded or "linear"
 
 
 def settings_of(args, info, device):
@@ -234,7 +255,8 @@ def settings_of(args, info, device):
                 cfg_channels=args.cfg_channels if args.cfg_channels and args.cfg_channels < c else "all",
                 global_seed=args.global_seed, labels="balanced" if args.balanced_labels else "uniform",
                 precision=precision, vae=os.path.basename(os.path.normpath(vae)),
-                noise_block=samplers.NOISE_BLOCK)
+                noise_block=samplers.NOISE_BLOCK, path_type=resolve_path_type(args.path_type, info, args.ckpt),
+                quantize=args.quantize)
 
 
 def folder_name(s):
@@ -242,7 +264,7 @@ def folder_name(s):
     sampler = f"{s['mode']}{'-heun' if s['heun'] else ''}{s['num_steps']}"
     return (f"{s['model'].replace('/', '-')}-{s['ckpt']}{step}-{s['which']}-{sampler}-cfg{s['cfg_scale']:g}"
             f"-g{s['guidance_low']:g}-{s['guidance_high']:g}-ch{s['cfg_channels']}-seed{s['global_seed']}"
-            f"-{s['labels']}-{s['precision']}-vae{s['vae']}")
+            f"-{s['labels']}-{s['precision']}-vae{s['vae']}-{s['path_type']}-q{s['quantize']}")
 
 
 def setup_distributed():
@@ -279,7 +301,7 @@ def main(argv=None):
     vae = None if s["vae"] == "none" else load_vae_spec(args.vae if args.vae != "auto" else "ema", device)
     kw = dict(mode=args.mode, num_steps=args.num_steps, heun=args.heun, cfg_scale=args.cfg_scale,
               guidance_low=args.guidance_low, guidance_high=args.guidance_high, cfg_channels=args.cfg_channels,
-              bf16=args.bf16)
+              bf16=args.bf16, path_type=s["path_type"], quantize=s["quantize"])
     folder = os.path.join(args.sample_dir, folder_name(s))
     os.makedirs(folder, exist_ok=True)
 

@@ -1,19 +1,31 @@
-"""Samplers for the linear flow x_t = (1 - t) x0 + t eps (t = 1 noise, t = 0 data; METHOD.md section 1).
+"""Samplers for the flows x_t = alpha_t x0 + sigma_t eps (t = 1 noise, t = 0 data; loss.py's `interpolant`):
+the linear path (alpha = 1 - t, sigma = t, the recipe) and the cosine path (alpha = cos(pi t / 2),
+sigma = sin(pi t / 2), `--path-type cosine`).
 
-The network predicts the velocity v(x_t, t, y) ~= E[eps - x0 | x_t]. Three integrators from t = 1 to t = 0:
+The network predicts the velocity v(x_t, t, y) ~= E[alpha' x0 + sigma' eps | x_t] (eps - x0 on the linear
+path). Three integrators from t = 1 to t = 0:
 
 - Euler ODE    grid linspace(1, 0, S + 1); x <- x + (t_next - t_cur) v.                                NFE = S
 - Heun ODE     same grid; second evaluation at t_next, x <- x + dt (v + v') / 2, skipped on the last
                step (t_next = 0).                                                                     NFE = 2S - 1
-- Euler-Maruyama SDE (the REPA / SRA release sampler; reference/sit-repa-adm.md 2.7)
-               grid [linspace(1, 0.04, S), 0]; diffusion g^2 = 2t; score of the linear path
-               s = -(x + (1 - t) v) / t; drift d = v - g^2 s / 2;
+- Euler-Maruyama SDE (the REPA / SRA release sampler)
+               grid [linspace(1, 0.04, S), 0]; diffusion g^2 = 2t on both paths (as the releases); the
+               path's score s from the velocity (below); drift d = v - g^2 s / 2;
                x <- x + d dt + sqrt(g^2) sqrt(|dt|) eps for the first S - 1 intervals, then one
                deterministic (mean) step 0.04 -> 0 with the same drift.                               NFE = S
 
+The score. E[x0 | x] = (x - sigma E[eps | x]) / alpha, so
+v = (alpha' / alpha) x + (sigma' - alpha' sigma / alpha) E[eps | x]; solving for E[eps | x] and using
+s = grad log p_t(x) = -E[eps | x] / sigma gives
+    s = -(alpha v - alpha' x) / (sigma (alpha sigma' - alpha' sigma)).
+Linear path: alpha sigma' - alpha' sigma = 1, so s = -((1 - t) v + x) / t. Cosine path: the bracket is pi / 2,
+so s = -(cos(pi t / 2) v + (pi / 2) sin(pi t / 2) x) / ((pi / 2) sin(pi t / 2)). The reverse SDE
+dx = (v - g^2 s / 2) dt + g dW keeps the marginals of the ODE dx = v dt for any g, so each path lands on the
+data with g^2 = 2t; a cosine model sampled with the linear path's score does not (tests/test_samplers.py).
+
 Classifier-free guidance: when cfg_scale > 1 and guidance_low <= t_cur <= guidance_high, the batch is doubled
 with the null label (model.num_classes) and v = v_u + w (v_c - v_u). Guiding v is the same as guiding the SDE
-drift d (the releases' choice) because d = (2 - t) v + x is affine in v with the same x in both halves.
+drift d (the releases' choice) because d is affine in v with the same x in both halves.
 cfg_channels=None guides all channels (REPA / SRA); cfg_channels=3 guides only the first three and keeps the
 conditional value elsewhere (DiT / SiT's forward_with_cfg, needed to reproduce SiT's released FID 2.06).
 For Heun the second evaluation uses the guidance decision taken at t_cur (as the releases).
@@ -32,11 +44,29 @@ block instead of N per step (kernel launches on GPU) while the buffer stays smal
 of the definition of the noise stream: changing it changes the samples.
 """
 import contextlib
+import math
 
 import torch
 
 SDE_T_END = 0.04   # last grid point of the stochastic part (SiT's last_step_size, REPA/SRA's 0.04)
 NOISE_BLOCK = 16   # SDE steps drawn at once per image generator (part of the noise-stream definition)
+PATH_TYPES = ("linear", "cosine")
+
+
+def path_coefficients(path_type, t):
+    """(alpha, sigma, d alpha / dt, d sigma / dt) of the path at a python float t (loss.py's interpolant)."""
+    if path_type == "linear":
+        return 1.0 - t, t, -1.0, 1.0
+    if path_type == "cosine":
+        a, s = math.cos(math.pi * t / 2), math.sin(math.pi * t / 2)
+        return a, s, -math.pi / 2 * s, math.pi / 2 * a
+    raise ValueError(f"path_type must be one of {PATH_TYPES}, got {path_type!r}")
+
+
+def score_from_velocity(v, x, t, path_type="linear"):
+    """grad log p_t(x) at a float t > 0 from the velocity v (see the module docstring)."""
+    alpha, sigma, d_alpha, d_sigma = path_coefficients(path_type, t)
+    return -(alpha * v - d_alpha * x) / (sigma * (alpha * d_sigma - d_alpha * sigma))
 
 
 def ode_time_grid(num_steps, dtype=torch.float64):
@@ -154,13 +184,16 @@ def _check(z, y, num_steps, cfg_scale, guidance_low, guidance_high, cfg_channels
 
 @torch.no_grad()
 def sample(model, z, y, mode="sde", num_steps=50, heun=False, cfg_scale=1.0, guidance_low=0.0, guidance_high=1.0,
-           cfg_channels=None, null_class=None, generators=None, bf16=False, state_dtype=torch.float64):
+           cfg_channels=None, null_class=None, generators=None, bf16=False, state_dtype=torch.float64,
+           path_type="linear"):
     """Integrate from t = 1 (z, pure noise) to t = 0. z (N, C, H, W), y (N,) int64 -> x0 (N, C, H, W) fp32.
 
     mode 'ode' (Euler, or Heun with heun=True) or 'sde' (Euler-Maruyama, the release sampler).
+    path_type: the path the model was trained on (linear | cosine): the SDE's score depends on it.
     generators: None (global RNG) or one torch.Generator per image for the SDE noise (the ODE draws none).
     """
     _check(z, y, num_steps, cfg_scale, guidance_low, guidance_high, cfg_channels, generators)
+    path_coefficients(path_type, 0.5)                         # validates the name
     if mode not in ("ode", "sde"):
         raise ValueError(f"mode must be 'ode' or 'sde', got {mode!r}")
     if heun and mode != "ode":
@@ -192,7 +225,7 @@ def sample(model, z, y, mode="sde", num_steps=50, heun=False, cfg_scale=1.0, gui
         dt = t_next - t_cur                                   # < 0
         v = velocity(x, t_cur, t_cur).to(state_dtype)
         g2 = 2.0 * t_cur                                      # diffusion^2, REPA/SRA compute_diffusion
-        score = -(x + (1.0 - t_cur) * v) / t_cur              # linear path: x_t = (1 - t) x0 + t eps
+        score = score_from_velocity(v, x, t_cur, path_type)
         drift = v - 0.5 * g2 * score
         x = x + drift * dt
         if i < num_steps - 1:                                 # the last interval is the mean step

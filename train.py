@@ -169,8 +169,8 @@ def build_model(args, dataset, target=None):
     head, z_dim = student_head(target, patch_size_of(args.model), dataset.latent_channels) \
         if args.use_alignment_loss else (None, None)
     model = SiT_models[args.model](input_size=dataset.latent_size, in_channels=dataset.latent_channels,
-                                   num_classes=dataset.num_classes, class_dropout_prob=args.class_dropout_prob,
-                                   qk_norm=args.qk_norm, align_head=head, z_dim=z_dim)
+                                   num_classes=dataset.num_classes, qk_norm=args.qk_norm, align_head=head,
+                                   z_dim=z_dim)
     for flag, block in (("--block-out-s", args.block_out_s), ("--block-out-t", args.block_out_t)):
         if args.use_alignment_loss and not 1 <= block <= model.depth:
             raise SystemExit(f"{flag} {block} is outside {args.model}'s blocks 1..{model.depth}")
@@ -229,7 +229,8 @@ def save_preview(ema, args, dataset, run_dir, step, device):
     n = 64 if not dataset.is_latent else 16
     labels = [i % dataset.num_classes for i in range(n)]
     img = sample_images(ema, range(args.seed, args.seed + n), labels, device, vae=vae, mode="sde",
-                        num_steps=args.preview_num_steps, cfg_scale=args.preview_cfg_scale)
+                        num_steps=args.preview_num_steps, cfg_scale=args.preview_cfg_scale,
+                        path_type=args.path_type)
     save_grid(img, os.path.join(run_dir, "samples", f"{step:07d}.png"), nrow=int(math.sqrt(n)))
 
 
@@ -421,7 +422,7 @@ def evaluate_digits(ema, args, dataset, run_dir, step, device, logger):
     seeds = range(10 ** 6 + args.seed, 10 ** 6 + args.seed + n)       # far from the preview seeds
     for a in tqdm(range(0, n, 250), desc="eval samples"):
         images.append(sample_images(ema, seeds[a:a + 250], labels[a:a + 250], device, mode="sde",
-                                    num_steps=args.preview_num_steps))
+                                    num_steps=args.preview_num_steps, path_type=args.path_type))
     res = digits_metric(np.concatenate(images), torch.tensor(labels))
     res.update(step=step, sampler=f"sde-{args.preview_num_steps}", n=n)
     atomic_write_json(os.path.join(run_dir, "eval_digits.json"), res)

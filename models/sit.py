@@ -54,7 +54,10 @@ class PatchEmbed(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    """t in [0, 1] (no x1000) -> 256-d [cos, sin] sinusoid (max period 10000) -> MLP(256 -> D -> D)."""
+    """t in [0, 1] (no x1000) -> 256-d [cos, sin] sinusoid (max period 10000) -> MLP(256 -> D -> D).
+
+    The sinusoid is computed in fp32 and cast to the MLP's dtype, so a model run in fp64 or fp16 without autocast
+    gets its own dtype back (under autocast the MLP casts as usual)."""
 
     def __init__(self, dim: int, freq_dim: int = 256):
         super().__init__()
@@ -65,15 +68,20 @@ class TimestepEmbedder(nn.Module):
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
         args = t.float()[:, None] * freqs[None]
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+        features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
-    """Class table with one extra row (index num_classes) for the null class of classifier-free guidance."""
+    """Class table with one extra row (index num_classes) for the null class of classifier-free guidance.
 
-    def __init__(self, num_classes: int, dim: int, class_dropout_prob: float):
+    The row exists whatever the label-dropout rate (the loss drops labels): a model trained with
+    --class-dropout-prob 0 still takes the null label at sampling time, and its file still says its class count
+    (rows - 1, as the public SiT / REPA / SRA files with their 1001 rows)."""
+
+    def __init__(self, num_classes: int, dim: int):
         super().__init__()
-        self.embedding_table = nn.Embedding(num_classes + int(class_dropout_prob > 0), dim)
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
 
     def forward(self, y: Tensor) -> Tensor:
         return self.embedding_table(y)
@@ -164,7 +172,7 @@ def repa_projector(dim: int, z_dim: int, hidden: int = 2048) -> nn.Sequential:
 
 class SiT(nn.Module):
     def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
-                 mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=False, qk_norm=False,
+                 mlp_ratio=4.0, num_classes=1000, learn_sigma=False, qk_norm=False,
                  align_head=None, z_dim=None):
         super().__init__()
         if input_size % patch_size:
@@ -175,13 +183,12 @@ class SiT(nn.Module):
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.learn_sigma, self.num_classes, self.num_heads = learn_sigma, num_classes, num_heads
         self.hidden_size, self.depth = hidden_size, depth
-        self.class_dropout_prob = class_dropout_prob
         self.grid = input_size // patch_size
         self.num_tokens = self.grid ** 2
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, hidden_size), requires_grad=False)
         self.blocks = nn.ModuleList([SiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth)])
         self.align_head = align_head

@@ -238,6 +238,38 @@ def test_load_checkpoint_files_and_time_convention(tmp_path):
         load_checkpoint(str(tmp_path / "nope.pt"))
 
 
+def test_null_class_row_without_label_dropout(tmp_path):
+    """A model trained with --class-dropout-prob 0 still has the null row: CFG runs and the file reads 10 classes."""
+    import samplers
+    from train import build_model, parse_args
+
+    class Data:
+        latent_size, latent_channels, num_classes = 8, 4, 10
+    m = build_model(parse_args(["--model", "SiT-T/2", "--class-dropout-prob", "0"]), Data())
+    assert m.y_embedder.embedding_table.weight.shape[0] == 11
+    torch.save({"ema": m.state_dict(), "model": m.state_dict(), "steps": 1, "time_convention": "ours"},
+               tmp_path / "p0.pt")
+    loaded, info = load_checkpoint(str(tmp_path / "p0.pt"))
+    assert info["num_classes"] == 10
+    x = samplers.sample(loaded, torch.randn(2, 4, 8, 8), torch.tensor([3, 9]), mode="sde", num_steps=3,
+                        cfg_scale=2.0)
+    assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_forward_in_the_model_dtype_without_autocast(dtype):
+    m = tiny()
+    x, t, y = torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([1, 2])
+    with torch.no_grad():
+        ref = m(x, t, y).double()
+        m = m.to(dtype)
+        out = m(x.to(dtype), t.to(dtype), y)
+        feats = m.t_embedder(t)                                           # fp32 t into a fp64/fp16 model
+    assert out.dtype == dtype and feats.dtype == dtype
+    tol = 1e-4 if dtype == torch.float64 else 0.1                       # ref is the fp32 forward
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=10 * tol)
+
+
 def test_bad_inputs_have_clear_messages():
     m = tiny()
     x, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])

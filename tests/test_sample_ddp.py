@@ -147,14 +147,55 @@ def test_killed_run_resumes_without_gaps_or_duplicates(ckpt, reference, tmp_path
 
 def test_to_uint8_rounds_half_up_and_grid(tmp_path):
     x = torch.tensor([-1.0, -0.9961, 0.0, 1 / 255, 0.99, 1.0, 1.5]).view(1, 1, 1, 7)
-    u = sample_ddp.to_uint8(x)
+    u = sample_ddp.to_uint8(x, "dit")                                    # floor(127.5 x + 128)
     assert u.shape == (1, 1, 7, 3) and u.dtype == np.uint8
     assert u[0, 0, :, 0].tolist() == [0, 0, 128, 128, 254, 255, 255]
+    r = sample_ddp.to_uint8(x)                                            # default: floor(127.5 x + 127.5)
+    assert r[0, 0, :, 0].tolist() == [0, 0, 127, 128, 253, 255, 255]
+    with pytest.raises(ValueError, match="quantize"):
+        sample_ddp.to_uint8(x, "round")
     imgs = np.random.default_rng(0).integers(0, 256, (5, 4, 6, 3), dtype=np.uint8)
     sample_ddp.save_grid(imgs, str(tmp_path / "g.png"), nrow=3, pad=1)
     g = np.asarray(Image.open(tmp_path / "g.png"))
     assert g.shape == (2 * 5 + 1, 3 * 7 + 1, 3)
     assert np.array_equal(g[6:10, 8:14], imgs[4])
+
+
+def test_quantize_rules_and_record(ckpt, reference, tmp_path):
+    """--quantize dit is the release rule plus half a level: each pixel equal or one brighter, in its own folder."""
+    _, arr, _ = reference
+    cfg = ["--cfg-scale", "2", "--guidance-low", "0.3", "--guidance-high", "0.9"]
+    p = run(ckpt, tmp_path, *cfg, "--quantize", "dit")
+    with np.load(p) as z:
+        dit = z["arr_0"]
+    diff = dit.astype(np.int16) - arr.astype(np.int16)
+    assert set(np.unique(diff).tolist()) <= {0, 1} and 0.3 < diff.mean() < 0.7
+    rec = json.load(open(os.path.join(os.path.dirname(p), "sampling.json")))
+    assert rec["settings"]["quantize"] == "dit" and "qdit" in p
+    assert json.load(open(os.path.join(os.path.dirname(reference[0]), "sampling.json")))["settings"]["quantize"] \
+        == "release"
+
+
+def test_path_type_from_the_checkpoint(ckpt, tmp_path):
+    """A cosine-path run is sampled with the cosine score; a flag that contradicts the file is an error."""
+    import samplers
+
+    state = torch.load(ckpt, weights_only=True)
+    cos = str(tmp_path / "cosine.pt")
+    torch.save(dict(state, args={"model": "SiT-T/2", "path_type": "cosine"}), cos)
+    p = run(cos, tmp_path / "s", "--num-fid-samples", "2")
+    assert "-cosine-" in p
+    assert json.load(open(os.path.join(os.path.dirname(p), "sampling.json")))["settings"]["path_type"] == "cosine"
+    from models import load_checkpoint
+    model, _ = load_checkpoint(cos)
+    labels = sample_ddp.image_labels(range(2), 10, 3)
+    want = {path: sample_ddp.sample_images(model, [3, 4], labels, "cpu", mode="sde", num_steps=4, path_type=path)
+            for path in samplers.PATH_TYPES}
+    with np.load(p) as z:
+        assert np.array_equal(z["arr_0"], want["cosine"]) and not np.array_equal(z["arr_0"], want["linear"])
+    with pytest.raises(ValueError, match="--path-type linear but .*cosine.pt was trained with --path-type cosine"):
+        run(cos, tmp_path / "t", "--path-type", "linear")
+    assert "-linear-" in run(ckpt, tmp_path / "u", "--num-fid-samples", "1")   # the file says nothing: linear
 
 
 def test_grid_mode(ckpt, tmp_path):

@@ -1,8 +1,10 @@
 """samplers.py on analytic flows: Gaussian data, where the exact velocity is known in closed form.
 
-Data x0 ~ N(mu_y, Sigma), eps ~ N(0, I), x_t = (1 - t) x0 + t eps (t = 1 noise). Then x_t ~ N(m_t, S_t) with
-m_t = (1 - t) mu, S_t = (1 - t)^2 Sigma + t^2 I, and the exact velocity is
-    v(x, t) = E[eps - x0 | x_t = x] = (t I - (1 - t) Sigma) S_t^{-1} (x - m_t) - mu.
+Data x0 ~ N(mu_y, Sigma), eps ~ N(0, I), x_t = alpha_t x0 + sigma_t eps (t = 1 noise): the linear path
+(alpha = 1 - t, sigma = t) or the cosine path (alpha = cos(pi t / 2), sigma = sin(pi t / 2)). Then
+x_t ~ N(m_t, S_t) with m_t = alpha mu, S_t = alpha^2 Sigma + sigma^2 I, and the exact velocity is
+    v(x, t) = E[alpha' x0 + sigma' eps | x_t = x] = alpha' mu + (alpha alpha' Sigma + sigma sigma' I) S_t^{-1} (x - m_t)
+(linear: (t I - (1 - t) Sigma) S_t^{-1} (x - m_t) - mu), and the exact score is -S_t^{-1} (x - m_t).
 Sigma commutes with I, so the ODE solution is x_t = m_t + S_t^{1/2} z: the exact endpoint of the probability
 flow from z is mu + Sigma^{1/2} z, which the ODE tests compare against sample by sample.
 """
@@ -21,13 +23,27 @@ def spd_sqrt(a):
     return q @ torch.diag(w.sqrt()) @ q.T
 
 
-class GaussianFlow:
-    """Exact velocity of the linear path for x0 ~ N(mu[y], sigma); y == num_classes is the null label."""
+def path(path_type, t):
+    """(alpha, sigma, alpha', sigma') written out here, independently of samplers.py."""
+    if path_type == "linear":
+        return 1 - t, t, -1.0, 1.0
+    return math.cos(math.pi * t / 2), math.sin(math.pi * t / 2), -math.pi / 2 * math.sin(math.pi * t / 2), \
+        math.pi / 2 * math.cos(math.pi * t / 2)
 
-    def __init__(self, mu, sigma):
+
+class GaussianFlow:
+    """Exact velocity of the path for x0 ~ N(mu[y], sigma); y == num_classes is the null label."""
+
+    def __init__(self, mu, sigma, path_type="linear"):
         self.mu, self.sigma = mu.double(), sigma.double()                   # (K + 1, D), (D, D)
         self.num_classes = mu.shape[0] - 1
+        self.path_type = path_type
         self.calls = []                                                     # (t, batch size, saw null label)
+
+    def marginal(self, tt):
+        """(alpha, S_t) of x_t."""
+        a, s, _, _ = path(self.path_type, tt)
+        return a, a ** 2 * self.sigma + s ** 2 * torch.eye(self.sigma.shape[0], dtype=torch.float64)
 
     def __call__(self, x, t, y):
         n, d = x.shape[0], self.sigma.shape[0]
@@ -35,21 +51,27 @@ class GaussianFlow:
         assert torch.all(t == t[0])
         self.calls.append((tt, n, bool((y == self.num_classes).any())))
         eye = torch.eye(d, dtype=torch.float64)
-        s_t = (1 - tt) ** 2 * self.sigma + tt ** 2 * eye                    # (D, D)
-        gain = (tt * eye - (1 - tt) * self.sigma) @ torch.linalg.inv(s_t)   # (D, D)
+        a, s, da, ds = path(self.path_type, tt)
+        _, s_t = self.marginal(tt)                                          # (D, D)
+        gain = (a * da * self.sigma + s * ds * eye) @ torch.linalg.inv(s_t)  # (D, D)
         mu = self.mu[y]                                                     # (N, D)
-        v = (x.reshape(n, d).double() - (1 - tt) * mu) @ gain.T - mu
+        v = (x.reshape(n, d).double() - a * mu) @ gain.T + da * mu
         return v.to(x.dtype).reshape(x.shape)
+
+    def score(self, x, tt, y):
+        n, d = x.shape[0], self.sigma.shape[0]
+        a, s_t = self.marginal(tt)
+        return (-(x.reshape(n, d).double() - a * self.mu[y]) @ torch.linalg.inv(s_t).T).reshape(x.shape)
 
     def exact_endpoint(self, z, y):
         n, d = z.shape[0], self.sigma.shape[0]
         return (self.mu[y] + z.reshape(n, d).double() @ spd_sqrt(self.sigma).T).reshape(z.shape)
 
 
-def make_flow():
+def make_flow(path_type="linear"):
     mu = torch.tensor([[1.0, -0.5], [-1.0, 2.0], [0.0, 0.0]])              # classes 0, 1 and the null label 2
     sigma = torch.tensor([[1.0, 0.6], [0.6, 0.8]])
-    return GaussianFlow(mu, sigma)
+    return GaussianFlow(mu, sigma, path_type)
 
 
 def stats(x):
@@ -119,6 +141,49 @@ def test_sde_matches_target_statistics():
         assert (c - flow.sigma).abs().max() < 0.08, c
     # the SDE is stochastic: unlike the ODE it does not map z to the probability-flow endpoint
     assert (x.double() - flow.exact_endpoint(z, y)).abs().mean() > 0.1
+
+
+@pytest.mark.parametrize("path_type", ["linear", "cosine"])
+def test_score_from_velocity_is_the_gaussian_score(path_type):
+    torch.manual_seed(3)
+    flow = make_flow(path_type)
+    x, y = torch.randn(64, *D_SHAPE, dtype=torch.float64) * 2, torch.randint(0, 2, (64,))
+    for tt in (0.04, 0.3, 0.5, 0.9, 1.0):
+        v = flow(x, torch.full((64,), tt, dtype=torch.float64), y)
+        s = samplers.score_from_velocity(v, x, tt, path_type)
+        assert torch.allclose(s, flow.score(x, tt, y), atol=1e-9, rtol=1e-9), (path_type, tt)
+    if path_type == "cosine":                                               # the two paths' scores differ
+        v = flow(x, torch.full((64,), 0.5, dtype=torch.float64), y)
+        wrong = samplers.score_from_velocity(v, x, 0.5, "linear")
+        assert (wrong - flow.score(x, 0.5, y)).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("heun", [False, True])
+def test_cosine_ode_lands_on_target(heun):
+    torch.manual_seed(4)
+    flow, n = make_flow("cosine"), 2000
+    y, z = torch.randint(0, 2, (n,)), torch.randn(n, *D_SHAPE)
+    x = samplers.sample(flow, z, y, mode="ode", num_steps=100, heun=heun, path_type="cosine")
+    err = (x.double() - flow.exact_endpoint(z, y)).abs()
+    assert (err.max() if heun else err.mean()) < (1e-3 if heun else 3e-2), err.max()
+
+
+def test_cosine_sde_matches_target_statistics_and_needs_its_score():
+    """The SDE on a cosine-path model lands on the data with the cosine score, not with the linear one."""
+    flow, n = make_flow("cosine"), 20000
+    y, z = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(5)), torch.randn(n, *D_SHAPE)
+    out = {}
+    for score_path in ("cosine", "linear"):
+        torch.manual_seed(6)
+        out[score_path] = samplers.sample(flow, z, y, mode="sde", num_steps=100, path_type=score_path)
+    for k in (0, 1):
+        m, c = stats(out["cosine"][y == k])
+        assert (m - flow.mu[k]).abs().max() < 0.05, m
+        assert (c - flow.sigma).abs().max() < 0.08, c
+    errs = [float((stats(out["linear"][y == k])[1] - flow.sigma).abs().max()) for k in (0, 1)]
+    assert max(errs) > 0.3, errs                                            # the bug this guards against
+    with pytest.raises(ValueError, match="path_type"):
+        samplers.sample(flow, z[:2], y[:2], path_type="cos")
 
 
 def test_sde_noise_is_per_image():
