@@ -20,7 +20,10 @@ The SDE's score depends on the path the model was trained on: --path-type is rea
 Output: <sample-dir>/<folder named after every setting that changes the samples>/ with {i:06d}.png (or, with
 --npz-only, chunk files chunks/chunk-{first index}.npz), sampling.json and samples_{N}.npz (arr_0 uint8
 (N, H, W, 3) in index order, labels int64 (N,)). Every file is written to a temporary name and renamed, so a killed
-run leaves only complete files; rerunning the same command skips what exists.
+run leaves only complete files; rerunning the same command skips what exists. A folder belongs to one
+checkpoint's weights: sampling.json records their sha256, and a rerun with other weights is refused.
+The checkpoint describes the run (models/checkpoint.py): model, classes, patch, learn_sigma, qk-norm, path type
+and time convention are read from it; a flag that is given and contradicts it is an error naming both values.
 """
 import argparse
 import datetime
@@ -40,6 +43,8 @@ from models.vae import decode_latents, load_vae_spec
 
 PNG_RE = re.compile(r"^(\d{6,})\.png$")
 CHUNK_RE = re.compile(r"^chunk-(\d{6,})\.npz$")
+# flags that describe the run (not the sampler): when given, they must equal what the checkpoint says
+CHECKED_FLAGS = ("path_type", "num_classes", "resolution", "qk_norm", "learn_sigma")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -267,6 +272,23 @@ def folder_name(s):
             f"-{s['labels']}-{s['precision']}-vae{s['vae']}-{s['path_type']}-q{s['quantize']}")
 
 
+def check_folder_owner(folder, json_path, done, digest, ckpt):
+    """A sample folder belongs to one checkpoint's weights (sha256 of their content, in sampling.json): images of
+    other weights are never reused, whatever the file or folder is called."""
+    if not os.path.exists(json_path):
+        if done:
+            raise ValueError(f"{folder} holds {len(done)} images but no sampling.json, so the checkpoint that made "
+                             f"them is unknown: remove them or use another --sample-dir")
+        return
+    with open(json_path) as f:
+        record = json.load(f)
+    old = record.get("weights_digest")
+    if old != digest:
+        raise ValueError(f"{json_path} holds samples of {record.get('checkpoint')} (weights sha256 "
+                         f"{old[:16] if old else 'not recorded'}) but --ckpt {os.path.abspath(ckpt)} has other "
+                         f"weights (sha256 {digest[:16]}): use another --sample-dir")
+
+
 def setup_distributed():
     """-> (rank, world, device). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is rank 0 of 1."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -294,8 +316,10 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = args.tf32
     from models import load_checkpoint
 
+    # the file says what it is; flags that are given (not None) must agree with it
     model, info = load_checkpoint(args.ckpt, which=args.which, model_name=args.model,
-                                  time_convention=args.time_convention)
+                                  time_convention=args.time_convention,
+                                  **{k: getattr(args, k, None) for k in CHECKED_FLAGS})
     model = model.to(device).eval()
     s = settings_of(args, info, device)
     vae = None if s["vae"] == "none" else load_vae_spec(args.vae if args.vae != "auto" else "ema", device)
@@ -325,19 +349,22 @@ def main(argv=None):
     n = args.num_fid_samples
     npz_path = os.path.join(folder, f"samples_{n}.npz")
     json_path = os.path.join(folder, "sampling.json")
-    if os.path.exists(json_path):                            # every rank checks, so none waits on a dead one
-        with open(json_path) as f:
-            old = json.load(f).get("settings", {})
-        diff = {k: (old.get(k), v) for k, v in s.items() if k in old and old[k] != v}
-        if diff:
-            raise ValueError(f"{json_path} was written with other settings {diff}; use another --sample-dir")
-    barrier(world, device)
     store = ChunkStore(folder) if args.npz_only else PngStore(folder)
     done = store.done()
+    check_folder_owner(folder, json_path, done, info["digest"], args.ckpt)  # every rank: none waits on a dead one
+    old = {}
+    if os.path.exists(json_path):
+        with open(json_path) as f:
+            old = json.load(f).get("settings", {})
+    diff = {k: (old.get(k), v) for k, v in s.items() if k in old and old[k] != v}
+    if diff:
+        raise ValueError(f"{json_path} was written with other settings {diff}; use another --sample-dir")
+    barrier(world, device)
     todo = [i for i in range(rank, n, world) if i not in done]
     labels = image_labels(range(n), info["num_classes"], args.global_seed, args.balanced_labels)
     if rank == 0:
-        atomic_write_json(json_path, dict(settings=s, checkpoint=os.path.abspath(args.ckpt), num_fid_samples=n,
+        atomic_write_json(json_path, dict(settings=s, checkpoint=os.path.abspath(args.ckpt),
+                                   weights_digest=info["digest"], num_fid_samples=n,
                                    world_size=world, per_proc_batch_size=args.per_proc_batch_size,
                                    nfe_per_image=samplers.num_function_evals(args.mode, args.num_steps, args.heun)
                                    * (2 if args.cfg_scale > 1 else 1), status="running", argv=sys.argv[1:]))

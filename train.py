@@ -20,7 +20,8 @@ import runlog
 from fileio import atomic_torch_save, atomic_write_json
 from dataset import EpochOrder, build_dataset, sample_posterior
 from loss import LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget, student_head
-from models import SiT_models, load_state_dict_strict, patch_size_of
+from models import (CheckpointError, SiT_models, init_from_checkpoint, load_state_dict_strict, patch_size_of,
+                    read_training_state)
 from models.dinov2 import DINOV2_DIMS
 from models.vae import decode_latents
 from presets import PRESETS
@@ -39,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exp-name", default=None, help="run folder name (default: preset or model)")
     g.add_argument("--data-dir", default="digits", help="preprocessed latents, REPA vae-sd folder, or 'digits[:R]'")
     g.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' (the run folder's latest)")
+    g.add_argument("--init-ckpt", default=None, metavar="PATH",
+                   help="start from these weights (and EMA), fresh optimizer, step 0: a checkpoint of this codebase, "
+                        "a SiT / REPA / SRA file or an exported .safetensors (a checkpoint to resume wins)")
+    g.add_argument("--init-time-convention", choices=["ours", "repa", "sit"], default=None,
+                   help="time convention of a bare --init-ckpt state dict: sit (t = 0 noise) or repa / ours")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-train-steps", type=int, default=400_000)
     g.add_argument("--checkpoint-steps", type=int, default=50_000)
@@ -303,17 +309,14 @@ def main(argv=None):
         resume = ckpts[-1] if ckpts else None
     ckpt = None
     if resume:
-        if not os.path.isfile(resume):
-            raise SystemExit(f"--resume {resume}: no such checkpoint")
-        try:
-            ckpt = torch.load(resume, map_location="cpu", weights_only=True)
-        except Exception as e:                                          # truncated or foreign file
-            raise SystemExit(f"--resume {resume}: cannot read this checkpoint ({type(e).__name__}: {e})") from None
-        try:
+        try:                                                            # models/checkpoint.py: one-line errors
+            ckpt = read_training_state(resume)
             load_state_dict_strict(raw, ckpt["model"], source=f"{resume} ['model']")
             load_state_dict_strict(ema, ckpt["ema"], source=f"{resume} ['ema']")
-        except ValueError as e:
+        except CheckpointError as e:
             raise SystemExit(f"--resume: {e}") from None
+        if args.init_ckpt:
+            logger.info(f"--init-ckpt {args.init_ckpt} not used: resuming from {resume}")
         changed = [k for k in ("model", "batch_size", "seed", "data_dir", "gradient_accumulation_steps")
                    if ckpt.get("args", {}).get(k) != getattr(args, k)]
         if changed:
@@ -323,6 +326,12 @@ def main(argv=None):
         if ckpt.get("scaler") and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(ckpt["scaler"])
         step = int(ckpt["steps"])
+    elif args.init_ckpt:
+        try:
+            for note in init_from_checkpoint(raw, ema, args.init_ckpt, args.init_time_convention):
+                logger.info(note)
+        except CheckpointError as e:
+            raise SystemExit(f"--init-ckpt: {e}") from None
     local_batch = args.batch_size // world // args.gradient_accumulation_steps
     batches = Batches(dataset, args, local_batch, rank, world, device)
     batches.seek(step * args.gradient_accumulation_steps)
