@@ -44,7 +44,8 @@ from models.vae import decode_latents, load_vae_spec
 PNG_RE = re.compile(r"^(\d{6,})\.png$")
 CHUNK_RE = re.compile(r"^chunk-(\d{6,})\.npz$")
 # flags that describe the run (not the sampler): when given, they must equal what the checkpoint says
-CHECKED_FLAGS = ("path_type", "num_classes", "resolution", "qk_norm", "learn_sigma")
+# (--path-type is checked by resolve_path_type)
+CHECKED_FLAGS = ("num_classes", "resolution", "qk_norm", "learn_sigma")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -235,7 +236,7 @@ def parse_args(argv=None):
 
 def resolve_path_type(flag, info, ckpt):
     """The model's path: what the checkpoint's settings say; --path-type must agree (default linear)."""
-    recorded = (info.get("args") or {}).get("path_type")
+    recorded = info.get("path_type")                        # models/checkpoint.py: in our names, also for SiT's
     if flag is not None and recorded is not None and flag != recorded:
         raise ValueError(f"--path-type {flag} but {ckpt} was trained with --path-type {recorded}")
     return flag or recorded or "linear"
