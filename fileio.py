@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -26,6 +27,32 @@ def atomic_path(path: str):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                                             # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> list[tuple[str, int]]:
+    """Delete the temporaries `.NAME.tmp-PID.EXT` in `folder` whose writer (PID, on this machine) is dead: what a
+    kill during an atomic write leaves behind. -> [(path, bytes)] removed."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in sorted(os.listdir(folder)):
+        m = re.fullmatch(r"\..+\.tmp-(\d+)(\.[^.]*)?", name)
+        path = os.path.join(folder, name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))) and os.path.isfile(path):
+            size = os.path.getsize(path)
+            os.remove(path)
+            removed.append((path, size))
+    return removed
 
 
 def atomic_write_bytes(path: str, data: bytes, fsync: bool = False):

@@ -5,18 +5,29 @@
     RUN/metrics.jsonl        one JSON line per logged step (appended; a resumed run continues the file)
     RUN/samples/NNNNNNN.png  EMA preview grids
     RUN/checkpoints/NNNNNNN.pt  dict of plain types, written atomically, torch.load(weights_only=True) works
+    RUN/checkpoints/latest.pt   the rolling checkpoint (--checkpoint-minutes, and where a signal stops the run):
+                             one file, replaced atomically
+    RUN/abandoned/STAMP-after-NNNNNNN/  what a resume from step NNNNNNN set aside: the later checkpoints, metrics
+                             rows and previews of the branch it abandoned (never deleted)
     RUN/loss.png             loss curves from metrics.jsonl
+
+A checkpoint is written only when every tensor of the model, the EMA and the optimizer is finite (checked on the
+device at the checkpoint, not per step): a non-finite checkpoint never displaces a good one.
 """
 import json
 import logging
 import os
 import random
 import re
+import shutil
+import time
 
 import numpy as np
 import torch
 
-from fileio import atomic_path, atomic_write_text
+from fileio import atomic_path, atomic_torch_save, atomic_write_text
+
+ROLLING = "latest.pt"
 
 
 def list_checkpoints(run_dir: str) -> list[str]:
@@ -29,13 +40,140 @@ def list_checkpoints(run_dir: str) -> list[str]:
 
 
 def prune_checkpoints(run_dir: str, keep_last: int, keep_every: int = 0):
-    """Keep the newest `keep_last` checkpoints (0 = keep all), and every multiple of `keep_every` steps."""
+    """Keep the newest `keep_last` checkpoints (0 = keep all), and every multiple of `keep_every` steps. Called
+    right after a checkpoint was written: the newest one (the one --resume auto takes) is always kept."""
     if keep_last <= 0:
         return
     for path in list_checkpoints(run_dir)[:-keep_last]:
         step = int(os.path.basename(path)[:-3])
         if not (keep_every and step % keep_every == 0):
             os.remove(path)
+
+
+def rolling_path(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints", ROLLING)
+
+
+def file_step(path: str) -> int | None:
+    """The step of a checkpoint: from the name NNNNNNN.pt, else read from the file (memory-mapped); None when it
+    cannot be read."""
+    name = os.path.basename(path)
+    if re.fullmatch(r"\d{7,}\.pt", name):
+        return int(name[:-3])
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["steps"])
+    except Exception:
+        return None
+
+
+def newest_resumable(run_dir: str, read, logger) -> tuple[str | None, dict | None]:
+    """--resume auto: the newest of the step checkpoints and the rolling one (by step; a step file wins a tie) that
+    `read(path) -> state` accepts. Unreadable newer files are skipped, and the log says which and why."""
+    candidates = [(int(os.path.basename(p)[:-3]), 1, p) for p in list_checkpoints(run_dir)]
+    rolling, rolling_state, skipped = rolling_path(run_dir), None, []
+    if os.path.exists(rolling):
+        try:
+            rolling_state = read(rolling)
+            candidates.append((int(rolling_state["steps"]), 0, rolling))
+        except (Exception, SystemExit) as e:
+            skipped.append(f"{rolling} ({_reason(e)})")
+    for _, _, path in sorted(candidates, reverse=True):
+        try:
+            state = rolling_state if path == rolling else read(path)
+        except (Exception, SystemExit) as e:
+            skipped.append(f"{path} ({_reason(e)})")
+            continue
+        if skipped:
+            logger.warning(f"--resume auto: skipped {len(skipped)} unreadable newer checkpoint(s): "
+                           f"{'; '.join(skipped)}. Resuming from the newest readable one, {path}")
+        return path, state
+    if skipped:
+        raise SystemExit(f"--resume auto: no readable checkpoint in {os.path.join(run_dir, 'checkpoints')}: "
+                         f"{'; '.join(skipped)}")
+    return None, None
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e.code if isinstance(e, SystemExit) else e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def last_good_checkpoint(run_dir: str) -> str:
+    """The file --resume auto would take, for messages (by step, without reading the step files)."""
+    files = [(s, p) for p in list_checkpoints(run_dir) + [rolling_path(run_dir)]
+             if os.path.exists(p) and (s := file_step(p)) is not None]
+    return max(files)[1] if files else "none (no checkpoint was written yet)"
+
+
+def set_aside(run_dir: str, step: int, logger) -> str | None:
+    """A run (re)starting at `step` moves what its folder holds beyond that step (checkpoints, the rolling file,
+    metrics rows, previews: an abandoned branch) into RUN/abandoned/STAMP-after-NNNNNNN/, and drops a torn last
+    line of metrics.jsonl. -> the folder, or None when nothing was beyond."""
+    aside = os.path.join(run_dir, "abandoned", f"{time.strftime('%Y%m%d-%H%M%S')}-after-{step:07d}")
+    later = [(os.path.join(run_dir, "checkpoints", os.path.basename(p)), os.path.join(aside, "checkpoints"))
+             for p in list_checkpoints(run_dir) if int(os.path.basename(p)[:-3]) > step]
+    rolling = rolling_path(run_dir)
+    if os.path.exists(rolling) and (file_step(rolling) is None or file_step(rolling) > step):
+        later.append((rolling, os.path.join(aside, "checkpoints")))
+    samples = os.path.join(run_dir, "samples")
+    if os.path.isdir(samples):
+        later += [(os.path.join(samples, n), os.path.join(aside, "samples")) for n in sorted(os.listdir(samples))
+                  if re.fullmatch(r"\d{7,}\.png", n) and int(n[:-4]) > step]
+    kept, dropped = read_metrics(os.path.join(run_dir, "metrics.jsonl"), logger)
+    later_rows = [r for r in kept if r.get("step", 0) > step]
+    if not later and not later_rows:
+        if dropped:
+            atomic_write_text(os.path.join(run_dir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in kept))
+        return None
+    os.makedirs(aside, exist_ok=True)
+    for src, folder in later:
+        os.makedirs(folder, exist_ok=True)
+        shutil.move(src, os.path.join(folder, os.path.basename(src)))
+    if later_rows:
+        atomic_write_text(os.path.join(aside, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in later_rows))
+    atomic_write_text(os.path.join(run_dir, "metrics.jsonl"),
+                      "".join(json.dumps(r) + "\n" for r in kept if r.get("step", 0) <= step))
+    logger.warning(f"starting at step {step}: the run folder went further ({len(later)} file(s), "
+                   f"{len(later_rows)} metrics row(s) beyond it); they are set aside in {aside}")
+    return aside
+
+
+def read_metrics(path: str, logger=None) -> tuple[list[dict], int]:
+    """The rows of metrics.jsonl, skipping lines that are not JSON (a torn last line after a kill). -> (rows, the
+    number of lines skipped)."""
+    if not os.path.exists(path):
+        return [], 0
+    rows, bad = [], []
+    with open(path) as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                bad.append(n)
+    if bad and logger is not None:
+        logger.warning(f"{path}: line(s) {bad} are not JSON (a write cut short by a kill): dropped")
+    return rows, len(bad)
+
+
+def all_finite(tensors) -> torch.Tensor:
+    """One boolean tensor on the tensors' device: every floating tensor in `tensors` is finite (no host sync)."""
+    flags = [t.isfinite().all() for t in tensors if torch.is_floating_point(t)]
+    return torch.stack(flags).all() if flags else torch.tensor(True)
+
+
+def optimizer_tensors(opt) -> list[torch.Tensor]:
+    return [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+
+
+def write_checkpoint(run_dir: str, state: dict, rolling: bool, keep_last: int = 0, keep_every: int = 0) -> str:
+    """checkpoints/NNNNNNN.pt (then --keep-last / --keep-every) or the rolling checkpoints/latest.pt, atomically."""
+    path = rolling_path(run_dir) if rolling else os.path.join(run_dir, "checkpoints", f"{state['steps']:07d}.pt")
+    atomic_torch_save(state, path)
+    if not rolling:
+        prune_checkpoints(run_dir, keep_last, keep_every)
+    return path
 
 
 def rng_state() -> dict:
@@ -72,15 +210,27 @@ def make_logger(run_dir: str | None, main: bool = True) -> logging.Logger:
     return logger
 
 
-class MetricsWriter:
-    """metrics.jsonl appender; on resume, lines beyond the checkpoint's step are dropped so the file continues."""
+def flag_changes(saved: dict, now: dict) -> str:
+    """'learning_rate 0.0001 -> 5e-05, log_every 100 -> 50': the flags (present in both) that differ."""
+    keys = sorted(k for k in now if k in saved and k != "resume" and saved[k] != now[k])
+    return ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in keys)
 
-    def __init__(self, run_dir: str, resume_step: int = 0):
+
+def log_sums_from(ckpt: dict, rank: int, device) -> tuple[dict, dict]:
+    """This rank's running log sums and counts since the last log step, as saved at the checkpoint (so that the
+    first row after a resume averages the same steps as the run that never stopped)."""
+    saved = ckpt.get("log_sums")
+    if not saved or rank >= len(saved):
+        return {}, {}
+    sums = {k: v[0].to(device) for k, v in saved[rank].items()}
+    return sums, {k: int(v[1]) for k, v in saved[rank].items()}
+
+
+class MetricsWriter:
+    """metrics.jsonl appender (set_aside() has already moved the rows beyond the starting step)."""
+
+    def __init__(self, run_dir: str):
         self.path = os.path.join(run_dir, "metrics.jsonl")
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            atomic_write_text(self.path, "".join(rows))
 
     def write(self, row: dict):
         with open(self.path, "a") as f:
@@ -89,10 +239,7 @@ class MetricsWriter:
 
 def plot_loss_curves(run_dir: str):
     """RUN/loss.png: every loss column of metrics.jsonl against the step."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows, _ = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     keys = [k for k in ("loss", "loss_gen", "loss_align") if any(k in r for r in rows)]
     if not rows or not keys:
         return

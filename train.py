@@ -17,13 +17,14 @@ from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
 import runlog
-from fileio import atomic_torch_save, atomic_write_json
+from fileio import atomic_write_json, remove_stale_temporaries
 from dataset import EpochOrder, build_dataset, sample_posterior
 from loss import LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget, student_head
 from models import (CheckpointError, SiT_models, init_from_checkpoint, load_state_dict_strict, patch_size_of,
                     read_training_state)
 from models.dinov2 import DINOV2_DIMS
 from models.vae import decode_latents
+from preemption import RunControl, StopSignals, follow_launcher, parse_signals
 from presets import PRESETS
 
 
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-train-steps", type=int, default=400_000)
     g.add_argument("--checkpoint-steps", type=int, default=50_000)
+    g.add_argument("--checkpoint-minutes", type=float, default=30.0,
+                   help="rolling checkpoints/latest.pt every N minutes of training (one file, replaced; 0 = never)")
+    g.add_argument("--stop-signals", default="SIGTERM,SIGUSR1",
+                   help="signals that stop the run after the step in flight, with a checkpoint ('none': off)")
     g.add_argument("--keep-last", type=int, default=0, help="keep only the newest N checkpoints (0 = all)")
     g.add_argument("--keep-every", type=int, default=100_000, help="with --keep-last, also keep multiples of this")
     g.add_argument("--sample-steps", type=int, default=10_000, help="EMA preview grid every N steps (0 = never)")
@@ -73,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema-decay", type=float, default=0.9999)
     g.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default="bf16")
     g.add_argument("--compile", action=B, default=False, help="torch.compile the model's blocks")
+    g.add_argument("--grad-checkpointing", action=B, default=False,
+                   help="recompute each block of the student in the backward pass (less memory, ~1/3 more compute)")
     g = p.add_argument_group("loss (loss.py)")
     g.add_argument("--path-type", choices=["linear", "cosine"], default="linear")
     g.add_argument("--weighting", choices=["uniform", "lognormal"], default="uniform")
@@ -264,6 +271,18 @@ def load_vae_for(args, device, required=False):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        signals = StopSignals(parse_signals(args.stop_signals))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    follow_launcher()                                                   # the launcher's death stops this rank
+    try:
+        return train(args, signals)
+    finally:
+        signals.restore()
+
+
+def train(args, signals: StopSignals):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),      # CPU: gloo when launched with torchrun
@@ -279,6 +298,10 @@ def main(argv=None):
         os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
     accelerator.wait_for_everyone()
     logger = runlog.make_logger(run_dir, main=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        for folder in (run_dir, os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "samples")):
+            for path, size in remove_stale_temporaries(folder):
+                logger.info(f"removed {path} ({size / 2 ** 20:.1f} MiB): a temporary file of a writer that died")
 
     # ---- data, model, EMA teacher, optimizer, loss ---------------------------------------------------------------
     try:
@@ -288,6 +311,7 @@ def main(argv=None):
     target = build_target(args, dataset, device)                        # None: the EMA teacher
     set_seed(args.seed)                                                 # same initial weights on every rank
     model = build_model(args, dataset, target).to(device)
+    model.grad_checkpointing = args.grad_checkpointing                 # the EMA teacher runs under no_grad
     ema = deepcopy(model).requires_grad_(False).eval()                  # teacher: starts as an exact copy (Sec. 3)
     loss_fn = build_loss(args, model, dataset, target)
     opt = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -303,14 +327,13 @@ def main(argv=None):
 
     # ---- resume -------------------------------------------------------------------------------------------------
     step = 0
-    resume = args.resume
-    if resume == "auto":
-        ckpts = runlog.list_checkpoints(run_dir)
-        resume = ckpts[-1] if ckpts else None
-    ckpt = None
+    resume, ckpt = args.resume, None
+    if resume == "auto":                                                # the newest readable of all
+        resume, ckpt = runlog.newest_resumable(run_dir, read_resume, logger)
     if resume:
-        try:                                                            # models/checkpoint.py: one-line errors
-            ckpt = read_training_state(resume)
+        if ckpt is None:                                                # models/checkpoint.py: one-line errors
+            ckpt = read_resume(resume)
+        try:
             load_state_dict_strict(raw, ckpt["model"], source=f"{resume} ['model']")
             load_state_dict_strict(ema, ckpt["ema"], source=f"{resume} ['ema']")
         except CheckpointError as e:
@@ -323,6 +346,13 @@ def main(argv=None):
             logger.warning(f"--resume: {', '.join(changed)} differ from the checkpoint's run: the data order and "
                            "random draws will not continue exactly")
         opt.load_state_dict(ckpt["opt"])
+        for group in opt.param_groups:                                  # this run's flags, not the file's
+            group.update(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+        changes = runlog.flag_changes(ckpt.get("args", {}), vars(args))
+        if changes:
+            logger.info(f"--resume: flags that differ from the checkpoint's run apply from step {ckpt['steps']}: "
+                        f"{changes}")
         if ckpt.get("scaler") and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(ckpt["scaler"])
         step = int(ckpt["steps"])
@@ -336,9 +366,11 @@ def main(argv=None):
     batches = Batches(dataset, args, local_batch, rank, world, device)
     batches.seek(step * args.gradient_accumulation_steps)
     set_seed(args.seed + rank + 1)                                      # per-rank draws (t, eps, groups, dropout)
+    sums, counts = {}, {}                                               # log averages since the last log step
     if ckpt is not None:
         if len(ckpt["rng"]) == world:
             runlog.set_rng_state(ckpt["rng"][rank])
+            sums, counts = runlog.log_sums_from(ckpt, rank, device)
         else:
             logger.warning(f"checkpoint has RNG states of {len(ckpt['rng'])} processes, this run has {world}: "
                            "random draws are reseeded, the data order still continues exactly")
@@ -346,14 +378,16 @@ def main(argv=None):
 
     if accelerator.is_main_process:
         atomic_write_json(os.path.join(run_dir, "args.json"), vars(args))
-        metrics = runlog.MetricsWriter(run_dir, resume_step=step)
+        runlog.set_aside(run_dir, step, logger)                         # a later, abandoned branch is kept aside
+        metrics = runlog.MetricsWriter(run_dir)
+    control = RunControl(signals, device, world, accelerator.is_main_process, args.checkpoint_minutes)
     if args.report_to != "none":
         accelerator.init_trackers(args.exp_name, config={k: str(v) for k, v in vars(args).items()})
     logger.info(f"{args.model}: {sum(p.numel() for p in raw.parameters() if p.requires_grad) / 1e6:.2f}M params, "
                 f"{len(dataset)} items, global batch {args.batch_size}, {world} process(es), run folder {run_dir}")
 
     # ---- the loop -----------------------------------------------------------------------------------------------
-    sums, counts, t_log, step_log = {}, {}, time.time(), step
+    t_log, step_log, stopped = time.time(), step, False
     bar = tqdm(total=args.max_train_steps, initial=step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="train")
     model.train()
@@ -383,11 +417,13 @@ def main(argv=None):
             row = dict(zip(keys, vals))
             dt = time.time() - t_log
             row.update(step=step, steps_per_s=(step - step_log) / dt,
-                       img_per_s=(step - step_log) * args.batch_size / dt)
+                       img_per_s=(step - step_log) * args.batch_size / dt, lr=opt.param_groups[0]["lr"])
+            if device.type == "cuda":
+                row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
             sums, counts, t_log, step_log = {}, {}, time.time(), step
             if not all(math.isfinite(row[k]) for k in keys):
                 raise SystemExit(f"non-finite loss at step {step}: {row}. Stopping; the last good checkpoint is "
-                                 f"kept in {os.path.join(run_dir, 'checkpoints')} (resume with --resume auto).")
+                                 f"kept: {runlog.last_good_checkpoint(run_dir)} (resume with --resume auto).")
             bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "loss_gen", "loss_align") if k in row}
                             | {"img/s": f"{row['img_per_s']:.0f}"})
             if accelerator.is_main_process:
@@ -396,17 +432,17 @@ def main(argv=None):
             if args.report_to != "none":
                 accelerator.log(row, step=step)
 
-        if step % args.checkpoint_steps == 0 or step == args.max_train_steps:
-            rng = gather_object([runlog.rng_state()])
-            if accelerator.is_main_process:
-                state = {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                         "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                         "args": vars(args), "steps": step, "rng": rng, "time_convention": "ours",
-                         "data": batches.order.state_dict()}
-                atomic_torch_save(state, os.path.join(run_dir, "checkpoints", f"{step:07d}.pt"))
-                runlog.prune_checkpoints(run_dir, args.keep_last, args.keep_every)
-                runlog.plot_loss_curves(run_dir)
-            accelerator.wait_for_everyone()
+        stop, rolling = control.poll()                                  # the same on every rank
+        numbered = step % args.checkpoint_steps == 0 or step == args.max_train_steps
+        if numbered or stop or rolling:
+            path = save_checkpoint(run_dir, args, raw, ema, opt, accelerator, batches, step, sums, counts,
+                                   rolling=not numbered)
+            control.latest_written()
+        if stop:
+            logger.info(f"stopping on {signals.received} after step {step}: {path} holds this step; continue "
+                        f"with --resume auto")
+            stopped = True
+            break
 
         if args.sample_steps and (step % args.sample_steps == 0 or step == args.max_train_steps):
             if accelerator.is_main_process:
@@ -415,11 +451,42 @@ def main(argv=None):
     bar.close()
 
     # ---- the embedded metric (digits) ---------------------------------------------------------------------------
-    if accelerator.is_main_process and args.eval_samples and not dataset.is_latent:
+    if accelerator.is_main_process and args.eval_samples and not dataset.is_latent and not stopped:
         evaluate_digits(ema, args, dataset, run_dir, step, device, logger)
     accelerator.end_training()
     if accelerator.is_main_process:
         logger.info(f"done: {run_dir} (checkpoints/, samples/, metrics.jsonl, loss.png)")
+
+
+def read_resume(path: str) -> dict:
+    """A training checkpoint for --resume (models/checkpoint.py), or a one-line SystemExit naming the file."""
+    try:
+        return read_training_state(path)
+    except CheckpointError as e:
+        raise SystemExit(f"--resume: {e}") from None
+
+
+def save_checkpoint(run_dir, args, raw, ema, opt, accelerator, batches, step, sums, counts, rolling) -> str:
+    """Every rank: refuse a non-finite state (checked on the device, here only), gather the per-rank RNG and log
+    sums; rank 0 writes checkpoints/NNNNNNN.pt, or the rolling latest.pt. -> the path."""
+    finite = runlog.all_finite([*raw.parameters(), *ema.parameters(), *runlog.optimizer_tensors(opt)])
+    if not finite.item():                                               # identical weights on every rank
+        raise SystemExit(f"non-finite values in the model, EMA or optimizer state at step {step}: no checkpoint "
+                         f"written. Stopping; the last good checkpoint is kept: "
+                         f"{runlog.last_good_checkpoint(run_dir)} (resume with --resume auto).")
+    per_rank = gather_object([{"rng": runlog.rng_state(),
+                               "log": {k: [sums[k].cpu(), counts[k]] for k in sums}}])
+    path = runlog.rolling_path(run_dir) if rolling else None
+    if accelerator.is_main_process:
+        state = {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                 "args": vars(args), "steps": step, "rng": [r["rng"] for r in per_rank], "time_convention": "ours",
+                 "data": batches.order.state_dict(), "log_sums": [r["log"] for r in per_rank]}
+        path = runlog.write_checkpoint(run_dir, state, rolling, args.keep_last, args.keep_every)
+        if not rolling:
+            runlog.plot_loss_curves(run_dir)
+    accelerator.wait_for_everyone()
+    return path or os.path.join(run_dir, "checkpoints", f"{step:07d}.pt")
 
 
 def evaluate_digits(ema, args, dataset, run_dir, step, device, logger):

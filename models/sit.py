@@ -18,6 +18,7 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from torch import Tensor
 
 from .attention import Attention
@@ -183,6 +184,7 @@ class SiT(nn.Module):
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.learn_sigma, self.num_classes, self.num_heads = learn_sigma, num_classes, num_heads
         self.hidden_size, self.depth = hidden_size, depth
+        self.grad_checkpointing = False                      # recompute each block in backward (train.py flag)
         self.grid = input_size // patch_size
         self.num_tokens = self.grid ** 2
 
@@ -272,8 +274,12 @@ class SiT(nn.Module):
                 align_layer: int | None = None, reference: bool = False):
         h, c, layout, ref = self._embed(x, t, y, groups, separate, reference)
         feats = None
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks, start=1):
-            h = block(h, c, layout, ref)
+            if recompute:                                    # keeps only the block's inputs for backward
+                h = torch.utils.checkpoint.checkpoint(block, h, c, layout, ref, use_reentrant=False)
+            else:
+                h = block(h, c, layout, ref)
             if i == align_layer:
                 feats = self.head(h if layout is None else layout.to_raster(h))
         out = self.final_layer(h, c, layout)                               # (N, T, p*p*C_out), layout order

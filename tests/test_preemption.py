@@ -1,0 +1,275 @@
+"""Runs that survive the cluster: a signal stops the run with a checkpoint at the step in flight, the rolling
+checkpoint, kills during writes, non-finite checkpoints, resumes from an older step, flags that change on resume."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import loss as loss_module
+import train
+from test_train import TINY, assert_same_state, load, run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOSS_KEYS = ("loss", "loss_gen", "loss_align", "grad_norm")
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+def assert_same_rows(a, b):
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for k in LOSS_KEYS:
+            assert (k in ra) == (k in rb) and ra.get(k) == rb.get(k), f"step {ra['step']}: {k} differs"
+
+
+def signal_at_step(monkeypatch, step, sig=signal.SIGTERM):
+    """Send `sig` to this process during the loss of optimizer step `step` (one loss call per step)."""
+    real, calls = loss_module.TrainingLoss.__call__, {"n": 0}
+
+    def call(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), sig)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(loss_module.TrainingLoss, "__call__", call)
+
+
+FLAGS = ["--max-train-steps", "10", "--checkpoint-steps", "5", "--log-every", "4"]   # 5 is not a multiple of 4
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The run that was never stopped (10 steps)."""
+    return run(tmp_path_factory.mktemp("straight"), "straight", *FLAGS)
+
+
+def test_sigterm_at_a_random_step_then_resume_auto_is_bitwise_the_unstopped_run(tmp_path, monkeypatch, straight):
+    stop_at = random.randint(1, 9)
+    signal_at_step(monkeypatch, stop_at)
+    stopped = run(tmp_path, "stopped", *FLAGS)                          # returns: exit status 0
+    latest = load(f"{stopped}/checkpoints/latest.pt")
+    assert latest["steps"] == stop_at, f"signal during step {stop_at}, checkpoint at {latest['steps']}"
+    assert not os.path.exists(f"{stopped}/checkpoints/0000010.pt")
+    monkeypatch.undo()
+    run(tmp_path, "stopped", *FLAGS, "--resume", "auto")
+    assert_same_state(load(f"{straight}/checkpoints/0000010.pt"), load(f"{stopped}/checkpoints/0000010.pt"))
+    assert_same_rows(rows(straight), rows(stopped))                     # incl. the first row after the resume
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL           # handlers restored after the run
+
+
+def test_signal_during_a_checkpoint_write(tmp_path, monkeypatch):
+    """A second (and third) signal while a checkpoint is written: the write completes, nothing is lost."""
+    real, calls = torch.save, {"n": 0}
+
+    def save(obj, path, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:                                             # writing 0000004.pt
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(obj, path, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    d = run(tmp_path, "w", "--max-train-steps", "8", "--checkpoint-steps", "2")
+    assert sorted(os.listdir(f"{d}/checkpoints")) == ["0000002.pt", "0000004.pt", "latest.pt"]
+    assert load(f"{d}/checkpoints/0000004.pt")["steps"] == 4 and load(f"{d}/checkpoints/latest.pt")["steps"] == 5
+    # an interrupt that is not a stop signal (Ctrl-C) in the middle of a write: the previous file stays
+    calls["n"] = 0
+    monkeypatch.setattr(torch, "save", lambda obj, path, *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "w", "--max-train-steps", "8", "--checkpoint-steps", "2", "--resume", "auto")
+    assert sorted(os.listdir(f"{d}/checkpoints")) == ["0000002.pt", "0000004.pt", "latest.pt"]
+    assert load(f"{d}/checkpoints/latest.pt")["steps"] == 5
+
+
+KILL_DURING_WRITE = """
+import os, signal, sys, torch
+real, n = torch.save, [0]
+def save(obj, path, *a, **kw):
+    n[0] += 1
+    if n[0] == 2:                                  # half of 0000004.pt, then SIGKILL
+        with open(path, "wb") as f:
+            f.write(b"PK" + b"x" * 1000)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(obj, path, *a, **kw)
+torch.save = save
+import train
+train.main(sys.argv[1:])
+"""
+
+
+def test_kill_during_a_write_keeps_the_previous_checkpoint_and_the_next_start_cleans_up(tmp_path):
+    args = [*TINY, "--output-dir", str(tmp_path), "--exp-name", "k", "--max-train-steps", "6",
+            "--checkpoint-steps", "2"]
+    res = subprocess.run([sys.executable, "-c", KILL_DURING_WRITE, *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    folder = tmp_path / "k" / "checkpoints"
+    temps = [n for n in os.listdir(folder) if n.startswith(".0000004.tmp-")]
+    assert len(temps) == 1 and load(folder / "0000002.pt")["steps"] == 2
+    run(tmp_path, "k", "--max-train-steps", "6", "--checkpoint-steps", "2", "--resume", "auto")
+    assert sorted(os.listdir(folder)) == ["0000002.pt", "0000004.pt", "0000006.pt"]   # the temporary is gone
+    log = open(tmp_path / "k" / "log.txt").read()
+    assert f"removed {folder / temps[0]}" in log and "resumed from" in log and "0000002.pt at step 2" in log
+
+
+def test_rolling_checkpoint_is_replaced_never_duplicated(tmp_path, monkeypatch):
+    real, seen = torch.save, []
+
+    def save(obj, path, *a, **kw):
+        seen.append((obj["steps"], os.path.basename(path)[:-3].split(".tmp-")[0].lstrip("."),
+                     sorted(n for n in os.listdir(os.path.dirname(path)) if not n.startswith("."))))
+        return real(obj, path, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    d = run(tmp_path, "roll", "--max-train-steps", "7", "--checkpoint-steps", "3", "--checkpoint-minutes", "1e-9")
+    assert [(s, name) for s, name, _ in seen] == [(1, "latest"), (2, "latest"), (3, "0000003"), (4, "latest"),
+                                                  (5, "latest"), (6, "0000006"), (7, "0000007")]
+    assert all(sum(n.startswith("latest") for n in listing) <= 1 for _, _, listing in seen)
+    assert sorted(os.listdir(f"{d}/checkpoints")) == ["0000003.pt", "0000006.pt", "0000007.pt", "latest.pt"]
+    assert load(f"{d}/checkpoints/latest.pt")["steps"] == 5
+    # a hard kill after step 5 (as if 6 and 7 never came): --resume auto takes the rolling file, newer than 3
+    for n in ("0000006.pt", "0000007.pt"):
+        os.remove(f"{d}/checkpoints/{n}")
+    run(tmp_path, "roll", "--max-train-steps", "9", "--checkpoint-steps", "3", "--checkpoint-minutes", "0",
+        "--resume", "auto")
+    assert f"resumed from {d}/checkpoints/latest.pt at step 5" in open(f"{d}/log.txt").read()
+    assert load(f"{d}/checkpoints/0000009.pt")["steps"] == 9
+
+
+def poison_from(monkeypatch, first_bad_call):
+    real, calls = loss_module.TrainingLoss.__call__, {"n": 0}
+
+    def poisoned(self, *a, **kw):
+        calls["n"] += 1
+        out, logs = real(self, *a, **kw)
+        return (out * float("nan"), logs) if calls["n"] >= first_bad_call else (out, logs)
+
+    monkeypatch.setattr(loss_module.TrainingLoss, "__call__", poisoned)
+
+
+def test_a_non_finite_state_is_never_checkpointed(tmp_path, monkeypatch):
+    """The case measured in the issue: --log-every 4 --checkpoint-steps 2 --keep-last 1, weights non-finite after
+    step 5: step 6 is refused, 0000004.pt stays the only checkpoint, and the message names it."""
+    poison_from(monkeypatch, 5)
+    with pytest.raises(SystemExit, match=r"non-finite values .* step 6: no checkpoint written.*0000004\.pt"):
+        run(tmp_path, "nan", "--max-train-steps", "8", "--checkpoint-steps", "2", "--log-every", "4",
+            "--keep-last", "1")
+    assert sorted(os.listdir(tmp_path / "nan" / "checkpoints")) == ["0000004.pt"]
+    # the rolling file: written at steps 1-2, refused at step 3, the message names it
+    monkeypatch.undo()
+    poison_from(monkeypatch, 3)
+    with pytest.raises(SystemExit, match=r"step 3: no checkpoint written.*latest\.pt"):
+        run(tmp_path, "nan2", "--max-train-steps", "8", "--checkpoint-steps", "4", "--log-every", "4",
+            "--checkpoint-minutes", "1e-9")
+    assert load(tmp_path / "nan2" / "checkpoints" / "latest.pt")["steps"] == 2
+    # a non-finite loss at a log step keeps today's behaviour, and names the rolling file as the last good one
+    monkeypatch.undo()
+    poison_from(monkeypatch, 4)
+    with pytest.raises(SystemExit, match=r"non-finite loss at step 4.*latest\.pt"):
+        run(tmp_path, "nan3", "--max-train-steps", "8", "--checkpoint-steps", "8", "--log-every", "2",
+            "--checkpoint-minutes", "1e-9")
+    assert load(tmp_path / "nan3" / "checkpoints" / "latest.pt")["steps"] == 3
+
+
+def test_resume_from_an_older_checkpoint_sets_the_abandoned_branch_aside(tmp_path):
+    d = run(tmp_path, "b", "--max-train-steps", "6", "--checkpoint-steps", "2")
+    with open(f"{d}/metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "loss": 0.1')                              # a torn last line (killed mid-write)
+    run(tmp_path, "b", "--max-train-steps", "4", "--checkpoint-steps", "2", "--resume", f"{d}/checkpoints/0000002.pt")
+    assert sorted(os.listdir(f"{d}/checkpoints")) == ["0000002.pt", "0000004.pt"]
+    assert [r["step"] for r in rows(d)] == [2, 4]
+    (aside,) = os.listdir(f"{d}/abandoned")
+    assert aside.endswith("-after-0000002")
+    assert sorted(os.listdir(f"{d}/abandoned/{aside}/checkpoints")) == ["0000004.pt", "0000006.pt"]
+    assert [r["step"] for r in rows(f"{d}/abandoned/{aside}")] == [4, 6]
+    assert load(f"{d}/abandoned/{aside}/checkpoints/0000006.pt")["steps"] == 6
+
+
+def test_resume_auto_falls_back_to_the_newest_readable_checkpoint(tmp_path):
+    d = run(tmp_path, "f", "--max-train-steps", "4", "--checkpoint-steps", "2")
+    with open(f"{d}/checkpoints/0000004.pt", "r+b") as f:              # damaged on disk
+        f.truncate(100)
+    run(tmp_path, "f", "--max-train-steps", "6", "--checkpoint-steps", "2", "--resume", "auto")
+    log = open(f"{d}/log.txt").read()
+    assert "skipped 1 unreadable newer checkpoint(s)" in log and "0000004.pt" in log
+    assert "resumed from" in log and f"{d}/checkpoints/0000002.pt at step 2" in log
+    assert load(f"{d}/checkpoints/0000006.pt")["steps"] == 6
+    assert os.listdir(f"{d}/abandoned")                                  # the damaged file is set aside, not deleted
+
+
+def test_changed_flags_apply_on_resume(tmp_path):
+    d = run(tmp_path, "lr", "--max-train-steps", "2", "--checkpoint-steps", "2", "--learning-rate", "1e-3")
+    run(tmp_path, "lr", "--max-train-steps", "4", "--checkpoint-steps", "2", "--learning-rate", "5e-4",
+        "--max-grad-norm", "0.5", "--resume", "auto")
+    ckpt = load(f"{d}/checkpoints/0000004.pt")
+    assert [g["lr"] for g in ckpt["opt"]["param_groups"]] == [5e-4]
+    assert [r["lr"] for r in rows(d)] == [1e-3, 5e-4]
+    log = open(f"{d}/log.txt").read()
+    assert "learning_rate 0.001 -> 0.0005" in log and "max_grad_norm 1.0 -> 0.5" in log
+
+
+def wait_for_row(run_dir, step, proc, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        path = os.path.join(run_dir, "metrics.jsonl")
+        if os.path.exists(path) and any(json.loads(x)["step"] >= step for x in open(path) if x.endswith("\n")):
+            return
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    raise AssertionError("no progress")
+
+
+def launch(cmd, **kw):
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+
+
+def test_sigterm_to_accelerate_launch_stops_the_training_process(tmp_path):
+    """The issue's orphan: SIGTERM to the `accelerate launch` parent must stop its training child too."""
+    import psutil
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "train.py", *TINY,
+           "--log-every", "1", "--max-train-steps", "100000", "--checkpoint-steps", "100000",
+           "--output-dir", str(tmp_path), "--exp-name", "acc"]
+    proc = launch(cmd)
+    wait_for_row(tmp_path / "acc", 2, proc)
+    (child,) = psutil.Process(proc.pid).children()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    child.wait(timeout=120)                                              # not an orphan: it ends
+    latest = load(tmp_path / "acc" / "checkpoints" / "latest.pt")
+    assert latest["steps"] >= 2 and latest["steps"] == max(r["step"] for r in rows(tmp_path / "acc"))
+
+
+def test_two_processes_stop_together_and_resume_exactly(tmp_path):
+    """torchrun, 2 CPU processes (gloo): SIGTERM to torchrun at a random step -> both ranks stop at the same step
+    with one checkpoint -> --resume auto ends bitwise equal to the run that never stopped."""
+    def cmd(name, *extra):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py", *TINY,
+                "--log-every", "1", "--max-train-steps", "30", "--checkpoint-steps", "30",
+                "--output-dir", str(tmp_path), "--exp-name", name, *extra]
+    straight = launch(cmd("straight"))
+    out = straight.communicate(timeout=600)
+    assert straight.returncode == 0, out[1][-3000:]
+    proc = launch(cmd("stopped"))
+    wait_for_row(tmp_path / "stopped", random.randint(2, 12), proc)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)
+    latest = load(tmp_path / "stopped" / "checkpoints" / "latest.pt")
+    assert latest["steps"] < 30 and len(latest["rng"]) == 2, out[1][-3000:]
+    assert max(r["step"] for r in rows(tmp_path / "stopped")) == latest["steps"]
+    resumed = launch(cmd("stopped", "--resume", "auto"))
+    out = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[1][-3000:]
+    a, b = (load(tmp_path / n / "checkpoints" / "0000030.pt") for n in ("straight", "stopped"))
+    assert_same_state(a, b)
+    assert_same_rows(rows(tmp_path / "straight"), rows(tmp_path / "stopped"))
