@@ -273,3 +273,37 @@ def test_two_processes_stop_together_and_resume_exactly(tmp_path):
     a, b = (load(tmp_path / n / "checkpoints" / "0000030.pt") for n in ("straight", "stopped"))
     assert_same_state(a, b)
     assert_same_rows(rows(tmp_path / "straight"), rows(tmp_path / "stopped"))
+
+
+def test_grad_checkpointing_gives_the_plain_gradients_and_saves_less():
+    """CPU fp32, the paper's step (SRA + DTS + AS, EMA teacher): the same loss and bitwise the same gradients with
+    every block recomputed in backward; fewer tensors kept for backward; the no_grad teacher is unaffected."""
+    from copy import deepcopy
+
+    from models import SiT_models
+    torch.manual_seed(0)
+    model = SiT_models["SiT-T/2"](input_size=8, in_channels=4, num_classes=10, align_head="ap_head")
+    with torch.no_grad():                                               # a non-trivial network (adaLN-Zero is 0)
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    ema = deepcopy(model).requires_grad_(False)
+    loss_fn = loss_module.TrainingLoss(num_tokens=model.num_tokens, grid=model.grid, patch=2, num_classes=10,
+                                       use_alignment_loss=True, block_out_s=2, block_out_t=4, mask_ratio=[0.25],
+                                       dual_time_scheduling=True, attention_separation=True, teacher_mask=True)
+    x, y = torch.randn(4, 4, 8, 8), torch.randint(0, 10, (4,))
+
+    def step(recompute):
+        model.grad_checkpointing = ema.grad_checkpointing = recompute
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            loss, _ = loss_fn(model, x, y, ema=ema)
+        loss.mean().backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, saved
+
+    (l0, g0, s0), (l1, g1, s1) = step(False), step(True)
+    assert torch.equal(l0, l1) and g0.keys() == g1.keys() and len(g0) > 10
+    for n in g0:
+        assert torch.equal(g0[n], g1[n]), n
+    assert sum(s1) < sum(s0) / 2
