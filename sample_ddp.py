@@ -22,8 +22,9 @@ Output: <sample-dir>/<folder named after every setting that changes the samples>
 (N, H, W, 3) in index order, labels int64 (N,)). Every file is written to a temporary name and renamed, so a killed
 run leaves only complete files; rerunning the same command skips what exists. A folder belongs to one
 checkpoint's weights: sampling.json records their sha256, and a rerun with other weights is refused.
-The checkpoint describes the run (models/checkpoint.py): model, classes, patch, learn_sigma, qk-norm, path type
-and time convention are read from it; a flag that is given and contradicts it is an error naming both values.
+The checkpoint describes the run (models/checkpoint.py): model, classes, patch, learn_sigma, qk-norm, path
+type and time convention are read from it; a flag that is given and contradicts it is an error naming both
+values.
 """
 import argparse
 import datetime
@@ -236,7 +237,8 @@ def parse_args(argv=None):
 
 def resolve_path_type(flag, info, ckpt):
     """The model's path: what the checkpoint's settings say; --path-type must agree (default linear)."""
-    recorded = info.get("path_type")                        # models/checkpoint.py: in our names, also for SiT's
+    # models/checkpoint.py gives it in our names, also for SiT's files
+    recorded = info.get("path_type")
     if flag is not None and recorded is not None and flag != recorded:
         raise ValueError(f"--path-type {flag} but {ckpt} was trained with --path-type {recorded}")
     return flag or recorded or "linear"
@@ -274,20 +276,21 @@ def folder_name(s):
 
 
 def check_folder_owner(folder, json_path, done, digest, ckpt):
-    """A sample folder belongs to one checkpoint's weights (sha256 of their content, in sampling.json): images of
-    other weights are never reused, whatever the file or folder is called."""
+    """A sample folder belongs to one checkpoint's weights (sha256 of their content, in sampling.json): images
+    of other weights are never reused, whatever the file or folder is called."""
     if not os.path.exists(json_path):
         if done:
-            raise ValueError(f"{folder} holds {len(done)} images but no sampling.json, so the checkpoint that made "
-                             f"them is unknown: remove them or use another --sample-dir")
+            raise ValueError(f"{folder} holds {len(done)} images but no sampling.json, so the checkpoint "
+                             f"that made them is unknown: remove them or use another --sample-dir")
         return
     with open(json_path) as f:
         record = json.load(f)
     old = record.get("weights_digest")
     if old != digest:
-        raise ValueError(f"{json_path} holds samples of {record.get('checkpoint')} (weights sha256 "
-                         f"{old[:16] if old else 'not recorded'}) but --ckpt {os.path.abspath(ckpt)} has other "
-                         f"weights (sha256 {digest[:16]}): use another --sample-dir")
+        had = old[:16] if old else "not recorded"
+        raise ValueError(f"{json_path} holds samples of {record.get('checkpoint')} (weights sha256 {had}) "
+                         f"but --ckpt {os.path.abspath(ckpt)} has other weights (sha256 {digest[:16]}): use "
+                         "another --sample-dir")
 
 
 def setup_distributed():
@@ -352,7 +355,8 @@ def main(argv=None):
     json_path = os.path.join(folder, "sampling.json")
     store = ChunkStore(folder) if args.npz_only else PngStore(folder)
     done = store.done()
-    check_folder_owner(folder, json_path, done, info["digest"], args.ckpt)  # every rank: none waits on a dead one
+    # every rank checks, so none waits on a dead one
+    check_folder_owner(folder, json_path, done, info["digest"], args.ckpt)
     old = {}
     if os.path.exists(json_path):
         with open(json_path) as f:

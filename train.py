@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default="digits", help="preprocessed latents, REPA vae-sd folder, or 'digits[:R]'")
     g.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' (the run folder's latest)")
     g.add_argument("--init-ckpt", default=None, metavar="PATH",
-                   help="start from these weights (and EMA), fresh optimizer, step 0: a checkpoint of this codebase, "
-                        "a SiT / REPA / SRA file or an exported .safetensors (a checkpoint to resume wins)")
+                   help="start from these weights (and EMA), fresh optimizer, step 0: a checkpoint of this "
+                        "codebase, a SiT / REPA / SRA file or an exported .safetensors (a checkpoint to "
+                        "resume wins)")
     g.add_argument("--init-time-convention", choices=["ours", "repa", "sit"], default=None,
                    help="time convention of a bare --init-ckpt state dict: sit (t = 0 noise) or repa / ours")
     g.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,5 @@
-"""Reading checkpoints of this codebase and of the public SiT / REPA / SRA releases: one reader, one-line errors.
+"""Reading checkpoints of this codebase and of the public SiT / REPA / SRA releases: one reader, one-line
+errors.
 
 Files accepted (every read of a checkpoint goes through `read_checkpoint`):
 - this codebase's training files {model, ema, opt, rng, args (dict), steps, time_convention, ...};
@@ -6,16 +7,16 @@ Files accepted (every read of a checkpoint goes through `read_checkpoint`):
   argparse.Namespace, and SiT's {model, ema, opt, args};
 - bare state dicts (the public SiT, REPA and SRA releases) and `python -m models.export` safetensors files.
 
-Safety: pickles are read with torch's weights-only unpickler, whose allow-list is widened by exactly one type,
-argparse.Namespace (what the releases' `args` holds: numbers, strings, lists). Any other pickled object is refused
-with its type named; a file is never fully unpickled. Memory: .pt files are memory-mapped (torch.load(mmap=True)),
-so only the tensors that are used (sampling: the EMA) are ever read from disk, and the model's parameters are
-those mapped tensors themselves (`assign`), not a second copy.
+Safety: pickles are read with torch's weights-only unpickler, whose allow-list is widened by exactly one
+type, argparse.Namespace (what the releases' `args` holds: numbers, strings, lists). Any other pickled object
+is refused with its type named; a file is never fully unpickled. Memory: .pt files are memory-mapped
+(torch.load(mmap=True)), so only the tensors that are used (sampling: the EMA) are ever read from disk, and
+the model's parameters are those mapped tensors themselves (`assign`), not a second copy.
 
-Time conventions (see samplers.py): this codebase, REPA and SRA use t = 1 noise, v = eps - x0 ('ours' / 'repa');
-SiT uses t = 0 noise, v = x0 - eps ('sit'), so v_ours(x, t) = -v_sit(x, 1 - t). Our files record theirs; a
-training file whose args mark it as REPA / SRA is 'repa' and one of SiT's is 'sit'; for a bare state dict the
-caller must say which, never a guess.
+Time conventions (see samplers.py): this codebase, REPA and SRA use t = 1 noise, v = eps - x0 ('ours' /
+'repa'); SiT uses t = 0 noise, v = x0 - eps ('sit'), so v_ours(x, t) = -v_sit(x, 1 - t). Our files record
+theirs; a training file whose args mark it as REPA / SRA is 'repa' and one of SiT's is 'sit'; for a bare state
+dict the caller must say which, never a guess.
 """
 import argparse
 import hashlib
@@ -35,7 +36,8 @@ from .sit import SiT, SiT_models, model_name_for, sincos_pos_embed_2d
 CONVENTIONS = ("ours", "repa", "sit")
 ALLOWED_GLOBALS = (argparse.Namespace,)
 HEAD_PREFIXES = ("ap_head.", "projectors.")
-EXPORT_KEY = "sit_settings"                                  # safetensors metadata entry written by models.export
+# the safetensors metadata entry that models.export writes
+EXPORT_KEY = "sit_settings"
 # args keys that only the REPA (train.py), SRA (DTS_AS/arguments.py, SiT-SRA/train.py) and SiT trainers write
 REPA_ARGS = ("enc_type", "proj_coeff", "encoder_depth")
 SRA_ARGS = ("block_out_s", "block_out_t", "use_alignment_loss", "align_weight", "t_max")
@@ -65,9 +67,9 @@ class SiTTimeFlip(nn.Module):
         return -self.model(x, 1 - t, y, **kwargs)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Reading a file
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def _is_safetensors(path: str, head: bytes) -> bool:
     """safetensors: 8-byte little-endian header length, then a JSON header starting with '{'."""
@@ -83,7 +85,8 @@ def _unreadable(path: str, cause: str) -> CheckpointError:
 def _torch_load(path: str, head: bytes):
     """torch.load with the weights-only unpickler + argparse.Namespace; memory-mapped for zip files."""
     is_zip = head[:4] == b"PK\x03\x04"
-    if not is_zip and head[:1] != b"\x80":                       # neither a zip nor a (legacy) pickle
+    # neither a zip nor a (legacy) pickle
+    if not is_zip and head[:1] != b"\x80":
         raise _unreadable(path, f"not a PyTorch or safetensors file (it starts with {head[:8]!r})")
     if is_zip and not zipfile.is_zipfile(path):
         raise _unreadable(path, "truncated or corrupt (its zip archive has no central directory)")
@@ -94,9 +97,11 @@ def _torch_load(path: str, head: bytes):
         refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if refused:
             raise CheckpointError(
-                f"{path}: refused to unpickle an object of type {refused.group(1)} (only tensors, plain containers, "
-                "numbers, strings and argparse.Namespace are read; a full unpickle could run any code)") from None
-        raise _unreadable(path, "corrupt pickle data (" + str(e).strip().splitlines()[-1][:120] + ")") from None
+                f"{path}: refused to unpickle an object of type {refused.group(1)} (only tensors, plain "
+                "containers, numbers, strings and argparse.Namespace are read; a full unpickle could run any "
+                "code)") from None
+        last = str(e).strip().splitlines()[-1][:120]
+        raise _unreadable(path, f"corrupt pickle data ({last})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         cause = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise _unreadable(path, f"truncated or corrupt ({cause})") from None
@@ -125,7 +130,8 @@ def _args_dict(path: str, args) -> dict:
         return dict(vars(args))
     if isinstance(args, dict):
         return dict(args)
-    raise CheckpointError(f"{path}: its 'args' is a {type(args).__name__}, expected a dict or argparse.Namespace")
+    raise CheckpointError(f"{path}: its 'args' is a {type(args).__name__}, expected a dict or "
+                          "argparse.Namespace")
 
 
 def _is_state_dict(obj) -> bool:
@@ -135,16 +141,18 @@ def _is_state_dict(obj) -> bool:
 
 @dataclass
 class Checkpoint:
-    """What a file holds. `weights` maps 'model' / 'ema' to state dicts (memory-mapped tensors); a bare state dict
-    or an export has one set, under 'ema'. source: ours | repa | sra | sit | training file | state dict | export."""
+    """What a file holds. `weights` maps 'model' / 'ema' to state dicts (memory-mapped tensors); a bare state
+    dict or an export has one set, under 'ema'. source: ours | repa | sra | sit | training file | state dict |
+    export. entries: the file's other top-level entries (opt, rng, ...); settings: an export's recorded
+    ones."""
     path: str
     source: str
     weights: dict
     args: dict = field(default_factory=dict)
     time_convention: str | None = None
     steps: int | None = None
-    entries: dict = field(default_factory=dict)             # the file's other top-level entries (opt, rng, ...)
-    settings: dict = field(default_factory=dict)            # an export's recorded settings
+    entries: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
 
     def describe(self) -> str:
         what = {"ours": "a training checkpoint of this codebase", "repa": "a REPA training checkpoint",
@@ -152,7 +160,9 @@ class Checkpoint:
                 "training file": "a training checkpoint of an unknown trainer",
                 "state dict": "a bare state dict (weights only)",
                 "export": "an exported EMA (python -m models.export; weights only)"}[self.source]
-        return f"{what} with {' and '.join(sorted(self.weights))} weights" if self.source != "state dict" else what
+        if self.source == "state dict":
+            return what
+        return f"{what} with {' and '.join(sorted(self.weights))} weights"
 
     def state_dict(self, which: str = "ema") -> dict:
         """The weights `which` names, prefixes of DDP / torch.compile removed, checked to be finite."""
@@ -228,13 +238,14 @@ def weights_digest(sd: dict) -> str:
     return h.hexdigest()
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # What the weights and the args say
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def infer_config(sd: dict, source: str = "state dict") -> dict:
     """Model constructor arguments read off the tensor shapes of a SiT state dict."""
-    need = ["pos_embed", "x_embedder.proj.weight", "y_embedder.embedding_table.weight", "final_layer.linear.weight"]
+    need = ["pos_embed", "x_embedder.proj.weight", "y_embedder.embedding_table.weight",
+            "final_layer.linear.weight"]
     missing = [k for k in need if k not in sd]
     if missing or not any(k.startswith("blocks.") for k in sd):
         raise CheckpointError(f"{source}: not a SiT state dict (missing {missing or ['blocks.*']}; it has "
@@ -264,31 +275,35 @@ def _path_type(ck: Checkpoint) -> str | None:
         return None
     if ck.source == "sit":
         if p not in SIT_PATHS:
-            raise CheckpointError(f"{ck.path}: trained on SiT's {p} path, which this codebase does not implement "
-                                  f"(it has {', '.join(SIT_PATHS)})")
+            raise CheckpointError(f"{ck.path}: trained on SiT's {p} path, which this codebase does not "
+                                  f"implement (it has {', '.join(SIT_PATHS)})")
         return SIT_PATHS[p]
-    p = {"cos": "cosine"}.get(p, p)                             # SiT-SRA's choice name for its cosine path
+    # SiT-SRA's choice name for its cosine path
+    p = {"cos": "cosine"}.get(p, p)
     if p not in ("linear", "cosine"):
         raise CheckpointError(f"{ck.path}: its args record path type {p!r}, expected linear or cosine")
     return p
 
 
 def file_settings(ck: Checkpoint, sd: dict) -> dict:
-    """Constructor arguments (from the shapes) and the run's settings (from the args), checked against each other.
+    """Constructor arguments (from the shapes) and the run's settings (from the args), checked against each
+    other.
 
     -> model, input_size, in_channels, num_classes, learn_sigma, qk_norm, align_head, z_dim, patch_size,
        path_type, resolution, time_convention, steps, source."""
     cfg = infer_config(sd, ck.path)
     a = ck.settings if ck.source == "export" else ck.args
     rows = sd["y_embedder.embedding_table.weight"].shape[0]
-    if a.get("num_classes") is not None:                         # with no null row the table has num_classes rows
+    # the label table has num_classes rows, and one more for the null class when there is one
+    if a.get("num_classes") is not None:
         if rows not in (a["num_classes"], a["num_classes"] + 1):
-            raise CheckpointError(f"{ck.path}: its args say {a['num_classes']} classes but the label table has "
-                                  f"{rows} rows")
+            raise CheckpointError(f"{ck.path}: its args say {a['num_classes']} classes but the label table "
+                                  f"has {rows} rows")
         cfg["num_classes"] = int(a["num_classes"])
     for key, flag in (("model", "model"), ("qk_norm", "qk_norm")):
         if a.get(flag) is not None and a[flag] != cfg[key]:
-            raise CheckpointError(f"{ck.path}: its args say {flag} {a[flag]!r} but its weights are {cfg[key]!r}")
+            raise CheckpointError(f"{ck.path}: its args say {flag} {a[flag]!r} but its weights are "
+                                  f"{cfg[key]!r}")
     resolution = a.get("resolution", a.get("image_size"))
     if resolution is not None and cfg["in_channels"] == 4 and int(resolution) // 8 != cfg["input_size"]:
         raise CheckpointError(f"{ck.path}: its args say resolution {resolution} but its weights are for "
@@ -339,7 +354,8 @@ def load_checkpoint(path: str, which: str = "ema", model_name: str | None = None
     """-> (model in eval mode, info) for sampling. Flags given (model_name, time_convention, path_type, ...;
     None = not given) are checked against the file, never override it.
 
-    info: the file's settings (file_settings) plus model_name, time_convention, args, digest (weights_digest)."""
+    info: the file's settings (file_settings) plus model_name, time_convention, args and digest
+    (weights_digest)."""
     ck = read_checkpoint(path)
     sd = ck.state_dict(which)
     s = file_settings(ck, sd)
@@ -351,9 +367,11 @@ def load_checkpoint(path: str, which: str = "ema", model_name: str | None = None
     conv = s["time_convention"] or time_convention
     if conv not in CONVENTIONS:
         raise CheckpointError(f"time convention must be one of {CONVENTIONS}, got {conv!r}")
-    with torch.device("meta"):                                   # no second copy: the parameters are sd's tensors
-        model = SiT_models[s["model"]](**{k: s[k] for k in ("input_size", "in_channels", "num_classes",
-                                                             "learn_sigma", "qk_norm", "align_head", "z_dim")})
+    kwargs = {k: s[k] for k in ("input_size", "in_channels", "num_classes", "learn_sigma", "qk_norm",
+                                "align_head", "z_dim")}
+    # built without storage: the parameters become sd's (memory-mapped) tensors, no second copy
+    with torch.device("meta"):
+        model = SiT_models[s["model"]](**kwargs)
     load_state_dict_strict(model, sd, source=path, assign=True)
     model.float().eval()
     info = dict(s, model_name=s["model"], time_convention=conv, args=ck.args, digest=weights_digest(sd))
@@ -361,25 +379,25 @@ def load_checkpoint(path: str, which: str = "ema", model_name: str | None = None
 
 
 def read_training_state(path: str) -> dict:
-    """The full state of one of our training files for --resume: model, ema, opt, rng, ... (checked finite)."""
+    """The full state of one of our training files for --resume: model, ema, opt, rng, ... (all finite)."""
     ck = read_checkpoint(path)
     lacking = [k for k in ("model", "ema") if k not in ck.weights] + \
               [k for k in ("opt", "rng") if k not in ck.entries]
     if ck.source != "ours" or lacking:
-        raise CheckpointError(f"{path} is {ck.describe()}, not a resumable checkpoint of this codebase (it lacks "
-                              f"{', '.join(lacking) or 'the RNG and data state'}): start a run from its weights "
-                              f"with --init-ckpt {path}")
-    state = dict(ck.entries, model=ck.state_dict("model"), ema=ck.state_dict("ema"), args=ck.args, steps=ck.steps,
-                 time_convention=ck.time_convention)
+        missing = ", ".join(lacking) or "the RNG and data state"
+        raise CheckpointError(f"{path} is {ck.describe()}, not a resumable checkpoint of this codebase (it "
+                              f"lacks {missing}): start a run from its weights with --init-ckpt {path}")
+    state = dict(ck.entries, model=ck.state_dict("model"), ema=ck.state_dict("ema"), args=ck.args,
+                 steps=ck.steps, time_convention=ck.time_convention)
     opt_state = {f"opt.state.{i}.{k}": v for i, s in state["opt"].get("state", {}).items()
                  for k, v in s.items() if torch.is_tensor(v)}
     check_finite(opt_state, f"{path} ['opt']")
     return state
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # --init-ckpt: start a new run from a file's weights
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def sit_to_ours(sd: dict) -> dict:
     """Rewrite SiT-convention weights (t = 0 noise) so the network computes v_ours(x, t) = -v_sit(x, 1 - t).
@@ -410,13 +428,15 @@ def adapt_weights(model: SiT, sd: dict, source: str) -> tuple[dict, list[str]]:
     dropped = sorted(k for k in out if k.startswith(HEAD_PREFIXES) and k not in own)
     for k in dropped:
         del out[k]
-    reset = sorted(k for k in own if k.startswith(HEAD_PREFIXES) and (k not in out or out[k].shape != own[k].shape))
+    reset = sorted(k for k in own
+                   if k.startswith(HEAD_PREFIXES) and (k not in out or out[k].shape != own[k].shape))
     for k in reset:
         out[k] = own[k]
     if dropped:
         notes.append(f"alignment head dropped (not in this run): {', '.join(dropped)}")
     if reset:
-        notes.append(f"alignment head freshly initialised (not in {source} or another shape): {', '.join(reset)}")
+        notes.append(f"alignment head freshly initialised (not in {source} or another shape): "
+                     f"{', '.join(reset)}")
     pe = out.get("pos_embed")
     if pe is not None and pe.shape != own["pos_embed"].shape and pe.shape[-1] == own["pos_embed"].shape[-1]:
         old = int(round(pe.shape[1] ** 0.5))
@@ -425,7 +445,8 @@ def adapt_weights(model: SiT, sd: dict, source: str) -> tuple[dict, list[str]]:
                      f"(the file's is {old}x{old})")
     w = out.get("final_layer.linear.weight")
     p, c = model.patch_size, model.out_channels
-    if w is not None and w.shape[0] == 2 * p * p * c and own["final_layer.linear.weight"].shape[0] == p * p * c:
+    sigma_half = w is not None and w.shape[0] == 2 * p * p * c
+    if sigma_half and own["final_layer.linear.weight"].shape[0] == p * p * c:
         for k in ("final_layer.linear.weight", "final_layer.linear.bias"):
             v = out[k]
             out[k] = v.reshape(p * p, 2 * c, *v.shape[1:])[:, :c].reshape(p * p * c, *v.shape[1:])
@@ -435,13 +456,15 @@ def adapt_weights(model: SiT, sd: dict, source: str) -> tuple[dict, list[str]]:
 
 def init_from_checkpoint(model: SiT, ema: SiT, path: str, time_convention: str | None = None,
                          flag: str = "--init-time-convention") -> list[str]:
-    """Load a file's student weights into `model` and its EMA into `ema` (a file with one set: both), converted to
-    our time convention. -> notes for the log. The optimizer and the step count are not touched (a fresh start)."""
+    """Load a file's student weights into `model` and its EMA into `ema` (a file with one set: both),
+    converted to our time convention. -> notes for the log. The optimizer and the step count are not touched
+    (a fresh start)."""
     ck = read_checkpoint(path)
     conv = ck.time_convention
     if conv is None and time_convention is None:
-        raise CheckpointError(f"{path} is {ck.describe()}, which does not say its time convention: pass {flag} "
-                              "sit (public SiT files: t = 0 is noise) or repa (REPA / SRA files: t = 1 is noise)")
+        raise CheckpointError(f"{path} is {ck.describe()}, which does not say its time convention: pass "
+                              f"{flag} sit (public SiT files: t = 0 is noise) or repa (REPA / SRA files: "
+                              "t = 1 is noise)")
     if conv is not None and time_convention is not None and conv != time_convention:
         raise CheckpointError(f"{path} records time convention {conv!r} but {flag} is {time_convention!r}")
     conv = conv or time_convention

@@ -1,16 +1,18 @@
 """Export a checkpoint's EMA weights alone, with the run's settings, as one .safetensors file.
 
     python -m models.export runs/ours-xl2/checkpoints/4000000.pt ours-xl2-4M.safetensors
-    python -m models.export SiT-XL-2-256x256.pt sit-xl2.safetensors --time-convention sit   # a bare state dict
+    python -m models.export SiT-XL-2-256x256.pt sit-xl2.safetensors --time-convention sit
 
-The output holds the EMA tensors (a quarter of a training checkpoint: no student, no AdamW moments) and, in the
-safetensors header's metadata under "sit_settings", a JSON object: model, input_size, in_channels, num_classes,
-learn_sigma, qk_norm, align_head, z_dim, patch_size, path_type, resolution, time_convention, steps, the source file
-and its training args, and the sha256 of the weights (sample_ddp records it in its sample folders).
+(a bare state dict, like the second, does not say its time convention). The output holds the EMA tensors
+(a quarter of a training checkpoint: no student, no AdamW moments) and, in the safetensors header's metadata
+under "sit_settings", a JSON object: model, input_size, in_channels, num_classes, learn_sigma, qk_norm,
+align_head, z_dim, patch_size, path_type, resolution, time_convention, steps, the source file and its training
+args, and the sha256 of the weights (sample_ddp records it in its sample folders).
 sample_ddp.py --ckpt and train.py --init-ckpt read it like any checkpoint. The file is written atomically.
 """
 import argparse
 import json
+import os
 import sys
 
 from fileio import atomic_path
@@ -29,12 +31,17 @@ def export(ckpt: str, out: str, time_convention: str | None = None) -> dict:
     tensors = {k: v.contiguous() for k, v in sd.items()}
     with atomic_path(out) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt", EXPORT_KEY: json.dumps(settings)})
+        # safetensors creates 0600: give the usual mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
     return settings
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m models.export", description=__doc__.split("\n")[0])
-    p.add_argument("ckpt", help="a checkpoint of this codebase, a REPA / SRA / SiT training file or a state dict")
+    p.add_argument("ckpt", help="a checkpoint of this codebase, a REPA / SRA / SiT training file or a bare "
+                   "state dict")
     p.add_argument("out", help="output file, ending in .safetensors")
     p.add_argument("--time-convention", choices=CONVENTIONS, default=None,
                    help="for a bare state dict (which does not say): sit (public SiT) or repa (REPA / SRA)")

@@ -1,5 +1,6 @@
-"""models/checkpoint.py and models/export.py on stand-ins: the releases' training files (args an argparse.Namespace,
-their key layouts), bare state dicts, exports, and every broken input, each answered in one line."""
+"""models/checkpoint.py and models/export.py on stand-ins: the releases' training files (args an
+argparse.Namespace, their key layouts), bare state dicts, exports, and every broken input, each answered in
+one line."""
 import argparse
 import json
 import os
@@ -18,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny(seed=0, **kw):
-    """SiT-T/2 on 8x8x4 latents (a 64 px 'resolution'), every weight random (the SiT init zeroes the output)."""
+    """SiT-T/2 on 8x8x4 latents (a 64 px 'resolution'), every weight random (SiT's init zeroes the output)."""
     torch.manual_seed(seed)
     m = SiT_models["SiT-T/2"](**{"input_size": 8, "in_channels": 4, "num_classes": 10, **kw}).eval()
     with torch.no_grad():
@@ -37,16 +38,16 @@ def adamw_state(m):
     return opt.state_dict()
 
 
-# The releases' argparse fields (REPA train.py; SRA SiT-SRA_DTS_AS/arguments.py; SiT train.py + train_utils.py)
+# The releases' argparse fields (REPA train.py; SRA SiT-SRA_DTS_AS/arguments.py; SiT train.py, train_utils.py)
 def repa_args(**kw):
     a = dict(output_dir="exps", exp_name="linear-dinov2-b-enc4", logging_dir="logs", report_to="wandb",
-             sampling_steps=10000, resume_step=0, model="SiT-T/2", num_classes=10, encoder_depth=4, fused_attn=True,
-             qk_norm=False, data_dir="../data/imagenet256", resolution=64, batch_size=256, allow_tf32=True,
-             mixed_precision="fp16", epochs=1400, max_train_steps=400000, checkpointing_steps=50000,
-             gradient_accumulation_steps=1, learning_rate=1e-4, adam_beta1=0.9, adam_beta2=0.999,
-             adam_weight_decay=0.0, adam_epsilon=1e-8, max_grad_norm=1.0, seed=0, num_workers=4, path_type="linear",
-             prediction="v", cfg_prob=0.1, enc_type="dinov2-vit-b", proj_coeff=0.5, weighting="uniform",
-             legacy=False)
+             sampling_steps=10000, resume_step=0, model="SiT-T/2", num_classes=10, encoder_depth=4,
+             fused_attn=True, qk_norm=False, data_dir="../data/imagenet256", resolution=64, batch_size=256,
+             allow_tf32=True, mixed_precision="fp16", epochs=1400, max_train_steps=400000,
+             checkpointing_steps=50000, gradient_accumulation_steps=1, learning_rate=1e-4, adam_beta1=0.9,
+             adam_beta2=0.999, adam_weight_decay=0.0, adam_epsilon=1e-8, max_grad_norm=1.0, seed=0,
+             num_workers=4, path_type="linear", prediction="v", cfg_prob=0.1, enc_type="dinov2-vit-b",
+             proj_coeff=0.5, weighting="uniform", legacy=False)
     return argparse.Namespace(**{**a, **kw})
 
 
@@ -56,10 +57,11 @@ def sra_args(**kw):
              max_train_steps=4100000, model="SiT-T/2", num_classes=10, fused_attn=True, qk_norm=False,
              attention_separation=True, data_dir="../data/imagenet256", resolution=64, batch_size=256,
              mixed_precision="fp16", gradient_accumulation_steps=1, learning_rate=1e-4, adam_beta1=0.9,
-             adam_beta2=0.999, adam_weight_decay=0.0, adam_epsilon=1e-8, max_grad_norm=1.0, seed=0, num_workers=16,
-             loss_type="cos", cfg_prob=0.1, path_type="linear", prediction="v", weighting="uniform", block_out_s=3,
-             block_out_t=8, mask_ratio=[0.25], use_alignment_loss=True, align_weight=0.5, teacher_t="sra",
-             teacher_mask=True, dual_time_scheduling=True, full_sample_prob=0.0)
+             adam_beta2=0.999, adam_weight_decay=0.0, adam_epsilon=1e-8, max_grad_norm=1.0, seed=0,
+             num_workers=16, loss_type="cos", cfg_prob=0.1, path_type="linear", prediction="v",
+             weighting="uniform", block_out_s=3, block_out_t=8, mask_ratio=[0.25], use_alignment_loss=True,
+             align_weight=0.5, teacher_t="sra", teacher_mask=True, dual_time_scheduling=True,
+             full_sample_prob=0.0)
     return argparse.Namespace(**{**a, **kw})
 
 
@@ -96,9 +98,11 @@ XTY = (torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torc
 def test_release_training_files_load_with_their_settings(tmp_path, kind, convention, source):
     path = str(tmp_path / f"{kind}.pt")
     _, ema = release_file(path, kind, path_type={"sit": "GVP"}.get(kind, "cosine"))
-    with pytest.raises(Exception, match="Unsupported global"):              # what torch alone does with them
+    # what torch alone does with them
+    with pytest.raises(Exception, match="Unsupported global"):
         torch.load(path, weights_only=True)
-    model, info = load_checkpoint(path)                                    # no --time-convention needed
+    # no --time-convention needed
+    model, info = load_checkpoint(path)
     assert info["time_convention"] == convention and info["source"] == source
     assert info["model_name"] == "SiT-T/2" and info["num_classes"] == 10 and info["resolution"] == 64
     assert info["path_type"] == "cosine" and info["patch_size"] == 2 and info["qk_norm"] is False
@@ -108,8 +112,8 @@ def test_release_training_files_load_with_their_settings(tmp_path, kind, convent
     with torch.no_grad():
         want = -ema(x, 1 - t, y) if kind == "sit" else ema(x, t, y)
         torch.testing.assert_close(model(x, t, y), want)
-    with pytest.raises(CheckpointError, match=f"records time convention|holds time convention {convention} but "
-                                              f"--time-convention is ours"):
+    message = f"holds time convention {convention} but --time-convention is ours"
+    with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path, time_convention="ours")
 
 
@@ -118,8 +122,10 @@ def test_parameters_are_the_memory_mapped_ema(tmp_path):
     path = str(tmp_path / "repa.pt")
     release_file(path, "repa")
     model, _ = load_checkpoint(path)
-    with open("/proc/self/maps") as f:                                     # address ranges mapped from the file
-        ranges = [[int(a, 16) for a in line.split()[0].split("-")] for line in f if line.rstrip().endswith(path)]
+    # address ranges mapped from the file
+    with open("/proc/self/maps") as f:
+        ranges = [[int(a, 16) for a in line.split()[0].split("-")]
+                  for line in f if line.rstrip().endswith(path)]
     assert ranges and all(any(lo <= p.data_ptr() < hi for lo, hi in ranges) for p in model.parameters())
 
 
@@ -140,7 +146,8 @@ def test_other_pickled_objects_are_refused_without_running_them(tmp_path):
     with pytest.raises(CheckpointError, match=r"evil.pt: refused to unpickle an object of type io.open") as e:
         read_checkpoint(path)
     assert "\n" not in str(e.value) and not os.path.exists(marker)
-    torch.save({"ema": tiny().state_dict(), "args": argparse.Namespace(data=__import__("pathlib").Path("x"))}, path)
+    args = argparse.Namespace(data=__import__("pathlib").Path("x"))
+    torch.save({"ema": tiny().state_dict(), "args": args}, path)
     with pytest.raises(CheckpointError, match=r"refused to unpickle an object of type pathlib\S*PosixPath"):
         read_checkpoint(path)
 
@@ -160,16 +167,17 @@ def broken_inputs(tmp_path):
              "a tensor": ("tensor.pt", "holds a Tensor"),
              "not a SiT": ("other.pt", "not a SiT state dict"),
              "ema not a state dict": ("bad-ema.pt", "'ema' entry is a str"),
-             "non-finite EMA": ("nan.pt", r"\['ema'\] holds non-finite values in 1 tensor\(s\) \(blocks.0.mlp.fc1"),
+             "non-finite EMA": ("nan.pt",
+                                r"\['ema'\] holds non-finite values in 1 tensor\(s\) \(blocks.0.mlp.fc1"),
              "truncated safetensors": ("half.safetensors", "cannot read this checkpoint"),
              "wrong model for its args": ("lying.pt", "its args say model 'SiT-B/2'"),
              "wrong resolution for its args": ("res.pt", "its args say resolution 256")}
     rng = torch.Generator().manual_seed(0)
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "half.pt").write_bytes(data[: len(data) // 2])
-    (tmp_path / "random.pt").write_bytes(bytes(torch.randint(0, 256, (4096,), generator=rng).tolist()).replace(
-        b"\x80", b"\x81").replace(b"PK", b"QK"))
-    (tmp_path / "pickle.pt").write_bytes(b"\x80\x02" + bytes(torch.randint(0, 256, (4096,), generator=rng).tolist()))
+    noise = bytes(torch.randint(0, 256, (8192,), generator=rng).tolist())
+    (tmp_path / "random.pt").write_bytes(noise[:4096].replace(b"\x80", b"\x81").replace(b"PK", b"QK"))
+    (tmp_path / "pickle.pt").write_bytes(b"\x80\x02" + noise[4096:])
     torch.save([1, 2], tmp_path / "list.pt")
     torch.save(torch.ones(3), tmp_path / "tensor.pt")
     torch.save({"w": torch.ones(3)}, tmp_path / "other.pt")
@@ -241,12 +249,13 @@ def test_export_writes_the_ema_alone_with_its_settings(tmp_path):
     assert keys == set(ema.state_dict())
     assert meta["model"] == "SiT-T/2" and meta["time_convention"] == "repa" and meta["steps"] == 4000
     assert meta["source"] == "sra" and meta["args"]["block_out_s"] == 3 and meta["path_type"] == "linear"
-    assert os.path.getsize(out) < os.path.getsize(src) / 3                 # no student, no AdamW moments
+    # no student, no AdamW moments
+    assert os.path.getsize(out) < os.path.getsize(src) / 3
     m_pt, info_pt = load_checkpoint(src)
     m_st, info_st = load_checkpoint(out)
     assert info_st["digest"] == info_pt["digest"] and info_st["steps"] == 4000
-    assert {k: info_st[k] for k in ("model_name", "num_classes", "resolution", "path_type", "time_convention")} == \
-        {k: info_pt[k] for k in ("model_name", "num_classes", "resolution", "path_type", "time_convention")}
+    keys = ("model_name", "num_classes", "resolution", "path_type", "time_convention")
+    assert {k: info_st[k] for k in keys} == {k: info_pt[k] for k in keys}
     x, t, y = XTY
     with torch.no_grad():
         torch.testing.assert_close(m_st(x, t, y), m_pt(x, t, y), rtol=0, atol=0)
@@ -258,7 +267,7 @@ def test_export_writes_the_ema_alone_with_its_settings(tmp_path):
     assert export(bare, str(tmp_path / "bare.safetensors"), "sit")["time_convention"] == "sit"
 
 
-# ---- --init-ckpt ------------------------------------------------------------------------------------------------
+# ---- --init-ckpt -------------------------------------------------------------------------------------------
 
 def test_init_from_our_file_and_a_256_to_512_warm_start(tmp_path):
     path = str(tmp_path / "0001000.pt")
@@ -269,9 +278,11 @@ def test_init_from_our_file_and_a_256_to_512_warm_start(tmp_path):
     init_from_checkpoint(new, new_ema, path)
     for a, b in ((new, student), (new_ema, ema)):
         assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
-    big, big_ema = tiny(5, input_size=16), tiny(5, input_size=16)               # twice the latent side
+    # twice the latent side
+    big, big_ema = tiny(5, input_size=16), tiny(5, input_size=16)
     notes = init_from_checkpoint(big, big_ema, path)
-    assert any("pos_embed: sin-cos table rebuilt for a 8x8 token grid (the file's is 4x4)" in n for n in notes)
+    rebuilt = "pos_embed: sin-cos table rebuilt for a 8x8 token grid (the file's is 4x4)"
+    assert any(rebuilt in n for n in notes)
     torch.testing.assert_close(big.pos_embed, torch.from_numpy(sincos_pos_embed_2d(128, 8))[None])
     for k, v in student.state_dict().items():
         if k != "pos_embed":
@@ -288,7 +299,8 @@ def test_init_heads_added_or_dropped_are_listed(tmp_path):
     assert any("alignment head freshly initialised" in n and "ap_head.linear1.weight" in n for n in notes)
     assert all(torch.equal(new.state_dict()[k], v) for k, v in fresh.items())
     assert torch.equal(new.blocks[0].attn.qkv.weight, student.blocks[0].attn.qkv.weight)
-    with pytest.raises(CheckpointError, match=r"repa.pt \['model'\] does not match the model: shape mismatches"):
+    message = r"repa.pt \['model'\] does not match the model: shape mismatches"
+    with pytest.raises(CheckpointError, match=message):
         init_from_checkpoint(tiny(num_classes=20), tiny(num_classes=20), path)
 
 
@@ -300,7 +312,8 @@ def test_init_from_a_public_sit_state_dict_converts_the_time_convention(tmp_path
     with pytest.raises(CheckpointError, match="pass --init-time-convention sit"):
         init_from_checkpoint(new, new_ema, path)
     notes = init_from_checkpoint(new, new_ema, path, "sit")
-    assert any("learned-sigma half" in n for n in notes) and any("v(x, t) = -v_sit(x, 1 - t)" in n for n in notes)
+    assert any("learned-sigma half" in n for n in notes)
+    assert any("v(x, t) = -v_sit(x, 1 - t)" in n for n in notes)
     x, t, y = XTY
     with torch.no_grad():
         torch.testing.assert_close(new(x, t, y), -sit(x, 1 - t, y), atol=1e-5, rtol=1e-5)
@@ -312,8 +325,9 @@ def test_init_from_a_public_sit_state_dict_converts_the_time_convention(tmp_path
 def test_resume_needs_one_of_our_training_files(tmp_path):
     repa = str(tmp_path / "0400000.pt")
     release_file(repa, "repa")
-    with pytest.raises(CheckpointError, match=r"0400000.pt is a REPA training checkpoint with ema and model "
-                                              r"weights, not a resumable .* lacks rng\): .*--init-ckpt .*0400000.pt"):
+    message = (r"0400000.pt is a REPA training checkpoint with ema and model weights, not a resumable .* "
+               r"lacks rng\): .*--init-ckpt .*0400000.pt")
+    with pytest.raises(CheckpointError, match=message):
         read_training_state(repa)
     out = str(tmp_path / "e.safetensors")
     export(repa, out)
@@ -329,7 +343,7 @@ def test_resume_needs_one_of_our_training_files(tmp_path):
         read_training_state(str(tmp_path / "inf.pt"))
 
 
-# ---- the scripts: train.py --init-ckpt / --resume, sample_ddp.py ---------------------------------------------------
+# ---- the scripts: train.py --init-ckpt / --resume, sample_ddp.py -------------------------------------------
 
 def test_train_init_ckpt_and_resume_reads(tmp_path):
     import train
@@ -340,25 +354,30 @@ def test_train_init_ckpt_and_resume_reads(tmp_path):
         return tmp_path / name
 
     src = run("src", "--max-train-steps", "2", "--checkpoint-steps", "2") / "checkpoints" / "0000002.pt"
-    dst = run("dst", "--max-train-steps", "1", "--checkpoint-steps", "1", "--init-ckpt", str(src), "--ema-decay", "1")
+    init = ["--init-ckpt", str(src)]
+    dst = run("dst", "--max-train-steps", "1", "--checkpoint-steps", "1", *init, "--ema-decay", "1")
     a = torch.load(src, weights_only=True)
     b = torch.load(dst / "checkpoints" / "0000001.pt", weights_only=True)
     assert b["steps"] == 1 and b["args"]["init_ckpt"] == str(src)
-    assert all(int(s["step"]) == 1 for s in b["opt"]["state"].values())     # a fresh optimizer
-    assert all(torch.equal(b["ema"][k], v) for k, v in a["ema"].items())    # EMA from the file (decay 1 keeps it)
+    # a fresh optimizer
+    assert all(int(s["step"]) == 1 for s in b["opt"]["state"].values())
+    # EMA from the file (decay 1 keeps it)
+    assert all(torch.equal(b["ema"][k], v) for k, v in a["ema"].items())
     assert f"--init-ckpt {src}: a training checkpoint of this codebase" in open(dst / "log.txt").read()
-    run("dst", "--max-train-steps", "2", "--checkpoint-steps", "1", "--init-ckpt", str(src), "--resume", "auto")
+    run("dst", "--max-train-steps", "2", "--checkpoint-steps", "1", *init, "--resume", "auto")
     assert "not used: resuming from" in open(dst / "log.txt").read()
     repa = tmp_path / "0400000.pt"
     release_file(str(repa), "repa")
-    with pytest.raises(SystemExit, match=r"--resume: .*0400000.pt is a REPA training checkpoint .*--init-ckpt"):
+    message = r"--resume: .*0400000.pt is a REPA training checkpoint .*--init-ckpt"
+    with pytest.raises(SystemExit, match=message):
         run("r", "--max-train-steps", "1", "--resume", str(repa))
     with pytest.raises(SystemExit, match=r"--init-ckpt: .*0400000.pt \['model'\] does not match the model"):
         run("r", "--max-train-steps", "1", "--init-ckpt", str(repa))
     bad = torch.load(src, weights_only=True)
     bad["model"]["pos_embed"][0, 0, 0] = float("nan")
     torch.save(bad, tmp_path / "nan.pt")
-    with pytest.raises(SystemExit, match=r"--resume: .*nan.pt \['model'\] holds non-finite values .*pos_embed"):
+    message = r"--resume: .*nan.pt \['model'\] holds non-finite values .*pos_embed"
+    with pytest.raises(SystemExit, match=message):
         run("r", "--max-train-steps", "1", "--resume", str(tmp_path / "nan.pt"))
 
 
@@ -377,9 +396,10 @@ def test_sample_folder_belongs_to_one_checkpoints_weights(tmp_path):
     save(0)
     npz = sample_ddp.main(argv)
     assert json.load(open(os.path.join(os.path.dirname(npz), "sampling.json")))["weights_digest"]
-    save(1)                                                    # same name and step, other weights
-    with pytest.raises(ValueError, match=r"sampling.json holds samples of .*0000123.pt \(weights sha256 \w+\) but "
-                                         r"--ckpt .*0000123.pt has other weights"):
+    # same name and step, other weights
+    save(1)
+    message = r"sampling.json holds samples of .*0000123.pt \(weights sha256 \w+\) but --ckpt .*0000123.pt"
+    with pytest.raises(ValueError, match=message + " has other weights"):
         sample_ddp.main(argv)
     os.remove(os.path.join(os.path.dirname(npz), "sampling.json"))
     with pytest.raises(ValueError, match="holds 2 images but no sampling.json"):
@@ -387,7 +407,8 @@ def test_sample_folder_belongs_to_one_checkpoints_weights(tmp_path):
     sd = tiny_state_dict()
     sd["final_layer.linear.bias"][0] = float("inf")
     save(0, sd)
-    with pytest.raises(ValueError, match=r"0000123.pt \['ema'\] holds non-finite values .*final_layer.linear.bias"):
+    message = r"0000123.pt \['ema'\] holds non-finite values .*final_layer.linear.bias"
+    with pytest.raises(ValueError, match=message):
         sample_ddp.main(argv[:-2] + ["--sample-dir", str(tmp_path / "t")])
     assert not os.path.exists(tmp_path / "t")
     assert np.load(npz)["arr_0"].shape == (2, 8, 8, 3)
