@@ -44,9 +44,6 @@ from models.vae import decode_latents, load_vae_spec
 
 PNG_RE = re.compile(r"^(\d{6,})\.png$")
 CHUNK_RE = re.compile(r"^chunk-(\d{6,})\.npz$")
-# flags that describe the run (not the sampler): when given, they must equal what the checkpoint says
-# (--path-type is checked by resolve_path_type)
-CHECKED_FLAGS = ("num_classes", "resolution", "qk_norm", "learn_sigma")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -320,10 +317,8 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = args.tf32
     from models import load_checkpoint
 
-    # the file says what it is; flags that are given (not None) must agree with it
     model, info = load_checkpoint(args.ckpt, which=args.which, model_name=args.model,
-                                  time_convention=args.time_convention,
-                                  **{k: getattr(args, k, None) for k in CHECKED_FLAGS})
+                                  time_convention=args.time_convention)
     model = model.to(device).eval()
     s = settings_of(args, info, device)
     vae = None if s["vae"] == "none" else load_vae_spec(args.vae if args.vae != "auto" else "ema", device)

@@ -317,8 +317,7 @@ def file_settings(ck: Checkpoint, sd: dict) -> dict:
 
 # names of flags that sample_ddp (or any caller) may give, and the setting of the file each one must equal
 FLAG_SETTINGS = {"model": "model", "path_type": "path_type", "num_classes": "num_classes",
-                 "resolution": "resolution", "qk_norm": "qk_norm", "learn_sigma": "learn_sigma",
-                 "patch_size": "patch_size", "time_convention": "time_convention"}
+                 "resolution": "resolution", "qk_norm": "qk_norm", "time_convention": "time_convention"}
 
 
 def check_flags(settings: dict, path: str, **flags):

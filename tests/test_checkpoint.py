@@ -221,8 +221,7 @@ def test_flags_that_contradict_the_file(tmp_path):
                            (dict(model_name="SiT-B/2"), "holds a SiT-T/2 but --model is SiT-B/2"),
                            (dict(num_classes=1000), "holds num classes 10 but --num-classes is 1000"),
                            (dict(resolution=256), "holds resolution 64 but --resolution is 256"),
-                           (dict(qk_norm=True), "holds qk norm False but --qk-norm is True"),
-                           (dict(learn_sigma=True), "holds learn sigma False but --learn-sigma is True")):
+                           (dict(qk_norm=True), "holds qk norm False but --qk-norm is True")):
         with pytest.raises(CheckpointError, match=f"repa.pt {message}"):
             load_checkpoint(path, **flags)
     _, info = load_checkpoint(path, path_type="linear", model_name="SiT-T/2", num_classes=10, resolution=64)
@@ -335,6 +334,13 @@ def test_resume_needs_one_of_our_training_files(tmp_path):
         read_training_state(out)
     m = tiny()
     sd = m.state_dict()
+    torch.save(sd, tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match=r"bare.pt is a bare state dict .* lacks model, opt, rng"):
+        read_training_state(str(tmp_path / "bare.pt"))
+    torch.save({"ema": sd, "steps": 5, "time_convention": "ours"}, tmp_path / "ema-only.pt")
+    message = r"ema-only.pt is a training checkpoint of this codebase with ema weights, .* lacks model, opt, rng"
+    with pytest.raises(CheckpointError, match=message):
+        read_training_state(str(tmp_path / "ema-only.pt"))
     opt = adamw_state(m)
     opt["state"][0]["exp_avg_sq"][0] = float("inf")
     torch.save({"model": sd, "ema": sd, "opt": opt, "rng": [], "steps": 1, "time_convention": "ours"},
