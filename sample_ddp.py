@@ -80,11 +80,14 @@ def save_png(image, path):
         Image.fromarray(image).save(tmp, format="PNG")
 
 
-def save_grid(images, path, nrow, pad=2):
-    """(N, H, W, 3) uint8 -> one PNG, nrow images per row, pad pixels of black between them."""
+def save_grid(images, path, nrow, pad=2, min_width=0):
+    """(N, H, W, 3) uint8 -> one PNG, nrow images per row, pad pixels of black between them; each image is enlarged
+    by an integer factor (nearest neighbour) until the grid is at least `min_width` pixels wide. -> the grid."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"save_grid wants (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
+    scale = max(1, -(-(min_width - pad * (nrow + 1)) // (nrow * images.shape[2])))
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     n, h, w, _ = images.shape
     rows = -(-n // nrow)
     grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), dtype=np.uint8)
@@ -92,6 +95,7 @@ def save_grid(images, path, nrow, pad=2):
         r, c = divmod(k, nrow)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[k]
     save_png(grid, path)
+    return grid
 
 
 def sample_images(model, seeds, labels, device, vae=None, quantize="release", **sampler_kwargs):

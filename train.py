@@ -17,13 +17,14 @@ from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
 import runlog
+import tracking
 from fileio import atomic_write_json, remove_stale_temporaries
 from dataset import EpochOrder, build_dataset, sample_posterior
 from loss import LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget, student_head
 from models import (CheckpointError, SiT_models, init_from_checkpoint, load_state_dict_strict, patch_size_of,
                     read_training_state)
 from models.dinov2 import DINOV2_DIMS
-from models.vae import decode_latents
+from models.vae import LATENT_SCALE, decode_latents
 from preemption import RunControl, StopSignals, follow_launcher, parse_signals
 from presets import PRESETS
 
@@ -233,8 +234,9 @@ class Batches:
 
 
 @torch.no_grad()
-def save_preview(ema, args, dataset, run_dir, step, device):
-    """EMA samples from fixed per-image seeds and labels -> samples/NNNNNNN.png (decoded with the VAE for latents)."""
+def save_preview(accelerator, ema, args, dataset, run_dir, step, device, logger):
+    """EMA samples from fixed per-image seeds and labels -> samples/NNNNNNN.png (decoded with the VAE for latents)
+    and the trackers; the log line names the sampler."""
     from sample_ddp import sample_images, save_grid
 
     vae = load_vae_for(args, device) if dataset.is_latent else None
@@ -245,7 +247,30 @@ def save_preview(ema, args, dataset, run_dir, step, device):
     img = sample_images(ema, range(args.seed, args.seed + n), labels, device, vae=vae, mode="sde",
                         num_steps=args.preview_num_steps, cfg_scale=args.preview_cfg_scale,
                         path_type=args.path_type)
-    save_grid(img, os.path.join(run_dir, "samples", f"{step:07d}.png"), nrow=int(math.sqrt(n)))
+    path = os.path.join(run_dir, "samples", f"{step:07d}.png")
+    grid = save_grid(img, path, nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
+    settings = (f"EMA at step {step}, SDE {args.preview_num_steps} steps, CFG {args.preview_cfg_scale}, seeds "
+                f"{args.seed}..{args.seed + n - 1}, label of image i = i mod {dataset.num_classes}")
+    tracking.log_image(accelerator, "samples/ema", grid, step, caption=settings)
+    logger.info(f"preview {path}: {settings}")
+
+
+@torch.no_grad()
+def save_ground_truth(accelerator, args, dataset, run_dir, step, device, logger):
+    """Decoded training items (posterior means for latents) -> samples/ground_truth.png and the trackers: what the
+    previews should look like (checks the latent scaling and the VAE)."""
+    from sample_ddp import save_grid, to_uint8
+
+    vae = load_vae_for(args, device) if dataset.is_latent else None
+    if dataset.is_latent and vae is None:
+        return
+    n = 64 if not dataset.is_latent else 16
+    x = dataset.get_batch(tracking.ground_truth_indices(len(dataset), n))[0]     # (moments | images, labels[, f])
+    if dataset.is_latent:
+        x = x.float().chunk(2, dim=1)[0] * LATENT_SCALE                # the posterior mean, model-space
+    grid = save_grid(to_uint8(decode_latents(vae, x.to(device))), os.path.join(run_dir, "samples", "ground_truth.png"),
+                     nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
+    tracking.log_image(accelerator, "samples/ground_truth", grid, step, caption="decoded training data")
 
 
 _VAE = {}
@@ -382,8 +407,9 @@ def train(args, signals: StopSignals):
         runlog.set_aside(run_dir, step, logger)                         # a later, abandoned branch is kept aside
         metrics = runlog.MetricsWriter(run_dir)
     control = RunControl(signals, device, world, accelerator.is_main_process, args.checkpoint_minutes)
-    if args.report_to != "none":
-        accelerator.init_trackers(args.exp_name, config={k: str(v) for k, v in vars(args).items()})
+    tracking.init_trackers(accelerator, args, run_dir)                  # wandb: the run folder's id, resumed
+    if accelerator.is_main_process:
+        save_ground_truth(accelerator, args, dataset, run_dir, step, device, logger)
     logger.info(f"{args.model}: {sum(p.numel() for p in raw.parameters() if p.requires_grad) / 1e6:.2f}M params, "
                 f"{len(dataset)} items, global batch {args.batch_size}, {world} process(es), run folder {run_dir}")
 
@@ -447,7 +473,7 @@ def train(args, signals: StopSignals):
 
         if args.sample_steps and (step % args.sample_steps == 0 or step == args.max_train_steps):
             if accelerator.is_main_process:
-                save_preview(ema, args, dataset, run_dir, step, device)
+                save_preview(accelerator, ema, args, dataset, run_dir, step, device, logger)
             accelerator.wait_for_everyone()
     bar.close()
 

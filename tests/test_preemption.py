@@ -307,3 +307,41 @@ def test_grad_checkpointing_gives_the_plain_gradients_and_saves_less():
     for n in g0:
         assert torch.equal(g0[n], g1[n]), n
     assert sum(s1) < sum(s0) / 2
+
+
+def test_tensorboard_gets_the_scalars_the_previews_and_the_ground_truth(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    d = run(tmp_path, "tb", "--max-train-steps", "2", "--checkpoint-steps", "2", "--sample-steps", "2",
+            "--preview-num-steps", "2", "--report-to", "tensorboard")
+    ea = EventAccumulator(os.path.join(d, "tb"), size_guidance={"images": 0, "scalars": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    assert {"loss", "loss_gen", "loss_align", "grad_norm", "lr", "img_per_s"} <= set(tags["scalars"])
+    assert [e.step for e in ea.Scalars("loss")] == [2]
+    assert ea.Scalars("loss")[0].value == pytest.approx(rows(d)[0]["loss"], rel=1e-6)
+    assert set(tags["images"]) == {"samples/ema", "samples/ground_truth"}
+    for tag in tags["images"]:
+        (image,) = ea.Images(tag)
+        assert image.width >= 512                                        # 8 x 16 px digits, enlarged
+    assert [e.step for e in ea.Images("samples/ema")] == [2] and os.path.exists(f"{d}/samples/ground_truth.png")
+    assert "preview " in open(f"{d}/log.txt").read() and "SDE 2 steps, CFG" in open(f"{d}/log.txt").read()
+
+
+def test_wandb_resumes_the_run_folders_run(tmp_path):
+    """wandb is not installed here: what accelerate is asked for, at a first start and at a restart."""
+    import argparse
+
+    import tracking
+
+    class Accelerator:
+        is_main_process = True
+
+        def init_trackers(self, name, config, init_kwargs):
+            self.calls = getattr(self, "calls", []) + [init_kwargs]
+
+    acc, args = Accelerator(), argparse.Namespace(report_to="wandb", exp_name="w")
+    tracking.init_trackers(acc, args, str(tmp_path))
+    tracking.init_trackers(acc, args, str(tmp_path))                     # the requeued job
+    first, again = (c["wandb"] for c in acc.calls)
+    assert first == again and first["resume"] == "allow" and len(first["id"]) == 16
+    assert open(tmp_path / "wandb_id.txt").read().strip() == first["id"]
