@@ -345,3 +345,70 @@ def test_wandb_resumes_the_run_folders_run(tmp_path):
     first, again = (c["wandb"] for c in acc.calls)
     assert first == again and first["resume"] == "allow" and len(first["id"]) == 16
     assert open(tmp_path / "wandb_id.txt").read().strip() == first["id"]
+
+
+FAKE_TRAIN = """
+import os, signal, sys, time
+got = []
+for sig in (signal.SIGUSR1, signal.SIGTERM):
+    signal.signal(sig, lambda *a: got.append(1))
+open(os.path.join(sys.argv[1], "train.pid"), "w").write(str(os.getpid()))
+while not got:
+    time.sleep(0.02)
+time.sleep(1)                                          # the checkpoint being written
+open(os.path.join(sys.argv[1], "checkpoint"), "w").write("written")
+"""
+
+
+def slurm_job(tmp_path, signal_it):
+    """scripts/slurm.sbatch with stand-ins for srun and scontrol; the 'launch script' records its environment,
+    runs a training stand-in that catches the stop signals, then an 'evaluation' stage."""
+    import psutil
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/bin/sh\nif [ "$1" = show ]; then printf "node-a\\nnode-b\\n"; '
+                                      'else echo "$@" >> "$OUT/scontrol"; fi\n')
+    (bin_dir / "srun").write_text('#!/bin/sh\nwhile [ "${1#--}" != "$1" ]; do shift; done\n'
+                                  'SLURM_NODEID=0 exec "$@"\n')
+    (tmp_path / "train.py").write_text(FAKE_TRAIN)
+    chain = tmp_path / "chain.sh"
+    chain.write_text(f'#!/usr/bin/env bash\nset -e\necho "$MASTER_ADDR $MASTER_PORT $NNODES $SLURM_NODEID" > '
+                     f'"$OUT/env"\n{sys.executable} {tmp_path}/train.py "$OUT"\necho done > "$OUT/eval"\n')
+    for f in ("scontrol", "srun", "chain.sh"):
+        os.chmod(tmp_path / ("bin/" + f if f != "chain.sh" else f), 0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path), "TMPDIR": str(tmp_path),
+           "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2",
+           "SLURM_SUBMIT_DIR": ROOT}
+    env.pop("MASTER_ADDR", None)
+    env.pop("MASTER_PORT", None)
+    job = subprocess.Popen(["bash", "scripts/slurm.sbatch", str(chain)], cwd=ROOT, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while not (tmp_path / "train.pid").exists():
+        assert job.poll() is None and time.time() - t0 < 60, job.communicate()
+        time.sleep(0.05)
+    if signal_it:                                                       # SLURM signals every process of the step
+        for p in psutil.Process(job.pid).children(recursive=True):
+            try:
+                p.send_signal(signal.SIGUSR1)
+            except psutil.NoSuchProcess:                                # a short-lived helper
+                pass
+    else:
+        os.kill(int((tmp_path / "train.pid").read_text()), signal.SIGUSR1)   # only to end the stand-in
+    out, err = job.communicate(timeout=60)
+    return job.returncode, out + err
+
+
+def test_slurm_template_requeues_after_a_clean_stop(tmp_path):
+    rc, out = slurm_job(tmp_path, signal_it=True)
+    assert rc == 0, out
+    assert (tmp_path / "env").read_text().split() == ["node-a", str(20000 + 4242), "2", "0"]
+    assert (tmp_path / "checkpoint").read_text() == "written"          # the launchers survived SIGUSR1
+    assert (tmp_path / "scontrol").read_text().split() == ["requeue", "4242"]
+    assert not (tmp_path / "eval").exists()                            # the script stopped with the training
+
+
+def test_slurm_template_without_a_signal_runs_the_script_to_its_end(tmp_path):
+    rc, out = slurm_job(tmp_path, signal_it=False)
+    assert rc == 0, out
+    assert (tmp_path / "eval").read_text() == "done\n" and not (tmp_path / "scontrol").exists()
