@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from fileio import atomic_path, atomic_torch_save, atomic_write_text
+from models.checkpoint import CheckpointError, read_checkpoint
 
 ROLLING = "latest.pt"
 
@@ -61,8 +62,8 @@ def file_step(path: str) -> int | None:
     if re.fullmatch(r"\d{7,}\.pt", name):
         return int(name[:-3])
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["steps"])
-    except Exception:
+        return read_checkpoint(path).steps
+    except CheckpointError:
         return None
 
 
