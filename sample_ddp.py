@@ -194,7 +194,8 @@ def parse_args(argv=None):
     p.add_argument("--which", choices=["ema", "model"], default="ema", help="weights to load (default: EMA)")
     p.add_argument("--model", default=None, help="expected model name (checked against the file), e.g. SiT-XL/2")
     p.add_argument("--time-convention", choices=["ours", "repa", "sit"], default=None,
-                   help="required for foreign files: 'sit' (public SiT, t = 0 noise) or 'repa' (REPA / SRA)")
+                   help="for a bare state dict, which does not say (training files and exports do): 'sit' "
+                   "(public SiT, t = 0 noise) or 'repa' (REPA / SRA)")
     p.add_argument("--vae", default="auto", help="'ema' | 'mse' (HF cache) | a local folder | 'none' (pixel "
                    "model); auto = ema for 4-channel latent models, none otherwise")
     p.add_argument("--mode", choices=["sde", "ode"], default="sde")

@@ -235,6 +235,26 @@ def test_bare_state_dicts_still_need_the_time_convention(tmp_path):
         load_checkpoint(path)
     _, info = load_checkpoint(path, time_convention="repa")
     assert info["time_convention"] == "repa" and info["path_type"] is None and info["source"] == "state dict"
+    legacy = str(tmp_path / "legacy.pt")
+    torch.save(tiny().state_dict(), legacy, _use_new_zipfile_serialization=False)
+    model, _ = load_checkpoint(legacy, time_convention="repa")
+    assert torch.equal(model.pos_embed, tiny().pos_embed)
+
+
+def test_sample_ddp_runs_a_repa_training_file_as_is(tmp_path):
+    """REPA's {model, ema, opt, args (Namespace), steps}: sampled without --time-convention (was a traceback)."""
+    import numpy as np
+    import sample_ddp
+
+    model = tiny(1, in_channels=1, align_head="projector", z_dim=16)
+    path = str(tmp_path / "0400000.pt")
+    torch.save({"model": model.state_dict(), "ema": model.state_dict(), "opt": adamw_state(model),
+                "args": repa_args(), "steps": 400000}, path)
+    npz = sample_ddp.main(["--ckpt", path, "--num-fid-samples", "2", "--num-steps", "2", "--mode", "ode",
+                           "--sample-dir", str(tmp_path / "s"), "--no-progress"])
+    assert np.load(npz)["arr_0"].shape == (2, 8, 8, 3)
+    record = json.load(open(os.path.join(os.path.dirname(npz), "sampling.json")))
+    assert record["settings"]["time_convention"] == "repa" and record["settings"]["steps"] == 400000
 
 
 def test_export_writes_the_ema_alone_with_its_settings(tmp_path):
