@@ -90,6 +90,10 @@ def _torch_load(path: str, head: bytes):
         raise _unreadable(path, f"not a PyTorch or safetensors file (it starts with {head[:8]!r})")
     if is_zip and not zipfile.is_zipfile(path):
         raise _unreadable(path, "truncated or corrupt (its zip archive has no central directory)")
+    if is_zip:
+        with zipfile.ZipFile(path) as z:
+            if not any(n.endswith("data.pkl") for n in z.namelist()):
+                raise _unreadable(path, "a zip archive but not a torch.save file (it has no data.pkl)")
     try:
         with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
@@ -187,7 +191,9 @@ def read_checkpoint(path: str) -> Checkpoint:
         tensors, settings = _safetensors_load(path)
         if not tensors:
             raise CheckpointError(f"{path}: holds no tensors")
-        return Checkpoint(path, "export", {"ema": tensors}, args=settings.get("args") or {},
+        # a safetensors file without this codebase's metadata is a bare state dict
+        source = "export" if settings else "state dict"
+        return Checkpoint(path, source, {"ema": tensors}, args=settings.get("args") or {},
                           time_convention=settings.get("time_convention"), steps=settings.get("steps"),
                           settings=settings)
     obj = _torch_load(path, head)

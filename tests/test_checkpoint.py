@@ -170,6 +170,7 @@ def broken_inputs(tmp_path):
              "non-finite EMA": ("nan.pt",
                                 r"\['ema'\] holds non-finite values in 1 tensor\(s\) \(blocks.0.mlp.fc1"),
              "truncated safetensors": ("half.safetensors", "cannot read this checkpoint"),
+             "an npz": ("arrays.pt", "a zip archive but not a torch.save file"),
              "wrong model for its args": ("lying.pt", "its args say model 'SiT-B/2'"),
              "wrong resolution for its args": ("res.pt", "its args say resolution 256")}
     rng = torch.Generator().manual_seed(0)
@@ -186,6 +187,8 @@ def broken_inputs(tmp_path):
     sd["blocks.0.mlp.fc1.weight"][0, 0] = float("nan")
     torch.save({"model": tiny().state_dict(), "ema": sd, "args": repa_args()}, tmp_path / "nan.pt")
     export(good, str(tmp_path / "full.safetensors"))
+    with open(tmp_path / "arrays.pt", "wb") as f:
+        __import__("numpy").savez(f, a=[1.0])
     st = open(tmp_path / "full.safetensors", "rb").read()
     (tmp_path / "half.safetensors").write_bytes(st[: len(st) // 2])
     release_file(str(tmp_path / "lying.pt"), "repa", model="SiT-B/2")
@@ -235,6 +238,11 @@ def test_bare_state_dicts_still_need_the_time_convention(tmp_path):
         load_checkpoint(path)
     _, info = load_checkpoint(path, time_convention="repa")
     assert info["time_convention"] == "repa" and info["path_type"] is None and info["source"] == "state dict"
+    from safetensors.torch import save_file
+    # a third-party safetensors file: no settings in its metadata
+    save_file(tiny().state_dict(), str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model.safetensors is a bare state dict .* --time-convention"):
+        load_checkpoint(str(tmp_path / "model.safetensors"))
     legacy = str(tmp_path / "legacy.pt")
     torch.save(tiny().state_dict(), legacy, _use_new_zipfile_serialization=False)
     model, _ = load_checkpoint(legacy, time_convention="repa")
@@ -242,7 +250,8 @@ def test_bare_state_dicts_still_need_the_time_convention(tmp_path):
 
 
 def test_sample_ddp_runs_a_repa_training_file_as_is(tmp_path):
-    """REPA's {model, ema, opt, args (Namespace), steps}: sampled without --time-convention (was a traceback)."""
+    """REPA's {model, ema, opt, args (Namespace), steps}: sampled without --time-convention (a traceback
+    before)."""
     import numpy as np
     import sample_ddp
 
@@ -358,7 +367,7 @@ def test_resume_needs_one_of_our_training_files(tmp_path):
     with pytest.raises(CheckpointError, match=r"bare.pt is a bare state dict .* lacks model, opt, rng"):
         read_training_state(str(tmp_path / "bare.pt"))
     torch.save({"ema": sd, "steps": 5, "time_convention": "ours"}, tmp_path / "ema-only.pt")
-    message = r"ema-only.pt is a training checkpoint of this codebase with ema weights, .* lacks model, opt, rng"
+    message = r"ema-only.pt is a training checkpoint of this codebase with ema weights, .* lacks model, opt"
     with pytest.raises(CheckpointError, match=message):
         read_training_state(str(tmp_path / "ema-only.pt"))
     opt = adamw_state(m)
