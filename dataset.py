@@ -35,6 +35,74 @@ from models.vae import LATENT_SCALE
 SHARD_FORMAT = "sit-latent-shards"
 
 
+class DataError(ValueError):
+    """A dataset file that cannot be used; the message names the file and says what is wrong with it.
+
+    Raised in DataLoader workers too: the loader re-raises it in the training process as DataError(its report),
+    a report of several lines ending in "dataset.DataError: <message>"; the message is recovered from it, so that
+    train.py can end with that one line."""
+
+    def __init__(self, message: str):
+        tag = f"{type(self).__module__}.{type(self).__name__}: "
+        if message.startswith(f"Caught {type(self).__name__} ") and tag in message:
+            message = message.rstrip().rsplit(tag, 1)[1]
+        super().__init__(message)
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            out = json.load(f)
+    except (OSError, ValueError) as e:                              # ValueError: json.JSONDecodeError, bad UTF-8
+        raise DataError(f"{path} cannot be read as JSON ({type(e).__name__}: {e}); rewrite it (rerun the "
+                        f"command that made the dataset)") from None
+    if not isinstance(out, dict):
+        raise DataError(f"{path} holds a JSON {type(out).__name__}, expected an object")
+    return out
+
+
+def _need(info: dict, path: str, *keys):
+    """info[key] for each key, or a DataError naming the file and the missing keys."""
+    missing = [k for k in keys if k not in info]
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(map(repr, missing))}: not a complete dataset description")
+    return [info[k] for k in keys]
+
+
+def _open_npy(path: str, mmap_mode=None) -> np.ndarray:
+    """np.load of a plain numeric .npy, or a DataError naming the file (random bytes, cut short, pickled)."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        with open(path, "rb") as f:
+            numpy_header = f.read(6) == b"\x93NUMPY"
+        why = str(e) if numpy_header else "no .npy header: the file holds other bytes"
+        raise DataError(f"{path} cannot be read as a .npy array ({why}); the file is damaged or cut short: "
+                        f"rewrite it (rerun the command that made the dataset)") from None
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, path: str, where=lambda i: f"sample {i}", given=""):
+    """Integer labels in 0..num_classes - 1 (one vectorised pass at load time, never per step)."""
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{path} holds {labels.dtype} labels, expected integers (class indices)")
+    if labels.size == 0:
+        return
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(f"{path}: label {int(labels[i])} of {where(i)} is outside the {num_classes} classes "
+                        f"0..{num_classes - 1}{given} ({bad.size} such labels)")
+
+
+def _check_finite(x: np.ndarray, where):
+    """The moments just read are finite (vectorised over what was loaded); where() names the file and row."""
+    if not np.isfinite(x).all():
+        raise DataError(f"{where()} holds non-finite moments (NaN or inf): the file is damaged; re-encode this "
+                        f"shard (delete it and rerun the preprocessing command)")
+
+
 def digits_images(resolution: int = 16):
     """scikit-learn's bundled handwritten digits (1797 images of 8x8, 10 classes), no download.
 
@@ -80,7 +148,7 @@ def _check_arrays(files, counts, item_shape, listed_in):
     for file, count in zip(files, counts):
         if not os.path.isfile(file):
             raise FileNotFoundError(f"{file} listed in {listed_in} is missing")
-        shape = np.load(file, mmap_mode="r").shape
+        shape = _open_npy(file, mmap_mode="r").shape
         if shape != (count,) + tuple(item_shape):
             raise ValueError(f"{file} has shape {shape}, {listed_in} says {(count,) + tuple(item_shape)}")
 
@@ -102,23 +170,29 @@ class LatentShardDataset(torch.utils.data.Dataset):
             hint = " (shards/ exists: preprocessing has not finished; rerun it)" if os.path.isdir(
                 os.path.join(data_dir, "shards")) else ""
             raise FileNotFoundError(f"{path} not found{hint}")
-        with open(path) as f:
-            self.info = json.load(f)
+        self.info = read_json(path)
         if self.info.get("format") != SHARD_FORMAT:
             raise ValueError(f"{path} is not a {SHARD_FORMAT!r} dataset.json (format={self.info.get('format')!r})")
+        shards, labels_file, moments_shape, num_classes, resolution, latent_size = _need(
+            self.info, path, "shards", "labels", "moments_shape", "num_classes", "resolution", "latent_size")
         self.data_dir = data_dir
-        self.shard_files = [os.path.join(data_dir, s["file"]) for s in self.info["shards"]]
-        counts = [s["count"] for s in self.info["shards"]]
+        try:
+            self.shard_files = [os.path.join(data_dir, s["file"]) for s in shards]
+            counts = [int(s["count"]) for s in shards]
+            self.item_shape = tuple(int(d) for d in moments_shape)                  # (8, h, w)
+            self.num_classes, self.resolution = int(num_classes), int(resolution)
+            self.latent_size = int(latent_size)
+        except (TypeError, KeyError, ValueError) as e:
+            raise DataError(f"{path}: malformed entry ({type(e).__name__}: {e})") from None
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)   # shard s = [off[s], off[s+1])
-        self.labels = np.load(os.path.join(data_dir, self.info["labels"]))          # (N,) int64
-        self.item_shape = tuple(self.info["moments_shape"])                         # (8, h, w)
+        labels_path = os.path.join(data_dir, labels_file)
+        self.labels = _open_npy(labels_path)                                        # (N,) int64
         n = int(self.offsets[-1])
         if self.labels.shape != (n,):
-            raise ValueError(f"{data_dir}: labels.npy has shape {self.labels.shape}, the shards hold {n} samples")
+            raise ValueError(f"{labels_path} has shape {self.labels.shape}, the shards hold {n} samples")
+        _check_labels(self.labels, self.num_classes, labels_path, self._sample_name,
+                      f" (num_classes in {path})")
         _check_arrays(self.shard_files, counts, self.item_shape, path)
-        self.num_classes = int(self.info["num_classes"])
-        self.resolution = int(self.info["resolution"])
-        self.latent_size = int(self.info["latent_size"])
         self.has_flips = bool(self.info.get("flip"))
         self.class_names = self.info.get("class_names")
         self._maps = self._feature_maps = None                                      # opened lazily per process
@@ -135,8 +209,7 @@ class LatentShardDataset(torch.utils.data.Dataset):
         path = os.path.join(folder, "features.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: {how} has not finished; rerun it")
-        with open(path) as f:
-            info = json.load(f)
+        info = read_json(path)
         if list(info.get("counts", [])) != list(counts):
             raise ValueError(f"precomputed features {folder} do not match the moments shards of {self.data_dir}: "
                              f"{len(info.get('counts', []))} shards with counts {_short(info.get('counts'))} vs "
@@ -152,16 +225,20 @@ class LatentShardDataset(torch.utils.data.Dataset):
 
     def _shards(self):
         if self._maps is None:
-            self._maps = [np.load(f, mmap_mode="r") for f in self.shard_files]
+            self._maps = [_open_npy(f, mmap_mode="r") for f in self.shard_files]
         return self._maps
 
     def _features(self):
         if self._feature_maps is None:
-            self._feature_maps = [np.load(f, mmap_mode="r") for f in self.feature_files]
+            self._feature_maps = [_open_npy(f, mmap_mode="r") for f in self.feature_files]
         return self._feature_maps
 
     def __len__(self):
         return int(self.offsets[-1])
+
+    def _sample_name(self, i: int) -> str:
+        s = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return f"sample {i} (row {i - int(self.offsets[s])} of {self.shard_files[s]})"
 
     def __getitem__(self, i):
         i = int(i)
@@ -169,6 +246,7 @@ class LatentShardDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
         s = int(np.searchsorted(self.offsets, i, side="right")) - 1
         x = np.array(self._shards()[s][i - self.offsets[s]], dtype=np.float32)    # (8, h, w), a copy
+        _check_finite(x, lambda: self._sample_name(i))
         y = torch.tensor(int(self.labels[i]), dtype=torch.int64)
         if self.features is None:
             return torch.from_numpy(x), y
@@ -189,6 +267,7 @@ class LatentShardDataset(torch.utils.data.Dataset):
             local = idx[sel] - self.offsets[s]
             order = np.argsort(local, kind="stable")                                 # sorted reads from the file
             out[sel[order]] = self._shards()[s][local[order]]
+            _check_finite(out[sel], lambda: f"{self.shard_files[s]} (rows {sorted(local.tolist())[:8]})")
             if feats is not None:
                 feats[sel[order]] = self._features()[s][local[order]]
         y = torch.from_numpy(self.labels[idx].astype(np.int64))
@@ -228,11 +307,15 @@ class RepaLatentDataset(torch.utils.data.Dataset):
         if folder is None:
             raise FileNotFoundError(f"{os.path.join(data_dir, 'vae-sd', 'dataset.json')} not found (REPA layout)")
         self.folder = folder
-        with open(os.path.join(folder, "dataset.json")) as f:
-            entries = json.load(f).get("labels")
+        path = os.path.join(folder, "dataset.json")
+        entries = read_json(path).get("labels")
         if not entries:
             raise ValueError(f"{folder}/dataset.json has no labels (expected {{\"labels\": [[relpath, label], ...]}})")
-        labels = {str(rel).replace("\\", "/"): int(y) for rel, y in entries}
+        try:
+            labels = {str(rel).replace("\\", "/"): int(y) for rel, y in entries}
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{path}: 'labels' must be [[relpath, integer label], ...] ({type(e).__name__}: "
+                            f"{e})") from None
         found = set()
         for root, _, files in os.walk(folder):
             for f in files:
@@ -244,22 +327,26 @@ class RepaLatentDataset(torch.utils.data.Dataset):
                              f"{unlabelled[:3]}) and {len(missing)} labelled files missing (e.g. {missing[:3]})")
         self.files = sorted(found)                                                  # relative paths
         self.labels = np.asarray([labels[r] for r in self.files], dtype=np.int64)
-        first = np.load(os.path.join(folder, self.files[0]), mmap_mode="r")
+        first = _open_npy(os.path.join(folder, self.files[0]), mmap_mode="r")
         if first.ndim != 3 or first.shape[0] != 8:
             raise ValueError(f"{folder}/{self.files[0]}: expected moments (8, h, w), got {first.shape}")
         self.item_shape = tuple(first.shape)
         self.latent_size = first.shape[1]
         self.resolution = 8 * first.shape[1]
-        self.num_classes = int(num_classes) if num_classes else int(self.labels.max()) + 1
+        self.num_classes = int(num_classes) if num_classes else max(int(self.labels.max()) + 1, 1)
+        _check_labels(self.labels, self.num_classes, path, lambda i: self.files[i],
+                      f" (--num-classes {num_classes})" if num_classes else "")
 
     def __len__(self):
         return len(self.files)
 
     def load(self, i) -> np.ndarray:
         """The stored array of item i as is (float32 (8, h, w))."""
-        x = np.load(os.path.join(self.folder, self.files[i]))
+        path = os.path.join(self.folder, self.files[i])
+        x = _open_npy(path)
         if x.shape != self.item_shape:
-            raise ValueError(f"{self.folder}/{self.files[i]} has shape {x.shape}, expected {self.item_shape}")
+            raise DataError(f"{path} has shape {x.shape}, expected {self.item_shape}")
+        _check_finite(x, lambda: path)
         return x
 
     def __getitem__(self, i):
@@ -288,7 +375,11 @@ def build_dataset(data_dir: str, num_classes: int = None, features: str = None):
                          f"(dataset.json + shards/ + sources.txt); {data_dir!r} is not one (the digits and the "
                          f"REPA/SRA latent folder have none: run the encoder on the fly instead)")
     if data_dir == "digits" or str(data_dir).startswith("digits:"):
-        return DigitsDataset(int(data_dir.split(":")[1]) if ":" in data_dir else 16)
+        side = data_dir.partition(":")[2] or "16"
+        if not side.isdigit():
+            raise ValueError(f"{data_dir!r}: the embedded dataset is 'digits' or 'digits:R' with R a multiple of 8 "
+                             f"(e.g. digits:32)")
+        return DigitsDataset(int(side))
     if is_shards:
         return LatentShardDataset(data_dir, features)
     if _repa_folder(data_dir) is not None:

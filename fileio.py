@@ -118,3 +118,18 @@ def stream_npz(path: str, shape, chunks, dtype=np.uint8, extra: dict | None = No
             for key, value in (extra or {}).items():
                 with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.asarray(value))
+
+
+def unusable_folder(path: str, what: str) -> str:
+    """Why `path` cannot be (or become) a folder to write in, as a message naming `what` (the flag); "" when it
+    can. Checked before any work starts, so that a long run does not fail at its first write."""
+    if os.path.isdir(path):
+        return "" if os.access(path, os.W_OK | os.X_OK) else f"{what} {path}: the folder is not writable"
+    if os.path.exists(path):
+        return f"{what} {path} is a file, not a folder"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{what} {path}: {parent} is a file, not a folder"
+    return "" if os.access(parent, os.W_OK | os.X_OK) else f"{what} {path}: {parent} is not writable"

@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 import samplers
-from fileio import atomic_path, atomic_write_json, stream_npz
+from fileio import atomic_path, atomic_write_json, stream_npz, unusable_folder
 from models.vae import decode_latents, load_vae_spec
 
 PNG_RE = re.compile(r"^(\d{6,})\.png$")
@@ -234,6 +234,7 @@ def parse_args(argv=None):
         p.error("--heun needs --mode ode (the SDE sampler is Euler-Maruyama)")
     if not 0 <= args.guidance_low <= args.guidance_high <= 1:
         p.error(f"need 0 <= --guidance-low <= --guidance-high <= 1, got {args.guidance_low}, {args.guidance_high}")
+    check_args(args)
     return args
 
 
@@ -244,6 +245,24 @@ def resolve_path_type(flag, info, ckpt):
     if flag is not None and recorded is not None and flag != recorded:
         raise ValueError(f"--path-type {flag} but {ckpt} was trained with --path-type {recorded}")
     return flag or recorded or "linear"
+
+
+def check_args(args):
+    """Values that would crash after the model is loaded, or give NaN images: ValueError naming the flag."""
+    if not 0 <= args.cfg_scale < float("inf"):
+        raise ValueError(f"--cfg-scale must be a finite number >= 0 (1 = no guidance), got {args.cfg_scale}")
+    last = args.global_seed + max(args.num_fid_samples, args.grid_per_class)
+    if last >= 2 ** 63:                                              # torch generators take int64 seeds
+        raise ValueError(f"--global-seed {args.global_seed}: image i uses seed global_seed + i, which must stay "
+                         f"below 2**63 for all {max(args.num_fid_samples, args.grid_per_class)} images")
+    if args.grid and args.grid_per_class < 1:
+        raise ValueError(f"--grid-per-class must be >= 1, got {args.grid_per_class}")
+    if args.vae not in ("auto", "none", "ema", "mse") and os.path.isfile(args.vae):
+        raise ValueError(f"--vae {args.vae} is a file: pass the diffusers AutoencoderKL folder that holds it "
+                         f"(config.json + weights), or ema | mse")
+    problem = unusable_folder(args.sample_dir, "--sample-dir")
+    if problem:
+        raise ValueError(problem)
 
 
 def settings_of(args, info, device):

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 import runlog
 import tracking
-from fileio import atomic_write_json, remove_stale_temporaries
-from dataset import EpochOrder, build_dataset, sample_posterior
+from fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
+from dataset import DataError, EpochOrder, build_dataset, sample_posterior
 from loss import LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget, student_head
 from models import (CheckpointError, SiT_models, init_from_checkpoint, load_state_dict_strict, patch_size_of,
                     read_training_state)
@@ -120,7 +120,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _out_of_range(flag: str, value, low, high, closed_high=True) -> str:
+    """The message for a value outside [low, high] (or [low, high)), or "" when it lies inside; NaN is outside."""
+    inside = low <= value <= high if closed_high else low <= value < high
+    return "" if inside else f"{flag} must lie in [{low}, {high}{']' if closed_high else ')'}, got {value}"
+
+
 def check_args(args, world_size: int):
+    """Flag values that would crash deep inside torch or train silently wrong, refused in one line each."""
+    problems = [
+        _out_of_range("--ema-decay", args.ema_decay, 0, 1),
+        _out_of_range("--class-dropout-prob", args.class_dropout_prob, 0, 1, closed_high=False),
+        _out_of_range("--adam-beta1", args.adam_beta1, 0, 1, closed_high=False),
+        _out_of_range("--adam-beta2", args.adam_beta2, 0, 1, closed_high=False),
+    ]
+    for flag in ("learning_rate", "adam_weight_decay"):
+        if not 0 <= getattr(args, flag) < math.inf:
+            problems.append(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {getattr(args, flag)}")
+    if not args.max_grad_norm > 0:                                  # a negative clip coefficient is gradient ascent
+        problems.append(f"--max-grad-norm must be > 0 (inf: no clipping), got {args.max_grad_norm}")
+    if not args.adam_epsilon > 0:
+        problems.append(f"--adam-epsilon must be > 0, got {args.adam_epsilon}")
+    for flag in ("batch_size", "gradient_accumulation_steps", "preview_num_steps"):
+        if getattr(args, flag) < 1:
+            problems.append(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    for flag in ("sample_steps", "keep_last", "keep_every", "eval_samples", "num_workers"):
+        if getattr(args, flag) < 0:
+            problems.append(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+    if not 0 <= args.seed < 2 ** 32 - world_size - 1:                 # rank r draws with seed + r + 1
+        problems.append(f"--seed must lie in [0, 2**32 - {world_size + 1}), got {args.seed}")
+    problems.append(unusable_folder(os.path.join(args.output_dir, args.exp_name), "--output-dir / --exp-name"))
+    problems = [p for p in problems if p]
+    if problems:
+        raise SystemExit(problems[0] if len(problems) == 1 else f"{len(problems)} bad flags: {'; '.join(problems)}")
     if args.batch_size % (world_size * args.gradient_accumulation_steps):
         raise SystemExit(f"--batch-size {args.batch_size} is the global batch: it must be divisible by "
                          f"{world_size} processes x --gradient-accumulation-steps {args.gradient_accumulation_steps}")
@@ -200,6 +232,9 @@ class Batches:
 
     def __init__(self, dataset, args, local_batch, rank, world, device):
         self.dataset, self.device = dataset, device
+        if len(dataset) < args.batch_size:
+            raise SystemExit(f"--batch-size {args.batch_size} is larger than --data-dir {args.data_dir} "
+                             f"({len(dataset)} items): one global batch must fit in the dataset")
         self.order = EpochOrder(len(dataset), local_batch, seed=args.seed, rank=rank, world_size=world)
         self.on_device = not dataset.is_latent                          # the digits fit in memory: index directly
         if self.on_device:
@@ -227,7 +262,10 @@ class Batches:
     def next(self):
         if self._it is None:
             self._it = self._loader()
-        x, y, extra = next(self._it)
+        try:
+            x, y, extra = next(self._it)
+        except DataError as e:                                          # a damaged file, named (dataset.py)
+            raise SystemExit(f"--data-dir: {e}") from None
         if self.dataset.is_latent:
             x = sample_posterior(x)                                     # z = (mean + std n) * 0.18215
         return x, y, extra

@@ -23,8 +23,11 @@ from tqdm import tqdm
 from .crop import IMAGE_EXTENSIONS, center_crop_adm, load_rgb
 from .shards import (DTYPES, ShardWriter, atomic_save_npy, atomic_write_json, finalize, fingerprint, shard_files,
                      shard_is_done)
-from .launch import rank_environment
+from .launch import check_launch_flags, rank_environment
+from fileio import unusable_folder
 from models.vae import DEFAULT_VAE_ID, PRECISIONS, configure_precision, encode_moments, load_vae
+
+RESOLUTION_STEP = 16            # VAE factor 8 x the smallest SiT patch (2): the latent side must split into patches
 
 
 def scan_folder(src_dir: str):
@@ -76,6 +79,22 @@ class CropDataset(torch.utils.data.Dataset):
             return idx, None, f"crop failed: {type(e).__name__}: {e}"
 
 
+def check_flags(out_dir, resolution, batch_size, shard_size, reference_batch=0, max_shards=None):
+    """Flag values refused before anything is read or written (ValueError naming the flag)."""
+    if resolution % RESOLUTION_STEP or resolution < RESOLUTION_STEP:
+        raise ValueError(f"--resolution {resolution}: must be a positive multiple of {RESOLUTION_STEP} (the SD-VAE "
+                         f"downsamples by 8 and the smallest SiT patch is 2; /4 models need a multiple of 32, /8 "
+                         f"models of 64), e.g. 256 or 512 for ImageNet")
+    for flag, value, low in (("--batch-size", batch_size, 1), ("--shard-size", shard_size, 1),
+                             ("--reference-batch", reference_batch, 0),
+                             ("--max-shards", 1 if max_shards is None else max_shards, 1)):
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    problem = unusable_folder(out_dir, "OUT_DIR")
+    if problem:
+        raise ValueError(problem)
+
+
 def _collate(batch):
     return batch
 
@@ -89,10 +108,7 @@ def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae
     max_shards: stop after finishing that many shards in this process (for time-limited jobs; rerun to continue).
     Returns dataset.json's content when this call finished the dataset, else None.
     """
-    if resolution % 8 != 0 or resolution < 8:
-        raise ValueError(f"--resolution must be a multiple of 8 (256 or 512 for ImageNet), got {resolution}")
-    if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"--batch-size and --shard-size must be >= 1, got {batch_size} and {shard_size}")
+    check_flags(out_dir, resolution, batch_size, shard_size, reference_batch, max_shards)
     if precision not in PRECISIONS or dtype not in DTYPES:
         raise ValueError(f"--precision must be in {PRECISIONS} and --dtype in {DTYPES}; got {precision}, {dtype}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -115,7 +131,7 @@ def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae
 
     os.makedirs(os.path.join(out_dir, "shards"), exist_ok=True)
     mine = [k for k in range(num_shards) if k % world_size == rank]
-    todo = [k for k in mine if not shard_is_done(out_dir, k, shard_fingerprint(k))]
+    todo = [k for k in mine if not shard_is_done(out_dir, k, shard_fingerprint(k), settings)]
     stopped_early = max_shards is not None and len(todo) > max_shards
     if stopped_early:
         todo = todo[:max_shards]
@@ -138,7 +154,7 @@ def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae
         t0 = time.time()
         for k in todo:
             _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, precision, dtype, flip,
-                          resolution, reference, shard_fingerprint(k), device, bar)
+                          resolution, reference, shard_fingerprint(k), device, bar, settings)
         bar.close()
         if progress:
             print(f"[preprocessing] rank {rank}: {len(indices)} images in {time.time() - t0:.1f}s "
@@ -168,7 +184,7 @@ def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae
 
 
 def _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, precision, dtype, flip, resolution,
-                  reference, fp, device, bar):
+                  reference, fp, device, bar, settings=None):
     """Consume shard k's items from `stream`, encode them in batches, write the shard atomically."""
     lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
     files = shard_files(out_dir, k)
@@ -210,7 +226,8 @@ def _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, pre
             flush()
         if ref_crops:
             atomic_save_npy(files["reference"], np.stack(ref_crops))  # (m, res, res, 3) uint8
-        meta = {"fingerprint": fp, "shard": k, "first_item": lo, "num_items": hi - lo, "count": writer.count,
+        meta = {"fingerprint": fp, "settings": settings, "shard": k, "first_item": lo, "num_items": hi - lo,
+                "count": writer.count,
                 "labels": labels, "sources": sources, "skipped": skipped, "reference_ranks": ref_ranks,
                 "stats": writer.stats}
         atomic_write_json(files["meta"], meta, indent=None)          # meta first, the moments file last
@@ -252,6 +269,13 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        check_launch_flags(args.workers, args.device)
+        check_flags(args.out_dir, args.resolution, args.batch_size, args.shard_size, args.reference_batch,
+                    args.max_shards)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     with rank_environment(args.workers, args.device) as (rank, world_size, workers, device):
         try:
             encode_folder(args.src_dir, args.out_dir, args.resolution, vae_path=args.vae_path, vae_id=args.vae_id,
@@ -260,7 +284,7 @@ def main(argv=None):
                           reference_batch=args.reference_batch, reference_seed=args.reference_seed,
                           min_size=args.min_size, max_shards=args.max_shards, rank=rank, world_size=world_size,
                           progress=not args.no_progress)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:                    # incl. SettingsMismatch (a rerun)
             print(f"error: {e}", file=sys.stderr)
             return 2
     return 0

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fileio import unusable_folder
 from .shards import DTYPES, ShardWriter, atomic_write_json, finalize, fingerprint, shard_files, shard_is_done
 
 
@@ -38,6 +39,15 @@ def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classe
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         from dataset import RepaLatentDataset
 
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0 (0: read in the main process), got {workers}")
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"--num-classes must be >= 1, got {num_classes}")
+    problem = unusable_folder(out_dir, "OUT_DIR")
+    if problem:
+        raise ValueError(problem)
     ds = RepaLatentDataset(data_dir, num_classes)
     n = len(ds)
     num_shards = (n + shard_size - 1) // shard_size
@@ -48,7 +58,7 @@ def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classe
         lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
         return fingerprint({"settings": settings, "items": [[ds.files[i], int(ds.labels[i])] for i in range(lo, hi)]})
 
-    todo = [k for k in range(num_shards) if not shard_is_done(out_dir, k, shard_fingerprint(k))]
+    todo = [k for k in range(num_shards) if not shard_is_done(out_dir, k, shard_fingerprint(k), settings)]
     print(f"[import-repa] {n} latents {ds.item_shape} in {ds.folder}; {num_shards} shards, {len(todo)} to write",
           flush=True)
     bar = tqdm(total=sum(min(n, (k + 1) * shard_size) - k * shard_size for k in todo), unit="latent",
@@ -63,7 +73,7 @@ def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classe
             for batch in loader:                                   # (B, 8, h, w) float32
                 writer.write(batch)
                 bar.update(len(batch))
-            meta = {"fingerprint": shard_fingerprint(k), "shard": k, "first_item": lo, "num_items": hi - lo,
+            meta = {"fingerprint": shard_fingerprint(k), "settings": settings, "shard": k, "first_item": lo, "num_items": hi - lo,
                     "count": writer.count, "labels": ds.labels[lo:hi].tolist(),
                     "sources": [[ds.files[i], 0] for i in range(lo, hi)], "skipped": [],
                     "stats": writer.stats}

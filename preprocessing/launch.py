@@ -26,3 +26,19 @@ def rank_environment(workers=None, device=None):
     finally:
         if world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def check_launch_flags(workers=None, device=None):
+    """--workers and --device checked before any process group, device or file is touched (ValueError)."""
+    if workers is not None and workers < 0:
+        raise ValueError(f"--workers must be >= 0 (0: decode in the main process), got {workers}")
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is visible here (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) are visible")

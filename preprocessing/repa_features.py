@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dataset import read_json
 from fileio import atomic_path, atomic_save_npy, atomic_write_json
 from models.dinov2 import DINOV2_DIMS, dinov2_resolution, load_dinov2, preprocess_for_dinov2
 from .crop import center_crop_adm, load_rgb
-from .launch import rank_environment
-from .shards import FORMAT_NAME, fingerprint
+from .launch import check_launch_flags, rank_environment
+from .shards import FORMAT_NAME, SettingsMismatch, fingerprint
 
 FEATURES_FORMAT = "sit-repa-features"
 FEATURES_VERSION = 1
@@ -52,8 +53,7 @@ def read_dataset(data_dir: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: run `python -m preprocessing SRC_DIR {data_dir} ...` first "
                                 f"(repa-features reads a finished latent-shard dataset)")
-    with open(path) as f:
-        info = json.load(f)
+    info = read_json(path)
     if info.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a {FORMAT_NAME!r} dataset (format={info.get('format')!r})")
     if info.get("vae") == "imported":
@@ -221,7 +221,7 @@ def _shard_is_done(folder, k, expected):
         return False
     with open(files["meta"]) as f:
         if json.load(f).get("fingerprint") != expected:
-            raise RuntimeError(f"{files['features']} was computed with other settings or samples (encoder, weights, "
+            raise SettingsMismatch(f"{files['features']} was computed with other settings or samples (encoder, weights, "
                                f"--patch-size, --precision, or a re-encoded dataset): delete {folder} to start over")
     return True
 
@@ -274,6 +274,14 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        check_launch_flags(args.workers, args.device)
+        if args.batch_size < 1 or args.patch_size < 1:
+            raise ValueError(f"--batch-size and --patch-size must be >= 1, got {args.batch_size} and "
+                             f"{args.patch_size}")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     with rank_environment(args.workers, args.device) as (rank, world_size, workers, device):
         try:
             repa_features(args.data_dir, args.enc_type, args.enc_weights, args.patch_size, args.batch_size,

@@ -29,19 +29,54 @@ def shard_files(out_dir: str, k: int):
             "reference": os.path.join(d, f"reference-{k:05d}.npy")}
 
 
-def shard_is_done(out_dir: str, k: int, expected_fingerprint: str) -> bool:
-    """True if shard k is finished with the same inputs and settings; raises if it was made differently."""
+class SettingsMismatch(RuntimeError, ValueError):
+    """OUT_DIR holds shards made with other settings or input files (a ValueError too: a one-line error)."""
+
+
+# the command-line flag of each setting a shard's fingerprint covers
+SETTING_FLAGS = {"resolution": "--resolution", "vae": "--vae / --vae-id", "precision": "--precision",
+                 "dtype": "--dtype", "flip": "--flip", "min_size": "--min-size", "shard_size": "--shard-size",
+                 "reference_seed": "--reference-seed", "source": "the source layout"}
+
+
+def _flag_value(key, value):
+    if key == "flip":
+        return "--flip" if value else "no --flip"
+    return f"{SETTING_FLAGS.get(key, key)} {value}"
+
+
+def shard_is_done(out_dir: str, k: int, expected_fingerprint: str, settings: dict = None) -> bool:
+    """True if shard k is finished with the same inputs and settings; raises SettingsMismatch, naming the settings
+    that differ (when the shard's meta file records them: `settings`), if it was made differently."""
     files = shard_files(out_dir, k)
     if not (os.path.isfile(files["moments"]) and os.path.isfile(files["meta"])):
         return False
-    with open(files["meta"]) as f:
-        meta = json.load(f)
-    if meta.get("fingerprint") != expected_fingerprint:
-        raise RuntimeError(
-            f"{files['moments']} was written from other input files or settings (resolution, VAE, precision, dtype, "
-            f"--flip, --min-size, --shard-size, --reference-batch/--reference-seed). Use a new OUT_DIR, or delete "
-            f"{os.path.join(out_dir, 'shards')} to start over.")
-    return True
+    try:
+        with open(files["meta"]) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SettingsMismatch(f"{files['meta']} cannot be read ({type(e).__name__}: {e}): delete it and "
+                               f"{files['moments']}, then rerun") from None
+    if meta.get("fingerprint") == expected_fingerprint:
+        return True
+    done = "finished" if os.path.isfile(os.path.join(out_dir, "dataset.json")) else "partly written"
+    old = meta.get("settings")
+    if settings is not None and isinstance(old, dict):
+        diff = [k for k in settings if k in old and old[k] != settings[k]]
+        if diff:
+            was = ", ".join(_flag_value(k, old[k]) for k in diff)
+            now = ", ".join(_flag_value(k, settings[k]) for k in diff)
+            raise SettingsMismatch(
+                f"OUT_DIR {out_dir} is a {done} dataset written with {was}; this run asks for {now}: its shards "
+                f"hold other input files or settings. Rerun with {was} to reuse or resume it, or write to a new "
+                f"OUT_DIR (or delete {os.path.join(out_dir, 'shards')} to start over)")
+        what = "the settings match, so the image files under SRC_DIR or --reference-batch changed"
+    else:
+        what = ("resolution, VAE, precision, dtype, --flip, --min-size, --shard-size, --reference-batch/"
+                "--reference-seed")
+    raise SettingsMismatch(
+        f"{files['moments']} was written from other input files or settings ({what}). OUT_DIR {out_dir} is a "
+        f"{done} dataset; use a new OUT_DIR, or delete {os.path.join(out_dir, 'shards')} to start over.")
 
 
 class ShardWriter:
