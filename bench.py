@@ -20,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from loss import REPATarget, TrainingLoss, VAELatentTarget, student_head
-from models import SiT_models, patch_size_of
+from models import SIZES, SiT_models, patch_size_of
 from presets import METHODS, PRESETS
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}       # dense, vendor datasheets
@@ -197,8 +197,39 @@ def bench_sampler(args, reference: bool) -> dict:
                 mixed_precision=args.mixed_precision, seconds=round(dt, 2), img_per_s=round(args.batch_size / dt, 3))
 
 
+def check_args(args):
+    """Flag values that would crash inside torch, refused in one line naming the flag."""
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--steps", args.steps, 1),
+                             ("--warmup", args.warmup, 0), ("--num-steps", args.num_steps, 1)):
+        if value is not None and value < low:
+            raise SystemExit(f"{flag} must be >= {low}, got {value}")
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        raise SystemExit(f"--peak-tflops must be > 0, got {args.peak_tflops}")
+    step = 8 * patch_size_of(args.model)                        # VAE factor x patch: whole patches of latent
+    if args.resolution < step or args.resolution % step:
+        raise SystemExit(f"--resolution {args.resolution}: {args.model} needs a positive multiple of {step} "
+                         f"(latent side resolution / 8 in whole patches of {patch_size_of(args.model)})")
+    try:
+        dev = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise SystemExit(f"--device {args.device!r} is not a device (cpu, cuda, cuda:N, meta)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA GPU is visible here (use --device cpu)")
+    depth = SIZES[args.model.split("-")[1].split("/")[0]][0]
+    scale = "xl2" if args.model.startswith(("SiT-XL", "SiT-L")) else "b2"
+    preset = PRESETS[f"{args.method}-{scale}"]
+    method = METHODS[args.method]
+    used = [("--block-out-s", "block_out_s")] + [("--block-out-t", "block_out_t")] * (method["align_target"] == "ema")
+    for flag, key in used if method["use_alignment_loss"] else []:
+        block = preset[key] if getattr(args, key) is None else getattr(args, key)
+        if not 1 <= block <= depth:
+            given = "" if getattr(args, key) is not None else f" (the {args.method}-{scale} preset's; pass {flag})"
+            raise SystemExit(f"{flag} {block}{given} is outside {args.model}'s blocks 1..{depth}")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    check_args(args)
     gpu = args.device.startswith("cuda")
     args.steps = args.steps or (20 if gpu else 2)
     args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)

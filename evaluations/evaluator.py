@@ -28,7 +28,7 @@ import numpy as np
 if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluations import metrics
-from fileio import atomic_write_json
+from fileio import atomic_write_json, unusable_folder
 from evaluations.common import (NpzArrayReader, check_images_array, npz_keys, now_iso,
                                 versions)
 from evaluations.inception import POOL_DIM, SPATIAL_DIM, resolve_graph_path
@@ -54,6 +54,8 @@ def check_batch_file(path: str, flag: str) -> list:
                        f"uint8 N x H x W x 3 images from arr_0, as np.savez(path, images) writes them")
     with NpzArrayReader(path, "arr_0") as r:
         check_images_array(path, "arr_0", r.shape, r.dtype)
+    if r.shape[0] < 2:
+        raise ValueError(f"{path} ({flag}): 'arr_0' holds {r.shape[0]} image; the statistics need at least 2")
     present = [k for k in STAT_KEYS if k in keys]
     if present and len(present) != len(STAT_KEYS):
         raise KeyError(f"{path} ({flag}): has {present} but not all of {list(STAT_KEYS)}; store all four "
@@ -69,6 +71,10 @@ def load_reference_stats(path: str):
         if out[mu].shape != (dim,) or out[sigma].shape != (dim, dim):
             raise ValueError(f"{path}: '{mu}' / '{sigma}' have shapes {out[mu].shape} / {out[sigma].shape}, "
                              f"expected ({dim},) / ({dim}, {dim})")
+    bad = [k for k in STAT_KEYS if not np.isfinite(out[k]).all()]
+    if bad:
+        raise ValueError(f"{path}: the reference statistics {bad} hold NaN or inf; recompute them "
+                         f"(python -m evaluations.make_reference) or drop them to compute them from arr_0")
     return (out["mu"], out["sigma"]), (out["mu_s"], out["sigma_s"])
 
 
@@ -77,8 +83,11 @@ def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size:
     """Runs the ADM protocol and returns the JSON record (see main). Raises with a clear message on bad input."""
     t_start = time.time()
     graph = resolve_graph_path(inception)                    # fail fast, before TensorFlow or any image is read
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     ref_keys = check_batch_file(ref_path, "REF")
     check_batch_file(sample_path, "SAMPLE")
+    stored_stats = load_reference_stats(ref_path) if all(k in ref_keys for k in STAT_KEYS) else None
 
     from evaluations.inception import InceptionNet, read_activations
     timings, t0 = {}, time.time()
@@ -94,8 +103,8 @@ def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size:
     if n < 2 or ref_pool.shape[0] < 2:
         raise ValueError(f"need at least 2 images in each batch (reference {ref_pool.shape[0]}, samples {n})")
 
-    if all(k in ref_keys for k in STAT_KEYS):
-        ref_stats, ref_stats_s = load_reference_stats(ref_path)
+    if stored_stats is not None:
+        ref_stats, ref_stats_s = stored_stats
         stats_source = "stored in REF (mu, sigma, mu_s, sigma_s)"
     else:
         ref_stats, ref_stats_s = metrics.feature_stats(ref_pool), metrics.feature_stats(ref_spatial)
@@ -152,6 +161,11 @@ def main(argv=None) -> dict:
                    help="precision/recall distance arithmetic; float16 emulates ADM's (default)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     args = p.parse_args(argv)
+    out = args.out or default_out_path(args.samples)
+    problem = unusable_folder(os.path.dirname(os.path.abspath(out)), "--out")
+    if problem or os.path.isdir(out):
+        print(f"error: {problem or f'--out {out} is a folder; give the JSON file path'}", file=sys.stderr)
+        raise SystemExit(2)
     try:
         record = evaluate(args.ref, args.samples, args.inception, args.batch_size, args.pr_dtype,
                           progress=not args.no_progress)
@@ -161,7 +175,6 @@ def main(argv=None) -> dict:
         raise SystemExit(2)
     for name, value in record["metrics"].items():
         print(f"{name}: {value:.6g}" if name.startswith(("IS", "FID", "sFID")) else f"{name}: {value:.4f}")
-    out = args.out or default_out_path(args.samples)
     atomic_write_json(out, record)
     print(f"wrote {out}")
     return record

@@ -22,7 +22,7 @@ import numpy as np
 if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluations.common import NpzArrayReader, check_images_array, npz_keys
-from fileio import atomic_savez
+from fileio import atomic_savez, unusable_folder
 from preprocessing.crop import IMAGE_EXTENSIONS, center_crop_adm, to_rgb
 
 def adm_center_crop(image, resolution: int) -> np.ndarray:
@@ -117,6 +117,15 @@ def make_reference(out: str, images: str = None, npz: str = None, resolution: in
         raise ValueError("give exactly one of --images DIR or --npz FILE")
     if images is not None and not resolution:
         raise ValueError("--images needs --resolution (e.g. 256)")
+    for flag, value in (("--resolution", resolution), ("--num-ref", num_ref), ("--max-images", max_images),
+                        ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if not out.endswith(".npz"):
+        raise ValueError(f"OUT {out}: the reference batch is an .npz file; give a name ending in .npz")
+    problem = unusable_folder(os.path.dirname(os.path.abspath(out)), f"OUT {out}:")
+    if problem:
+        raise ValueError(problem)
     source = _FolderSource(images, resolution) if images is not None else _NpzSource(npz, resolution)
     rng = np.random.default_rng(seed)
     used = np.arange(len(source))

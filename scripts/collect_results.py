@@ -28,7 +28,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from fileio import atomic_write_text  # noqa: E402  (the repository root is not on the path of scripts/)
+from fileio import atomic_write_text, unusable_folder  # noqa: E402  (the repository root is not on the path of scripts/)
 
 DASH = "–"
 
@@ -97,8 +97,12 @@ def find_sampling(path: str, rec: dict):
     for folder in folders:
         candidate = os.path.join(folder, "sampling.json")
         if os.path.isfile(candidate):
-            with open(candidate) as f:
-                return json.load(f)
+            try:
+                with open(candidate) as f:
+                    return json.load(f)
+            except (OSError, ValueError) as e:
+                raise SystemExit(f"error: {candidate} (describing {path}) cannot be read as JSON ({e}); rewrite it "
+                                 f"(sample_ddp.py writes it next to the samples) or move the record away") from None
     return None
 
 
@@ -112,7 +116,7 @@ def run_name(checkpoint: str) -> str:
 
 def load_records(roots):
     """Every evaluation record under `roots`, as flat dicts: run, step, n, sampler, cfg, kind, values, path."""
-    records = []
+    records, unreadable = [], []
     for root in roots:
         if not os.path.isdir(root):
             raise SystemExit(f"error: results folder not found: {root}")
@@ -124,6 +128,7 @@ def load_records(roots):
                     rec = json.load(f)
             except (OSError, ValueError) as e:
                 print(f"skipping {path}: not readable JSON ({e})", file=sys.stderr)
+                unreadable.append(path)
                 continue
             kind = record_kind(rec)
             if kind is None:
@@ -134,13 +139,23 @@ def load_records(roots):
                 continue
             s = sampling["settings"]
             metrics = VIEWS[kind]["system"]
+            text = [m for m, _ in metrics if rec.get(m) is not None and not _is_number(rec[m])]
+            if text:
+                raise SystemExit(f"error: {path}: {', '.join(f'{m}={rec[m]!r}' for m in text)} is not a number")
             records.append(dict(
                 run=run_name(sampling["checkpoint"]), step=s.get("steps"), kind=kind,
                 n=int(sampling.get("num_fid_samples") or rec.get("num_samples") or rec.get("n") or 0),
                 sampler=f"{s.get('mode')}-{s.get('num_steps')}", cfg=float(s.get("cfg_scale", 1.0)),
                 guidance=(float(s.get("guidance_low", 0.0)), float(s.get("guidance_high", 1.0))),
                 values={m: rec[m] for m, _ in metrics if rec.get(m) is not None}, path=path))
+    if not records and unreadable:
+        raise SystemExit(f"error: no evaluation records under {', '.join(roots)}: {len(unreadable)} JSON file(s) "
+                         f"cannot be read, e.g. {unreadable[0]} (cut short?)")
     return records
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def parse_ablation(run: str):
@@ -383,6 +398,9 @@ def main(argv=None):
     p.add_argument("--out", help="where results.md and the figures go (default: the first folder)")
     args = p.parse_args(argv)
     out = args.out or args.roots[0]
+    problem = unusable_folder(out, "--out")
+    if problem:
+        raise SystemExit(f"error: {problem}")
     text, figures = collect(args.roots, out)
     path = os.path.join(out, "results.md")
     atomic_write_text(path, text)

@@ -153,16 +153,18 @@ def build_inputs(root):
     p["graph"] = os.path.join(root, "graph.pb")
     open(p["graph"], "wb").write(b"never parsed")
 
-    # results folders for collect_results
-    for name, record in {"res_json": "{\"fid\": 3.1", "res_sampling": None}.items():
+    # results folders for collect_results: a record cut short, a sampling.json cut short, a value that is text
+    record = {"fid": 30.2, "sfid": 6.1, "inception_score": 45.0, "precision": 0.6, "recall": 0.6, "num_samples": 10}
+    sampling = {"settings": {"steps": 100000, "mode": "sde", "num_steps": 250, "cfg_scale": 1.0},
+                "checkpoint": "runs/b2-dual-as-r0.25/checkpoints/0100000.pt", "num_fid_samples": 10}
+    for name, rec, smp in (("res_good", json.dumps(record), json.dumps(sampling)),
+                           ("res_json", json.dumps(record)[:20], json.dumps(sampling)),
+                           ("res_sampling", json.dumps(record), json.dumps(sampling)[:20]),
+                           ("res_value", json.dumps(dict(record, fid="n/a")), json.dumps(sampling))):
         d = p[name] = os.path.join(root, name)
         os.makedirs(d)
-        if record is not None:
-            open(os.path.join(d, "samples_10_eval.json"), "w").write(record)
-        else:
-            json.dump({"fid": 3.1, "samples": os.path.join(d, "samples_10.npz")},
-                      open(os.path.join(d, "samples_10_eval.json"), "w"))
-            open(os.path.join(d, "sampling.json"), "w").write("{\"settings\": ")
+        open(os.path.join(d, "samples_10_eval.json"), "w").write(rec)
+        open(os.path.join(d, "sampling.json"), "w").write(smp)
     return p
 
 
@@ -214,7 +216,7 @@ def _collect(argv):
 def _bench(argv):
     import bench
     return bench.main(["--model", "SiT-T/2", "--resolution", "32", "--batch-size", "2", "--device", "cpu",
-                       "--steps", "1", "--warmup", "0"] + argv)
+                       "--steps", "1", "--warmup", "0", "--block-out-s", "1", "--block-out-t", "2"] + argv)
 
 
 ENTRY = {"train": _train, "sample": _sample, "encode": _encode, "import-repa": _import_repa,
@@ -328,9 +330,10 @@ CASES = [
     ("make-reference", f"{MR} --npz {{root}}/missing.npz", "missing.npz"),
     # scripts/collect_results.py
     ("collect", "{root}/no_results", "no_results"),
-    ("collect", "{res_json}", "samples_10_eval.json"),
-    ("collect", "{res_sampling}", "sampling.json"),
-    ("collect", "{res_sampling} --out {file}", "--out"),
+    ("collect", "{res_json}", "res_json/samples_10_eval.json"),
+    ("collect", "{res_sampling}", "res_sampling/sampling.json"),
+    ("collect", "{res_value}", "res_value/samples_10_eval.json"),
+    ("collect", "{res_good} --out {file}", "--out"),
     # bench.py
     ("bench", "--batch-size 0", "--batch-size"),
     ("bench", "--steps 0", "--steps"),
@@ -340,6 +343,8 @@ CASES = [
     ("bench", "--block-out-s 99", "--block-out-s"),
     ("bench", "--peak-tflops 0", "--peak-tflops"),
     ("bench", "--device nonsense", "--device"),
+    ("bench", "--model SiT-T/4 --resolution 48", "--resolution 48"),
+    ("bench", "--block-out-t 0", "--block-out-t"),
 ]
 
 
@@ -391,3 +396,22 @@ def test_one_line_naming_the_flag_or_file(inputs, entry, line, fragment):
     argv = line.format(**inputs).split()
     kind, message = outcome(entry, argv, fragment)
     assert kind == "ok", f"{entry} {line}: {kind}: {message}"
+
+
+def test_the_commands_of_the_table_run_without_the_bad_value(inputs, tmp_path):
+    """The base command lines of the table are good ones: each row fails because of its own bad value."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        _train(["--output-dir", str(tmp_path), "--exp-name", "good"])
+        assert os.path.isfile(tmp_path / "good" / "checkpoints" / "0000001.pt")
+        _train(["--output-dir", str(tmp_path), "--exp-name", "lat", "--data-dir", inputs["lat"]])
+        assert _sample(SMP.format(**inputs).split() + ["--sample-dir", str(tmp_path / "s")]).endswith(".npz")
+        assert len(_bench([])) == 1
+
+
+def test_a_damaged_shard_read_by_a_loader_worker_is_named_in_one_line(inputs, tmp_path):
+    """The non-finite check runs where the shard is read, in a DataLoader worker: the message still comes back
+    as one line naming the shard, not the worker's traceback."""
+    argv = ["--output-dir", str(tmp_path), "--exp-name", "w", "--data-dir", inputs["lat_nan"], "--num-workers", "1",
+            "--max-train-steps", "4"]
+    kind, message = outcome("train", argv, "moments-00001.npy")
+    assert kind == "ok" and "row 3 of" in message, message
