@@ -134,7 +134,7 @@ def check_args(args, world_size: int):
         _out_of_range("--adam-beta1", args.adam_beta1, 0, 1, closed_high=False),
         _out_of_range("--adam-beta2", args.adam_beta2, 0, 1, closed_high=False),
     ]
-    for flag in ("learning_rate", "adam_weight_decay"):
+    for flag in ("learning_rate", "adam_weight_decay", "checkpoint_minutes"):
         if not 0 <= getattr(args, flag) < math.inf:
             problems.append(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {getattr(args, flag)}")
     if not args.max_grad_norm > 0:                                  # a negative clip coefficient is gradient ascent

@@ -244,6 +244,8 @@ CASES = [
     ("train", "--eval-samples -5", "--eval-samples"),
     ("train", "--full-sample-prob 1.5", "--full-sample-prob"),
     ("train", "--mask-ratio 1.5", "--mask-ratio"),
+    ("train", "--checkpoint-minutes -1", "--checkpoint-minutes"),
+    ("train", "--checkpoint-minutes nan", "--checkpoint-minutes"),
     # train.py: values that crashed somewhere inside
     ("train", "--batch-size 0", "--batch-size"),
     ("train", "--batch-size -16", "--batch-size"),
