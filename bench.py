@@ -219,11 +219,13 @@ def check_args(args):
     scale = "xl2" if args.model.startswith(("SiT-XL", "SiT-L")) else "b2"
     preset = PRESETS[f"{args.method}-{scale}"]
     method = METHODS[args.method]
-    used = [("--block-out-s", "block_out_s")] + [("--block-out-t", "block_out_t")] * (method["align_target"] == "ema")
+    used = [("--block-out-s", "block_out_s")]
+    if method["align_target"] == "ema":
+        used.append(("--block-out-t", "block_out_t"))
     for flag, key in used if method["use_alignment_loss"] else []:
         block = preset[key] if getattr(args, key) is None else getattr(args, key)
         if not 1 <= block <= depth:
-            given = "" if getattr(args, key) is not None else f" (the {args.method}-{scale} preset's; pass {flag})"
+            given = "" if getattr(args, key) is not None else f" (the {args.method}-{scale} preset's)"
             raise SystemExit(f"{flag} {block}{given} is outside {args.model}'s blocks 1..{depth}")
 
 

@@ -38,9 +38,9 @@ SHARD_FORMAT = "sit-latent-shards"
 class DataError(ValueError):
     """A dataset file that cannot be used; the message names the file and says what is wrong with it.
 
-    Raised in DataLoader workers too: the loader re-raises it in the training process as DataError(its report),
-    a report of several lines ending in "dataset.DataError: <message>"; the message is recovered from it, so that
-    train.py can end with that one line."""
+    Raised in DataLoader workers too: the loader re-raises it in the training process as DataError(report),
+    a report of several lines ending in "dataset.DataError: <message>"; the message is recovered from it, so
+    that train.py can end with that one line."""
 
     def __init__(self, message: str):
         tag = f"{type(self).__module__}.{type(self).__name__}: "
@@ -53,7 +53,8 @@ def read_json(path: str) -> dict:
     try:
         with open(path) as f:
             out = json.load(f)
-    except (OSError, ValueError) as e:                              # ValueError: json.JSONDecodeError, bad UTF-8
+    # ValueError: json.JSONDecodeError, bad UTF-8
+    except (OSError, ValueError) as e:
         raise DataError(f"{path} cannot be read as JSON ({type(e).__name__}: {e}); rewrite it (rerun the "
                         f"command that made the dataset)") from None
     if not isinstance(out, dict):
@@ -99,8 +100,8 @@ def _check_labels(labels: np.ndarray, num_classes: int, path: str, where=lambda 
 def _check_finite(x: np.ndarray, where):
     """The moments just read are finite (vectorised over what was loaded); where() names the file and row."""
     if not np.isfinite(x).all():
-        raise DataError(f"{where()} holds non-finite moments (NaN or inf): the file is damaged; re-encode this "
-                        f"shard (delete it and rerun the preprocessing command)")
+        raise DataError(f"{where()} holds non-finite moments (NaN or inf): the file is damaged; re-encode "
+                        f"this shard (delete it and rerun the preprocessing command)")
 
 
 def digits_images(resolution: int = 16):
@@ -377,8 +378,8 @@ def build_dataset(data_dir: str, num_classes: int = None, features: str = None):
     if data_dir == "digits" or str(data_dir).startswith("digits:"):
         side = data_dir.partition(":")[2] or "16"
         if not side.isdigit():
-            raise ValueError(f"{data_dir!r}: the embedded dataset is 'digits' or 'digits:R' with R a multiple of 8 "
-                             f"(e.g. digits:32)")
+            raise ValueError(f"{data_dir!r}: the embedded dataset is 'digits' or 'digits:R', R a multiple of "
+                             f"8 (e.g. digits:32)")
         return DigitsDataset(int(side))
     if is_shards:
         return LatentShardDataset(data_dir, features)

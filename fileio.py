@@ -121,8 +121,8 @@ def stream_npz(path: str, shape, chunks, dtype=np.uint8, extra: dict | None = No
 
 
 def unusable_folder(path: str, what: str) -> str:
-    """Why `path` cannot be (or become) a folder to write in, as a message naming `what` (the flag); "" when it
-    can. Checked before any work starts, so that a long run does not fail at its first write."""
+    """Why `path` cannot be (or become) a folder to write in, as a message naming `what` (the flag); "" when
+    it can. Checked before any work starts, so that a long run does not fail at its first write."""
     if os.path.isdir(path):
         return "" if os.access(path, os.W_OK | os.X_OK) else f"{what} {path}: the folder is not writable"
     if os.path.exists(path):

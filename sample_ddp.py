@@ -253,8 +253,8 @@ def check_args(args):
         raise ValueError(f"--cfg-scale must be a finite number >= 0 (1 = no guidance), got {args.cfg_scale}")
     last = args.global_seed + max(args.num_fid_samples, args.grid_per_class)
     if last >= 2 ** 63:                                              # torch generators take int64 seeds
-        raise ValueError(f"--global-seed {args.global_seed}: image i uses seed global_seed + i, which must stay "
-                         f"below 2**63 for all {max(args.num_fid_samples, args.grid_per_class)} images")
+        raise ValueError(f"--global-seed {args.global_seed}: image i uses seed global_seed + i, which must "
+                         f"stay below 2**63 for all {max(args.num_fid_samples, args.grid_per_class)} images")
     if args.grid and args.grid_per_class < 1:
         raise ValueError(f"--grid-per-class must be >= 1, got {args.grid_per_class}")
     if args.vae not in ("auto", "none", "ema", "mse") and os.path.isfile(args.vae):

@@ -121,7 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _out_of_range(flag: str, value, low, high, closed_high=True) -> str:
-    """The message for a value outside [low, high] (or [low, high)), or "" when it lies inside; NaN is outside."""
+    """The message for a value outside [low, high] (or [low, high)), or "" when inside (NaN: outside)."""
     inside = low <= value <= high if closed_high else low <= value < high
     return "" if inside else f"{flag} must lie in [{low}, {high}{']' if closed_high else ')'}, got {value}"
 
@@ -136,8 +136,10 @@ def check_args(args, world_size: int):
     ]
     for flag in ("learning_rate", "adam_weight_decay", "checkpoint_minutes"):
         if not 0 <= getattr(args, flag) < math.inf:
-            problems.append(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {getattr(args, flag)}")
-    if not args.max_grad_norm > 0:                                  # a negative clip coefficient is gradient ascent
+            value = getattr(args, flag)
+            problems.append(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {value}")
+    # a negative clip coefficient is gradient ascent
+    if not args.max_grad_norm > 0:
         problems.append(f"--max-grad-norm must be > 0 (inf: no clipping), got {args.max_grad_norm}")
     if not args.adam_epsilon > 0:
         problems.append(f"--adam-epsilon must be > 0, got {args.adam_epsilon}")
@@ -149,10 +151,12 @@ def check_args(args, world_size: int):
             problems.append(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     if not 0 <= args.seed < 2 ** 32 - world_size - 1:                 # rank r draws with seed + r + 1
         problems.append(f"--seed must lie in [0, 2**32 - {world_size + 1}), got {args.seed}")
-    problems.append(unusable_folder(os.path.join(args.output_dir, args.exp_name), "--output-dir / --exp-name"))
+    run_dir = os.path.join(args.output_dir, args.exp_name)
+    problems.append(unusable_folder(run_dir, "--output-dir / --exp-name"))
     problems = [p for p in problems if p]
     if problems:
-        raise SystemExit(problems[0] if len(problems) == 1 else f"{len(problems)} bad flags: {'; '.join(problems)}")
+        several = f"{len(problems)} bad flags: {'; '.join(problems)}"
+        raise SystemExit(problems[0] if len(problems) == 1 else several)
     if args.batch_size % (world_size * args.gradient_accumulation_steps):
         raise SystemExit(f"--batch-size {args.batch_size} is the global batch: it must be divisible by "
                          f"{world_size} processes x --gradient-accumulation-steps {args.gradient_accumulation_steps}")

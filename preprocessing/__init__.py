@@ -24,8 +24,8 @@ Storage format ("sit-latent-shards", version 1), everything under OUT_DIR:
                               Open with np.load(path, mmap_mode="r"). Samples follow the image order; with --flip
                               they are interleaved: sample 2i is image i, sample 2i+1 its horizontal mirror
                               (the mirrored *image* encoded, not a mirrored latent).
-    shards/meta-KKKKK.json    per-shard bookkeeping for resume (fingerprint, settings, labels, sources, skipped files);
-                              a rerun with other settings is refused naming the settings that differ.
+    shards/meta-KKKKK.json    per-shard bookkeeping for resume (fingerprint, settings, labels, sources,
+                              skipped files); a rerun with other settings is refused naming those that differ.
     labels.npy              int64 (num_samples,): class index of every sample, all shards concatenated in order.
     sources.txt             num_samples lines "relative/path.JPEG<TAB>0|1" (1 = mirrored copy).
     skipped.txt             one line per skipped file: "relative/path<TAB>reason" (empty file if none).

@@ -27,7 +27,8 @@ from .launch import check_launch_flags, rank_environment
 from fileio import unusable_folder
 from models.vae import DEFAULT_VAE_ID, PRECISIONS, configure_precision, encode_moments, load_vae
 
-RESOLUTION_STEP = 16            # VAE factor 8 x the smallest SiT patch (2): the latent side must split into patches
+# VAE factor 8 x the smallest SiT patch (2): the latent side must split into whole patches
+RESOLUTION_STEP = 16
 
 
 def scan_folder(src_dir: str):
@@ -82,9 +83,9 @@ class CropDataset(torch.utils.data.Dataset):
 def check_flags(out_dir, resolution, batch_size, shard_size, reference_batch=0, max_shards=None):
     """Flag values refused before anything is read or written (ValueError naming the flag)."""
     if resolution % RESOLUTION_STEP or resolution < RESOLUTION_STEP:
-        raise ValueError(f"--resolution {resolution}: must be a positive multiple of {RESOLUTION_STEP} (the SD-VAE "
-                         f"downsamples by 8 and the smallest SiT patch is 2; /4 models need a multiple of 32, /8 "
-                         f"models of 64), e.g. 256 or 512 for ImageNet")
+        raise ValueError(f"--resolution {resolution}: must be a positive multiple of {RESOLUTION_STEP} (the "
+                         f"SD-VAE downsamples by 8 and the smallest SiT patch is 2; /4 models need a "
+                         f"multiple of 32, /8 models of 64), e.g. 256 or 512 for ImageNet")
     for flag, value, low in (("--batch-size", batch_size, 1), ("--shard-size", shard_size, 1),
                              ("--reference-batch", reference_batch, 0),
                              ("--max-shards", 1 if max_shards is None else max_shards, 1)):

@@ -73,7 +73,8 @@ def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classe
             for batch in loader:                                   # (B, 8, h, w) float32
                 writer.write(batch)
                 bar.update(len(batch))
-            meta = {"fingerprint": shard_fingerprint(k), "settings": settings, "shard": k, "first_item": lo, "num_items": hi - lo,
+            meta = {"fingerprint": shard_fingerprint(k), "settings": settings, "shard": k, "first_item": lo,
+                    "num_items": hi - lo,
                     "count": writer.count, "labels": ds.labels[lo:hi].tolist(),
                     "sources": [[ds.files[i], 0] for i in range(lo, hi)], "skipped": [],
                     "stats": writer.stats}

@@ -221,8 +221,9 @@ def _shard_is_done(folder, k, expected):
         return False
     with open(files["meta"]) as f:
         if json.load(f).get("fingerprint") != expected:
-            raise SettingsMismatch(f"{files['features']} was computed with other settings or samples (encoder, weights, "
-                               f"--patch-size, --precision, or a re-encoded dataset): delete {folder} to start over")
+            raise SettingsMismatch(f"{files['features']} was computed with other settings or samples "
+                                   f"(encoder, weights, --patch-size, --precision, or a re-encoded dataset): "
+                                   f"delete {folder} to start over")
     return True
 
 

@@ -46,8 +46,8 @@ def _flag_value(key, value):
 
 
 def shard_is_done(out_dir: str, k: int, expected_fingerprint: str, settings: dict = None) -> bool:
-    """True if shard k is finished with the same inputs and settings; raises SettingsMismatch, naming the settings
-    that differ (when the shard's meta file records them: `settings`), if it was made differently."""
+    """True if shard k is finished with the same inputs and settings; raises SettingsMismatch, naming the
+    settings that differ (when the shard's meta file records them: `settings`), if it was made differently."""
     files = shard_files(out_dir, k)
     if not (os.path.isfile(files["moments"]) and os.path.isfile(files["meta"])):
         return False
@@ -67,9 +67,9 @@ def shard_is_done(out_dir: str, k: int, expected_fingerprint: str, settings: dic
             was = ", ".join(_flag_value(k, old[k]) for k in diff)
             now = ", ".join(_flag_value(k, settings[k]) for k in diff)
             raise SettingsMismatch(
-                f"OUT_DIR {out_dir} is a {done} dataset written with {was}; this run asks for {now}: its shards "
-                f"hold other input files or settings. Rerun with {was} to reuse or resume it, or write to a new "
-                f"OUT_DIR (or delete {os.path.join(out_dir, 'shards')} to start over)")
+                f"OUT_DIR {out_dir} is a {done} dataset written with {was}; this run asks for {now}: its "
+                f"shards hold other input files or settings. Rerun with {was} to reuse or resume it, or "
+                f"write to a new OUT_DIR (or delete {os.path.join(out_dir, 'shards')} to start over)")
         what = "the settings match, so the image files under SRC_DIR or --reference-batch changed"
     else:
         what = ("resolution, VAE, precision, dtype, --flip, --min-size, --shard-size, --reference-batch/"

@@ -28,7 +28,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from fileio import atomic_write_text, unusable_folder  # noqa: E402  (the repository root is not on the path of scripts/)
+# E402: the repository root is not on the path of scripts/ until the line above
+from fileio import atomic_write_text, unusable_folder  # noqa: E402
 
 DASH = "–"
 
@@ -101,8 +102,9 @@ def find_sampling(path: str, rec: dict):
                 with open(candidate) as f:
                     return json.load(f)
             except (OSError, ValueError) as e:
-                raise SystemExit(f"error: {candidate} (describing {path}) cannot be read as JSON ({e}); rewrite it "
-                                 f"(sample_ddp.py writes it next to the samples) or move the record away") from None
+                raise SystemExit(f"error: {candidate} (describing {path}) cannot be read as JSON ({e}); "
+                                 f"rewrite it (sample_ddp.py writes it next to the samples) or move the "
+                                 f"record away") from None
     return None
 
 
@@ -141,7 +143,8 @@ def load_records(roots):
             metrics = VIEWS[kind]["system"]
             text = [m for m, _ in metrics if rec.get(m) is not None and not _is_number(rec[m])]
             if text:
-                raise SystemExit(f"error: {path}: {', '.join(f'{m}={rec[m]!r}' for m in text)} is not a number")
+                named = ", ".join(f"{m}={rec[m]!r}" for m in text)
+                raise SystemExit(f"error: {path}: {named} is not a number")
             records.append(dict(
                 run=run_name(sampling["checkpoint"]), step=s.get("steps"), kind=kind,
                 n=int(sampling.get("num_fid_samples") or rec.get("num_samples") or rec.get("n") or 0),
@@ -149,8 +152,8 @@ def load_records(roots):
                 guidance=(float(s.get("guidance_low", 0.0)), float(s.get("guidance_high", 1.0))),
                 values={m: rec[m] for m, _ in metrics if rec.get(m) is not None}, path=path))
     if not records and unreadable:
-        raise SystemExit(f"error: no evaluation records under {', '.join(roots)}: {len(unreadable)} JSON file(s) "
-                         f"cannot be read, e.g. {unreadable[0]} (cut short?)")
+        raise SystemExit(f"error: no evaluation records under {', '.join(roots)}: {len(unreadable)} JSON "
+                         f"file(s) cannot be read, e.g. {unreadable[0]} (cut short?)")
     return records
 
 

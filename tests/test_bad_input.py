@@ -1,15 +1,15 @@
 """Bad input at every entry point ends with one line naming the flag or the file (issue 13, "Bad input").
 
-Each row of CASES is one input: (entry point, command line, fragment the message must contain). Every entry point
-is called in-process through its main(argv); `outcome` sorts what happened into
+Each row of CASES is one input: (entry point, command line, fragment the message must contain). Every entry
+point is called in-process through its main(argv); `outcome` sorts what happened into
     ok          SystemExit (or a returned exit code >= 1 with one line on stderr) whose one-line message names
                 the fragment,
     unnamed     one line, but without the fragment (e.g. numpy's own text under --data-dir),
     multi-line  an error message of several lines,
     traceback   any other exception (what a user sees as a Python traceback),
     accepted    the command ran (silently wrong for these inputs).
-The inputs are built once per module in small temporary folders (a latent-shard dataset of random moments, a tiny
-image folder and VAE, a tiny checkpoint, npz batches), so the whole table runs in about a minute on one core.
+The inputs are built once per module in small temporary folders (a latent-shard dataset of random moments, a
+tiny image folder and VAE, a tiny checkpoint, npz batches), so the whole table runs in about 30 s on one core.
 """
 import contextlib
 import io
@@ -25,14 +25,14 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TRAIN = ["--preset", "digits", "--batch-size", "16", "--log-every", "1", "--sample-steps", "0", "--eval-samples",
-         "0", "--num-workers", "0", "--mixed-precision", "no", "--block-out-s", "1", "--block-out-t", "2",
-         "--max-train-steps", "1", "--checkpoint-steps", "1"]
+TRAIN = ["--preset", "digits", "--batch-size", "16", "--log-every", "1", "--sample-steps", "0",
+         "--eval-samples", "0", "--num-workers", "0", "--mixed-precision", "no", "--block-out-s", "1",
+         "--block-out-t", "2", "--max-train-steps", "1", "--checkpoint-steps", "1"]
 
 
 # ------------------------------------------------------------------------------------------------ the inputs
 def _write_shards(out, counts=(24, 16), h=8, num_classes=5, seed=0, labels=None, poison=None):
-    """A shard-format dataset of random moments (preprocessing.shards, no VAE). poison: (shard, row) -> NaN."""
+    """A shard-format dataset of random moments (preprocessing.shards, no VAE); poison (shard, row): a NaN."""
     from preprocessing.shards import ShardWriter, atomic_write_json, finalize, shard_files
 
     rng = np.random.default_rng(seed)
@@ -72,8 +72,9 @@ def build_inputs(root):
     rnd = np.random.default_rng(1).bytes(4096)
 
     lat = p["lat"] = _write_shards(os.path.join(root, "lat"))
-    p["lat_label_high"] = _write_shards(os.path.join(root, "lat_label_high"), labels=[[0] * 23 + [7], [1] * 16])
-    p["lat_label_neg"] = _write_shards(os.path.join(root, "lat_label_neg"), labels=[[0] * 24, [-1] + [1] * 15])
+    high, negative = [[0] * 23 + [7], [1] * 16], [[0] * 24, [-1] + [1] * 15]
+    p["lat_label_high"] = _write_shards(os.path.join(root, "lat_label_high"), labels=high)
+    p["lat_label_neg"] = _write_shards(os.path.join(root, "lat_label_neg"), labels=negative)
     p["lat_nan"] = _write_shards(os.path.join(root, "lat_nan"), poison=(1, 3))
     p["lat_json"] = _copy(lat, os.path.join(root, "lat_json"))
     with open(os.path.join(p["lat_json"], "dataset.json"), "r+") as f:
@@ -100,7 +101,8 @@ def build_inputs(root):
     entries = []
     for i in range(20):
         rel = f"00000/img-mean-std-{i:08d}.npy"
-        np.save(os.path.join(repa, rel), np.abs(np.random.default_rng(i).normal(size=(8, 8, 8))).astype(np.float32))
+        moments = np.abs(np.random.default_rng(i).normal(size=(8, 8, 8))).astype(np.float32)
+        np.save(os.path.join(repa, rel), moments)
         entries.append([rel, i % 4])
     json.dump({"labels": entries}, open(os.path.join(repa, "dataset.json"), "w"))
     p["repa"] = os.path.dirname(repa)
@@ -142,7 +144,8 @@ def build_inputs(root):
     # npz batches for the evaluator and make_reference; a graph file that is never parsed (checks come first)
     imgs = np.random.default_rng(2).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
     for name, arrays in {"good": {"arr_0": imgs}, "one": {"arr_0": imgs[:1]}, "keys": {"images": imgs},
-                         "float": {"arr_0": imgs.astype(np.float32)}, "nchw": {"arr_0": imgs.transpose(0, 3, 1, 2)},
+                         "float": {"arr_0": imgs.astype(np.float32)},
+                         "nchw": {"arr_0": imgs.transpose(0, 3, 1, 2)},
                          "nan_stats": {"arr_0": imgs, "mu": np.full(2048, np.nan), "sigma": np.eye(2048),
                                        "mu_s": np.zeros(2023), "sigma_s": np.eye(2023)},
                          "bad_labels": {"arr_0": imgs, "labels": np.arange(3)}}.items():
@@ -154,7 +157,8 @@ def build_inputs(root):
     open(p["graph"], "wb").write(b"never parsed")
 
     # results folders for collect_results: a record cut short, a sampling.json cut short, a value that is text
-    record = {"fid": 30.2, "sfid": 6.1, "inception_score": 45.0, "precision": 0.6, "recall": 0.6, "num_samples": 10}
+    record = {"fid": 30.2, "sfid": 6.1, "inception_score": 45.0, "precision": 0.6, "recall": 0.6,
+              "num_samples": 10}
     sampling = {"settings": {"steps": 100000, "mode": "sde", "num_steps": 250, "cfg_scale": 1.0},
                 "checkpoint": "runs/b2-dual-as-r0.25/checkpoints/0100000.pt", "num_fid_samples": 10}
     for name, rec, smp in (("res_good", json.dumps(record), json.dumps(sampling)),
@@ -413,7 +417,7 @@ def test_the_commands_of_the_table_run_without_the_bad_value(inputs, tmp_path):
 def test_a_damaged_shard_read_by_a_loader_worker_is_named_in_one_line(inputs, tmp_path):
     """The non-finite check runs where the shard is read, in a DataLoader worker: the message still comes back
     as one line naming the shard, not the worker's traceback."""
-    argv = ["--output-dir", str(tmp_path), "--exp-name", "w", "--data-dir", inputs["lat_nan"], "--num-workers", "1",
-            "--max-train-steps", "4"]
+    argv = ["--output-dir", str(tmp_path), "--exp-name", "w", "--data-dir", inputs["lat_nan"],
+            "--num-workers", "1", "--max-train-steps", "4"]
     kind, message = outcome("train", argv, "moments-00001.npy")
     assert kind == "ok" and "row 3 of" in message, message
