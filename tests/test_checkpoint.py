@@ -207,13 +207,15 @@ def test_every_broken_file_is_one_line_naming_it(tmp_path):
 
 def test_sample_ddp_and_export_cli_answer_in_one_line(tmp_path):
     (tmp_path / "random.pt").write_bytes(b"\x00garbage" * 100)
-    for cmd in (["sample_ddp.py", "--ckpt", str(tmp_path / "random.pt")],
-                ["-m", "models.export", str(tmp_path / "random.pt"), str(tmp_path / "o.safetensors")]):
-        r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                           env=dict(os.environ, OMP_NUM_THREADS="1"))
-        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
-        (line,) = r.stderr.strip().splitlines()
-        assert "random.pt: cannot read this checkpoint: not a PyTorch or safetensors file" in line
+    expected = "random.pt: cannot read this checkpoint: not a PyTorch or safetensors file"
+    r = subprocess.run([sys.executable, "sample_ddp.py", "--ckpt", str(tmp_path / "random.pt")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert expected in line
+    with pytest.raises(SystemExit) as e:
+        export_main([str(tmp_path / "random.pt"), str(tmp_path / "o.safetensors")])
+    assert expected in str(e.value.code) and "\n" not in str(e.value.code)
     assert not (tmp_path / "o.safetensors").exists()
 
 
