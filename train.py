@@ -443,6 +443,8 @@ def train(args, signals: StopSignals):
             logger.warning(f"checkpoint has RNG states of {len(ckpt['rng'])} processes, this run has {world}: "
                            "random draws are reseeded, the data order still continues exactly")
         logger.info(f"resumed from {resume} at step {step}")
+    # the checkpoint is memory-mapped: release the file's pages once everything is copied out
+    del ckpt
 
     if accelerator.is_main_process:
         atomic_write_json(os.path.join(run_dir, "args.json"), vars(args))
