@@ -104,34 +104,65 @@ def _check_finite(x: np.ndarray, where):
                         f"this shard (delete it and rerun the preprocessing command)")
 
 
-def digits_images(resolution: int = 16):
+DIGITS_SPLITS = ("all", "train", "heldout")
+DIGITS_HELDOUT_FRACTION = 0.25
+
+
+def digits_split_indices(labels, split: str) -> np.ndarray:
+    """Sorted indices of a digits split: 'all', or its class-stratified 'train' / 'heldout' parts.
+
+    Held out: in every class, the first floor(0.25 x class count) indices of a permutation drawn from numpy's
+    legacy RandomState(0), whose stream is frozen (NEP 19), so the split never changes; 'train' is the rest.
+    Of the 1797 digits, 445 are held out and 1352 train: a run on 'digits:R:train' never sees a held-out one.
+    """
+    labels = np.asarray(labels)
+    if split not in DIGITS_SPLITS:
+        raise ValueError(f"digits split must be one of {', '.join(DIGITS_SPLITS)}, got {split!r}")
+    if split == "all":
+        return np.arange(len(labels))
+    rng = np.random.RandomState(0)
+    heldout = []
+    for c in range(int(labels.max()) + 1):
+        members = np.nonzero(labels == c)[0]
+        heldout.append(members[rng.permutation(len(members))[:int(DIGITS_HELDOUT_FRACTION * len(members))]])
+    is_heldout = np.zeros(len(labels), dtype=bool)
+    is_heldout[np.concatenate(heldout)] = True
+    return np.nonzero(is_heldout if split == "heldout" else ~is_heldout)[0]
+
+
+def digits_images(resolution: int = 16, split: str = "all"):
     """scikit-learn's bundled handwritten digits (1797 images of 8x8, 10 classes), no download.
 
     Returns (images, labels): float32 (N, 1, R, R) in [-1, 1] (bilinear upsampling of the 0..16 grey levels)
-    and int64 (N,). Deterministic.
+    and int64 (N,), in the dataset's order; split 'train' / 'heldout' keeps that subset (digits_split_indices).
+    Deterministic.
     """
     from sklearn.datasets import load_digits
 
     if resolution % 8 != 0 or resolution < 8:
         raise ValueError(f"digits resolution must be a multiple of 8 (8, 16, 32, ...), got {resolution}")
     d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]      # (N, 1, 8, 8) in [0, 1]
+    keep = digits_split_indices(d.target, split)
+    x = torch.from_numpy(d.images[keep].astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8) in [0, 1]
     if resolution != 8:
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 2 - 1).contiguous()
-    return x, torch.from_numpy(d.target.astype(np.int64))
+    return x, torch.from_numpy(d.target[keep].astype(np.int64))
 
 
 class DigitsDataset(torch.utils.data.Dataset):
-    """The embedded default: 1797 digits (10 classes) upsampled to R x R, pixel space. Items: ((1, R, R), label)."""
+    """The embedded default: 1797 digits (10 classes) upsampled to R x R, pixel space. Items: ((1, R, R), label).
+
+    split: 'all' (the quickstart), 'train' or 'heldout' (digits_split_indices)."""
 
     is_latent = False
     latent_channels = 1
     num_classes = 10
 
-    def __init__(self, resolution: int = 16):
-        self.images, self.labels = digits_images(resolution)          # (N, 1, R, R) float32, (N,) int64
+    def __init__(self, resolution: int = 16, split: str = "all"):
+        self.images, self.labels = digits_images(resolution, split)   # (N, 1, R, R) float32, (N,) int64
         self.resolution = self.latent_size = resolution
+        self.split = split
 
     def __len__(self):
         return self.images.shape[0]
@@ -365,8 +396,21 @@ def _short(values, limit=8):
     return str(values) if len(values) <= limit else f"[{', '.join(map(str, values[:limit]))}, ...]"
 
 
+def parse_digits_spec(spec: str):
+    """'digits[:R[:SPLIT]]' -> (R, SPLIT): 'digits' = (16, 'all'), 'digits:16:train' = (16, 'train')."""
+    parts = spec.split(":")
+    if parts[0] != "digits" or len(parts) > 3 or (len(parts) > 1 and not parts[1].isdigit()):
+        raise ValueError(f"{spec!r}: the embedded dataset is 'digits[:R[:SPLIT]]', e.g. 'digits:16:train' "
+                         f"(R a multiple of 8, SPLIT one of {', '.join(DIGITS_SPLITS)})")
+    split = parts[2] if len(parts) == 3 else "all"
+    if split not in DIGITS_SPLITS:
+        raise ValueError(f"{spec!r}: unknown digits split {split!r} (one of {', '.join(DIGITS_SPLITS)})")
+    return (int(parts[1]) if len(parts) > 1 else 16), split
+
+
 def build_dataset(data_dir: str, num_classes: int = None, features: str = None):
-    """'digits' / 'digits:32' -> DigitsDataset; a folder -> LatentShardDataset or RepaLatentDataset by layout.
+    """'digits' / 'digits:32' / 'digits:16:train' -> DigitsDataset; a folder -> LatentShardDataset or
+    RepaLatentDataset by layout.
 
     features: a precomputed-features folder name under data_dir (LatentShardDataset only; see its docstring)."""
     is_shards = os.path.isfile(os.path.join(data_dir, "dataset.json")) and _is_shard_json(
@@ -376,11 +420,7 @@ def build_dataset(data_dir: str, num_classes: int = None, features: str = None):
                          f"(dataset.json + shards/ + sources.txt); {data_dir!r} is not one (the digits and the "
                          f"REPA/SRA latent folder have none: run the encoder on the fly instead)")
     if data_dir == "digits" or str(data_dir).startswith("digits:"):
-        side = data_dir.partition(":")[2] or "16"
-        if not side.isdigit():
-            raise ValueError(f"{data_dir!r}: the embedded dataset is 'digits' or 'digits:R', R a multiple of "
-                             f"8 (e.g. digits:32)")
-        return DigitsDataset(int(side))
+        return DigitsDataset(*parse_digits_spec(data_dir))
     if is_shards:
         return LatentShardDataset(data_dir, features)
     if _repa_folder(data_dir) is not None:
@@ -393,7 +433,7 @@ def build_dataset(data_dir: str, num_classes: int = None, features: str = None):
         f"  - {os.path.join(data_dir, 'dataset.json')} + shards/moments-*.npy + labels.npy "
         f"(written by `python -m preprocessing IMAGENET_TRAIN_DIR {data_dir} --resolution 256`), or\n"
         f"  - {os.path.join(data_dir, 'vae-sd', 'dataset.json')} + vae-sd/**/*.npy (the REPA/SRA layout), or\n"
-        f"  - the name 'digits' (or 'digits:32') for the embedded dataset.")
+        f"  - the name 'digits' (or 'digits:32', 'digits:16:train') for the embedded dataset.")
 
 
 def sample_posterior(moments: torch.Tensor, scale: float = LATENT_SCALE, generator: torch.Generator = None):

@@ -331,10 +331,12 @@ def _reference_ids(groups, separate: bool):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Registry: SiT-{S,B,L,XL}/{2,4,8} as in SiT (depth, width, heads), plus a tiny T for CPU runs and tests
+# Registry: SiT-{S,B,L,XL}/{2,4,8} as in SiT (depth, width, heads), plus a tiny T for CPU runs and tests and a
+# narrower N (width 64) for the CPU ablation study (scripts/ablations_cpu.sh)
 # --------------------------------------------------------------------------------------------------------------
 
-SIZES = {"T": (6, 128, 4), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+SIZES = {"N": (6, 64, 4), "T": (6, 128, 4), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16),
+         "XL": (28, 1152, 16)}
 
 
 def _make(size: str, patch: int):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dataset import (LATENT_SCALE, DigitsDataset, EpochOrder, LatentShardDataset, RepaLatentDataset, build_dataset,
-                     digits_images, sample_posterior)
+                     digits_images, digits_split_indices, sample_posterior)
 from preprocessing.shards import ShardWriter, atomic_write_json, finalize, shard_files
 
 
@@ -149,6 +149,29 @@ def test_digits_dataset():
     assert xi.min() >= -1 and xi.max() <= 1
     xb, yb = ds.get_batch([3, 1])
     assert torch.equal(xb, x[[3, 1]]) and torch.equal(yb, y[[3, 1]])
+
+
+def test_digits_heldout_split_is_stratified_disjoint_and_fixed():
+    x, y = digits_images(16)
+    train, heldout = digits_split_indices(y, "train"), digits_split_indices(y, "heldout")
+    assert len(heldout) == 445 and len(train) == 1352 and not set(train) & set(heldout)
+    assert sorted(np.concatenate([train, heldout]).tolist()) == list(range(1797))
+    counts = np.bincount(y.numpy(), minlength=10)
+    assert np.bincount(y.numpy()[heldout], minlength=10).tolist() == [int(0.25 * c) for c in counts]
+    assert heldout[:10].tolist() == [3, 7, 13, 16, 19, 22, 26, 36, 38, 43]      # pinned: the split never moves
+    np.testing.assert_array_equal(digits_split_indices(y, "all"), np.arange(1797))
+    for split, idx in (("train", train), ("heldout", heldout)):
+        xs, ys = digits_images(16, split)
+        assert torch.equal(xs, x[idx]) and torch.equal(ys, y[idx])
+        ds = build_dataset(f"digits:16:{split}")
+        assert isinstance(ds, DigitsDataset) and ds.split == split and len(ds) == len(idx)
+    assert len(build_dataset("digits")) == 1797 and build_dataset("digits:8").split == "all"
+
+
+@pytest.mark.parametrize("spec", ["digits:16:val", "digits:x", "digits:16:train:1"])
+def test_digits_spec_errors(spec):
+    with pytest.raises(ValueError, match="digits"):
+        build_dataset(spec)
 
 
 def _take(order, n):

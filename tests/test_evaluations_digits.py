@@ -128,3 +128,46 @@ def test_classifier_trains_even_when_called_under_no_grad(tmp_path, monkeypatch)
     with torch.no_grad():
         net = dm.load_classifier(8, log=lambda *a: None)
     assert (tmp_path / "digits_classifier_8.pt").exists() and not net.training
+
+
+def test_nearest_train_share_matches_a_naive_loop():
+    gen = torch.Generator().manual_seed(0)
+    q, train, held = (torch.randn(n, 5, generator=gen) for n in (30, 40, 20))
+    naive = np.mean([min(float((a - b).norm()) for b in train) < min(float((a - c).norm()) for c in held) for a in q])
+    assert dm.nearest_train_share(q, train, held) == pytest.approx(naive)
+    loo = np.mean([min(float((held[i] - b).norm()) for b in train) <
+                   min(float((held[i] - held[j]).norm()) for j in range(20) if j != i) for i in range(20)])
+    assert dm.nearest_train_share(held, train, held, exclude_self=True) == pytest.approx(loo)
+    with pytest.raises(ValueError, match="exclude_self"):
+        dm.nearest_train_share(q, train, held, exclude_self=True)
+
+
+def test_heldout_reference_memorisation_and_classifier_split():
+    """Copies of training digits are all 'memorised', the held-out digits none; the real held-out figure lies in
+    between; the classifier of the held-out reference trains on the train split only (its own cache file)."""
+    train, y_train = digits_images(RES, "train")
+    heldout, y_heldout = digits_images(RES, "heldout")
+    copies = dm.digits_metric(train[:300], y_train[:300], reference="heldout")
+    assert copies["memorisation"] == 1.0 and copies["reference"] == "heldout" and copies["real_n"] == 445
+    assert copies["train_n"] == 1352 and copies["accuracy"] >= 0.95
+    own = dm.digits_metric(heldout, y_heldout, reference="heldout")
+    assert own["memorisation"] == 0.0 and abs(own["fd"]) < 1e-6 and own["accuracy"] == own["heldout_accuracy"]
+    assert 0.5 < own["memorisation_real"] < 0.95 and own["heldout_accuracy"] >= 0.9
+    # the floor: 300 other random training digits give an fd of the same size as these 300
+    assert 0 < copies["fd_train_same_n"] < 3 * copies["fd"] and copies["fd"] < 3 * copies["fd_train_same_n"]
+    saved = torch.load(dm.classifier_path(RES, "train"), weights_only=True)
+    assert saved["split"] == "train" and dm.classifier_path(RES, "train") != dm.classifier_path(RES)
+    with pytest.raises(ValueError, match="reference"):
+        dm.digits_metric(heldout, y_heldout, reference="test")
+
+
+def test_cli_heldout_reference(tmp_path, capsys):
+    heldout, y_heldout = digits_images(RES, "heldout")
+    u8 = torch.round((heldout[:, 0] + 1) * 127.5).to(torch.uint8).numpy()
+    path = str(tmp_path / "samples.npz")
+    np.savez(path, arr_0=u8, labels=y_heldout.numpy())
+    record = dm.main([path, "--reference", "heldout", "--out", str(tmp_path / "r.json")])
+    assert "memorisation" in capsys.readouterr().out
+    saved = json.load(open(tmp_path / "r.json"))
+    assert saved["reference"] == "heldout" and saved["memorisation"] == record["memorisation"] <= 0.01
+    assert saved["classifier"].endswith("digits_classifier_16_train.pt")
