@@ -1,0 +1,195 @@
+"""scripts/ablations_cpu.sh and scripts/collect_cpu_study.py: the dry run's commands parsed by the programs' own
+parsers (every setting, seed and evaluation point of the study), --tiny end to end (2 settings x 2 seeds, 8
+steps: train -> sample -> held-out digits metric -> table and figure), resuming after an interruption, and the
+table's statistics and verdicts on fixture records."""
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from test_scripts import load_collect_results, parse_all, run_script
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "scripts")
+SETTINGS = ["dual-full-r0.25", "dual-as-r0.25", "single-full-r0.25", "single-as-r0.25", "dual-full-r0.5",
+            "dual-as-r0.5", "dual-as-r0.5-rho0.25", "dual-full-r0.35", "dual-as-r0.35", "sit", "sra", "self-flow"]
+
+
+def load_collector():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("collect_cpu_study", os.path.join(SCRIPTS, "collect_cpu_study.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+study = load_collector()
+
+
+def test_help():
+    res = run_script("ablations_cpu.sh", "--help")
+    assert res.returncode == 0 and "usage: scripts/ablations_cpu.sh" in res.stdout and "Environment" in res.stdout
+
+
+def test_dry_run_is_the_whole_study(monkeypatch):
+    """12 settings x 3 seeds, 64 tokens per image, train split only; 3 evaluations per run against the held-out
+    digits at 1/8, 1/2 and 1 of the run."""
+    res = run_script("ablations_cpu.sh", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    parsed = parse_all([shlex.split(line) for line in res.stdout.splitlines()], monkeypatch)
+    trains = [ns for _, _, program, ns in parsed if program == "train.py"]
+    assert [ns.exp_name for ns in trains] == [f"cpu-{s}-s{k}" for k in range(3) for s in SETTINGS]   # seed-major
+    for ns in trains:
+        setting, seed = ns.exp_name[4:-3], int(ns.exp_name[-1])
+        assert ns.seed == seed and ns.data_dir == "digits:16:train" and ns.model == "SiT-N/2"
+        assert (16 // 2) ** 2 >= 64 and ns.batch_size == 32 and ns.max_train_steps == 720
+        assert ns.checkpoint_steps == 90 and ns.resume == "auto" and ns.mixed_precision == "no"
+        assert ns.ema_decay == pytest.approx(1 - 80 / 720, abs=1e-6) and ns.eval_samples == 0
+        if setting == "sit":
+            assert not ns.use_alignment_loss and ns.mask_ratio == [0.0] and not ns.dual_time_scheduling
+        elif setting == "sra":
+            assert ns.use_alignment_loss and ns.mask_ratio == [0.0] and ns.teacher_t == "sra"
+        elif setting == "self-flow":
+            assert ns.use_alignment_loss and ns.dual_time_scheduling and not ns.attention_separation
+            assert ns.teacher_t == "self_flow" and ns.mask_ratio == [0.25]
+        else:
+            timesteps, attention, ratio, rho = load_collect_results().parse_ablation(f"b2-{setting}")
+            assert ns.use_alignment_loss and ns.teacher_t == "sra" and ns.teacher_mask
+            assert ns.dual_time_scheduling == (timesteps == "dual")
+            assert ns.attention_separation == (attention == "as")
+            assert ns.mask_ratio == [ratio] and ns.full_sample_prob == rho
+    samples = [ns for _, _, program, ns in parsed if program == "sample_ddp.py"]
+    assert len(samples) == 3 * len(trains)
+    assert sorted({int(os.path.basename(ns.ckpt)[:-3]) for ns in samples}) == [90, 360, 720]
+    for ns in samples:
+        assert (ns.num_fid_samples, ns.mode, ns.num_steps, ns.cfg_scale, ns.balanced_labels) == (500, "sde", 25, 1.0,
+                                                                                                  True)
+    metrics = [ns for _, _, program, ns in parsed if program == "-m evaluations.digits_metric"]
+    assert len(metrics) == len(samples) and all(ns.reference == "heldout" for ns in metrics)
+
+
+@pytest.mark.parametrize("args,env,message", [(["dual-sparse-r0.25"], {}, "dual-sparse-r0.25"),
+                                              ([], dict(STEPS="100"), "multiple of 8"),
+                                              ([], dict(SEEDS="a"), "SEEDS"),
+                                              ([], dict(JOBS="0"), "JOBS")])
+def test_bad_input(args, env, message):
+    res = run_script("ablations_cpu.sh", "--dry-run", *args, **env)
+    assert res.returncode == 2 and message in res.stderr and not res.stdout
+
+
+# ---- --tiny end to end ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cpu-study")
+    env = dict(TINY_ROOT=root, SIT_SRA_CACHE=root / "cache")
+    res = run_script("ablations_cpu.sh", "--tiny", "dual-full-r0.25", "dual-as-r0.25", timeout=900, **env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return root, env
+
+
+def test_tiny_records(tiny_study):
+    root, _ = tiny_study
+    for setting in ("dual-full-r0.25", "dual-as-r0.25"):
+        for seed in (0, 1):
+            for step in (1, 4, 8):
+                path = root / "results" / f"cpu-{setting}-s{seed}" / f"{step:07d}-n20-sde5-cfg1.0-gh1.0" / "digits.json"
+                rec = json.loads(path.read_text())
+                assert rec["n"] == 20 and rec["reference"] == "heldout" and 0 <= rec["memorisation"] <= 1
+                assert rec["fd"] >= 0 and 0 <= rec["accuracy"] <= 1 and rec["real_n"] == 445
+    info = json.loads((root / "results" / "study.json").read_text())
+    assert info["steps"] == 8 and info["seeds"] == [0, 1] and info["eval_steps"] == [1, 4, 8]
+    assert info["failed"] == [] and info["wall_seconds"] >= 0
+
+
+def test_tiny_table_and_figure(tiny_study):
+    root, _ = tiny_study
+    res = subprocess.run([sys.executable, os.path.join(SCRIPTS, "collect_cpu_study.py"), str(root / "results")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    t1 = next(line for line in lines if line.startswith("| dual t, AS, alpha 0.25 = ours"))
+    assert t1.count("±") == 9                                       # 3 metrics x 3 points, 2 seeds each
+    claim = next(line for line in lines if line.startswith("| Table 1: with dual timesteps"))
+    assert "dual-as-r0.25 − dual-full-r0.25" in claim and ("reproduced" in claim or "resolvable" in claim)
+    assert os.path.getsize(root / "results" / "cpu_study.png") > 1000
+    assert (root / "results" / "cpu_study.json").is_file()
+
+
+def test_tiny_resume(tiny_study):
+    """A finished study is skipped; a run cut short (last checkpoint and one record gone) resumes from its newest
+    checkpoint and recomputes only the missing record."""
+    root, env = tiny_study
+    res = run_script("ablations_cpu.sh", "--tiny", "dual-full-r0.25", "dual-as-r0.25", timeout=300, **env)
+    assert res.returncode == 0 and res.stderr.count("finished, skipped") == 4 and "started" not in res.stderr
+    run = root / "runs" / "cpu-dual-as-r0.25-s1"
+    (run / "checkpoints" / "0000008.pt").unlink()
+    record = root / "results" / "cpu-dual-as-r0.25-s1" / "0000008-n20-sde5-cfg1.0-gh1.0" / "digits.json"
+    kept = root / "results" / "cpu-dual-as-r0.25-s1" / "0000004-n20-sde5-cfg1.0-gh1.0" / "digits.json"
+    before = kept.stat().st_mtime_ns
+    record.unlink()
+    res = run_script("ablations_cpu.sh", "--tiny", "dual-full-r0.25", "dual-as-r0.25", timeout=300, **env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stderr.count("finished, skipped") == 3
+    log = (root / "results" / "logs" / "cpu-dual-as-r0.25-s1.log").read_text()
+    assert "resumed from" in log and log.count("sample_ddp.py") == 1
+    assert record.is_file() and kept.stat().st_mtime_ns == before
+
+
+# ---- the collector on fixture records ------------------------------------------------------------------------------
+
+def write(root, setting, seed, step, fd, accuracy=0.5, memorisation=0.7):
+    folder = root / f"cpu-{setting}-s{seed}" / f"{step:07d}-n500-sde25-cfg1.0-gh1.0"
+    folder.mkdir(parents=True)
+    (folder / "sampling.json").write_text(json.dumps(dict(
+        checkpoint=f"/x/runs/cpu-{setting}-s{seed}/checkpoints/{step:07d}.pt", settings=dict(steps=step))))
+    (folder / "digits.json").write_text(json.dumps(dict(
+        fd=fd, accuracy=accuracy, memorisation=memorisation, memorisation_real=0.78, heldout_accuracy=0.98,
+        fd_train_same_n=5.0, n=500, reference="heldout")))
+
+
+def test_collector_statistics_and_verdicts(tmp_path):
+    res = tmp_path / "results"
+    base = {0: 10.0, 1: 12.0, 2: 14.0}                    # fd of the reference settings at the end, per seed
+    for seed, b in base.items():
+        for step, scale in ((100, 3.0), (400, 1.5), (800, 1.0)):
+            write(res, "dual-full-r0.25", seed, step, b * scale)
+            write(res, "dual-as-r0.25", seed, step, b * scale + (1.0, -1.0, 0.5)[seed])    # within the spread
+            write(res, "dual-full-r0.5", seed, step, b * scale, accuracy=0.9)
+            write(res, "dual-as-r0.5", seed, step, b * scale + 10 + seed, accuracy=0.6)      # clearly worse
+            write(res, "single-full-r0.25", seed, step, b * scale)
+            write(res, "single-as-r0.25", seed, step, b * scale + 5 + 0.1 * seed)          # worse: claim fails
+    (res / "cpu-dual-full-r0.5-s0" / "junk.json").write_text("{")                          # ignored
+    text, figure, summary = study.collect(str(res), str(tmp_path / "out"))
+    cell = summary["cells"]["dual-full-r0.25"]["1"]["fd"]
+    assert (cell["mean"], cell["std"], cell["k"]) == (12.0, 2.0, 3)
+    assert summary["steps"] == {"1/8": 100, "1/2": 400, "1": 800}
+    claims = {c["a"] + " " + c["b"]: c for c in summary["claims"]}
+    worse = claims["dual-as-r0.5 dual-full-r0.5"]
+    d = worse["points"]["1"]["fd"]
+    half = 4.303 * 1.0 / math.sqrt(3)                     # diffs 10, 11, 12: mean 11, sd 1, t(0.975, 2) = 4.303
+    assert d["mean"] == pytest.approx(11.0) and d["std"] == pytest.approx(1.0)
+    assert (d["lo"], d["hi"]) == (pytest.approx(11 - half), pytest.approx(11 + half))
+    assert worse["verdict"] == "reproduced"
+    assert worse["points"]["1"]["accuracy"]["mean"] == pytest.approx(-0.3)
+    assert claims["dual-as-r0.25 dual-full-r0.25"]["verdict"].startswith("not resolvable")
+    assert claims["single-as-r0.25 single-full-r0.25"]["verdict"].startswith("not reproduced")
+    assert claims["dual-as-r0.35 dual-full-r0.35"]["verdict"] == "not run"
+    lines = text.splitlines()
+    row = next(line for line in lines if line.startswith("| dual t, full attn, alpha 0.25 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "36.00 ± 6.00" and cells[7] == "12.00 ± 2.00" and cells[-3:] == ["58.16", "30.20", "25.19"]
+    claim = next(line for line in lines if line.startswith("| Table 3: at alpha 0.5, AS is much worse"))
+    assert f"11.00 ± 1.00 [{11 - half:.2f}, {11 + half:.2f}]" in claim and "+13.80" in claim
+    assert os.path.getsize(figure) > 1000 and (tmp_path / "out" / "cpu_study.md").is_file()
+
+
+def test_collector_without_records(tmp_path):
+    with pytest.raises(SystemExit, match="no records"):
+        study.collect(str(tmp_path), str(tmp_path))
+    with pytest.raises(SystemExit, match="not found"):
+        study.collect(str(tmp_path / "nope"), str(tmp_path))
