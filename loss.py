@@ -289,6 +289,19 @@ class TrainingLoss:
             self._groups_cache[dev] = torch.tensor(ranks, device=dev)
         return self._groups_cache[dev]
 
+    def draw_timesteps(self, N: int, dev):
+        """-> (t (N, G), num_full): one timestep per group (DTS, Eq. 5) and the number of full-image rows (the first
+        num_full rows, one timestep for all their tokens). With --sorted-timesteps the groups' draws are sorted so
+        that t_hi is on the masked group; a full row is a plain sample, so it keeps one unsorted draw (group 1's, as
+        the release) and its t stays U(0, 1) (the smaller of two sorted draws would have mean 1/3)."""
+        G = len(self.sizes)
+        drawn = sample_t((N, G if self.dual_time_scheduling else 1), self.weighting, self.path_type, dev).expand(N, G)
+        t = drawn.sort(dim=1, descending=True).values if self.sorted_timesteps else drawn
+        num_full = int(round(self.full_sample_prob * N)) if G > 1 else 0   # full-image mixing: exact count, no sync
+        if num_full:
+            t = torch.cat([drawn[:num_full, 1:2].expand(-1, G), t[num_full:]])   # full rows: one timestep
+        return t.contiguous(), num_full
+
     @property
     def needs_ema(self) -> bool:
         return self.target is not None and self.target.needs_ema
@@ -301,13 +314,7 @@ class TrainingLoss:
         y_dropped = torch.where(drop, torch.full_like(y, self.num_classes), y)
 
         # ---- timesteps per group (DTS, Eq. 5) and exact-size token groups ------------------------------------
-        t = sample_t((N, G if self.dual_time_scheduling else 1), self.weighting, self.path_type, dev).expand(N, G)
-        if self.sorted_timesteps:                                          # Eq. 5 as written: t_hi on the masked group
-            t = t.sort(dim=1, descending=True).values
-        num_full = int(round(self.full_sample_prob * N)) if G > 1 else 0   # full-image mixing: exact count, no sync
-        if num_full:
-            t = torch.cat([t[:num_full, 1:2].expand(-1, G), t[num_full:]])  # full rows: one timestep (group 1's)
-        t = t.contiguous()
+        t, num_full = self.draw_timesteps(N, dev)
 
         def mix(tau):                                                      # x_tau for a (N, 1, H|1, W|1) time map
             a, s, _, _ = interpolant(self.path_type, tau)
