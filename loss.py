@@ -23,6 +23,20 @@ from models import SegmentLayout
 
 LOSS_TYPES = ("cos-token", "cos-channel", "sml1", "l1", "l2")
 TEACHER_T = ("sra", "self_flow", "same")
+# --align-weight-schedule: lambda(e) = align_weight * 0.1 ** (max(0, e - start) / period) for the 0-based epoch e.
+# The original SiT-SRA recipe (smooth-L1, align_weight 0.2): at 256 px 0.2 up to epoch 149, then
+# 2 * 0.1 ** ((e - 149) / 1000 + 1); at 512 px the same with 99 and 800 (METHOD.md section 2).
+ALIGN_WEIGHT_SCHEDULES = {"constant": None, "sra-256": (149, 1000), "sra-512": (99, 800)}
+
+
+def align_weight_at(schedule: str, align_weight: float, epoch: int) -> float:
+    """The alignment weight lambda at 0-based `epoch` (a python number: no device work, no host sync)."""
+    if schedule not in ALIGN_WEIGHT_SCHEDULES:
+        raise ValueError(f"--align-weight-schedule must be one of {sorted(ALIGN_WEIGHT_SCHEDULES)}, got {schedule!r}")
+    if ALIGN_WEIGHT_SCHEDULES[schedule] is None:
+        return float(align_weight)
+    start, period = ALIGN_WEIGHT_SCHEDULES[schedule]
+    return float(align_weight) * 0.1 ** (max(0, epoch - start) / period)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -127,9 +141,11 @@ class EMATeacher:
     """SRA / Self-Flow / ours: the EMA model's block-n hidden state on a less noisy input (Sec. 5 table)."""
     needs_ema, head = True, "ap_head"
 
-    def __init__(self, block_out_t: int, teacher_t: str, teacher_mask: bool, teacher_labels: str):
+    def __init__(self, block_out_t: int, teacher_t: str, teacher_mask: bool, teacher_labels: str,
+                 t_max: float = 0.2):
         self.block_out_t, self.teacher_t = block_out_t, teacher_t
         self.teacher_mask, self.teacher_labels = teacher_mask, teacher_labels
+        self.t_max = t_max                                              # sra: s = clamp(t - t_max U, 0, 1)
 
     def z_dim(self, patch: int, channels: int):
         return None                                                     # the teacher's width = the student's
@@ -143,11 +159,11 @@ class EMATeacher:
         elif self.teacher_t == "self_flow":                             # Eq. 7: whole image at t_lo = min_g t_g
             s, layout = d.t.min(dim=1, keepdim=True).values, None
             x_in = d.mix(s[:, :, None, None])
-        else:                                                           # sra: s_g = clamp(t_g - 0.2 U_g, 0, 1)
+        else:                                                           # sra: s_g = clamp(t_g - t_max U_g, 0, 1)
             u = torch.rand(N, G, device=d.t.device)
             if d.num_full:
                 u[: d.num_full] = u[: d.num_full, :1]                   # a full-image row keeps one timestep
-            s = (d.t - 0.2 * u).clamp(0, 1)
+            s = (d.t - self.t_max * u).clamp(0, 1)
             layout = d.layout if self.teacher_mask else None
             if layout is None:                                          # one group: plain SRA teacher
                 s = s[:, :1]
@@ -169,19 +185,21 @@ class EMATeacher:
 
 
 class REPATarget:
-    """REPA (arXiv 2410.06940): a frozen external encoder's patch tokens on the clean image, DINOv2's
-    x_norm_patchtokens at 14 * grid pixels (224 for 16 x 16 SiT tokens, 448 for 32 x 32), so tokens line up.
+    """REPA (arXiv 2410.06940): a frozen external encoder's patch tokens on the real image (never a VAE
+    reconstruction), DINOv2's x_norm_patchtokens at 14 * grid pixels (224 for 16 x 16 SiT tokens, 448 for 32 x 32),
+    so tokens line up.
 
-    Precomputed (`python -m preprocessing repa-features`, train.py --repa-features): the batch's features arrive
-    on the draw (d.features, (N, T, D_enc)) and are the target as they are; then no encoder is needed (pass
-    encoder=None and dim=D_enc)."""
+    Latent datasets: the targets are precomputed from the dataset's images (`python -m preprocessing repa-features`,
+    train.py --repa-features, the presets' default): the batch's features arrive on the draw (d.features,
+    (N, T, D_enc)) and are the target as they are; no encoder is needed (pass encoder=None and dim=D_enc).
+    Pixel datasets (the digits): the encoder runs on the fly on to_images(x0), the batch's images themselves."""
     needs_ema, head = False, "projector"
 
     def __init__(self, encoder=None, to_images=None, dim: int = None):
         if encoder is None and dim is None:
             raise ValueError("REPATarget needs an encoder, or dim (the encoder width) for precomputed features")
         self.encoder = encoder          # models.dinov2.DinoV2, frozen, eval mode (None: precomputed features only)
-        self.to_images = to_images      # x0 in model space (N, C, h, w) -> images (N, 3 or 1, H, W) in [-1, 1]
+        self.to_images = to_images      # x0 (pixel data, N, C, H, W) -> images (N, 3 or 1, H, W) in [-1, 1]
         self.dim = encoder.embed_dim if encoder is not None else int(dim)
 
     def z_dim(self, patch: int, channels: int) -> int:
@@ -234,8 +252,12 @@ class TrainingLoss:
                  weighting="uniform", class_dropout_prob=0.1, use_alignment_loss=False, align_weight=0.5,
                  loss_type="cos-channel", block_out_s=3, block_out_t=8, mask_ratio=(0.0,),
                  dual_time_scheduling=False, attention_separation=False, full_sample_prob=0.0, teacher_t="sra",
-                 teacher_mask=False, teacher_labels="clean", sorted_timesteps=False, target=None):
+                 teacher_mask=False, teacher_labels="clean", sorted_timesteps=False, target=None, t_max=0.2,
+                 align_weight_schedule="constant"):
         interpolant(path_type, torch.zeros(1))                         # validates the name
+        align_weight_at(align_weight_schedule, align_weight, 0)        # validates the name
+        if not 0 <= t_max <= 1:
+            raise ValueError(f"--t-max must lie in [0, 1], got {t_max}")
         if weighting not in ("uniform", "lognormal"):
             raise ValueError(f"--weighting must be uniform or lognormal, got {weighting!r}")
         if loss_type not in LOSS_TYPES:
@@ -265,7 +287,7 @@ class TrainingLoss:
             if not 1 <= block_out_s:
                 raise ValueError(f"--block-out-s must be >= 1, got {block_out_s}")
             if target is None:
-                target = EMATeacher(block_out_t, teacher_t, teacher_mask, teacher_labels)
+                target = EMATeacher(block_out_t, teacher_t, teacher_mask, teacher_labels, t_max)
             if isinstance(target, EMATeacher) and G > 1:
                 if teacher_t == "self_flow" and teacher_mask:
                     raise ValueError("--teacher-t self_flow feeds the teacher the whole image at t_lo (Eq. 7); "
@@ -276,6 +298,7 @@ class TrainingLoss:
         self.num_tokens, self.grid, self.patch, self.num_classes = num_tokens, grid, patch, num_classes
         self.path_type, self.weighting, self.class_dropout_prob = path_type, weighting, class_dropout_prob
         self.align_weight, self.loss_type = align_weight, loss_type
+        self.align_weight_schedule = align_weight_schedule
         self.block_out_s = block_out_s
         self.dual_time_scheduling, self.attention_separation = dual_time_scheduling, attention_separation
         self.full_sample_prob, self.sorted_timesteps = full_sample_prob, sorted_timesteps
@@ -306,8 +329,10 @@ class TrainingLoss:
     def needs_ema(self) -> bool:
         return self.target is not None and self.target.needs_ema
 
-    def __call__(self, model, x0: Tensor, y: Tensor, ema=None, reference: bool = False, features: Tensor = None):
-        """features: the batch's precomputed alignment target (N, T, D) when the target reads it (REPA), else None."""
+    def __call__(self, model, x0: Tensor, y: Tensor, ema=None, reference: bool = False, features: Tensor = None,
+                 epoch: int = 0):
+        """features: the batch's precomputed alignment target (N, T, D) when the target reads it (REPA), else None.
+        epoch: the 0-based epoch of this step (a python int), read by --align-weight-schedule."""
         N, dev, G = x0.shape[0], x0.device, len(self.sizes)
         eps = torch.randn_like(x0)
         drop = torch.rand(N, device=dev) < self.class_dropout_prob       # label dropout for CFG (null = num_classes)
@@ -353,4 +378,5 @@ class TrainingLoss:
         with torch.autocast(device_type="cuda" if dev.type == "cuda" else "cpu", enabled=False):
             loss_align = alignment_distance(feats, z, self.loss_type)     # (N,)
         logs["loss_align"] = loss_align.detach().mean()
-        return loss_gen + self.align_weight * loss_align, logs
+        weight = align_weight_at(self.align_weight_schedule, self.align_weight, epoch)
+        return loss_gen + weight * loss_align, logs

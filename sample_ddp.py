@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import aliases
 import samplers
 from fileio import atomic_path, atomic_write_json, stream_npz, unusable_folder
 from models.vae import decode_latents, load_vae_spec
@@ -188,8 +189,10 @@ def write_npz(path, n, store, labels):
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv=None, notes=None):
+    """Flags -> args; the release's / REPA's generate.py spellings are checked or accepted (aliases.py).
+    notes: a list that receives one line per such flag."""
+    p = aliases.one_line_errors(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     p.add_argument("--ckpt", required=True, help="checkpoint of this codebase, or a public SiT / REPA / SRA file")
     p.add_argument("--which", choices=["ema", "model"], default="ema", help="weights to load (default: EMA)")
     p.add_argument("--model", default=None, help="expected model name (checked against the file), e.g. SiT-XL/2")
@@ -199,7 +202,8 @@ def parse_args(argv=None):
     p.add_argument("--vae", default="auto", help="'ema' | 'mse' (HF cache) | a local folder | 'none' (pixel "
                    "model); auto = ema for 4-channel latent models, none otherwise")
     p.add_argument("--mode", choices=["sde", "ode"], default="sde")
-    p.add_argument("--heun", action="store_true", help="Heun ODE (2 NFE per step but the last)")
+    p.add_argument("--heun", action=argparse.BooleanOptionalAction, default=False,
+                   help="Heun ODE (2 NFE per step but the last)")
     p.add_argument("--num-steps", type=int, default=250)
     p.add_argument("--cfg-scale", type=float, default=1.0)
     p.add_argument("--guidance-low", type=float, default=0.0)
@@ -223,7 +227,11 @@ def parse_args(argv=None):
                    help="uint8 rule: release = floor(127.5 x + 127.5) (SRA / REPA), dit = floor(127.5 x + 128)")
     p.add_argument("--path-type", choices=list(samplers.PATH_TYPES), default=None,
                    help="the path the model was trained on (default: what the checkpoint says, else linear)")
+    aliases.add_sample_aliases(p)
     args = p.parse_args(argv)
+    found = aliases.resolve_sample_aliases(p, args)
+    if notes is not None:
+        notes.extend(found)
     if args.num_steps < 1:
         p.error(f"--num-steps must be >= 1, got {args.num_steps}")
     if args.global_seed < 0:
@@ -236,6 +244,14 @@ def parse_args(argv=None):
         p.error(f"need 0 <= --guidance-low <= --guidance-high <= 1, got {args.guidance_low}, {args.guidance_high}")
     check_args(args)
     return args
+
+
+def model_config(model):
+    """The loaded network's head and attention settings (for aliases.check_sample_checkpoint)."""
+    net = getattr(model, "model", model)                     # SiTTimeFlip wraps the SiT
+    z_dim = net.projectors[0][-1].out_features if net.align_head == "projector" else None
+    return dict(qk_norm=isinstance(net.blocks[0].attn.q_norm, torch.nn.LayerNorm), align_head=net.align_head,
+                z_dim=z_dim)
 
 
 def resolve_path_type(flag, info, ckpt):
@@ -335,7 +351,11 @@ def barrier(world, device):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    notes = []
+    args = parse_args(argv, notes)
+    if args.print_config:                                    # reads no weights
+        aliases.print_config(args, notes, drop=("print_config", "local_rank"))
+        return None
     rank, world, device = setup_distributed()
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
@@ -344,6 +364,7 @@ def main(argv=None):
     model, info = load_checkpoint(args.ckpt, which=args.which, model_name=args.model,
                                   time_convention=args.time_convention)
     model = model.to(device).eval()
+    aliases.check_sample_checkpoint(args, info, model_config(model))
     s = settings_of(args, info, device)
     vae = None if s["vae"] == "none" else load_vae_spec(args.vae if args.vae != "auto" else "ema", device)
     kw = dict(mode=args.mode, num_steps=args.num_steps, heun=args.heun, cfg_scale=args.cfg_scale,

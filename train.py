@@ -7,6 +7,7 @@
 import argparse
 import math
 import os
+import sys
 import time
 from copy import deepcopy
 
@@ -16,11 +17,13 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
+import aliases
 import runlog
 import tracking
 from fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
 from dataset import DataError, EpochOrder, build_dataset, sample_posterior
-from loss import LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget, student_head
+from loss import (ALIGN_WEIGHT_SCHEDULES, LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget,
+                  student_head)
 from models import (CheckpointError, SiT_models, init_from_checkpoint, load_state_dict_strict, patch_size_of,
                     read_training_state)
 from models.dinov2 import DINOV2_DIMS
@@ -106,18 +109,43 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-mask", action=B, default=False)
     g.add_argument("--teacher-labels", choices=["clean", "dropped"], default="clean")
     g.add_argument("--sorted-timesteps", action=B, default=False, help="Eq. 5 as written: t_hi on the masked group")
-    return p
+    g.add_argument("--t-max", type=float, default=0.2,
+                   help="teacher offset: s = clamp(t - t_max U, 0, 1) (--teacher-t sra; SiT-SRA's --t-max)")
+    g.add_argument("--align-weight-schedule", choices=sorted(ALIGN_WEIGHT_SCHEDULES), default="constant",
+                   help="lambda per epoch: constant, or the original SRA decay after epoch 149 (sra-256) / 99 "
+                        "(sra-512) (loss.align_weight_at)")
+    aliases.add_train_aliases(p)
+    return aliases.one_line_errors(p)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None, notes=None) -> argparse.Namespace:
+    """Flags -> args (the preset fills the defaults; the release's / REPA's spellings are converted, aliases.py).
+    notes: a list that receives one line per release / REPA flag met."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     known, _ = parser.parse_known_args(argv)
     if known.preset:
         parser.set_defaults(**PRESETS[known.preset])
     args = parser.parse_args(argv)
     if args.exp_name is None:
         args.exp_name = args.preset or args.model.replace("/", "-")
+    found = aliases.resolve_train_aliases(parser, args, aliases.given_dests(parser, argv))
+    if args.repa_features == "auto":
+        args.repa_features = repa_features_for(args)
+    if notes is not None:
+        notes.extend(found)
     return args
+
+
+def repa_features_for(args):
+    """--repa-features auto: REPA's targets come from the real images, so on latents they are the precomputed
+    folder (`python -m preprocessing repa-features`), on the pixel digits the images themselves (None)."""
+    from preprocessing.repa_features import features_folder_name
+
+    repa = args.use_alignment_loss and args.align_target == "repa"
+    if not repa or str(args.data_dir).split(":")[0] == "digits":
+        return None
+    return features_folder_name(args.enc_type, patch_size_of(args.model))
 
 
 def _out_of_range(flag: str, value, low, high, closed_high=True) -> str:
@@ -168,7 +196,7 @@ def check_args(args, world_size: int):
         raise SystemExit(f"--repa-features {args.repa_features} holds REPA targets: it needs --use-alignment-loss "
                          f"--align-target repa (e.g. --preset repa-b2)")
     for flag in ("max_train_steps", "checkpoint_steps", "log_every"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:       # None: from --epochs (aliases.py)
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
 
 
@@ -190,15 +218,16 @@ def build_target(args, dataset, device):
                              f"{info['tokens']} tokens, this run has --enc-type {args.enc_type} and {args.model} "
                              f"with {tokens} tokens")
         return REPATarget(dim=DINOV2_DIMS[args.enc_type])
+    if dataset.is_latent:                          # never DINOv2 on VAE reconstructions: REPA sees the real images
+        raise SystemExit(f"REPA on latents ({args.data_dir}) reads DINOv2 targets precomputed from the real images: "
+                         f"run `python -m preprocessing repa-features {args.data_dir} --enc-type {args.enc_type} "
+                         f"--patch-size {patch_size_of(args.model)}` and pass --repa-features auto (the presets do)")
     from models.dinov2 import load_dinov2
     try:
         encoder = load_dinov2(args.enc_type, path=args.enc_weights).to(device)
     except (FileNotFoundError, RuntimeError) as e:
         raise SystemExit(f"--enc-weights: {e}") from None
-    if not dataset.is_latent:
-        return REPATarget(encoder, to_images=lambda x0: x0)
-    vae = load_vae_for(args, device, required=True)
-    return REPATarget(encoder, to_images=lambda x0: decode_latents(vae, x0))
+    return REPATarget(encoder, to_images=lambda x0: x0)                 # pixel data: x0 is the image
 
 
 def build_loss(args, model, dataset, target=None) -> TrainingLoss:
@@ -210,7 +239,8 @@ def build_loss(args, model, dataset, target=None) -> TrainingLoss:
             block_out_s=args.block_out_s, block_out_t=args.block_out_t, mask_ratio=args.mask_ratio,
             dual_time_scheduling=args.dual_time_scheduling, attention_separation=args.attention_separation,
             full_sample_prob=args.full_sample_prob, teacher_t=args.teacher_t, teacher_mask=args.teacher_mask,
-            teacher_labels=args.teacher_labels, sorted_timesteps=args.sorted_timesteps, target=target)
+            teacher_labels=args.teacher_labels, sorted_timesteps=args.sorted_timesteps, target=target,
+            t_max=args.t_max, align_weight_schedule=args.align_weight_schedule)
     except ValueError as e:
         raise SystemExit(f"invalid flags: {e}") from None
 
@@ -318,16 +348,13 @@ def save_ground_truth(accelerator, args, dataset, run_dir, step, device, logger)
 _VAE = {}
 
 
-def load_vae_for(args, device, required=False):
-    """The SD-VAE (--vae: ema | mse from the HF cache, or a folder). Previews are skipped without it; REPA on
-    latents needs it."""
+def load_vae_for(args, device):
+    """The SD-VAE (--vae: ema | mse from the HF cache, or a folder), for previews (skipped without it)."""
     if "vae" not in _VAE:
         from models.vae import load_vae_spec
         try:
             _VAE["vae"] = load_vae_spec(args.vae, device)
         except FileNotFoundError as e:
-            if required:
-                raise SystemExit(str(e)) from None
             print(f"previews skipped: {e}")
             _VAE["vae"] = None
     return _VAE["vae"]
@@ -338,19 +365,23 @@ def load_vae_for(args, device, required=False):
 # --------------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    args = parse_args(argv)
+    notes = []
+    args = parse_args(argv, notes)
+    if args.print_config:                                               # no data, no weights, no run folder
+        aliases.print_config(args, notes, drop=("print_config",))
+        return None
     try:
         signals = StopSignals(parse_signals(args.stop_signals))
     except ValueError as e:
         raise SystemExit(str(e)) from None
     follow_launcher()                                                   # the launcher's death stops this rank
     try:
-        return train(args, signals)
+        return train(args, signals, notes)
     finally:
         signals.restore()
 
 
-def train(args, signals: StopSignals):
+def train(args, signals: StopSignals, notes=()):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),      # CPU: gloo when launched with torchrun
@@ -376,6 +407,10 @@ def train(args, signals: StopSignals):
         dataset = build_dataset(args.data_dir, features=args.repa_features)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"--data-dir{' / --repa-features' if args.repa_features else ''}: {e}") from None
+    aliases.check_train_data(args, dataset)
+    notes = list(notes) + aliases.apply_epochs(args, len(dataset), world)
+    for note in notes:                                                  # the release's / REPA's flags met
+        logger.info(note)
     target = build_target(args, dataset, device)                        # None: the EMA teacher
     set_seed(args.seed)                                                 # same initial weights on every rank
     model = build_model(args, dataset, target).to(device)
@@ -467,7 +502,8 @@ def train(args, signals: StopSignals):
             x, y, extra = batches.next()
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    loss, logs = loss_fn(model, x, y, ema=ema if loss_fn.needs_ema else None, **extra)
+                    loss, logs = loss_fn(model, x, y, ema=ema if loss_fn.needs_ema else None,
+                                         epoch=step // args.steps_per_epoch, **extra)
                 loss = loss.mean()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -504,7 +540,8 @@ def train(args, signals: StopSignals):
                 accelerator.log(row, step=step)
 
         stop, rolling = control.poll()                                  # the same on every rank
-        numbered = step % args.checkpoint_steps == 0 or step == args.max_train_steps
+        by_epoch = args.checkpoint_epoch_steps and step % args.checkpoint_epoch_steps == 0   # --checkpoint-epochs
+        numbered = step % args.checkpoint_steps == 0 or by_epoch or step == args.max_train_steps
         if numbered or stop or rolling:
             path = save_checkpoint(run_dir, args, raw, ema, opt, accelerator, batches, step, sums, counts,
                                    rolling=not numbered)

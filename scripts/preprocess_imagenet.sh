@@ -18,7 +18,7 @@ Environment (defaults in brackets):
   MAKE_REFERENCE [0]   REF_DIR [/data/adm]   INCEPTION  Inception graph for MAKE_REFERENCE [evaluator's default]
   ENC_WEIGHTS      DINOv2-B weights file: when set, also precompute REPA's targets into
                    DATA_ROOT/imagenet<RES>/repa-dinov2_vitb14-p2 ('python -m preprocessing repa-features'), so that
-                   REPA trains without running DINOv2 and the VAE decoder every step (REPA_FEATURES=1 in train_system.sh)
+                   REPA trains on targets from the real images (what train_system.sh's repa run reads)
 With --tiny: a few generated images, a narrow random-weight VAE and the stand-in Inception graph, at 32 and 64
 pixels, under \$TINY_ROOT; MAKE_REFERENCE=1.
 Launcher variables: see scripts/common.sh (LAUNCHER, NNODES, NODE_RANK, GPUS_PER_NODE, MASTER_ADDR, MASTER_PORT)."

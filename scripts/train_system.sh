@@ -7,7 +7,7 @@ usage: scripts/train_system.sh [--dry-run] [--tiny] [METHOD ...]
 Methods (presets.py; run name = preset name, e.g. ours-xl2, sra-xl2-512):
   ours       SRA + DTS + AS (the paper's scheme)        sit        vanilla SiT
   sra        SRA (EMA-teacher alignment)                self-flow  DTS, teacher on the whole image at t_lo
-  repa       alignment to DINOv2-B (needs ENC_WEIGHTS)  sra2       alignment to the VAE latent (our reading)
+  repa       alignment to DINOv2-B (precomputed targets) sra2      alignment to the VAE latent (our reading)
   ours-mix   ours at mask ratio 0.5 with 25% full-image samples
 Default: all six of Table 4 at RES=256; ours at RES=512 (Table 5); ours with --tiny.
 
@@ -16,10 +16,9 @@ Environment (defaults in brackets):
   DATA_DIR     preprocessed ImageNet latents at RES [/data/imagenet\$RES; digits with --tiny]
   OUTPUT_DIR   run folders [runs]
   REF_BATCH    ADM reference batch [\$REF_DIR/VIRTUAL_imagenet256_labeled.npz or VIRTUAL_imagenet512.npz]
-  ENC_WEIGHTS  DINOv2-B weights file for REPA (local; never downloaded)
-  VAE          SD-VAE folder, for REPA on latents (it decodes to pixels) [Hugging Face cache]
-  REPA_FEATURES=1  REPA reads the DINOv2 targets precomputed by scripts/preprocess_imagenet.sh (ENC_WEIGHTS set
-               there) from DATA_DIR/repa-dinov2_vitb14-p2 instead of running DINOv2 and the VAE decoder every step
+  ENC_WEIGHTS  DINOv2-B weights file (local; never downloaded), for REPA with --tiny only (DINOv2 on the digit
+               images). On ImageNet, REPA reads the targets that ENC_WEIGHTS=... scripts/preprocess_imagenet.sh
+               precomputed from the real images into DATA_DIR/repa-dinov2_vitb14-p2 (the preset's --repa-features auto)
   EVAL_STEPS   checkpoints to evaluate [the last: 4000000 or 1000000; \$TINY_STEPS with --tiny]
   TRAIN_ARGS   extra train.py flags for every run, e.g. '--compile --keep-last 2'
   TRAIN=0      only evaluate;  EVAL=0 only train
@@ -38,8 +37,6 @@ export DATA_DIR=${DATA_DIR:-$(tiny_or "/data/imagenet$RES" digits)}
 export OUTPUT_DIR=${OUTPUT_DIR:-$(tiny_or runs "$TINY_ROOT/runs")}
 export REF_BATCH=${REF_BATCH:-$(tiny_or "${REF_DIR:-/data/adm}/$ref" "$TINY_ROOT/fixtures/digits_ref.npz")}
 ENC_WEIGHTS=${ENC_WEIGHTS:-}
-VAE=${VAE:-}
-REPA_FEATURES=${REPA_FEATURES:-0}
 EVAL_STEPS=${EVAL_STEPS:-$(tiny_or $last "$TINY_STEPS")}
 
 METHODS=("$@")
@@ -51,13 +48,16 @@ for method in "${METHODS[@]}"; do
   case $method in
     ours|sit|sra|self-flow|sra2|ours-mix) flags=() ;;
     repa)
-      if [ "$REPA_FEATURES" = 1 ]; then
-        flags=(--repa-features repa-dinov2_vitb14-p2)
-      else
+      if [ "$TINY" = 1 ]; then               # the digits are pixels: DINOv2 runs on the images themselves
         [ -n "$ENC_WEIGHTS" ] || [ "$DRY_RUN" = 1 ] ||
-          die "REPA needs the DINOv2-B weights (ENC_WEIGHTS=/path/to/file) or precomputed targets (REPA_FEATURES=1)"
+          die "REPA on the digits runs DINOv2 on the images: set ENC_WEIGHTS=/path/to/dinov2_vitb14.pth"
         flags=(--enc-weights "${ENC_WEIGHTS:-/path/to/dinov2_vitb14.pth}")
-        [ -n "$VAE" ] && flags+=(--vae "$VAE")
+      else                                   # targets precomputed from the real images (never reconstructions)
+        feats="$DATA_DIR/repa-dinov2_vitb14-p2/features.json"
+        [ -f "$feats" ] || [ "$DRY_RUN" = 1 ] ||
+          die "REPA reads DINOv2 targets precomputed from the images: $feats is missing; write it with" \
+              "ENC_WEIGHTS=/path/to/dinov2_vitb14.pth scripts/preprocess_imagenet.sh"
+        flags=()
       fi ;;
     *) die "unknown method '$method' (see --help)" ;;
   esac

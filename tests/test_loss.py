@@ -237,3 +237,40 @@ def test_training_step_reads_nothing_back_to_the_host(kw, monkeypatch):
     torch._foreach_lerp_(list(ema.parameters()), list(student.parameters()), 1e-4)
     monkeypatch.undo()
     assert set(logs) == {"loss_gen", "loss_align"}
+
+
+def test_align_weight_schedule_closed_form():
+    """The original SRA's lambda: 0.2 up to epoch 149, then 2 * 0.1 ** ((e - 149) / 1000 + 1) (99 / 800 at 512)."""
+    from loss import align_weight_at
+    for e in (0, 1, 100, 149, 150, 151, 400, 800, 1149):
+        want_256 = 0.2 if e <= 149 else 2 * 0.1 ** ((e - 149) / 1000 + 1)
+        want_512 = 0.2 if e <= 99 else 2 * 0.1 ** ((e - 99) / 800 + 1)
+        assert align_weight_at("sra-256", 0.2, e) == pytest.approx(want_256, rel=1e-12)
+        assert align_weight_at("sra-512", 0.2, e) == pytest.approx(want_512, rel=1e-12)
+        assert align_weight_at("constant", 0.5, e) == 0.5
+    assert align_weight_at("sra-256", 0.2, 800) == pytest.approx(0.04467, abs=1e-5)   # where SRA's 800 epochs end
+    assert align_weight_at("sra-256", 0.2, 1149) == pytest.approx(0.02, rel=1e-12)
+    with pytest.raises(ValueError, match="--align-weight-schedule"):
+        align_weight_at("cosine", 0.2, 0)
+
+
+def test_schedule_weights_the_alignment_term_and_t_max():
+    student, ema = tiny_pair()
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    out = {}
+    for name, kw, epoch in (("sched", dict(align_weight=0.2, align_weight_schedule="sra-256"), 400),
+                            ("const", dict(align_weight=0.2 * 0.1 ** (251 / 1000)), 0),
+                            ("zero", dict(align_weight=0.0), 0)):
+        torch.manual_seed(7)
+        out[name] = make_loss(loss_type="sml1", **kw)(student, x, y, ema=ema, epoch=epoch)[0]
+    torch.testing.assert_close(out["sched"], out["const"])
+    assert (out["sched"] - out["zero"]).abs().min() > 0                   # the alignment term is really there
+    torch.manual_seed(8)
+    make_loss(t_max=0.0)(student, x, y, ema=ema)                          # the teacher's offset: s = t - t_max U
+    assert torch.equal(ema.feature_calls[-1]["t"], student.calls[-1]["t"])
+    torch.manual_seed(8)
+    make_loss(t_max=0.5)(student, x, y, ema=ema)
+    s, t = ema.feature_calls[-1]["t"], student.calls[-1]["t"]
+    assert ((t - s) >= 0).all() and ((t - s) <= 0.5 + 1e-7).all() and (t - s).max() > 0.2
+    with pytest.raises(ValueError, match="--t-max"):
+        make_loss(t_max=1.5)

@@ -245,6 +245,11 @@ def test_train_with_precomputed_features_needs_no_encoder_or_vae(featurized, tmp
     rows = [json.loads(line) for line in open(tmp_path / "pre" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss_align"] > 0 for r in rows)
 
+    # on latents, REPA never runs DINOv2 on VAE reconstructions: without precomputed targets it stops at start
+    no_features = [a for a in args if a not in ("--repa-features", NAME)]
+    with pytest.raises(SystemExit, match="reads DINOv2 targets precomputed from the real images"):
+        train.main(no_features + ["--exp-name", "recon"])
+    assert train.parse_args(no_features + ["--repa-features", "auto"]).repa_features == f"repa-{ENC}-p2"
     for extra, message in ((["--align-target", "ema"], "needs --use-alignment-loss --align-target repa"),
                            (["--enc-type", "dinov2_vitb14"], "written for dinov2_vits14"),
                            (["--repa-features", "repa-x"], "--repa-features: .*repa-x not found")):

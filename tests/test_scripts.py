@@ -197,9 +197,12 @@ def test_system_runs_dry_run(monkeypatch):
     for *_, ns in trains:
         assert ns.exp_name == ns.preset and ns.model == "SiT-XL/2" and ns.max_train_steps == 4_000_000
         assert collect_results.SYSTEM_RE.match(ns.exp_name)
-    assert [ns.enc_weights for *_, ns in trains if ns.preset == "repa-xl2"] == ["/w/dinov2_vitb14.pth"]
-    (*_, ns), = of(parse_all(dry_run("train_system.sh", "repa", REPA_FEATURES=1, EVAL=0), monkeypatch), "train.py")
-    assert ns.repa_features == "repa-dinov2_vitb14-p2" and ns.enc_weights is None
+    # REPA on ImageNet: targets precomputed from the real images (the preset's --repa-features auto), no encoder
+    assert [(ns.repa_features, ns.enc_weights) for *_, ns in trains if ns.preset == "repa-xl2"] == \
+        [("repa-dinov2_vitb14-p2", None)]
+    (*_, ns), = of(parse_all(dry_run("train_system.sh", "--tiny", "repa", ENC_WEIGHTS="/w/dinov2_vitb14.pth",
+                                     EVAL=0), monkeypatch), "train.py")
+    assert ns.repa_features is None and ns.enc_weights == "/w/dinov2_vitb14.pth"      # digits: DINOv2 on the images
     samples = of(parsed, "sample_ddp.py")
     assert len(samples) == 6
     for *_, ns in samples:

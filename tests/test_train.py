@@ -136,3 +136,18 @@ def test_previews_and_digits_metric_sample_with_the_run_path(tmp_path, monkeypat
     run(tmp_path, "cos", "--max-train-steps", "1", "--path-type", "cosine", "--sample-steps", "1",
         "--eval-samples", "4", "--preview-num-steps", "2")
     assert seen == ["cosine", "cosine"]                                  # one preview grid, one metric batch
+
+
+def test_loss_sees_the_epoch_and_sra_orig_preset(tmp_path, monkeypatch):
+    """--align-weight-schedule reads the 0-based epoch: digits:8 (1797 items) at batch 512 has 3 steps per epoch."""
+    real, epochs = loss_module.TrainingLoss.__call__, []
+    monkeypatch.setattr(loss_module.TrainingLoss, "__call__",
+                        lambda self, *a, **kw: (epochs.append(kw["epoch"]), real(self, *a, **kw))[1])
+    run(tmp_path, "ep", "--max-train-steps", "7", "--batch-size", "512", "--align-weight-schedule", "sra-256")
+    assert epochs == [0, 0, 0, 1, 1, 1, 2]
+    from presets import PRESETS
+    p = PRESETS["sra-orig-xl2"]
+    assert (p["loss_type"], p["align_weight"], p["align_weight_schedule"], p["teacher_labels"], p["t_max"],
+            p["mask_ratio"], p["block_out_s"], p["block_out_t"]) == ("sml1", 0.2, "sra-256", "dropped", 0.2, [0.0], 8, 20)
+    assert PRESETS["sra-orig-xl2-512"]["align_weight_schedule"] == "sra-512"
+    assert PRESETS["sra-xl2"]["loss_type"] == "cos-channel" and PRESETS["sra-xl2"]["teacher_labels"] == "clean"

@@ -1,0 +1,314 @@
+"""The public releases' command-line spellings, accepted next to ours by train.py and sample_ddp.py.
+
+The SRA release (SiT-SRA_DTS_AS/scripts/train.sh and gen.sh), the original SiT-SRA (--t-max) and REPA (its README's
+train.py and generate.py commands) run unchanged and mean the same here. Each of their flags is either converted to
+ours (same meaning, another name or unit), checked (against the data or the checkpoint, at start), or accepted as a
+no-op where it changes nothing in this codebase; none is ignored silently: `resolve_*` return one note per flag,
+which train.py logs and `--print-config` writes to stderr (stdout: the resolved settings as one JSON object keyed
+by our flag names).
+
+train.py
+    --loss-type cos             -> cos-channel (the release's F.cosine_similarity over tokens)
+    --prediction v              v only (anything else is an error, as in REPA)
+    --mask-ratio "[0.5,0.3,0.2]" the release's list spellings ("0.25", "0.75 0.25", "[0.5,0.3,0.2]", "0.5,0.5")
+    --epochs E                  -> E x steps per epoch, counted as the release does: floor(items / (local batch x
+                                   processes)) batches per process, / accumulation steps. With --max-train-steps too,
+                                   the run stops at the first bound reached, as their loops do (for epoch in
+                                   range(epochs) ... break at max_train_steps)
+    --checkpoint-epochs E       -> also a checkpoint every E epochs (E x steps per epoch), next to --checkpoint-steps
+    --checkpointing-steps N     -> --checkpoint-steps N (REPA)
+    --sampling-steps N          -> --sample-steps N (REPA; previews come from the EMA here)
+    --resume-ckpt PATH          -> --resume PATH
+    --resume-step N             -> --resume OUTPUT_DIR/EXP_NAME/checkpoints/{N:07d}.pt (REPA; 0 = start fresh)
+    --resolution R, --num-classes K   checked against the data
+    --allow-tf32, --[no-]fused-attn   no-ops: TF32 is always on in training, attention always uses the fused kernel
+                                   (equal to the releases' math attention up to rounding)
+    --enc-type dinov2-vit-{s,b,l,g}, --proj-coeff W, --encoder-depth D   REPA: -> --enc-type dinov2_vit{s,b,l,g}14,
+                                   --align-weight W, --block-out-s D; any of them turns on REPA's alignment (REPA's
+                                   train.py always aligns): --use-alignment-loss --align-target repa, --loss-type
+                                   cos-token (REPA's per-token cosine), REPA's defaults for what is not given
+                                   (encoder depth 8, weight 0.5, dinov2-vit-b), targets precomputed from the real
+                                   images (--repa-features auto)
+sample_ddp.py
+    --resolution R, --num-classes K, --qk-norm, --projector-embed-dims D   checked against the checkpoint
+    --encoder-depth, --use-alignment-loss, --attention-separation, --[no-]fused-attn, --mask-ratio 0   no-ops: the
+                                   heads are not run when sampling and inference uses full attention (any other
+                                   --mask-ratio is an error)
+    --local-rank / --local_rank N  torch.distributed.launch's argument: the device index when LOCAL_RANK is unset
+"""
+import argparse
+import json
+import math
+import os
+import re
+import sys
+
+REPA_ENCODERS = {f"dinov2-vit-{s}": f"dinov2_vit{s}14" for s in "sblg"}
+REPA_DEFAULTS = dict(block_out_s=8, align_weight=0.5, enc_type="dinov2_vitb14")
+# their flag -> our dest, same meaning (train.py)
+TRAIN_RENAMES = {"--checkpointing-steps": "checkpoint_steps", "--sampling-steps": "sample_steps",
+                 "--resume-ckpt": "resume", "--proj-coeff": "align_weight", "--encoder-depth": "block_out_s"}
+_ALIAS = "alias__"                                               # prefix of the dests that resolve_* consume
+
+
+def one_line_errors(parser: argparse.ArgumentParser):
+    """Bad flags exit 2 with one line (prog: error: ...), not the whole usage block."""
+    def error(message):
+        parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
+    parser.error = error
+    return parser
+
+
+def _action(parser, dest):
+    return next(a for a in parser._actions if a.dest == dest)
+
+
+def mask_ratio_values(text: str) -> list:
+    """One --mask-ratio argument -> floats: '0.25', '[0.5,0.3,0.2]', '0.5,0.5' (the release parses the same)."""
+    parts = [p for p in re.split(r"[\s,\[\]]+", str(text)) if p]
+    try:
+        return [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers such as 0.25 or [0.5,0.3,0.2], got {text!r}") from None
+
+
+def given_dests(parser: argparse.ArgumentParser, argv) -> set:
+    """The dests set on the command line itself (not by a default or a preset)."""
+    saved, saved_defaults = {a.dest: a.default for a in parser._actions}, parser._defaults
+    try:
+        parser._defaults = {}                                    # the preset's values (set_defaults)
+        for a in parser._actions:
+            a.default = argparse.SUPPRESS
+        known, _ = parser.parse_known_args(argv)
+    finally:
+        parser._defaults = saved_defaults
+        for a in parser._actions:
+            a.default = saved[a.dest]
+    return set(vars(known))
+
+
+def print_config(args, notes, drop=()):
+    """The resolved settings on stdout (one JSON object, our flag names), the notes on stderr."""
+    cfg = {k: v for k, v in sorted(vars(args).items()) if not k.startswith(_ALIAS) and k not in drop}
+    print(json.dumps(cfg))
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# train.py
+# --------------------------------------------------------------------------------------------------------------
+
+def add_train_aliases(parser: argparse.ArgumentParser):
+    """The release's and REPA's train.py flags that are not ours (see the module docstring)."""
+    _action(parser, "loss_type").choices = list(_action(parser, "loss_type").choices) + ["cos"]
+    _action(parser, "enc_type").choices = list(_action(parser, "enc_type").choices) + sorted(REPA_ENCODERS)
+    _action(parser, "mask_ratio").type = mask_ratio_values
+    g = parser.add_argument_group("the release's / REPA's spellings (aliases.py)")
+    for flag, dest in TRAIN_RENAMES.items():
+        g.add_argument(flag, dest=_ALIAS + dest, type=_action(parser, dest).type, default=None,
+                       help=f"= --{dest.replace('_', '-')}")
+    g.add_argument("--resume-step", dest=_ALIAS + "resume_step", type=int, default=None,
+                   help="REPA: resume from OUTPUT_DIR/EXP_NAME/checkpoints/{N:07d}.pt (0: start fresh)")
+    g.add_argument("--epochs", type=int, default=None, help="train E epochs of the data (converted to steps)")
+    g.add_argument("--checkpoint-epochs", type=int, default=None, help="also save a checkpoint every E epochs")
+    g.add_argument("--resolution", type=int, default=None, help="checked against the data")
+    g.add_argument("--num-classes", type=int, default=None, help="checked against the data")
+    g.add_argument("--prediction", dest=_ALIAS + "prediction", choices=["v"], default=None,
+                   help="v only (velocity prediction)")
+    g.add_argument("--allow-tf32", dest=_ALIAS + "allow_tf32", action="store_true", default=None,
+                   help="no-op: TF32 is always on")
+    g.add_argument("--fused-attn", dest=_ALIAS + "fused_attn", action=argparse.BooleanOptionalAction, default=None,
+                   help="no-op: attention always runs fused")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved settings as JSON and exit (reads no data, no weights)")
+
+
+def resolve_train_aliases(parser, args, given: set) -> list:
+    """Turn the release's / REPA's flags in `args` into ours, in place. -> notes (one per such flag)."""
+    notes = []
+    for flag, dest in TRAIN_RENAMES.items():
+        value = getattr(args, _ALIAS + dest)
+        if value is None:
+            continue
+        if dest in given and getattr(args, dest) != value:
+            parser.error(f"{flag} {value} and --{dest.replace('_', '-')} {getattr(args, dest)} disagree")
+        setattr(args, dest, value)
+        notes.append(f"{flag} {value} -> --{dest.replace('_', '-')} {value}")
+    step = getattr(args, _ALIAS + "resume_step")
+    if step:
+        path = os.path.join(args.output_dir, args.exp_name, "checkpoints", f"{step:07d}.pt")
+        if args.resume is not None and args.resume != path:
+            parser.error(f"--resume-step {step} ({path}) and --resume {args.resume} disagree")
+        args.resume = path
+        notes.append(f"--resume-step {step} -> --resume {path}")
+    elif step == 0:
+        notes.append("--resume-step 0: start fresh (REPA's default)")
+    if args.loss_type == "cos":
+        args.loss_type = "cos-channel"
+        notes.append("--loss-type cos -> cos-channel (the release's cosine over tokens, per channel)")
+    args.mask_ratio = [float(v) for r in args.mask_ratio for v in (r if isinstance(r, (list, tuple)) else [r])]
+    repa = [f for f, d in TRAIN_RENAMES.items() if d in ("align_weight", "block_out_s")
+            and getattr(args, _ALIAS + d) is not None]
+    if args.enc_type in REPA_ENCODERS:
+        repa.insert(0, "--enc-type")
+    if args.enc_type in REPA_ENCODERS:
+        notes.append(f"--enc-type {args.enc_type} -> {REPA_ENCODERS[args.enc_type]}")
+        args.enc_type = REPA_ENCODERS[args.enc_type]
+    if repa:
+        _imply_repa(parser, args, given, repa, notes)
+    if getattr(args, _ALIAS + "prediction") is not None:
+        notes.append("--prediction v: no-op (the network predicts the velocity)")
+    if getattr(args, _ALIAS + "allow_tf32"):
+        notes.append("--allow-tf32: no-op (TF32 matmuls are always on in training)")
+    if getattr(args, _ALIAS + "fused_attn") is not None:
+        notes.append("--[no-]fused-attn: no-op (attention runs the fused kernel; the math kernel differs only by "
+                     "rounding)")
+    for flag in ("epochs", "checkpoint_epochs", "resolution", "num_classes"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.epochs is not None and "max_train_steps" not in given:
+        args.max_train_steps = None                                  # set from --epochs once the data is read
+    if args.epochs is not None:
+        notes.append(f"--epochs {args.epochs}: converted to steps from the data's length"
+                     + (f"; the run stops at the first of that and --max-train-steps {args.max_train_steps}"
+                        if args.max_train_steps is not None else ""))
+    for flag in ("resolution", "num_classes"):
+        if getattr(args, flag) is not None:
+            notes.append(f"--{flag.replace('_', '-')} {getattr(args, flag)}: checked against the data")
+    return notes
+
+
+def _imply_repa(parser, args, given, flags, notes):
+    """REPA's train.py always aligns: its flags mean REPA's alignment, with REPA's defaults where not given."""
+    said = ", ".join(flags)
+    if "use_alignment_loss" in given and not args.use_alignment_loss:
+        parser.error(f"{said} mean REPA's alignment, but --no-use-alignment-loss turns it off")
+    if "align_target" in given and args.align_target != "repa":
+        parser.error(f"{said} mean REPA's alignment, but --align-target is {args.align_target}")
+    from_repa_preset = (args.preset or "").startswith("repa-")
+    args.use_alignment_loss, args.align_target = True, "repa"
+    if "loss_type" not in given:
+        args.loss_type = "cos-token"
+    for dest, value in REPA_DEFAULTS.items():
+        if dest not in given and getattr(args, _ALIAS + dest, None) is None and not from_repa_preset:
+            setattr(args, dest, value)
+    if args.repa_features is None:
+        args.repa_features = "auto"
+    notes.append(f"{said}: REPA alignment (--use-alignment-loss --align-target repa --loss-type {args.loss_type} "
+                 f"--block-out-s {args.block_out_s} --align-weight {args.align_weight} --enc-type {args.enc_type} "
+                 f"--repa-features {args.repa_features})")
+
+
+def steps_per_epoch(num_items: int, batch_size: int, world_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one pass over the data, as the release / REPA count them (accelerate-prepared
+    DataLoader with drop_last): floor(items / (local batch x processes)) batches per process, then one step per
+    `grad_accum` batches (the last, shorter accumulation of an epoch also steps)."""
+    local = batch_size // world_size // grad_accum
+    batches = num_items // (local * world_size)
+    if batches < 1:
+        raise SystemExit(f"the data has {num_items} items, fewer than one global batch of {local * world_size}")
+    return math.ceil(batches / grad_accum)
+
+
+def apply_epochs(args, num_items: int, world_size: int) -> list:
+    """--epochs / --checkpoint-epochs -> steps (in place): args.max_train_steps, args.checkpoint_epoch_steps.
+    -> notes."""
+    spe = steps_per_epoch(num_items, args.batch_size, world_size, args.gradient_accumulation_steps)
+    args.steps_per_epoch = spe
+    notes = []
+    if args.epochs is not None:
+        bound = args.epochs * spe
+        args.max_train_steps = bound if args.max_train_steps is None else min(bound, args.max_train_steps)
+        notes.append(f"--epochs {args.epochs} x {spe} steps per epoch ({num_items} items) = {bound} steps: the run "
+                     f"stops at step {args.max_train_steps}")
+    args.checkpoint_epoch_steps = args.checkpoint_epochs * spe if args.checkpoint_epochs else None
+    if args.checkpoint_epochs:
+        notes.append(f"--checkpoint-epochs {args.checkpoint_epochs}: also a checkpoint every "
+                     f"{args.checkpoint_epoch_steps} steps")
+    return notes
+
+
+def check_train_data(args, dataset):
+    """--resolution / --num-classes (release / REPA) against what the data holds: one-line SystemExit."""
+    for flag, have in (("resolution", dataset.resolution), ("num_classes", dataset.num_classes)):
+        want = getattr(args, flag)
+        if want is not None and want != have:
+            raise SystemExit(f"--{flag.replace('_', '-')} {want} but --data-dir {args.data_dir} holds "
+                             f"{flag.replace('_', ' ')} {have}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sample_ddp.py
+# --------------------------------------------------------------------------------------------------------------
+
+def add_sample_aliases(parser: argparse.ArgumentParser):
+    """The release's and REPA's generate.py flags that are not ours (see the module docstring)."""
+    g = parser.add_argument_group("the release's / REPA's generate.py spellings (aliases.py)")
+    g.add_argument("--resolution", type=int, default=None, help="checked against the checkpoint")
+    g.add_argument("--num-classes", type=int, default=None, help="checked against the checkpoint")
+    g.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="checked against the checkpoint")
+    g.add_argument("--projector-embed-dims", default=None, help="REPA: checked against the checkpoint's projector")
+    g.add_argument("--encoder-depth", dest=_ALIAS + "encoder_depth", type=int, default=None,
+                   help="no-op: the alignment head is not run when sampling")
+    g.add_argument("--use-alignment-loss", dest=_ALIAS + "use_alignment_loss", action="store_true", default=None,
+                   help="no-op: the head is loaded as the file has it and not run")
+    g.add_argument("--attention-separation", dest=_ALIAS + "attention_separation", action="store_true",
+                   default=None, help="no-op: inference uses full attention")
+    g.add_argument("--fused-attn", dest=_ALIAS + "fused_attn", action=argparse.BooleanOptionalAction, default=None,
+                   help="no-op: attention always runs fused")
+    g.add_argument("--mask-ratio", dest=_ALIAS + "mask_ratio", type=float, default=None,
+                   help="0 only: inference uses full attention")
+    g.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
+                   help="torch.distributed.launch: the device index when LOCAL_RANK is unset")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved settings as JSON and exit (reads no weights)")
+
+
+def resolve_sample_aliases(parser, args) -> list:
+    """Check / convert the release's and REPA's generate.py flags in place. -> notes."""
+    notes = []
+    for dest, why in (("encoder_depth", "the alignment head is not run when sampling"),
+                      ("use_alignment_loss", "the head is loaded as the file has it and not run"),
+                      ("attention_separation", "inference uses full attention"),
+                      ("fused_attn", "attention runs the fused kernel")):
+        if getattr(args, _ALIAS + dest) is not None:
+            notes.append(f"--{dest.replace('_', '-')}: no-op ({why})")
+    ratio = getattr(args, _ALIAS + "mask_ratio")
+    if ratio is not None:
+        if ratio != 0:
+            parser.error(f"--mask-ratio {ratio:g}: inference uses full attention and one timestep (Sec. 4 of "
+                         f"the paper); only --mask-ratio 0 is accepted")
+        notes.append("--mask-ratio 0: no-op (full attention)")
+    if args.projector_embed_dims is not None:
+        try:
+            args.projector_embed_dims = [int(d) for d in str(args.projector_embed_dims).split(",") if d.strip()]
+        except ValueError:
+            parser.error(f"--projector-embed-dims: expected comma-separated widths such as 768, got "
+                         f"{args.projector_embed_dims!r}")
+    if args.local_rank is not None:
+        if "LOCAL_RANK" not in os.environ:
+            os.environ["LOCAL_RANK"] = str(args.local_rank)
+        notes.append(f"--local-rank {args.local_rank}: the device index (torch.distributed.launch)")
+    for flag in ("resolution", "num_classes", "qk_norm", "projector_embed_dims"):
+        if getattr(args, flag) is not None:
+            notes.append(f"--{flag.replace('_', '-')}: checked against the checkpoint")
+    return notes
+
+
+def check_sample_checkpoint(args, info, config: dict):
+    """--resolution / --num-classes / --qk-norm / --projector-embed-dims against the loaded file (ValueError).
+
+    config: the model constructor arguments read off the file (models.infer_config)."""
+    side = info["input_size"] * (8 if info["in_channels"] == 4 else 1)      # latents: the SD-VAE's factor 8
+    have = dict(resolution=side, num_classes=info["num_classes"], qk_norm=bool(config.get("qk_norm")))
+    for flag in ("resolution", "num_classes", "qk_norm"):
+        want = getattr(args, flag)
+        if want is not None and want != have[flag]:
+            raise ValueError(f"--{flag.replace('_', '-')} {want} but {args.ckpt} holds a model with "
+                             f"{flag.replace('_', ' ')} {have[flag]}")
+    dims = args.projector_embed_dims
+    if dims is not None and config.get("align_head") == "projector" and config.get("z_dim") not in dims:
+        raise ValueError(f"--projector-embed-dims {','.join(map(str, dims))} but {args.ckpt} has a REPA projector "
+                         f"of width {config.get('z_dim')}")
