@@ -297,18 +297,12 @@ def resolve_sample_aliases(parser, args) -> list:
     return notes
 
 
-def check_sample_checkpoint(args, info, config: dict):
-    """--resolution / --num-classes / --qk-norm / --projector-embed-dims against the loaded file (ValueError).
+def check_sample_checkpoint(args, config: dict):
+    """REPA's --projector-embed-dims against the loaded file's projector (ValueError). --resolution, --num-classes
+    and --qk-norm are checked by the checkpoint reader (models.load_checkpoint) with the other settings.
 
-    config: the model constructor arguments read off the file (models.infer_config)."""
-    side = info["input_size"] * (8 if info["in_channels"] == 4 else 1)      # latents: the SD-VAE's factor 8
-    have = dict(resolution=side, num_classes=info["num_classes"], qk_norm=bool(config.get("qk_norm")))
-    for flag in ("resolution", "num_classes", "qk_norm"):
-        want = getattr(args, flag)
-        if want is not None and want != have[flag]:
-            raise ValueError(f"--{flag.replace('_', '-')} {want} but {args.ckpt} holds a model with "
-                             f"{flag.replace('_', ' ')} {have[flag]}")
+    config: the loaded network's head (align_head, z_dim)."""
     dims = args.projector_embed_dims
-    if dims is not None and config.get("align_head") == "projector" and config.get("z_dim") not in dims:
-        raise ValueError(f"--projector-embed-dims {','.join(map(str, dims))} but {args.ckpt} has a REPA projector "
-                         f"of width {config.get('z_dim')}")
+    if dims is not None and config.get("align_head") == "projector" and dims != [config.get("z_dim")]:
+        raise ValueError(f"--projector-embed-dims {','.join(map(str, dims))} but {args.ckpt} has one REPA "
+                         f"projector, of width {config.get('z_dim')}")
