@@ -297,12 +297,19 @@ def resolve_sample_aliases(parser, args) -> list:
     return notes
 
 
-def check_sample_checkpoint(args, config: dict):
-    """REPA's --projector-embed-dims against the loaded file's projector (ValueError). --resolution, --num-classes
-    and --qk-norm are checked by the checkpoint reader (models.load_checkpoint) with the other settings.
+def check_sample_checkpoint(args, info: dict):
+    """--resolution / --num-classes / --qk-norm / --projector-embed-dims (the release's / REPA's generate.py flags)
+    against the loaded file: ValueError naming both values.
 
-    config: the loaded network's head (align_head, z_dim)."""
+    info: models.load_checkpoint's settings of the file (resolution, num_classes, qk_norm, align_head, z_dim)."""
+    side = info.get("resolution") or info["input_size"] * (8 if info["in_channels"] == 4 else 1)
+    have = dict(resolution=int(side), num_classes=info["num_classes"], qk_norm=bool(info.get("qk_norm")))
+    for flag in ("resolution", "num_classes", "qk_norm"):
+        want = getattr(args, flag)
+        if want is not None and want != have[flag]:
+            raise ValueError(f"--{flag.replace('_', '-')} {want} but {args.ckpt} holds a model with "
+                             f"{flag.replace('_', ' ')} {have[flag]}")
     dims = args.projector_embed_dims
-    if dims is not None and config.get("align_head") == "projector" and dims != [config.get("z_dim")]:
+    if dims is not None and info.get("align_head") == "projector" and dims != [info.get("z_dim")]:
         raise ValueError(f"--projector-embed-dims {','.join(map(str, dims))} but {args.ckpt} has one REPA "
-                         f"projector, of width {config.get('z_dim')}")
+                         f"projector, of width {info.get('z_dim')}")

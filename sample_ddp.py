@@ -246,13 +246,6 @@ def parse_args(argv=None, notes=None):
     return args
 
 
-def model_config(model):
-    """The loaded network's alignment head (for aliases.check_sample_checkpoint)."""
-    net = getattr(model, "model", model)                     # SiTTimeFlip wraps the SiT
-    z_dim = net.projectors[0][-1].out_features if net.align_head == "projector" else None
-    return dict(align_head=net.align_head, z_dim=z_dim)
-
-
 def resolve_path_type(flag, info, ckpt):
     """The model's path: what the checkpoint's settings say; --path-type must agree (default linear)."""
     # models/checkpoint.py gives it in our names, also for SiT's files
@@ -363,7 +356,7 @@ def main(argv=None):
     model, info = load_checkpoint(args.ckpt, which=args.which, model_name=args.model,
                                   time_convention=args.time_convention)
     model = model.to(device).eval()
-    aliases.check_sample_checkpoint(args, model_config(model))
+    aliases.check_sample_checkpoint(args, info)
     s = settings_of(args, info, device)
     vae = None if s["vae"] == "none" else load_vae_spec(args.vae if args.vae != "auto" else "ema", device)
     kw = dict(mode=args.mode, num_steps=args.num_steps, heun=args.heun, cfg_scale=args.cfg_scale,

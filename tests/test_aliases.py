@@ -186,12 +186,13 @@ def test_sample_flags_checked_against_the_checkpoint(tmp_path):
     torch.save({"ema": tiny_state_dict(), "steps": 1, "time_convention": "ours"}, path)
     base = ["--ckpt", path, "--num-fid-samples", "1", "--num-steps", "2", "--sample-dir", str(tmp_path),
             "--no-progress"]
-    out = sample_ddp.main(base + ["--num-classes", "10", "--no-qk-norm", "--mask-ratio", "0",
+    out = sample_ddp.main(base + ["--resolution", "8", "--num-classes", "10", "--no-qk-norm", "--mask-ratio", "0",
                                   "--local-rank", "0", "--encoder-depth", "8", "--use-alignment-loss",
                                   "--attention-separation", "--projector-embed-dims", "768"])
     assert out.endswith("samples_1.npz")
-    for flag, message in ((["--num-classes", "1000"], "holds num classes 10 but --num-classes is 1000"),
-                          (["--qk-norm"], "holds qk norm False but --qk-norm is True")):
+    for flag, message in ((["--resolution", "256"], "--resolution 256 but .* resolution 8"),
+                          (["--num-classes", "1000"], "--num-classes 1000 but .* num classes 10"),
+                          (["--qk-norm"], "--qk-norm True but .* qk norm False")):
         with pytest.raises(ValueError, match=message):
             sample_ddp.main(base + flag)
     repa = str(tmp_path / "repa.pt")                                      # a REPA projector of width 768
