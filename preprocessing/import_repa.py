@@ -7,7 +7,12 @@ DATA_DIR holds vae-sd/ (or is vae-sd/): **/*.npy float32 (8, h, w) posterior [me
 relative-path order that REPA's own loader uses; with --dtype float32 the values are copied bit for bit. Resumable
 like the encoder (finished shards are skipped). The posterior was computed by the source pipeline: dataset.json
 records vae = "imported", crop = "adm-center-crop" (what REPA/SRA preprocessing does) and flip = false.
+When DATA_DIR also holds REPA's images/ (the ADM crops the latents were encoded from), sample i is paired with the
+i-th image in sorted order, as REPA's loader pairs them (names that carry an index must agree): sources.txt then
+names the images and `python -m preprocessing repa-features OUT_DIR` computes REPA's targets from them, the real
+images (never VAE reconstructions).
 """
+import re
 import argparse
 import os
 import sys
@@ -18,6 +23,27 @@ from tqdm import tqdm
 
 from fileio import unusable_folder
 from .shards import DTYPES, ShardWriter, atomic_write_json, finalize, fingerprint, shard_files, shard_is_done
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def repa_images(ds):
+    """REPA's images/ next to vae-sd/, paired with the latents in sorted order -> (root, relative paths), or
+    (None, None) when there is no images/ folder."""
+    root = os.path.join(os.path.dirname(os.path.abspath(ds.folder)), "images")
+    if os.path.abspath(ds.folder) == os.path.abspath(root) or not os.path.isdir(root):
+        return None, None
+    files = sorted(os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/") for d, _, names in os.walk(root)
+                   for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
+    if len(files) != len(ds.files):
+        raise ValueError(f"{root} holds {len(files)} images for {len(ds.files)} latents in {ds.folder}: REPA pairs "
+                         f"them in sorted order, so the counts must match")
+    for image, latent in zip(files, ds.files):
+        a, b = re.findall(r"\d+", os.path.basename(image)), re.findall(r"\d+", os.path.basename(latent))
+        if a and b and int(a[-1]) != int(b[-1]):
+            raise ValueError(f"{root}/{image} and {ds.folder}/{latent} are paired by sorted order but carry the "
+                             f"indices {int(a[-1])} and {int(b[-1])}")
+    return root, files
 
 
 class _Arrays(torch.utils.data.Dataset):
@@ -49,6 +75,7 @@ def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classe
     if problem:
         raise ValueError(problem)
     ds = RepaLatentDataset(data_dir, num_classes)
+    images_root, images = repa_images(ds)
     n = len(ds)
     num_shards = (n + shard_size - 1) // shard_size
     settings = {"source": "repa", "dtype": dtype, "shard_size": shard_size}
@@ -59,8 +86,8 @@ def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classe
         return fingerprint({"settings": settings, "items": [[ds.files[i], int(ds.labels[i])] for i in range(lo, hi)]})
 
     todo = [k for k in range(num_shards) if not shard_is_done(out_dir, k, shard_fingerprint(k), settings)]
-    print(f"[import-repa] {n} latents {ds.item_shape} in {ds.folder}; {num_shards} shards, {len(todo)} to write",
-          flush=True)
+    print(f"[import-repa] {n} latents {ds.item_shape} in {ds.folder}"
+          f"{f' (images in {images_root})' if images else ''}; {num_shards} shards, {len(todo)} to write", flush=True)
     bar = tqdm(total=sum(min(n, (k + 1) * shard_size) - k * shard_size for k in todo), unit="latent",
                disable=not progress, dynamic_ncols=True)
     for k in todo:
@@ -76,7 +103,7 @@ def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classe
             meta = {"fingerprint": shard_fingerprint(k), "settings": settings, "shard": k, "first_item": lo,
                     "num_items": hi - lo,
                     "count": writer.count, "labels": ds.labels[lo:hi].tolist(),
-                    "sources": [[ds.files[i], 0] for i in range(lo, hi)], "skipped": [],
+                    "sources": [[(images or ds.files)[i], 0] for i in range(lo, hi)], "skipped": [],
                     "stats": writer.stats}
             atomic_write_json(files["meta"], meta, indent=None)
             writer.close()
@@ -90,7 +117,8 @@ def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classe
               "moments_layout": "channels 0-3 posterior mean, 4-7 posterior std, unscaled VAE space",
               "vae": "imported", "precision": None, "crop": "adm-center-crop", "min_size": None, "flip": False,
               "flip_layout": None, "num_classes": ds.num_classes, "class_names": None,
-              "source_dir": os.path.abspath(ds.folder), "created_by": "python -m preprocessing import-repa"}
+              "source_dir": images_root or os.path.abspath(ds.folder),
+              "sources_are": "images" if images else "latents", "created_by": "python -m preprocessing import-repa"}
     info = finalize(out_dir, num_shards, header)
     print(f"[import-repa] wrote {out_dir}: {info['num_samples']} samples, {len(info['shards'])} shards", flush=True)
     return info

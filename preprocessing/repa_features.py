@@ -56,10 +56,11 @@ def read_dataset(data_dir: str):
     info = read_json(path)
     if info.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a {FORMAT_NAME!r} dataset (format={info.get('format')!r})")
-    if info.get("vae") == "imported":
-        raise ValueError(f"{data_dir} was imported from a REPA/SRA latent folder: its sources.txt names latent "
-                         f"files, not images, so there is nothing to run DINOv2 on. Encode the image folder with "
-                         f"`python -m preprocessing SRC_DIR OUT_DIR` to precompute features")
+    if info.get("vae") == "imported" and info.get("sources_are") != "images":
+        raise ValueError(f"{data_dir} was imported from a REPA/SRA latent folder without its images/: its "
+                         f"sources.txt names latent files, not images, so there is nothing to run DINOv2 on. Import "
+                         f"the folder with its images/ next to vae-sd/, or encode the image folder with "
+                         f"`python -m preprocessing SRC_DIR OUT_DIR`")
     with open(os.path.join(data_dir, info["sources"])) as f:
         sources = []
         for n, line in enumerate(f.read().splitlines()):

@@ -245,13 +245,54 @@ def test_train_with_precomputed_features_needs_no_encoder_or_vae(featurized, tmp
     rows = [json.loads(line) for line in open(tmp_path / "pre" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss_align"] > 0 for r in rows)
 
-    # on latents, REPA never runs DINOv2 on VAE reconstructions: without precomputed targets it stops at start
-    no_features = [a for a in args if a not in ("--repa-features", NAME)]
-    with pytest.raises(SystemExit, match="reads DINOv2 targets precomputed from the real images"):
-        train.main(no_features + ["--exp-name", "recon"])
-    assert train.parse_args(no_features + ["--repa-features", "auto"]).repa_features == f"repa-{ENC}-p2"
     for extra, message in ((["--align-target", "ema"], "needs --use-alignment-loss --align-target repa"),
                            (["--enc-type", "dinov2_vitb14"], "written for dinov2_vits14"),
                            (["--repa-features", "repa-x"], "--repa-features: .*repa-x not found")):
         with pytest.raises(SystemExit, match=message):
             train.main(args + ["--exp-name", "bad"] + extra)
+
+
+def test_repa_on_latents_never_uses_reconstructions(featurized, tmp_path):
+    """On latents REPA's targets come from the real images: without precomputed ones the run stops at start (it
+    never decodes the latents for DINOv2); --repa-features auto names the folder repa-features writes."""
+    args = ["--data-dir", featurized, "--model", "SiT-T/2", "--use-alignment-loss", "--align-target", "repa",
+            "--enc-type", ENC, "--block-out-s", "2", "--batch-size", "4", "--max-train-steps", "1",
+            "--num-workers", "0", "--mixed-precision", "no", "--output-dir", str(tmp_path), "--exp-name", "recon"]
+    with pytest.raises(SystemExit, match="reads DINOv2 targets precomputed from the real images"):
+        train.main(args)
+    assert train.parse_args(args + ["--repa-features", "auto"]).repa_features == NAME
+    assert train.parse_args(args + ["--enc-type", "dinov2-vit-s"]).repa_features == NAME      # REPA's spelling
+
+
+def test_imported_repa_folder_gets_its_targets_from_its_images(featurized, weights, image_folder, tmp_path):  # noqa: F811
+    """A REPA folder (images/ + vae-sd/) through import-repa: repa-features reads images/ (the real images the
+    latents came from), giving the features of the dataset encoded from the same crops."""
+    from preprocessing.import_repa import import_repa
+    from PIL import Image
+
+    ds = LatentShardDataset(featurized)
+    crops = _crops(image_folder, featurized, range(len(ds)))
+    root, entries = tmp_path / "repa", []
+    for i in range(len(ds)):
+        img, lat = root / "images" / f"{i // 8:05d}" / f"img{i:08d}.png", f"{i // 8:05d}/img-mean-std-{i:08d}.npy"
+        img.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(crops[i]).save(img)
+        (root / "vae-sd" / lat).parent.mkdir(parents=True, exist_ok=True)
+        np.save(root / "vae-sd" / lat, ds[i][0].numpy())
+        entries.append([lat, int(ds.labels[i])])
+    (root / "vae-sd" / "dataset.json").write_text(json.dumps({"labels": entries}))
+    out = str(tmp_path / "imported")
+    info = import_repa(str(root), out, shard_size=4, workers=0, progress=False)
+    assert info["sources_are"] == "images"
+    assert rf.main([out, "--enc-weights", weights, *CLI]) == 0
+    np.testing.assert_allclose(_all_features(out).astype(np.float32), _all_features(featurized).astype(np.float32),
+                               rtol=2e-3, atol=2e-3)
+    # without its images/ an imported folder has nothing to run DINOv2 on; a count mismatch is refused
+    shutil.rmtree(root / "images" / "00002")
+    with pytest.raises(ValueError, match="images for 22 latents"):
+        import_repa(str(root), str(tmp_path / "bad"), shard_size=4, workers=0, progress=False)
+    shutil.rmtree(root / "images")
+    bare = str(tmp_path / "bare")
+    import_repa(str(root), bare, shard_size=4, workers=0, progress=False)
+    with pytest.raises(ValueError, match="without its images/"):
+        rf.repa_features(bare, enc_type=ENC, enc_weights=weights, device="cpu", progress=False)
