@@ -4,19 +4,19 @@ deterministically, on scikit-learn's bundled digits (dataset.digits_images), cac
     digits_metric(images, labels, resolution=None, reference="all") -> {"fd": ..., "accuracy": ..., ...}
     python -m evaluations.digits_metric SAMPLES.npz [--out JSON]     # arr_0 uint8 (N, R, R[, C]) and labels
     python -m evaluations.digits_metric SAMPLES.npz --reference heldout   # runs trained on digits:R:train
-    python -m evaluations.digits_metric --real --resolution 16 [--reference heldout]  # the real data's numbers
+    python -m evaluations.digits_metric --real --resolution 16 [--reference heldout]   # the real digits' own
 
 - fd: Frechet distance (evaluations.metrics.frechet_distance, the FID formula) between Gaussians fitted to the
   classifier's penultimate 128-d features of the samples and of all 1797 real digits. Like FID it is biased upwards
   for small N; compare runs at the same N (--real prints the floor of a random half of the real digits).
 - accuracy: fraction of samples the classifier assigns to their conditioning label (class-conditional samples).
---reference heldout (for runs trained on 'digits:R:train', dataset.digits_split_indices): the classifier trains on
-the train split only and fd compares with the 445 held-out digits, which neither the model nor the classifier saw.
-It adds
+--reference heldout (runs trained on 'digits:R:train', dataset.digits_split_indices): the classifier trains
+on the train split only and fd compares with the 445 held-out digits, which neither the model nor the
+classifier saw. It adds
 - memorisation: the share of samples whose nearest training digit (pixel L2, the 1352 of the train split) is
   closer than their nearest held-out digit; memorisation_real is the same share for the real held-out digits
-  (each against the other 444), the figure of a model that makes new digits as the data does. Samples that copy
-  training digits push it towards 1 above memorisation_real.
+  (each against the other 444), the figure of a model that makes new digits as the data does. Samples that
+  copy training digits push it towards 1 above memorisation_real.
 - heldout_accuracy: the classifier's accuracy on the real held-out digits (the ceiling of accuracy);
   fd_train_same_n: fd of min(N, 1352) random training digits (the floor of fd at this N).
 The classifier: fixed seed, fixed epochs, CPU, a few seconds; cached as $SIT_SRA_CACHE (or ~/.cache/sit_sra)
@@ -131,8 +131,8 @@ def classifier_path(resolution: int, split: str = "all") -> str:
 
 
 def load_classifier(resolution: int, log=print, split: str = "all") -> DigitsNet:
-    """The cached classifier for `resolution` trained on `split`, trained (and cached atomically) when missing or
-    outdated."""
+    """The cached classifier for `resolution` trained on `split`, trained (and cached atomically) when missing
+    or outdated."""
     path = classifier_path(resolution, split)
     if os.path.isfile(path):
         try:
@@ -168,7 +168,8 @@ def _model(resolution: int, log=print, reference: str = "all") -> dict:
         m = dict(net=net, feats=_features(net, x), labels=y.numpy())
         if reference == "heldout":
             train, _ = digits_images(resolution, "train")
-            m.update(train_pixels=train.flatten(1), heldout_pixels=x.flatten(1), train_feats=_features(net, train))
+            m.update(train_pixels=train.flatten(1), heldout_pixels=x.flatten(1),
+                     train_feats=_features(net, train))
             m["memorisation_real"] = nearest_train_share(x.flatten(1), m["train_pixels"], x.flatten(1),
                                                          exclude_self=True)
             m["heldout_accuracy"] = _accuracy(net, x, y)
@@ -183,15 +184,16 @@ def _accuracy(net, x, labels) -> float:
 
 
 def nearest_train_share(queries, train, heldout, exclude_self: bool = False) -> float:
-    """Share of `queries` (N, P) whose nearest row of `train` (M, P) is strictly closer (L2) than their nearest
-    row of `heldout` (H, P). exclude_self: the queries are `heldout` itself (N == H), each one's own row is
-    skipped (leave-one-out)."""
+    """Share of `queries` (N, P) whose nearest row of `train` (M, P) is strictly closer (L2) than their
+    nearest row of `heldout` (H, P). exclude_self: the queries are `heldout` itself (N == H), each one's own
+    row is skipped (leave-one-out)."""
     queries, train, heldout = (torch.as_tensor(a, dtype=torch.float64) for a in (queries, train, heldout))
     to_train = torch.cdist(queries, train).min(1).values
     to_heldout = torch.cdist(queries, heldout)
     if exclude_self:
         if to_heldout.shape[0] != to_heldout.shape[1]:
-            raise ValueError(f"exclude_self needs the queries to be the held-out rows, got {tuple(to_heldout.shape)}")
+            raise ValueError(f"exclude_self needs the queries to be the held-out rows, got distances of "
+                             f"shape {tuple(to_heldout.shape)}")
         to_heldout.fill_diagonal_(float("inf"))
     return float((to_train < to_heldout.min(1).values).double().mean())
 
@@ -219,8 +221,8 @@ def to_model_input(images) -> torch.Tensor:
 
 
 def digits_metric(images, labels=None, resolution: int = None, log=print, reference: str = "all") -> dict:
-    """fd and accuracy of digit samples (see the module docstring), and with reference='heldout' the memorisation
-    figures. labels: (N,) ints or None (accuracy None)."""
+    """fd and accuracy of digit samples (see the module docstring), and with reference='heldout' the
+    memorisation figures. labels: (N,) ints or None (accuracy None)."""
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     x = to_model_input(images)
@@ -251,10 +253,10 @@ def digits_metric(images, labels=None, resolution: int = None, log=print, refere
 
 
 def real_reference(resolution: int, seed: int = 0, log=print, reference: str = "all") -> dict:
-    """The real digits' own numbers. 'all': all real vs real (fd 0 by construction, train accuracy) and a random
-    half vs all real (the small-N floor of fd to read sample numbers against). 'heldout': the whole train split
-    read as samples (memorisation 1: each is its own nearest training digit) and the real held-out digits'
-    figures (heldout_accuracy, memorisation_real)."""
+    """The real digits' own numbers. 'all': all real vs real (fd 0 by construction, train accuracy) and a
+    random half vs all real (the small-N floor of fd to read sample numbers against). 'heldout': the whole
+    train split read as samples (memorisation 1: each is its own nearest training digit) and the real held-out
+    digits' figures (heldout_accuracy, memorisation_real)."""
     from dataset import digits_images
     if reference == "heldout":
         train, y_train = digits_images(resolution, "train")
@@ -298,10 +300,12 @@ def main(argv=None):
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         raise SystemExit(2)
     acc = "n/a (no labels in file)" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
-    extra = "" if args.reference == "all" else f"  memorisation: {result['memorisation']:.4f} (real held-out " \
-        f"digits: {result['memorisation_real']:.4f})"
-    print(f"digits fd: {result['fd']:.4f}  accuracy: {acc}{extra}  (n={result['n']}, {result['resolution']}px, "
-          f"reference {args.reference})")
+    extra = ""
+    if args.reference == "heldout":
+        extra = f"  memorisation: {result['memorisation']:.4f} (real held-out digits: " \
+            f"{result['memorisation_real']:.4f})"
+    print(f"digits fd: {result['fd']:.4f}  accuracy: {acc}{extra}  (n={result['n']}, "
+          f"{result['resolution']}px, reference {args.reference})")
     classifier = classifier_path(result["resolution"], REFERENCES[args.reference])
     record = {"samples": os.path.abspath(args.samples), **result, "classifier": classifier,
               "recipe": RECIPE, "versions": versions("numpy", "scipy", "torch"), "time": now_iso()}

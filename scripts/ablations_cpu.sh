@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-USAGE="The paper's ablations (Tables 1-3) and the method against its baselines, at small scale on the CPU: SiT-N/2
-(depth 6, width 64, 64 tokens of 2x2 pixels) trained on the train split of the embedded 16x16 digits
+USAGE="The paper's ablations (Tables 1-3) and the method against its baselines, at small scale on the CPU:
+SiT-N/2 (depth 6, width 64, 64 tokens of 2x2 pixels) trained on the train split of the embedded 16x16 digits
 (digits:16:train, 1352 images), SEEDS seeds per setting, each checkpoint at 1/8, 1/2 and 1 of the run (the
 paper's 100K / 400K / 800K of 800K) sampled and scored by the digits metric against the 445 held-out digits
-(Frechet distance in the classifier's features, label accuracy, memorisation share; evaluations/digits_metric.py
---reference heldout). scripts/collect_cpu_study.py then writes the table and the figure.
+(Frechet distance in the classifier's features, label accuracy, memorisation share;
+evaluations/digits_metric.py --reference heldout). scripts/collect_cpu_study.py then writes the table and the
+figure.
 
 usage: scripts/ablations_cpu.sh [--dry-run] [--tiny] [SETTING ...]
 
@@ -14,16 +15,16 @@ Settings (default: all 12); run name cpu-SETTING-sSEED. Every run is a preset's 
   dual-full-r0.5  dual-as-r0.5            Table 3: mask ratio 0.5
   dual-as-r0.5-rho0.25                    Table 3: AS at 0.5 with 25% full-image samples
   dual-full-r0.35  dual-as-r0.35          Table 3: mask ratio 0.35
-  sit  sra  self-flow                     baselines (presets sit-b2, sra-b2, self-flow-b2); 'ours' (SRA + DTS +
-                                          AS at 0.25) is the run dual-as-r0.25
+  sit  sra  self-flow                     baselines (presets sit-b2, sra-b2, self-flow-b2); 'ours' (SRA +
+                                          DTS + AS at 0.25) is the run dual-as-r0.25
 The {dual|single}-{full|as}-r<ratio>[-rho<p>] runs are the preset ours-b2 with one factor changed, as in
 scripts/ablations_b2.sh (the teacher keeps --teacher-t sra --teacher-mask).
 
 Sizing (2 idle CPU cores, JOBS=2, about 90 minutes for the default 12 settings x 3 seeds): see RESULTS.md.
 Runs go seed by seed (all settings of seed 0 first), so a study cut short still pairs settings on whole seeds.
-Resumable: a run whose records all exist is skipped; otherwise training continues with --resume auto from its
-newest checkpoint, sampling continues from the chunks that exist, and only missing records are computed. Rerun the
-same command after an interruption.
+Resumable: a run whose records all exist is skipped; otherwise training continues with --resume auto from
+its newest checkpoint, sampling continues from the chunks that exist, and only missing records are computed.
+Rerun the same command after an interruption.
 
 Environment (defaults in brackets; --tiny values after the semicolon):
   SEEDS        training seeds ['0 1 2'; '0 1']
@@ -34,7 +35,7 @@ Environment (defaults in brackets; --tiny values after the semicolon):
   MODEL        [SiT-N/2]                     DATA_DIR  [digits:16:train]
   NUM_SAMPLES  samples per evaluation, balanced labels [500; 20]   NUM_STEPS  SDE sampler steps [25; 5]
   JOBS         runs at the same time, one CPU thread each [2]
-  OUTPUT_DIR   run folders [runs/cpu-study]     SAMPLE_DIR [samples/cpu-study]    RESULTS_DIR [results/cpu-study]
+  OUTPUT_DIR   run folders [runs/cpu-study]   SAMPLE_DIR [samples/cpu-study]   RESULTS_DIR [results/cpu-study]
                (under \$TINY_ROOT with --tiny); each run's console output goes to RESULTS_DIR/logs/RUN.log
   TRAIN_ARGS   extra train.py flags for every run
 Writes RESULTS_DIR/RUN/STEP-TAG/{digits.json,sampling.json} per evaluation and RESULTS_DIR/study.json (the
@@ -56,12 +57,15 @@ SAMPLE_DIR=${SAMPLE_DIR:-$(tiny_or samples/cpu-study "$TINY_ROOT/samples")}
 RESULTS_DIR=${RESULTS_DIR:-$(tiny_or results/cpu-study "$TINY_ROOT/results")}
 
 for var in STEPS BATCH NUM_SAMPLES NUM_STEPS JOBS; do
-  [[ ${!var} =~ ^[0-9]+$ ]] && [ "${!var}" -gt 0 ] || die "$var must be a positive whole number, got '${!var}'"
+  [[ ${!var} =~ ^[0-9]+$ ]] && [ "${!var}" -gt 0 ] ||
+    die "$var must be a positive whole number, got '${!var}'"
 done
-[ $((STEPS % 8)) -eq 0 ] || die "STEPS must be a multiple of 8 (evaluations at STEPS/8, STEPS/2, STEPS), got $STEPS"
+[ $((STEPS % 8)) -eq 0 ] ||
+  die "STEPS must be a multiple of 8 (evaluations at STEPS/8, STEPS/2, STEPS), got $STEPS"
 for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS must be whole numbers, got '$SEEDS'"; done
 [ -n "$SEEDS" ] || die "SEEDS is empty"
-EMA_DECAY=${EMA_DECAY:-$(awk -v s="$STEPS" 'BEGIN { d = 1 - 80 / s; if (d < 0.5) d = 0.5; printf "%.6g", d }')}
+# EMA window 1/80 of the run (the paper: 0.9999 over 800K steps), at least 0.5
+EMA_DECAY=${EMA_DECAY:-$(awk -v s="$STEPS" 'BEGIN { d = 1 - 80 / s; printf "%.6g", (d < 0.5 ? 0.5 : d) }')}
 EVAL_STEPS="$((STEPS / 8)) $((STEPS / 2)) $STEPS"
 TAG="n${NUM_SAMPLES}-sde${NUM_STEPS}-cfg1.0-gh1.0"
 
@@ -77,8 +81,10 @@ setting_flags() {
   [[ $1 =~ ^(dual|single)-(full|as)-r([0-9.]+)(-rho([0-9.]+))?$ ]] ||
     die "setting '$1' is not {dual|single}-{full|as}-r<ratio>[-rho<p>], sit, sra or self-flow (see --help)"
   FLAGS=(--preset ours-b2 --mask-ratio "${BASH_REMATCH[3]}" --full-sample-prob "${BASH_REMATCH[5]:-0}")
-  if [ "${BASH_REMATCH[1]}" = dual ]; then FLAGS+=(--dual-time-scheduling); else FLAGS+=(--no-dual-time-scheduling); fi
-  if [ "${BASH_REMATCH[2]}" = as ]; then FLAGS+=(--attention-separation); else FLAGS+=(--no-attention-separation); fi
+  local timesteps=${BASH_REMATCH[1]} attention=${BASH_REMATCH[2]}
+  if [ "$timesteps" = dual ]; then FLAGS+=(--dual-time-scheduling)
+  else FLAGS+=(--no-dual-time-scheduling); fi
+  if [ "$attention" = as ]; then FLAGS+=(--attention-separation); else FLAGS+=(--no-attention-separation); fi
 }
 for setting in "${SETTINGS[@]}"; do setting_flags "$setting"; done      # every name checked before any work
 
@@ -104,8 +110,8 @@ one_run() {
     samples="$SAMPLE_DIR/$exp/$(printf '%07d' "$step")-$TAG"
     records=$(dirname "$(record "$exp" "$step")")
     run "$PYTHON" sample_ddp.py --ckpt "$ckpt" --mode sde --num-steps "$NUM_STEPS" --cfg-scale 1.0 \
-      --num-fid-samples "$NUM_SAMPLES" --per-proc-batch-size 250 --global-seed 0 --balanced-labels --vae none \
-      --npz-only --no-progress --sample-dir "$samples"
+      --num-fid-samples "$NUM_SAMPLES" --per-proc-batch-size 250 --global-seed 0 --balanced-labels \
+      --vae none --npz-only --no-progress --sample-dir "$samples"
     local npz="$samples/*/samples_${NUM_SAMPLES}.npz"
     if [ "$DRY_RUN" = 0 ]; then
       mapfile -t found < <(compgen -G "$npz" || true)
@@ -162,7 +168,8 @@ while [ ${#running[@]} -gt 0 ]; do reap; done
 
 wall=$(($(date +%s) - start))
 load_after=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
-STUDY_SETTINGS="${SETTINGS[*]}" STUDY_FAILED="${failed[*]}" STUDY_WALL=$wall STUDY_LOAD="$load_before;$load_after" \
+STUDY_SETTINGS="${SETTINGS[*]}" STUDY_FAILED="${failed[*]}" STUDY_WALL=$wall \
+  STUDY_LOAD="$load_before;$load_after" \
   SEEDS=$SEEDS STEPS=$STEPS BATCH=$BATCH LR=$LR EMA_DECAY=$EMA_DECAY MODEL=$MODEL DATA_DIR=$DATA_DIR \
   NUM_SAMPLES=$NUM_SAMPLES NUM_STEPS=$NUM_STEPS JOBS=$JOBS \
   "$PYTHON" -c '
@@ -177,6 +184,6 @@ atomic_write_json(sys.argv[1], dict(
     num_samples=int(e["NUM_SAMPLES"]), sampler="sde-" + e["NUM_STEPS"], jobs=int(e["JOBS"]),
     wall_seconds=int(e["STUDY_WALL"]), load_before=e["STUDY_LOAD"].split(";")[0],
     load_after=e["STUDY_LOAD"].split(";")[1], failed=e["STUDY_FAILED"].split()))' "$RESULTS_DIR/study.json"
-echo "study: ${#SETTINGS[@]} settings x seeds '$SEEDS' in ${wall}s (load average $load_before -> $load_after);" \
-  "records in $RESULTS_DIR"
+echo "study: ${#SETTINGS[@]} settings x seeds '$SEEDS' in ${wall}s" \
+  "(load average $load_before -> $load_after); records in $RESULTS_DIR"
 [ ${#failed[@]} -eq 0 ] || die "${#failed[@]} run(s) failed: ${failed[*]} (logs in $RESULTS_DIR/logs)"

@@ -3,25 +3,26 @@ differences for each of the paper's claims with a verdict, the paper's numbers b
 
     python scripts/collect_cpu_study.py [RESULTS_DIR] [--out DIR]       # default results/cpu-study
 
-Reads RESULTS_DIR/cpu-SETTING-sSEED/STEP-TAG/digits.json (evaluations/digits_metric.py --reference heldout) and
-the sampling.json next to it (checkpoint -> run, step), and RESULTS_DIR/study.json when present (the study's size
-and wall time). Writes OUT/cpu_study.md (also printed), OUT/cpu_study.png (digits FD, accuracy and memorisation
-against training steps, one line per setting, the band = mean +- one standard deviation over seeds) and
-OUT/cpu_study.json (every number of the table).
+Reads RESULTS_DIR/cpu-SETTING-sSEED/STEP-TAG/digits.json (evaluations/digits_metric.py --reference heldout)
+and the sampling.json next to it (checkpoint -> run, step), and RESULTS_DIR/study.json when present (the
+study's size and wall time). Writes OUT/cpu_study.md (also printed), OUT/cpu_study.png (digits FD, accuracy
+and memorisation against training steps, one line per setting, the band = mean +- one standard deviation over
+seeds) and OUT/cpu_study.json (every number of the table).
 
 Points: the run's steps S/8, S/2, S stand for the paper's 100K, 400K, 800K of 800K. The metric: fd = Frechet
-distance of the samples to the held-out digits in the classifier's features (lower is better, the FID analogue),
-accuracy = share classified as their label, memorisation = share of samples nearer to a training digit than to
-any held-out digit (the real held-out digits' own share is printed beside it).
+distance of the samples to the held-out digits in the classifier's features (lower is better, the FID
+analogue), accuracy = share classified as their label, memorisation = share of samples nearer to a training
+digit than to any held-out digit (the real held-out digits' own share is printed beside it).
 
 A claim compares two settings by their paired difference over seeds (the same seed gives both runs the same
 initial weights and data order): d_k = fd(A, seed k) - fd(B, seed k), mean d, standard deviation s_d and the
-two-sided 95% interval mean d +- t(0.975, K-1) s_d / sqrt(K). Verdicts from that interval, fixed before any run:
-  "A worse than B" claims  reproduced if the interval lies above 0, not reproduced if it lies below 0, else not
-                           resolvable at this scale;
+two-sided 95% interval mean d +- t(0.975, K-1) s_d / sqrt(K). Verdicts from that interval, fixed before any
+run:
+  "A worse than B" claims  reproduced if the interval lies above 0, not reproduced if it lies below 0, else
+                           not resolvable at this scale;
   "A not worse than B"     reproduced if the interval lies below 0 (A better), not reproduced if above 0 (A
-                           worse), else not resolvable (a difference within the seed spread: consistent with the
-                           claim but no evidence either way at this scale).
+                           worse), else not resolvable (a difference within the seed spread: consistent with
+                           the claim but no evidence either way at this scale).
 """
 import argparse
 import glob
@@ -33,7 +34,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from fileio import atomic_write_json, atomic_write_text  # noqa: E402  (the repository root is not on the path)
+# the repository root is not on the path of scripts/
+from fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
 DASH = "–"
 RUN_RE = re.compile(r"^cpu-(.+)-s(\d+)$")
@@ -54,7 +56,8 @@ PAPER = {
     "dual-as-r0.5-rho0.25": {"1": 24.15},
 }
 PAPER_SYSTEM = {"sra": 1.58, "self-flow": 1.47, "ours": 1.44}
-OURS = "dual-as-r0.25"                           # the method (SRA + DTS + AS, alpha 0.25) is this ablation run
+# the method (SRA + DTS + AS, alpha 0.25) is this ablation run
+OURS = "dual-as-r0.25"
 
 TABLES = [
     ("Table 1: dual timesteps, mask ratio 0.25", ["dual-full-r0.25", "dual-as-r0.25"]),
@@ -63,7 +66,8 @@ TABLES = [
                                                     "dual-full-r0.35", "dual-as-r0.35"]),
     ("The method against its baselines", ["sit", "sra", "self-flow", OURS]),
 ]
-# (claim, setting A, setting B, kind): kind "worse" = the paper finds A worse than B, "not-worse" = A not worse
+# (claim, setting A, setting B, kind): kind "worse" = the paper finds A worse than B, "not-worse" = A is not
+# worse than B
 CLAIMS = [
     ("Table 1: with dual timesteps at alpha 0.25, AS is not worse than full attention (25.06 vs 25.19)",
      "dual-as-r0.25", "dual-full-r0.25", "not-worse"),
@@ -97,7 +101,7 @@ def setting_name(setting: str) -> str:
     return text + (f", rho {float(m.group(4)):g}" if m.group(4) else "")
 
 
-# ---- reading ------------------------------------------------------------------------------------------------------
+# ---- reading -----------------------------------------------------------------------------------------------
 
 def load(root: str) -> list:
     """Every digits record of the study: dicts with setting, seed, step, and the metric values."""
@@ -134,7 +138,7 @@ def point_of(step: int, last: int):
     return None
 
 
-# ---- statistics -----------------------------------------------------------------------------------------------------
+# ---- statistics --------------------------------------------------------------------------------------------
 
 def mean_std(values):
     """(mean, sample standard deviation (ddof 1; None for one value), count); (None, None, 0) when empty."""
@@ -157,18 +161,23 @@ def paired(a: dict, b: dict):
     return dict(mean=mean, std=std, k=k, lo=mean - half, hi=mean + half)
 
 
+UNRESOLVED = "not resolvable at this scale (difference within the seed spread)"
+
+
 def verdict(diff: dict, kind: str) -> str:
     if diff["lo"] is None:
         return "not resolvable at this scale (fewer than 2 paired seeds)"
     above, below = diff["lo"] > 0, diff["hi"] < 0
     if kind == "worse":
-        return "reproduced" if above else "not reproduced (the opposite: significantly better)" if below else \
-            "not resolvable at this scale (difference within the seed spread)"
-    return "reproduced (significantly better)" if below else "not reproduced (significantly worse)" if above else \
-        "not resolvable at this scale (difference within the seed spread)"
+        if above:
+            return "reproduced"
+        return "not reproduced (the opposite: significantly better)" if below else UNRESOLVED
+    if below:
+        return "reproduced (significantly better)"
+    return "not reproduced (significantly worse)" if above else UNRESOLVED
 
 
-# ---- the table --------------------------------------------------------------------------------------------------------
+# ---- the table ---------------------------------------------------------------------------------------------
 
 def fmt(v, digits):
     return DASH if v is None else f"{v:.{digits}f}"
@@ -208,7 +217,8 @@ def summarise(records: list) -> dict:
         for point in POINTS:
             ca, cb = cells.get(a, {}).get(point), cells.get(b, {}).get(point)
             if ca and cb:
-                row["points"][point] = {m: paired(ca[m]["per_seed"], cb[m]["per_seed"]) for m, _, _ in METRICS}
+                row["points"][point] = {m: paired(ca[m]["per_seed"], cb[m]["per_seed"])
+                                        for m, _, _ in METRICS}
         final = row["points"].get("1")
         row["verdict"] = verdict(final["fd"], kind) if final else "not run"
         claims.append(row)
@@ -223,13 +233,14 @@ def render(summary: dict, study: dict = None) -> str:
     seeds = sorted({s for st in cells.values() for p in st.values() for s in p["fd"]["per_seed"]})
     parts = ["# The paper's ablations at small scale: SiT-N/2 on the embedded digits", ""]
     if study:
-        parts += [f"Study: {study.get('model')} on {study.get('data_dir')}, {study.get('steps')} steps of batch "
-                  f"{study.get('batch_size')}, lr {study.get('learning_rate')}, EMA decay {study.get('ema_decay')}, "
-                  f"{study.get('num_samples')} samples per evaluation ({study.get('sampler')}), seeds "
-                  f"{study.get('seeds')}; wall time {study.get('wall_seconds')} s with {study.get('jobs')} jobs "
-                  f"(load average {study.get('load_before')} before, {study.get('load_after')} after).", ""]
+        g = study.get
+        parts += [f"Study: {g('model')} on {g('data_dir')}, {g('steps')} steps of batch {g('batch_size')}, "
+                  f"lr {g('learning_rate')}, EMA decay {g('ema_decay')}, {g('num_samples')} samples per "
+                  f"evaluation ({g('sampler')}), seeds {g('seeds')}; wall time {g('wall_seconds')} s with "
+                  f"{g('jobs')} jobs (load average {g('load_before')} before, {g('load_after')} after).", ""]
     parts += [f"Seeds found: {seeds}. Cells: mean ± standard deviation over seeds. Points: "
-              + ", ".join(f"{p} of the run = step {steps[p]} (paper {PAPER_STEPS[p]})" for p in POINTS if p in steps)
+              + ", ".join(f"{p} of the run = step {steps[p]} (paper {PAPER_STEPS[p]})"
+                          for p in POINTS if p in steps)
               + f". Reference figures: real held-out digits' memorisation share "
               f"{fmt(refs['memorisation_real'], 3)}, the classifier's accuracy on them "
               f"{fmt(refs['heldout_accuracy'], 3)}, digits FD of random training digits at the same N "
@@ -253,8 +264,8 @@ def render(summary: dict, study: dict = None) -> str:
             rows.append(row)
         parts += [f"## {title}", "", md_table(header, rows), ""]
         if title.startswith("The method"):
-            parts += ["Paper column for the baselines: Table 4 (SiT-XL/2, 4M steps, FID-50K with CFG), the only "
-                      "place the paper compares them; SiT is not in it.", ""]
+            parts += ["Paper column for the baselines: Table 4 (SiT-XL/2, 4M steps, FID-50K with CFG), the "
+                      "only place the paper compares them; SiT is not in it.", ""]
     header = ["claim", "A - B"] + [f"Δ digits FD @ {p} (95% CI)" for p in POINTS if p in steps] \
         + ["Δ accuracy @ 1", "Δ memorisation @ 1", "paper Δ FID @ 800K", "verdict (digits FD @ 1)"]
     rows = []
@@ -264,9 +275,11 @@ def render(summary: dict, study: dict = None) -> str:
             if p not in steps:
                 continue
             d = c["points"].get(p, {}).get("fd")
-            row.append(DASH if not d or d["mean"] is None else
-                       fmt_ms(d["mean"], d["std"], 2) + (f" [{d['lo']:.2f}, {d['hi']:.2f}]" if d["lo"] is not None
-                                                         else ""))
+            if not d or d["mean"] is None:
+                row.append(DASH)
+                continue
+            interval = f" [{d['lo']:.2f}, {d['hi']:.2f}]" if d["lo"] is not None else ""
+            row.append(fmt_ms(d["mean"], d["std"], 2) + interval)
         final = c["points"].get("1", {})
         row += [fmt_ms(final["accuracy"]["mean"], final["accuracy"]["std"], 3) if final else DASH,
                 fmt_ms(final["memorisation"]["mean"], final["memorisation"]["std"], 3) if final else DASH]
@@ -276,13 +289,15 @@ def render(summary: dict, study: dict = None) -> str:
             pa, pb = PAPER_SYSTEM["ours"], PAPER_SYSTEM[c["b"]]
         row += [DASH if pa is None or pb is None else f"{pa - pb:+.2f}", c["verdict"]]
         rows.append(row)
-    parts += ["## The claims: paired differences A − B over seeds (mean ± sd [95% CI])", "", md_table(header, rows),
-              "", "Lower digits FD is better; a claim's verdict reads the 95% interval of the paired FD difference "
-              "at the end of the run (scripts/collect_cpu_study.py's docstring gives the rule).", ""]
+    parts += ["## The claims: paired differences A − B over seeds (mean ± sd [95% CI])", "",
+              md_table(header, rows), "",
+              "Lower digits FD is better; a claim's verdict reads the 95% interval of the paired FD "
+              "difference at the end of the run (the docstring of scripts/collect_cpu_study.py gives the "
+              "rule).", ""]
     return "\n".join(parts)
 
 
-# ---- the figure ---------------------------------------------------------------------------------------------------
+# ---- the figure --------------------------------------------------------------------------------------------
 
 def plot(summary: dict, path: str):
     import matplotlib
@@ -296,8 +311,9 @@ def plot(summary: dict, path: str):
         for col, (metric, label, _) in enumerate(METRICS):
             ax = axes[row][col]
             for k, setting in enumerate(settings):
-                pts = [(steps[p], cells[setting][p][metric]) for p in POINTS
-                       if p in steps and p in cells.get(setting, {}) and cells[setting][p][metric]["mean"] is not None]
+                have = cells.get(setting, {})
+                pts = [(steps[p], have[p][metric]) for p in POINTS
+                       if p in steps and p in have and have[p][metric]["mean"] is not None]
                 if not pts:
                     continue
                 x = [s for s, _ in pts]
@@ -328,11 +344,12 @@ def plot(summary: dict, path: str):
 
 
 def collect(root: str, out: str):
-    """-> (markdown, figure path, summary). Writes cpu_study.md, cpu_study.png and cpu_study.json into `out`."""
+    """-> (markdown, figure path, summary); writes cpu_study.md, cpu_study.png and cpu_study.json into
+    `out`."""
     records = load(root)
     if not records:
-        raise SystemExit(f"error: no records of the CPU study (cpu-*/STEP-TAG/digits.json with a sampling.json, "
-                         f"scored with --reference heldout) under {root}")
+        raise SystemExit(f"error: no records of the CPU study (cpu-*/STEP-TAG/digits.json with a "
+                         f"sampling.json, scored with --reference heldout) under {root}")
     study = None
     if os.path.isfile(os.path.join(root, "study.json")):
         with open(os.path.join(root, "study.json")) as f:
@@ -341,7 +358,8 @@ def collect(root: str, out: str):
     text = render(summary, study)
     os.makedirs(out, exist_ok=True)
     figure = plot(summary, os.path.join(out, "cpu_study.png"))
-    atomic_write_text(os.path.join(out, "cpu_study.md"), text + f"\n![digits metric vs steps]({os.path.basename(figure)})\n")
+    image = f"\n![digits metric vs steps]({os.path.basename(figure)})\n"
+    atomic_write_text(os.path.join(out, "cpu_study.md"), text + image)
     atomic_write_json(os.path.join(out, "cpu_study.json"), dict(study=study, **summary))
     return text, figure, summary
 
