@@ -207,7 +207,8 @@ def steps_per_epoch(num_items: int, batch_size: int, world_size: int, grad_accum
     local = batch_size // world_size // grad_accum
     batches = num_items // (local * world_size)
     if batches < 1:
-        raise SystemExit(f"the data has {num_items} items, fewer than one global batch of {local * world_size}")
+        raise SystemExit(f"--batch-size {batch_size}: the data has {num_items} items, fewer than one global "
+                         f"batch of {local * world_size}")
     return math.ceil(batches / grad_accum)
 
 
