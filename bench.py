@@ -2,6 +2,7 @@
 
     python bench.py --model SiT-B/2 --batch-size 2 --device cpu --count-flops           # FLOPs per image
     python bench.py --model SiT-XL/2 --batch-size 32 --compare --compile                  # ours vs the release's costs
+    python bench.py --model SiT-XL/2 --batch-size 2 --device cpu --activation-memory      # --grad-checkpointing
 
 --reference-impl runs the public release's costs with the same math: conditioning and adaLN per token, dense
 attention with a materialised T x T mask, and the EMA teacher running every block. --compare runs ours, then the
@@ -48,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--num-steps", type=int, default=250, help="sampler steps (with --sampler)")
     p.add_argument("--block-out-s", type=int, default=None)
     p.add_argument("--block-out-t", type=int, default=None)
+    p.add_argument("--activation-memory", action=B, default=False,
+                   help="bytes the training forward keeps for backward, without and with --grad-checkpointing "
+                        "(CPU: saved tensors counted once per storage, parameters excluded)")
     p.add_argument("--peak-tflops", type=float, default=None, help="for MFU (default: by device name, bf16 dense)")
     return p.parse_args(argv)
 
@@ -163,6 +167,43 @@ def bench_one(args, reference: bool) -> dict:
     return out
 
 
+def activation_memory(args) -> dict:
+    """The bytes one training forward (student, EMA teacher, loss) keeps alive for backward, plain and with every
+    student block recomputed in backward: each storage saved for backward once (autograd's saved-tensor hooks),
+    parameters excluded, plus the block inputs that recomputation keeps. CPU (real storages), fp32 or bf16."""
+    if args.device != "cpu":
+        raise SystemExit("--activation-memory counts storages on the CPU: add --device cpu")
+    torch.manual_seed(0)
+    model, ema, loss_fn, _, (s, t) = setup(args)
+    x = torch.randn(args.batch_size, 4, args.resolution // 8, args.resolution // 8)
+    y = torch.randint(0, 1000, (args.batch_size,))
+    params = {p.untyped_storage().data_ptr() for p in [*model.parameters(), *ema.parameters()]}
+    out = dict(model=args.model, batch_size=args.batch_size, resolution=args.resolution, torch=torch.__version__,
+               mixed_precision=args.mixed_precision, recipe=dict(method=args.method, block_out_s=s, block_out_t=t))
+    for recompute in (False, True):
+        model.grad_checkpointing = recompute
+        kept = {}
+
+        def keep(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in params:
+                kept[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        hooks = [b.register_forward_pre_hook(lambda m, a: [keep(a[0])] and None) for b in model.blocks]
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16"):
+            loss, _ = loss_fn(model, x, y, ema=ema)
+        for h in hooks:
+            h.remove()
+        out["saved_bytes_grad_checkpointing" if recompute else "saved_bytes"] = sum(kept.values())
+        del loss
+    out["saved_gib"] = round(out["saved_bytes"] / 2 ** 30, 3)
+    out["saved_gib_grad_checkpointing"] = round(out["saved_bytes_grad_checkpointing"] / 2 ** 30, 3)
+    out["ratio"] = round(out["saved_bytes_grad_checkpointing"] / out["saved_bytes"], 4)
+    return out
+
+
 class ReferenceModel(torch.nn.Module):
     """The release's sampling costs: the same network with per-token adaLN and non-fused attention."""
 
@@ -239,6 +280,10 @@ def main(argv=None):
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if args.activation_memory:
+        result = activation_memory(args)
+        print(json.dumps(result))
+        return [result]
     runs = [False, True] if args.compare else [args.reference_impl]
     if args.device == "meta" and not args.count_flops:
         raise SystemExit("--device meta only counts FLOPs: add --count-flops")

@@ -560,7 +560,7 @@ def train(args, signals: StopSignals, notes=()):
 
     # ---- the embedded metric (digits) ---------------------------------------------------------------------------
     if accelerator.is_main_process and args.eval_samples and not dataset.is_latent and not stopped:
-        evaluate_digits(ema, args, dataset, run_dir, step, device, logger)
+        evaluate_digits(ema, args, dataset, run_dir, step, device, logger, signals)
     accelerator.end_training()
     if accelerator.is_main_process:
         logger.info(f"done: {run_dir} (checkpoints/, samples/, metrics.jsonl, loss.png)")
@@ -597,8 +597,9 @@ def save_checkpoint(run_dir, args, raw, ema, opt, accelerator, batches, step, su
     return path or os.path.join(run_dir, "checkpoints", f"{step:07d}.pt")
 
 
-def evaluate_digits(ema, args, dataset, run_dir, step, device, logger):
-    """The embedded metric on class-balanced EMA samples (evaluations/digits_metric.py) -> eval_digits.json."""
+def evaluate_digits(ema, args, dataset, run_dir, step, device, logger, signals):
+    """The embedded metric on class-balanced EMA samples (evaluations/digits_metric.py) -> eval_digits.json.
+    A stop signal ends it between sample batches, without a result (the checkpoint is already written)."""
     from evaluations.digits_metric import digits_metric
     from sample_ddp import sample_images
 
@@ -607,6 +608,10 @@ def evaluate_digits(ema, args, dataset, run_dir, step, device, logger):
     for a in tqdm(range(0, n, 250), desc="eval samples"):
         images.append(sample_images(ema, seeds[a:a + 250], labels[a:a + 250], device, mode="sde",
                                     num_steps=args.preview_num_steps, path_type=args.path_type))
+        if signals.received:
+            logger.warning(f"evaluation stopped on {signals.received}: no eval_digits.json; --resume auto evaluates "
+                           f"the final checkpoint again")
+            return
     res = digits_metric(np.concatenate(images), torch.tensor(labels))
     res.update(step=step, sampler=f"sde-{args.preview_num_steps}", n=n)
     atomic_write_json(os.path.join(run_dir, "eval_digits.json"), res)
