@@ -130,15 +130,15 @@ def test_rolling_checkpoint_is_replaced_never_duplicated(tmp_path, monkeypatch):
         return real(obj, path, *a, **kw)
 
     monkeypatch.setattr(torch, "save", save)
-    d = run(tmp_path, "roll", "--max-train-steps", "7", "--checkpoint-steps", "3", "--checkpoint-minutes", "1e-9")
+    d = run(tmp_path, "roll", "--max-train-steps", "7", "--checkpoint-steps", "3", "--checkpoint-minutes", "1e-9",
+            "--keep-last", "1")
     assert [(s, name) for s, name, _ in seen] == [(1, "latest"), (2, "latest"), (3, "0000003"), (4, "latest"),
                                                   (5, "latest"), (6, "0000006"), (7, "0000007")]
     assert all(sum(n.startswith("latest") for n in listing) <= 1 for _, _, listing in seen)
-    assert sorted(os.listdir(f"{d}/checkpoints")) == ["0000003.pt", "0000006.pt", "0000007.pt", "latest.pt"]
+    assert sorted(os.listdir(f"{d}/checkpoints")) == ["0000007.pt", "latest.pt"]   # --keep-last 1: step files only
     assert load(f"{d}/checkpoints/latest.pt")["steps"] == 5
-    # a hard kill after step 5 (as if 6 and 7 never came): --resume auto takes the rolling file, newer than 3
-    for n in ("0000006.pt", "0000007.pt"):
-        os.remove(f"{d}/checkpoints/{n}")
+    # as if a hard kill had come after step 5: --resume auto takes the rolling file
+    os.remove(f"{d}/checkpoints/0000007.pt")
     run(tmp_path, "roll", "--max-train-steps", "9", "--checkpoint-steps", "3", "--checkpoint-minutes", "0",
         "--resume", "auto")
     assert f"resumed from {d}/checkpoints/latest.pt at step 5" in open(f"{d}/log.txt").read()
