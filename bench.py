@@ -2,7 +2,7 @@
 
     python bench.py --model SiT-B/2 --batch-size 2 --device cpu --count-flops           # FLOPs per image
     python bench.py --model SiT-XL/2 --batch-size 32 --compare --compile                  # ours vs the release's costs
-    python bench.py --model SiT-XL/2 --batch-size 2 --device cpu --activation-memory      # --grad-checkpointing
+    python bench.py --model SiT-XL/2 --batch-size 2 --device cpu --activation-memory      # activations kept
 
 --reference-impl runs the public release's costs with the same math: conditioning and adaLN per token, dense
 attention with a materialised T x T mask, and the EMA teacher running every block. --compare runs ours, then the
@@ -50,8 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--block-out-s", type=int, default=None)
     p.add_argument("--block-out-t", type=int, default=None)
     p.add_argument("--activation-memory", action=B, default=False,
-                   help="bytes the training forward keeps for backward, without and with --grad-checkpointing "
-                        "(CPU: saved tensors counted once per storage, parameters excluded)")
+                   help="bytes the training forward keeps for backward, without and with "
+                        "--grad-checkpointing (CPU: saved tensors counted once per storage, no parameters)")
     p.add_argument("--peak-tflops", type=float, default=None, help="for MFU (default: by device name, bf16 dense)")
     return p.parse_args(argv)
 
@@ -168,9 +168,10 @@ def bench_one(args, reference: bool) -> dict:
 
 
 def activation_memory(args) -> dict:
-    """The bytes one training forward (student, EMA teacher, loss) keeps alive for backward, plain and with every
-    student block recomputed in backward: each storage saved for backward once (autograd's saved-tensor hooks),
-    parameters excluded, plus the block inputs that recomputation keeps. CPU (real storages), fp32 or bf16."""
+    """The bytes one training forward (student, EMA teacher, loss) keeps alive for backward, plain and with
+    every student block recomputed in backward: each storage saved for backward once (autograd's saved-tensor
+    hooks), parameters excluded, plus the block inputs that recomputation keeps. CPU (real storages), fp32 or
+    bf16."""
     if args.device != "cpu":
         raise SystemExit("--activation-memory counts storages on the CPU: add --device cpu")
     torch.manual_seed(0)
@@ -178,8 +179,9 @@ def activation_memory(args) -> dict:
     x = torch.randn(args.batch_size, 4, args.resolution // 8, args.resolution // 8)
     y = torch.randint(0, 1000, (args.batch_size,))
     params = {p.untyped_storage().data_ptr() for p in [*model.parameters(), *ema.parameters()]}
-    out = dict(model=args.model, batch_size=args.batch_size, resolution=args.resolution, torch=torch.__version__,
-               mixed_precision=args.mixed_precision, recipe=dict(method=args.method, block_out_s=s, block_out_t=t))
+    out = dict(model=args.model, batch_size=args.batch_size, resolution=args.resolution,
+               torch=torch.__version__, mixed_precision=args.mixed_precision,
+               recipe=dict(method=args.method, block_out_s=s, block_out_t=t))
     for recompute in (False, True):
         model.grad_checkpointing = recompute
         kept = {}

@@ -40,8 +40,8 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: str) -> list[tuple[str, int]]:
-    """Delete the temporaries `.NAME.tmp-PID.EXT` in `folder` whose writer (PID, on this machine) is dead: what a
-    kill during an atomic write leaves behind. -> [(path, bytes)] removed."""
+    """Delete the temporaries `.NAME.tmp-PID.EXT` in `folder` whose writer (PID, on this machine) is dead:
+    what a kill during an atomic write leaves behind. -> [(path, bytes)] removed."""
     removed = []
     if not os.path.isdir(folder):
         return removed

@@ -1,19 +1,19 @@
 """Stopping a run on a signal without losing a step, and the rolling checkpoint's clock.
 
-SLURM sends SIGUSR1 (`--signal=USR1@120`) or SIGTERM before it kills or requeues a job; launchers forward SIGTERM.
-`StopSignals` turns those signals into a flag (the step in flight is never interrupted, and a second signal while
-a checkpoint is being written only sets the flag again). `RunControl.poll()`, called once per optimizer step,
-returns what every rank does after this step: stop (write a checkpoint and exit) and/or write the rolling
-`latest` checkpoint (--checkpoint-minutes, measured on rank 0's clock). Ranks must agree on the step, as one
-rank may see a signal a step before another:
+SLURM sends SIGUSR1 (`--signal=USR1@120`) or SIGTERM before it kills or requeues a job; launchers forward
+SIGTERM. `StopSignals` turns those signals into a flag (the step in flight is never interrupted, and a second
+signal while a checkpoint is being written only sets the flag again). `RunControl.poll()`, called once per
+optimizer step, returns what every rank does after this step: stop (write a checkpoint and exit) and/or write
+the rolling `latest` checkpoint (--checkpoint-minutes, measured on rank 0's clock). Ranks must agree on the
+step, as one rank may see a signal a step before another:
 
 - one process: the host flags are read directly, nothing is communicated;
-- several processes: every step, each rank all-reduces (max) a 2-int tensor with its flags and reads the result
-  one step later. On CUDA the result is copied into pinned memory behind an event, and the next poll waits only
-  for that event, i.e. for the previous step to finish on the GPU, while this step's kernels are already queued:
-  the GPU never idles, and the cost is one 8-byte all-reduce per step (microseconds, against a gradient
-  all-reduce of the whole model). All ranks read the same reduced value at the same step, so they stop together,
-  at most one step after the first signal.
+- several processes: every step, each rank all-reduces (max) a 2-int tensor with its flags and reads the
+  result one step later. On CUDA the result is copied into pinned memory behind an event, and the next poll
+  waits only for that event, i.e. for the previous step to finish on the GPU, while this step's kernels are
+  already queued: the GPU never idles, and the cost is one 8-byte all-reduce per step (microseconds, against a
+  gradient all-reduce of the whole model). All ranks read the same reduced value at the same step, so they
+  stop together, at most one step after the first signal.
 
 `follow_launcher()` asks Linux to send SIGTERM to this process when its launcher (accelerate launch, torchrun)
 dies, so that killing the launcher never leaves a training process running on its own.
@@ -36,13 +36,15 @@ def parse_signals(text: str) -> list[signal.Signals]:
         name = name.strip().upper()
         name = name if name.startswith("SIG") else f"SIG{name}"
         if name not in signal.Signals.__members__ or name in ("SIGKILL", "SIGSTOP"):
-            raise ValueError(f"--stop-signals: {name} is not a signal that can be caught (e.g. SIGTERM,SIGUSR1)")
+            raise ValueError(f"--stop-signals: {name} is not a signal that can be caught "
+                             f"(e.g. SIGTERM,SIGUSR1)")
         out.append(signal.Signals[name])
     return out
 
 
 class StopSignals:
-    """While installed, the given signals set `received` (the first one's name) instead of killing the process."""
+    """While installed, the given signals set `received` (the first one's name) instead of killing the
+    process."""
 
     def __init__(self, signals: list[signal.Signals]):
         self.received = None
@@ -84,7 +86,8 @@ class RunControl:
     def _local(self) -> tuple[int, int]:
         due = self.is_main and self.interval > 0 and time.monotonic() - self.last_latest >= self.interval
         if due and self.world > 1:
-            self.last_latest = time.monotonic()                        # raised once; it fires at the next step
+            # raised once; it fires at the next step
+            self.last_latest = time.monotonic()
         return int(self.signals.received is not None), int(due)
 
     def poll(self) -> tuple[bool, bool]:
@@ -96,7 +99,8 @@ class RunControl:
             if self.cuda:
                 self.event.synchronize()
             agreed = tuple(self.host.tolist())
-        self.flags[0].fill_(stop)                                      # fill_ with a host number: no copy, no sync
+        # fill_ with a host number: no copy, no sync
+        self.flags[0].fill_(stop)
         self.flags[1].fill_(latest)
         dist.all_reduce(self.flags, op=dist.ReduceOp.MAX)
         self.host.copy_(self.flags, non_blocking=self.cuda)            # gloo: the all-reduce already finished
@@ -109,7 +113,8 @@ class RunControl:
 
 def follow_launcher(sig: signal.Signals = signal.SIGTERM) -> bool:
     """Linux, under a launcher: the kernel sends `sig` to this process when its parent dies (prctl
-    PR_SET_PDEATHSIG). -> whether it was set. Not set for a process started by a shell, which may exit first."""
+    PR_SET_PDEATHSIG). -> whether it was set. Not set for a process started by a shell, which may exit
+    first."""
     ppid = os.getppid()
     try:
         with open(f"/proc/{ppid}/cmdline", "rb") as f:
@@ -117,7 +122,8 @@ def follow_launcher(sig: signal.Signals = signal.SIGTERM) -> bool:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return False
-    if not any(name in parent for name in ("accelerate", "torchrun", "torch.distributed.run", "torch/distributed/run")):
+    launchers = ("accelerate", "torchrun", "torch.distributed.run", "torch/distributed/run")
+    if not any(name in parent for name in launchers):
         return False
     if libc.prctl(1, int(sig), 0, 0, 0) != 0:                         # 1 = PR_SET_PDEATHSIG
         return False

@@ -5,14 +5,14 @@
     RUN/metrics.jsonl        one JSON line per logged step (appended; a resumed run continues the file)
     RUN/samples/NNNNNNN.png  EMA preview grids
     RUN/checkpoints/NNNNNNN.pt  dict of plain types, written atomically, torch.load(weights_only=True) works
-    RUN/checkpoints/latest.pt   the rolling checkpoint (--checkpoint-minutes, and where a signal stops the run):
-                             one file, replaced atomically
-    RUN/abandoned/STAMP-after-NNNNNNN/  what a resume from step NNNNNNN set aside: the later checkpoints, metrics
-                             rows and previews of the branch it abandoned (never deleted)
+    RUN/checkpoints/latest.pt   the rolling checkpoint (--checkpoint-minutes, and where a signal stops the
+                             run): one file, replaced atomically
+    RUN/abandoned/STAMP-after-NNNNNNN/  what a resume from step NNNNNNN set aside: the later checkpoints,
+                             metrics rows and previews of the branch it abandoned (never deleted)
     RUN/loss.png             loss curves from metrics.jsonl
 
-A checkpoint is written only when every tensor of the model, the EMA and the optimizer is finite (checked on the
-device at the checkpoint, not per step): a non-finite checkpoint never displaces a good one.
+A checkpoint is written only when every tensor of the model, the EMA and the optimizer is finite (checked on
+the device at the checkpoint, not per step): a non-finite checkpoint never displaces a good one.
 """
 import json
 import logging
@@ -41,8 +41,9 @@ def list_checkpoints(run_dir: str) -> list[str]:
 
 
 def prune_checkpoints(run_dir: str, keep_last: int, keep_every: int = 0):
-    """Keep the newest `keep_last` checkpoints (0 = keep all), and every multiple of `keep_every` steps. Called
-    right after a checkpoint was written: the newest one (the one --resume auto takes) is always kept."""
+    """Keep the newest `keep_last` checkpoints (0 = keep all), and every multiple of `keep_every` steps.
+    Called right after a checkpoint was written: the newest one (the one --resume auto takes) is always kept.
+    """
     if keep_last <= 0:
         return
     for path in list_checkpoints(run_dir)[:-keep_last]:
@@ -56,8 +57,8 @@ def rolling_path(run_dir: str) -> str:
 
 
 def file_step(path: str) -> int | None:
-    """The step of a checkpoint: from the name NNNNNNN.pt, else read from the file (memory-mapped); None when it
-    cannot be read."""
+    """The step of a checkpoint: from the name NNNNNNN.pt, else read from the file (memory-mapped); None when
+    it cannot be read."""
     name = os.path.basename(path)
     if re.fullmatch(r"\d{7,}\.pt", name):
         return int(name[:-3])
@@ -68,8 +69,8 @@ def file_step(path: str) -> int | None:
 
 
 def newest_resumable(run_dir: str, read, logger) -> tuple[str | None, dict | None]:
-    """--resume auto: the newest of the step checkpoints and the rolling one (by step; a step file wins a tie) that
-    `read(path) -> state` accepts. Unreadable newer files are skipped, and the log says which and why."""
+    """--resume auto: the newest of the step checkpoints and the rolling one (by step; a step file wins a tie)
+    that `read(path) -> state` accepts. Unreadable newer files are skipped, and the log says which and why."""
     candidates = [(int(os.path.basename(p)[:-3]), 1, p) for p in list_checkpoints(run_dir)]
     rolling, rolling_state, skipped = rolling_path(run_dir), None, []
     if os.path.exists(rolling):
@@ -107,9 +108,9 @@ def last_good_checkpoint(run_dir: str) -> str:
 
 
 def set_aside(run_dir: str, step: int, logger) -> str | None:
-    """A run (re)starting at `step` moves what its folder holds beyond that step (checkpoints, the rolling file,
-    metrics rows, previews: an abandoned branch) into RUN/abandoned/STAMP-after-NNNNNNN/, and drops a torn last
-    line of metrics.jsonl. -> the folder, or None when nothing was beyond."""
+    """A run (re)starting at `step` moves what its folder holds beyond that step (checkpoints, the rolling
+    file, metrics rows, previews: an abandoned branch) into RUN/abandoned/STAMP-after-NNNNNNN/, and drops a
+    torn last line of metrics.jsonl. -> the folder, or None when nothing was beyond."""
     aside = os.path.join(run_dir, "abandoned", f"{time.strftime('%Y%m%d-%H%M%S')}-after-{step:07d}")
     later = [(os.path.join(run_dir, "checkpoints", os.path.basename(p)), os.path.join(aside, "checkpoints"))
              for p in list_checkpoints(run_dir) if int(os.path.basename(p)[:-3]) > step]
@@ -118,30 +119,34 @@ def set_aside(run_dir: str, step: int, logger) -> str | None:
         later.append((rolling, os.path.join(aside, "checkpoints")))
     samples = os.path.join(run_dir, "samples")
     if os.path.isdir(samples):
-        later += [(os.path.join(samples, n), os.path.join(aside, "samples")) for n in sorted(os.listdir(samples))
-                  if re.fullmatch(r"\d{7,}\.png", n) and int(n[:-4]) > step]
+        previews = [n for n in sorted(os.listdir(samples)) if re.fullmatch(r"\d{7,}\.png", n)]
+        later += [(os.path.join(samples, n), os.path.join(aside, "samples")) for n in previews
+                  if int(n[:-4]) > step]
     kept, dropped = read_metrics(os.path.join(run_dir, "metrics.jsonl"), logger)
     later_rows = [r for r in kept if r.get("step", 0) > step]
     if not later and not later_rows:
         if dropped:
-            atomic_write_text(os.path.join(run_dir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in kept))
+            write_rows(os.path.join(run_dir, "metrics.jsonl"), kept)
         return None
     os.makedirs(aside, exist_ok=True)
     for src, folder in later:
         os.makedirs(folder, exist_ok=True)
         shutil.move(src, os.path.join(folder, os.path.basename(src)))
     if later_rows:
-        atomic_write_text(os.path.join(aside, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in later_rows))
-    atomic_write_text(os.path.join(run_dir, "metrics.jsonl"),
-                      "".join(json.dumps(r) + "\n" for r in kept if r.get("step", 0) <= step))
+        write_rows(os.path.join(aside, "metrics.jsonl"), later_rows)
+    write_rows(os.path.join(run_dir, "metrics.jsonl"), [r for r in kept if r.get("step", 0) <= step])
     logger.warning(f"starting at step {step}: the run folder went further ({len(later)} file(s), "
                    f"{len(later_rows)} metrics row(s) beyond it); they are set aside in {aside}")
     return aside
 
 
+def write_rows(path: str, rows: list[dict]):
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
 def read_metrics(path: str, logger=None) -> tuple[list[dict], int]:
-    """The rows of metrics.jsonl, skipping lines that are not JSON (a torn last line after a kill). -> (rows, the
-    number of lines skipped)."""
+    """The rows of metrics.jsonl, skipping lines that are not JSON (a torn last line after a kill). -> (rows,
+    the number of lines skipped)."""
     if not os.path.exists(path):
         return [], 0
     rows, bad = [], []
@@ -159,7 +164,8 @@ def read_metrics(path: str, logger=None) -> tuple[list[dict], int]:
 
 
 def all_finite(tensors) -> torch.Tensor:
-    """One boolean tensor on the tensors' device: every floating tensor in `tensors` is finite (no host sync)."""
+    """One boolean tensor on the tensors' device: every floating tensor in `tensors` is finite (no host sync).
+    """
     flags = [t.isfinite().all() for t in tensors if torch.is_floating_point(t)]
     return torch.stack(flags).all() if flags else torch.tensor(True)
 
@@ -168,9 +174,12 @@ def optimizer_tensors(opt) -> list[torch.Tensor]:
     return [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
 
 
-def write_checkpoint(run_dir: str, state: dict, rolling: bool, keep_last: int = 0, keep_every: int = 0) -> str:
-    """checkpoints/NNNNNNN.pt (then --keep-last / --keep-every) or the rolling checkpoints/latest.pt, atomically."""
-    path = rolling_path(run_dir) if rolling else os.path.join(run_dir, "checkpoints", f"{state['steps']:07d}.pt")
+def write_checkpoint(run_dir: str, state: dict, rolling: bool, keep_last: int = 0,
+                     keep_every: int = 0) -> str:
+    """checkpoints/NNNNNNN.pt (then --keep-last / --keep-every) or the rolling checkpoints/latest.pt,
+    atomically."""
+    numbered = os.path.join(run_dir, "checkpoints", f"{state['steps']:07d}.pt")
+    path = rolling_path(run_dir) if rolling else numbered
     atomic_torch_save(state, path)
     if not rolling:
         prune_checkpoints(run_dir, keep_last, keep_every)
@@ -218,8 +227,8 @@ def flag_changes(saved: dict, now: dict) -> str:
 
 
 def log_sums_from(ckpt: dict, rank: int, device) -> tuple[dict, dict]:
-    """This rank's running log sums and counts since the last log step, as saved at the checkpoint (so that the
-    first row after a resume averages the same steps as the run that never stopped)."""
+    """This rank's running log sums and counts since the last log step, as saved at the checkpoint (so that
+    the first row after a resume averages the same steps as the run that never stopped)."""
     saved = ckpt.get("log_sums")
     if not saved or rank >= len(saved):
         return {}, {}

@@ -82,8 +82,9 @@ def save_png(image, path):
 
 
 def save_grid(images, path, nrow, pad=2, min_width=0):
-    """(N, H, W, 3) uint8 -> one PNG, nrow images per row, pad pixels of black between them; each image is enlarged
-    by an integer factor (nearest neighbour) until the grid is at least `min_width` pixels wide. -> the grid."""
+    """(N, H, W, 3) uint8 -> one PNG, nrow images per row, pad pixels of black between them; each image is
+    enlarged by an integer factor (nearest neighbour) until the grid is at least `min_width` pixels wide. ->
+    the grid."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"save_grid wants (N, H, W, 3) uint8, got {images.shape} {images.dtype}")

@@ -1,12 +1,12 @@
 """Trackers (tensorboard, wandb through accelerate) and the images a person reads during a run.
 
-    RUN/wandb_id.txt           the wandb run id, made once: a restarted or requeued run continues the same wandb run
-    RUN/<exp-name>/            tensorboard event files (accelerate's TensorBoardTracker under the run folder)
+    RUN/wandb_id.txt   the wandb run id, made once: a restarted or requeued run continues the same wandb run
+    RUN/<exp-name>/    tensorboard event files (accelerate's TensorBoardTracker under the run folder)
 
-Both trackers get the logged scalars (train.py's metrics rows), the EMA preview grids (tag `samples/ema`) and, at
-each start, a grid of decoded training latents (tag `samples/ground_truth`, also samples/ground_truth.png): the
-cheap check that the latent scaling and the VAE are right. Grids of small images are enlarged (nearest neighbour)
-to at least PREVIEW_WIDTH pixels.
+Both trackers get the logged scalars (train.py's metrics rows), the EMA preview grids (tag `samples/ema`) and,
+at each start, a grid of decoded training latents (tag `samples/ground_truth`, also samples/ground_truth.png):
+the cheap check that the latent scaling and the VAE are right. Grids of small images are enlarged (nearest
+neighbour) to at least PREVIEW_WIDTH pixels.
 """
 import os
 import uuid

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-train-steps", type=int, default=400_000)
     g.add_argument("--checkpoint-steps", type=int, default=50_000)
     g.add_argument("--checkpoint-minutes", type=float, default=30.0,
-                   help="rolling checkpoints/latest.pt every N minutes of training (one file, replaced; 0 = never)")
+                   help="rolling checkpoints/latest.pt every N minutes (one file, replaced; 0 = never)")
     g.add_argument("--stop-signals", default="SIGTERM,SIGUSR1",
                    help="signals that stop the run after the step in flight, with a checkpoint ('none': off)")
     g.add_argument("--keep-last", type=int, default=0, help="keep only the newest N checkpoints (0 = all)")
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default="bf16")
     g.add_argument("--compile", action=B, default=False, help="torch.compile the model's blocks")
     g.add_argument("--grad-checkpointing", action=B, default=False,
-                   help="recompute each block of the student in the backward pass (less memory, ~1/3 more compute)")
+                   help="recompute each student block in the backward pass (less memory, more compute)")
     g = p.add_argument_group("loss (loss.py)")
     g.add_argument("--path-type", choices=["linear", "cosine"], default="linear")
     g.add_argument("--weighting", choices=["uniform", "lognormal"], default="uniform")
@@ -307,8 +307,8 @@ class Batches:
 
 @torch.no_grad()
 def save_preview(accelerator, ema, args, dataset, run_dir, step, device, logger):
-    """EMA samples from fixed per-image seeds and labels -> samples/NNNNNNN.png (decoded with the VAE for latents)
-    and the trackers; the log line names the sampler."""
+    """EMA samples from fixed per-image seeds and labels -> samples/NNNNNNN.png (decoded with the VAE for
+    latents) and the trackers; the log line names the sampler."""
     from sample_ddp import sample_images, save_grid
 
     vae = load_vae_for(args, device) if dataset.is_latent else None
@@ -321,27 +321,29 @@ def save_preview(accelerator, ema, args, dataset, run_dir, step, device, logger)
                         path_type=args.path_type)
     path = os.path.join(run_dir, "samples", f"{step:07d}.png")
     grid = save_grid(img, path, nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
-    settings = (f"EMA at step {step}, SDE {args.preview_num_steps} steps, CFG {args.preview_cfg_scale}, seeds "
-                f"{args.seed}..{args.seed + n - 1}, label of image i = i mod {dataset.num_classes}")
+    settings = (f"EMA at step {step}, SDE {args.preview_num_steps} steps, CFG {args.preview_cfg_scale}, "
+                f"seeds {args.seed}..{args.seed + n - 1}, label of image i = i mod {dataset.num_classes}")
     tracking.log_image(accelerator, "samples/ema", grid, step, caption=settings)
     logger.info(f"preview {path}: {settings}")
 
 
 @torch.no_grad()
 def save_ground_truth(accelerator, args, dataset, run_dir, step, device, logger):
-    """Decoded training items (posterior means for latents) -> samples/ground_truth.png and the trackers: what the
-    previews should look like (checks the latent scaling and the VAE)."""
+    """Decoded training items (posterior means for latents) -> samples/ground_truth.png and the trackers: what
+    the previews should look like (checks the latent scaling and the VAE)."""
     from sample_ddp import save_grid, to_uint8
 
     vae = load_vae_for(args, device) if dataset.is_latent else None
     if dataset.is_latent and vae is None:
         return
     n = 64 if not dataset.is_latent else 16
-    x = dataset.get_batch(tracking.ground_truth_indices(len(dataset), n))[0]     # (moments | images, labels[, f])
+    # (moments | images, labels[, f])
+    x = dataset.get_batch(tracking.ground_truth_indices(len(dataset), n))[0]
     if dataset.is_latent:
         x = x.float().chunk(2, dim=1)[0] * LATENT_SCALE                # the posterior mean, model-space
-    grid = save_grid(to_uint8(decode_latents(vae, x.to(device))), os.path.join(run_dir, "samples", "ground_truth.png"),
-                     nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
+    path = os.path.join(run_dir, "samples", "ground_truth.png")
+    grid = save_grid(to_uint8(decode_latents(vae, x.to(device))), path, nrow=int(math.sqrt(n)),
+                     min_width=tracking.PREVIEW_WIDTH)
     tracking.log_image(accelerator, "samples/ground_truth", grid, step, caption="decoded training data")
 
 
@@ -400,7 +402,7 @@ def train(args, signals: StopSignals, notes=()):
     if accelerator.is_main_process:
         for folder in (run_dir, os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "samples")):
             for path, size in remove_stale_temporaries(folder):
-                logger.info(f"removed {path} ({size / 2 ** 20:.1f} MiB): a temporary file of a writer that died")
+                logger.info(f"removed {path} ({size / 2 ** 20:.1f} MiB): the temporary file of a dead writer")
 
     # ---- data, model, EMA teacher, optimizer, loss ---------------------------------------------------------------
     try:
@@ -434,7 +436,8 @@ def train(args, signals: StopSignals, notes=()):
     if resume == "auto":                                                # the newest readable of all
         resume, ckpt = runlog.newest_resumable(run_dir, read_resume, logger)
     if resume:
-        if ckpt is None:                                                # models/checkpoint.py: one-line errors
+        # models/checkpoint.py: one-line errors
+        if ckpt is None:
             ckpt = read_resume(resume)
         try:
             load_state_dict_strict(raw, ckpt["model"], source=f"{resume} ['model']")
@@ -454,8 +457,8 @@ def train(args, signals: StopSignals, notes=()):
                          weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
         changes = runlog.flag_changes(ckpt.get("args", {}), vars(args))
         if changes:
-            logger.info(f"--resume: flags that differ from the checkpoint's run apply from step {ckpt['steps']}: "
-                        f"{changes}")
+            logger.info(f"--resume: flags that differ from the checkpoint's run apply from step "
+                        f"{ckpt['steps']}: {changes}")
         if ckpt.get("scaler") and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(ckpt["scaler"])
         step = int(ckpt["steps"])
@@ -483,7 +486,8 @@ def train(args, signals: StopSignals, notes=()):
 
     if accelerator.is_main_process:
         atomic_write_json(os.path.join(run_dir, "args.json"), vars(args))
-        runlog.set_aside(run_dir, step, logger)                         # a later, abandoned branch is kept aside
+        # a later, abandoned branch is kept aside
+        runlog.set_aside(run_dir, step, logger)
         metrics = runlog.MetricsWriter(run_dir)
     control = RunControl(signals, device, world, accelerator.is_main_process, args.checkpoint_minutes)
     tracking.init_trackers(accelerator, args, run_dir)                  # wandb: the run folder's id, resumed
@@ -537,7 +541,7 @@ def train(args, signals: StopSignals, notes=()):
                 metrics.write(row)
                 logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             if args.report_to != "none":
-                accelerator.log(row, step=step)
+                accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
 
         stop, rolling = control.poll()                                  # the same on every rank
         by_epoch = args.checkpoint_epoch_steps and step % args.checkpoint_epoch_steps == 0   # --checkpoint-epochs
@@ -575,12 +579,12 @@ def read_resume(path: str) -> dict:
 
 
 def save_checkpoint(run_dir, args, raw, ema, opt, accelerator, batches, step, sums, counts, rolling) -> str:
-    """Every rank: refuse a non-finite state (checked on the device, here only), gather the per-rank RNG and log
-    sums; rank 0 writes checkpoints/NNNNNNN.pt, or the rolling latest.pt. -> the path."""
+    """Every rank: refuse a non-finite state (checked on the device, here only), gather the per-rank RNG and
+    log sums; rank 0 writes checkpoints/NNNNNNN.pt, or the rolling latest.pt. -> the path."""
     finite = runlog.all_finite([*raw.parameters(), *ema.parameters(), *runlog.optimizer_tensors(opt)])
     if not finite.item():                                               # identical weights on every rank
-        raise SystemExit(f"non-finite values in the model, EMA or optimizer state at step {step}: no checkpoint "
-                         f"written. Stopping; the last good checkpoint is kept: "
+        raise SystemExit(f"non-finite values in the model, EMA or optimizer state at step {step}: no "
+                         f"checkpoint written. Stopping; the last good checkpoint is kept: "
                          f"{runlog.last_good_checkpoint(run_dir)} (resume with --resume auto).")
     per_rank = gather_object([{"rng": runlog.rng_state(),
                                "log": {k: [sums[k].cpu(), counts[k]] for k in sums}}])
@@ -588,8 +592,9 @@ def save_checkpoint(run_dir, args, raw, ema, opt, accelerator, batches, step, su
     if accelerator.is_main_process:
         state = {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                  "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                 "args": vars(args), "steps": step, "rng": [r["rng"] for r in per_rank], "time_convention": "ours",
-                 "data": batches.order.state_dict(), "log_sums": [r["log"] for r in per_rank]}
+                 "args": vars(args), "steps": step, "rng": [r["rng"] for r in per_rank],
+                 "time_convention": "ours", "data": batches.order.state_dict(),
+                 "log_sums": [r["log"] for r in per_rank]}
         path = runlog.write_checkpoint(run_dir, state, rolling, args.keep_last, args.keep_every)
         if not rolling:
             runlog.plot_loss_curves(run_dir)
@@ -609,8 +614,8 @@ def evaluate_digits(ema, args, dataset, run_dir, step, device, logger, signals):
         images.append(sample_images(ema, seeds[a:a + 250], labels[a:a + 250], device, mode="sde",
                                     num_steps=args.preview_num_steps, path_type=args.path_type))
         if signals.received:
-            logger.warning(f"evaluation stopped on {signals.received}: no eval_digits.json; --resume auto evaluates "
-                           f"the final checkpoint again")
+            logger.warning(f"evaluation stopped on {signals.received}: no eval_digits.json; --resume auto "
+                           f"evaluates the final checkpoint again")
             return
     res = digits_metric(np.concatenate(images), torch.tensor(labels))
     res.update(step=step, sampler=f"sde-{args.preview_num_steps}", n=n)

@@ -184,7 +184,8 @@ class SiT(nn.Module):
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.learn_sigma, self.num_classes, self.num_heads = learn_sigma, num_classes, num_heads
         self.hidden_size, self.depth = hidden_size, depth
-        self.grad_checkpointing = False                      # recompute each block in backward (train.py flag)
+        # recompute each block in backward (train.py flag)
+        self.grad_checkpointing = False
         self.grid = input_size // patch_size
         self.num_tokens = self.grid ** 2
 

@@ -23,8 +23,10 @@ def test_method_overheads(method, low, high):
 
 
 def test_activation_memory_with_and_without_grad_checkpointing():
-    """Recomputing every block keeps at least the blocks' inputs (depth x N x T x D fp32) and much less in all."""
+    """Recomputing every block keeps at least the blocks' inputs (depth x N x T x D fp32) and much less in
+    all."""
     (r,) = bench.main(["--model", "SiT-B/2", "--batch-size", "2", "--resolution", "64", "--device", "cpu",
                        "--activation-memory"])
-    block_inputs = 12 * 2 * 16 * 768 * 4                        # B/2 at 64 px: 12 blocks, 16 tokens, width 768
+    # B/2 at 64 px: 12 blocks, 16 tokens, width 768
+    block_inputs = 12 * 2 * 16 * 768 * 4
     assert block_inputs <= r["saved_bytes_grad_checkpointing"] < r["saved_bytes"] / 4

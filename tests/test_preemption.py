@@ -1,5 +1,6 @@
 """Runs that survive the cluster: a signal stops the run with a checkpoint at the step in flight, the rolling
-checkpoint, kills during writes, non-finite checkpoints, resumes from an older step, flags that change on resume."""
+checkpoint, kills during writes, non-finite checkpoints, resumes from an older step, flags that change on
+resume, the SLURM template, --grad-checkpointing, the trackers."""
 import json
 import os
 import random
@@ -43,7 +44,8 @@ def signal_at_step(monkeypatch, step, sig=signal.SIGTERM):
     monkeypatch.setattr(loss_module.TrainingLoss, "__call__", call)
 
 
-FLAGS = ["--max-train-steps", "10", "--checkpoint-steps", "5", "--log-every", "4"]   # 5 is not a multiple of 4
+# 5 is not a multiple of 4
+FLAGS = ["--max-train-steps", "10", "--checkpoint-steps", "5", "--log-every", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,8 @@ def straight(tmp_path_factory):
     return run(tmp_path_factory.mktemp("straight"), "straight", *FLAGS)
 
 
-def test_sigterm_at_a_random_step_then_resume_auto_is_bitwise_the_unstopped_run(tmp_path, monkeypatch, straight):
+def test_sigterm_at_a_random_step_then_resume_auto_is_bitwise_the_unstopped_run(tmp_path, monkeypatch,
+                                                                                 straight):
     stop_at = random.randint(1, 9)
     signal_at_step(monkeypatch, stop_at)
     stopped = run(tmp_path, "stopped", *FLAGS)                          # returns: exit status 0
@@ -80,7 +83,8 @@ def test_signal_during_a_checkpoint_write(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", save)
     d = run(tmp_path, "w", "--max-train-steps", "8", "--checkpoint-steps", "2")
     assert sorted(os.listdir(f"{d}/checkpoints")) == ["0000002.pt", "0000004.pt", "latest.pt"]
-    assert load(f"{d}/checkpoints/0000004.pt")["steps"] == 4 and load(f"{d}/checkpoints/latest.pt")["steps"] == 5
+    assert load(f"{d}/checkpoints/0000004.pt")["steps"] == 4
+    assert load(f"{d}/checkpoints/latest.pt")["steps"] == 5
     # an interrupt that is not a stop signal (Ctrl-C) in the middle of a write: the previous file stays
     calls["n"] = 0
     monkeypatch.setattr(torch, "save", lambda obj, path, *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
@@ -130,12 +134,13 @@ def test_rolling_checkpoint_is_replaced_never_duplicated(tmp_path, monkeypatch):
         return real(obj, path, *a, **kw)
 
     monkeypatch.setattr(torch, "save", save)
-    d = run(tmp_path, "roll", "--max-train-steps", "7", "--checkpoint-steps", "3", "--checkpoint-minutes", "1e-9",
-            "--keep-last", "1")
+    d = run(tmp_path, "roll", "--max-train-steps", "7", "--checkpoint-steps", "3",
+            "--checkpoint-minutes", "1e-9", "--keep-last", "1")
     assert [(s, name) for s, name, _ in seen] == [(1, "latest"), (2, "latest"), (3, "0000003"), (4, "latest"),
                                                   (5, "latest"), (6, "0000006"), (7, "0000007")]
     assert all(sum(n.startswith("latest") for n in listing) <= 1 for _, _, listing in seen)
-    assert sorted(os.listdir(f"{d}/checkpoints")) == ["0000007.pt", "latest.pt"]   # --keep-last 1: step files only
+    # --keep-last 1: step files only
+    assert sorted(os.listdir(f"{d}/checkpoints")) == ["0000007.pt", "latest.pt"]
     assert load(f"{d}/checkpoints/latest.pt")["steps"] == 5
     # as if a hard kill had come after step 5: --resume auto takes the rolling file
     os.remove(f"{d}/checkpoints/0000007.pt")
@@ -157,8 +162,8 @@ def poison_from(monkeypatch, first_bad_call):
 
 
 def test_a_non_finite_state_is_never_checkpointed(tmp_path, monkeypatch):
-    """The case measured in the issue: --log-every 4 --checkpoint-steps 2 --keep-last 1, weights non-finite after
-    step 5: step 6 is refused, 0000004.pt stays the only checkpoint, and the message names it."""
+    """The case measured in the issue: --log-every 4 --checkpoint-steps 2 --keep-last 1, weights non-finite
+    after step 5: step 6 is refused, 0000004.pt stays the only checkpoint, and the message names it."""
     poison_from(monkeypatch, 5)
     with pytest.raises(SystemExit, match=r"non-finite values .* step 6: no checkpoint written.*0000004\.pt"):
         run(tmp_path, "nan", "--max-train-steps", "8", "--checkpoint-steps", "2", "--log-every", "4",
@@ -184,7 +189,8 @@ def test_resume_from_an_older_checkpoint_sets_the_abandoned_branch_aside(tmp_pat
     d = run(tmp_path, "b", "--max-train-steps", "6", "--checkpoint-steps", "2")
     with open(f"{d}/metrics.jsonl", "a") as f:
         f.write('{"step": 7, "loss": 0.1')                              # a torn last line (killed mid-write)
-    run(tmp_path, "b", "--max-train-steps", "4", "--checkpoint-steps", "2", "--resume", f"{d}/checkpoints/0000002.pt")
+    run(tmp_path, "b", "--max-train-steps", "4", "--checkpoint-steps", "2",
+        "--resume", f"{d}/checkpoints/0000002.pt")
     assert sorted(os.listdir(f"{d}/checkpoints")) == ["0000002.pt", "0000004.pt"]
     assert [r["step"] for r in rows(d)] == [2, 4]
     (aside,) = os.listdir(f"{d}/abandoned")
@@ -203,7 +209,8 @@ def test_resume_auto_falls_back_to_the_newest_readable_checkpoint(tmp_path):
     assert "skipped 1 unreadable newer checkpoint(s)" in log and "0000004.pt" in log
     assert "resumed from" in log and f"{d}/checkpoints/0000002.pt at step 2" in log
     assert load(f"{d}/checkpoints/0000006.pt")["steps"] == 6
-    assert os.listdir(f"{d}/abandoned")                                  # the damaged file is set aside, not deleted
+    # the damaged file is set aside, not deleted
+    assert os.listdir(f"{d}/abandoned")
 
 
 def test_changed_flags_apply_on_resume(tmp_path):
@@ -221,7 +228,8 @@ def wait_for_row(run_dir, step, proc, timeout=300):
     t0 = time.time()
     while time.time() - t0 < timeout:
         path = os.path.join(run_dir, "metrics.jsonl")
-        if os.path.exists(path) and any(json.loads(x)["step"] >= step for x in open(path) if x.endswith("\n")):
+        complete = [x for x in open(path) if x.endswith("\n")] if os.path.exists(path) else []
+        if any(json.loads(x)["step"] >= step for x in complete):
             return
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.05)
@@ -251,8 +259,8 @@ def test_sigterm_to_accelerate_launch_stops_the_training_process(tmp_path):
 
 
 def test_two_processes_stop_together_and_resume_exactly(tmp_path):
-    """torchrun, 2 CPU processes (gloo): SIGTERM to torchrun at a random step -> both ranks stop at the same step
-    with one checkpoint -> --resume auto ends bitwise equal to the run that never stopped."""
+    """torchrun, 2 CPU processes (gloo): SIGTERM to torchrun at a random step -> both ranks stop at the same
+    step with one checkpoint -> --resume auto ends bitwise equal to the run that never stopped."""
     def cmd(name, *extra):
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py", *TINY,
                 "--log-every", "1", "--max-train-steps", "30", "--checkpoint-steps", "30",
@@ -276,20 +284,23 @@ def test_two_processes_stop_together_and_resume_exactly(tmp_path):
 
 
 def test_grad_checkpointing_gives_the_plain_gradients_and_saves_less():
-    """CPU fp32, the paper's step (SRA + DTS + AS, EMA teacher): the same loss and bitwise the same gradients with
-    every block recomputed in backward; fewer tensors kept for backward; the no_grad teacher is unaffected."""
+    """CPU fp32, the paper's step (SRA + DTS + AS, EMA teacher): the same loss and bitwise the same gradients
+    with every block recomputed in backward; fewer tensors kept for backward; the no_grad teacher is
+    unaffected."""
     from copy import deepcopy
 
     from models import SiT_models
     torch.manual_seed(0)
     model = SiT_models["SiT-T/2"](input_size=8, in_channels=4, num_classes=10, align_head="ap_head")
-    with torch.no_grad():                                               # a non-trivial network (adaLN-Zero is 0)
+    # a non-trivial network (adaLN-Zero is 0)
+    with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
     ema = deepcopy(model).requires_grad_(False)
-    loss_fn = loss_module.TrainingLoss(num_tokens=model.num_tokens, grid=model.grid, patch=2, num_classes=10,
-                                       use_alignment_loss=True, block_out_s=2, block_out_t=4, mask_ratio=[0.25],
-                                       dual_time_scheduling=True, attention_separation=True, teacher_mask=True)
+    loss_fn = loss_module.TrainingLoss(
+        num_tokens=model.num_tokens, grid=model.grid, patch=2, num_classes=10, use_alignment_loss=True,
+        block_out_s=2, block_out_t=4, mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True,
+        teacher_mask=True)
     x, y = torch.randn(4, 4, 8, 8), torch.randint(0, 10, (4,))
 
     def step(recompute):
@@ -300,7 +311,8 @@ def test_grad_checkpointing_gives_the_plain_gradients_and_saves_less():
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
             loss, _ = loss_fn(model, x, y, ema=ema)
         loss.mean().backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, saved
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, saved
 
     (l0, g0, s0), (l1, g1, s1) = step(False), step(True)
     assert torch.equal(l0, l1) and g0.keys() == g1.keys() and len(g0) > 10
@@ -323,7 +335,8 @@ def test_tensorboard_gets_the_scalars_the_previews_and_the_ground_truth(tmp_path
     for tag in tags["images"]:
         (image,) = ea.Images(tag)
         assert image.width >= 512                                        # 8 x 16 px digits, enlarged
-    assert [e.step for e in ea.Images("samples/ema")] == [2] and os.path.exists(f"{d}/samples/ground_truth.png")
+    assert [e.step for e in ea.Images("samples/ema")] == [2]
+    assert os.path.exists(f"{d}/samples/ground_truth.png")
     assert "preview " in open(f"{d}/log.txt").read() and "SDE 2 steps, CFG" in open(f"{d}/log.txt").read()
 
 
@@ -376,8 +389,9 @@ def slurm_job(tmp_path, signal_it):
                      f'"$OUT/env"\n{sys.executable} {tmp_path}/train.py "$OUT"\necho done > "$OUT/eval"\n')
     for f in ("scontrol", "srun", "chain.sh"):
         os.chmod(tmp_path / ("bin/" + f if f != "chain.sh" else f), 0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path), "TMPDIR": str(tmp_path),
-           "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2",
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path),
+           "TMPDIR": str(tmp_path), "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node-[a-b]",
+           "SLURM_NNODES": "2",
            "SLURM_SUBMIT_DIR": ROOT}
     env.pop("MASTER_ADDR", None)
     env.pop("MASTER_PORT", None)
@@ -387,7 +401,8 @@ def slurm_job(tmp_path, signal_it):
     while not (tmp_path / "train.pid").exists():
         assert job.poll() is None and time.time() - t0 < 60, job.communicate()
         time.sleep(0.05)
-    if signal_it:                                                       # SLURM signals every process of the step
+    # SLURM signals every process of the step
+    if signal_it:
         for p in psutil.Process(job.pid).children(recursive=True):
             try:
                 p.send_signal(signal.SIGUSR1)
@@ -425,7 +440,8 @@ def test_a_signal_before_the_first_step_or_during_the_evaluation_ends_cleanly(tm
 
     monkeypatch.setattr(runlog, "set_aside", aside_then_signal)
     d = run(tmp_path, "early", "--max-train-steps", "4", "--checkpoint-steps", "4")
-    assert os.listdir(f"{d}/checkpoints") == ["latest.pt"] and load(f"{d}/checkpoints/latest.pt")["steps"] == 1
+    assert os.listdir(f"{d}/checkpoints") == ["latest.pt"]
+    assert load(f"{d}/checkpoints/latest.pt")["steps"] == 1
     monkeypatch.undo()
     real_sample = sample_ddp.sample_images
 
