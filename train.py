@@ -22,6 +22,7 @@ import runlog
 import tracking
 from fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
 from dataset import DataError, EpochOrder, build_dataset, sample_posterior
+from evaluations.fid_proxy import FidProxy, log_fid_proxy
 from loss import (ALIGN_WEIGHT_SCHEDULES, LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget,
                   student_head)
 from models import (CheckpointError, SiT_models, init_from_checkpoint, load_state_dict_strict, patch_size_of,
@@ -68,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-samples", type=int, default=0, help="digits: samples for the embedded metric at the end")
     g.add_argument("--preview-num-steps", type=int, default=50)
     g.add_argument("--preview-cfg-scale", type=float, default=1.0)
+    g.add_argument("--fid-every", type=int, default=0, help="fid_proxy every N steps (0 = never): FID of "
+                   "--fid-samples EMA samples (preview sampler) vs --fid-ref, torch backend (evaluations/fid_proxy.py)")
+    g.add_argument("--fid-ref", default=None, help="reference batch npz for --fid-every (mu/sigma or arr_0)")
+    g.add_argument("--fid-samples", type=int, default=5000, help="EMA samples per fid_proxy")
+    g.add_argument("--fid-inception", default=None, help="Inception graph (default: $ADM_INCEPTION_GRAPH or cache)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--model", choices=sorted(SiT_models), default="SiT-B/2")
     g.add_argument("--qk-norm", action=B, default=False)
@@ -489,6 +495,8 @@ def train(args, signals: StopSignals, notes=()):
         # a later, abandoned branch is kept aside
         runlog.set_aside(run_dir, step, logger)
         metrics = runlog.MetricsWriter(run_dir)
+    fid_proxy = FidProxy.from_args(args, device) if (args.fid_every or args.fid_ref) and accelerator.is_main_process \
+        else None
     control = RunControl(signals, device, world, accelerator.is_main_process, args.checkpoint_minutes)
     tracking.init_trackers(accelerator, args, run_dir)                  # wandb: the run folder's id, resumed
     if accelerator.is_main_process:
@@ -559,6 +567,12 @@ def train(args, signals: StopSignals, notes=()):
         if args.sample_steps and (step % args.sample_steps == 0 or step == args.max_train_steps):
             if accelerator.is_main_process:
                 save_preview(accelerator, ema, args, dataset, run_dir, step, device, logger)
+            accelerator.wait_for_everyone()
+
+        if args.fid_every and step % args.fid_every == 0:
+            if fid_proxy is not None:
+                log_fid_proxy(fid_proxy, ema, dataset.num_classes, step, metrics, logger,
+                              vae=load_vae_for(args, device) if dataset.is_latent else None, latent=dataset.is_latent)
             accelerator.wait_for_everyone()
     bar.close()
 

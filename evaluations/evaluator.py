@@ -1,11 +1,13 @@
 """ADM evaluator: IS, FID, sFID, precision and recall of a sample batch against a reference batch.
 
-    python -m evaluations.evaluator REF.npz SAMPLE.npz [--inception PATH] [--out JSON]
+    python -m evaluations.evaluator REF.npz SAMPLE.npz [--inception PATH] [--out JSON] [--backend torch|tf]
 
 Follows openai/guided-diffusion evaluations/evaluator.py (the numbers in SiT / REPA / SRA tables), see
 ../shared/reference/sit-repa-adm.md section 4:
 - images: `arr_0`, uint8 N x H x W x 3, streamed in batches in file order through the Inception graph
-  (evaluations/inception.py); any resolution (the graph resizes to 299 itself);
+  (evaluations/inception.py); any resolution (the graph resizes to 299 itself). `--backend torch` (default) runs
+  the graph file in PyTorch (evaluations/torch_graph.py, fp32 without TF32, `--device`), `--backend tf` in
+  TensorFlow; the metric math below is the same NumPy code for both, so they differ only in the features;
 - FID on pool_3 (2048-d), sFID on mixed_6/conv[..., :7] (2023-d); the reference's `mu, sigma, mu_s, sigma_s` are
   used when the reference npz has them (ADM's VIRTUAL_imagenet256_labeled.npz does), computed from its arr_0 otherwise;
 - IS over consecutive splits of 5000 samples (10 splits at 50K, 2 at 10K);
@@ -15,7 +17,11 @@ float64 instead of scipy.linalg.sqrtm, IS is computed in float64, and the fp16 d
 emulated on the CPU (fp32 accumulation, fp16 rounding; `--pr-dtype float32` to skip the rounding).
 
 With fewer than 50,000 samples every number is labelled with the count, e.g. FID-10K, as the paper's ablations.
-Prints the five numbers and writes a JSON record (default: SAMPLE_eval.json next to the samples).
+Prints the five numbers and writes a JSON record (default: SAMPLE_eval.json next to the samples), which keeps the
+backend, the device and the graph file's sha256. No published sha256 of classify_image_graph_def.pb is known to
+this code (neither the ADM release nor the TF model archive lists one), so the digest is recorded, not checked.
+The reference batch's features (pool_3 for precision/recall, the statistics of both feature sets) are cached in
+$SIT_SRA_CACHE/ref_features/, keyed by the REF file's and the graph's sha256 and the backend (`--no-ref-cache`).
 """
 import argparse
 import hashlib
@@ -29,11 +35,12 @@ if __package__ in (None, ""):                      # run as a script: python eva
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluations import metrics
 from fileio import atomic_write_json, unusable_folder
-from evaluations.common import (NpzArrayReader, check_images_array, npz_keys, now_iso,
+from evaluations.common import (NpzArrayReader, cache_dir, check_images_array, npz_keys, now_iso,
                                 versions)
-from evaluations.inception import POOL_DIM, SPATIAL_DIM, resolve_graph_path
+from evaluations.inception import BACKENDS, POOL_DIM, SPATIAL_DIM, resolve_graph_path
 
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
+METRIC_KEYS = ("inception_score", "fid", "sfid", "precision", "recall")
 
 
 def _sha256(path: str) -> str:
@@ -54,8 +61,8 @@ def check_batch_file(path: str, flag: str) -> list:
                        f"uint8 N x H x W x 3 images from arr_0, as np.savez(path, images) writes them")
     with NpzArrayReader(path, "arr_0") as r:
         check_images_array(path, "arr_0", r.shape, r.dtype)
-    if r.shape[0] < 2:
-        raise ValueError(f"{path} ({flag}): 'arr_0' holds {r.shape[0]} image; the statistics need at least 2")
+        if r.shape[0] < 2:
+            raise ValueError(f"{path} ({flag}): 'arr_0' holds {r.shape[0]} image; the statistics need at least 2")
     present = [k for k in STAT_KEYS if k in keys]
     if present and len(present) != len(STAT_KEYS):
         raise KeyError(f"{path} ({flag}): has {present} but not all of {list(STAT_KEYS)}; store all four "
@@ -78,27 +85,72 @@ def load_reference_stats(path: str):
     return (out["mu"], out["sigma"]), (out["mu_s"], out["sigma_s"])
 
 
+def reference_features(net, ref_path: str, graph_sha256: str, batch_size: int, progress: bool,
+                       use_cache: bool = True, log=print):
+    """pool_3 features of REF's arr_0 and the (mu, sigma), (mu_s, sigma_s) computed from them, cached on disk by
+    (REF sha256, graph sha256, backend, device type). Returns (pool, pool_stats, spatial_stats, cache record)."""
+    from evaluations.inception import read_activations
+    from fileio import atomic_savez
+    key = hashlib.sha256(f"{_sha256(ref_path)} {graph_sha256} {net.backend} "
+                         f"{str(net.device).split(':')[0]}".encode()).hexdigest()[:32]
+    path = os.path.join(cache_dir(), "ref_features", f"{key}.npz")
+    if use_cache and os.path.isfile(path):
+        try:
+            with np.load(path) as z:
+                pool = z["pool"]
+                stats = tuple(np.asarray(z[k], dtype=np.float64) for k in STAT_KEYS)
+            log(f"reference features: read from the cache {path}")
+            return pool, stats[:2], stats[2:], {"path": path, "hit": True}
+        except (OSError, KeyError, ValueError) as e:
+            log(f"reference features: ignoring an unreadable cache file {path} ({e})")
+    pool, spatial = read_activations(net, ref_path, batch_size=batch_size, progress=progress)
+    stats, stats_s = metrics.feature_stats(pool), metrics.feature_stats(spatial)
+    if use_cache:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_savez(path, pool=pool, mu=stats[0], sigma=stats[1], mu_s=stats_s[0], sigma_s=stats_s[1])
+    return pool, stats, stats_s, {"path": path if use_cache else None, "hit": False}
+
+
+def compute_metrics(ref_pool, ref_stats, ref_stats_s, smp_pool, smp_spatial, probs,
+                    pr_dtype: str = "float16", timings=None) -> dict:
+    """The five numbers from features (the NumPy code both backends share)."""
+    timings = {} if timings is None else timings
+    t0 = time.time()
+    out = {"inception_score": metrics.inception_score(probs),
+           "fid": metrics.frechet_distance(*metrics.feature_stats(smp_pool), *ref_stats),
+           "sfid": metrics.frechet_distance(*metrics.feature_stats(smp_spatial), *ref_stats_s)}
+    timings["is_fid_sfid"], t0 = round(time.time() - t0, 2), time.time()
+    out["precision"], out["recall"] = metrics.precision_recall(ref_pool, smp_pool, metrics.NHOOD_SIZE, pr_dtype)
+    timings["precision_recall"] = round(time.time() - t0, 2)
+    return out
+
+
 def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size: int = 64,
-             pr_dtype: str = "float16", progress: bool = True, log=print) -> dict:
+             pr_dtype: str = "float16", progress: bool = True, log=print, backend: str = "torch",
+             device: str = None, check_numerics: bool = True, ref_cache: bool = True) -> dict:
     """Runs the ADM protocol and returns the JSON record (see main). Raises with a clear message on bad input."""
     t_start = time.time()
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     graph = resolve_graph_path(inception)                    # fail fast, before TensorFlow or any image is read
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     ref_keys = check_batch_file(ref_path, "REF")
     check_batch_file(sample_path, "SAMPLE")
     stored_stats = load_reference_stats(ref_path) if all(k in ref_keys for k in STAT_KEYS) else None
+    graph_sha256 = _sha256(graph)
 
-    from evaluations.inception import InceptionNet, read_activations
+    from evaluations.inception import load_network, read_activations
     timings, t0 = {}, time.time()
-    net = InceptionNet(graph)
+    net = load_network(graph, backend, device, check_numerics)
     try:
-        ref_pool, ref_spatial = read_activations(net, ref_path, batch_size=batch_size, progress=progress)
+        ref_pool, ref_stats, ref_stats_s, cache = reference_features(net, ref_path, graph_sha256, batch_size,
+                                                                     progress, ref_cache, log)
         smp_pool, smp_spatial = read_activations(net, sample_path, batch_size=batch_size, progress=progress)
         probs = net.class_probs(smp_pool)
     finally:
         net.close()
-    timings["inception"], t0 = round(time.time() - t0, 2), time.time()
+    timings["inception"] = round(time.time() - t0, 2)
     n = smp_pool.shape[0]
     if n < 2 or ref_pool.shape[0] < 2:
         raise ValueError(f"need at least 2 images in each batch (reference {ref_pool.shape[0]}, samples {n})")
@@ -107,22 +159,16 @@ def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size:
         ref_stats, ref_stats_s = stored_stats
         stats_source = "stored in REF (mu, sigma, mu_s, sigma_s)"
     else:
-        ref_stats, ref_stats_s = metrics.feature_stats(ref_pool), metrics.feature_stats(ref_spatial)
         stats_source = f"computed from REF arr_0 ({ref_pool.shape[0]} images)"
     log(f"reference statistics: {stats_source}")
-
-    inception_score = metrics.inception_score(probs)
-    fid = metrics.frechet_distance(*metrics.feature_stats(smp_pool), *ref_stats)
-    sfid = metrics.frechet_distance(*metrics.feature_stats(smp_spatial), *ref_stats_s)
-    timings["is_fid_sfid"], t0 = round(time.time() - t0, 2), time.time()
     if progress:
-        log("computing precision/recall (k=3 nearest neighbours) ...")
-    precision, recall = metrics.precision_recall(ref_pool, smp_pool, metrics.NHOOD_SIZE, pr_dtype)
-    timings["precision_recall"] = round(time.time() - t0, 2)
+        log("computing IS, FID, sFID, precision/recall (k=3 nearest neighbours) ...")
+    values = compute_metrics(ref_pool, ref_stats, ref_stats_s, smp_pool, smp_spatial, probs, pr_dtype, timings)
 
     suffix = metrics.count_suffix(n)
-    named = {f"IS{suffix}": inception_score, f"FID{suffix}": fid, f"sFID{suffix}": sfid,
-             f"Precision{suffix}": precision, f"Recall{suffix}": recall}
+    named = {f"IS{suffix}": values["inception_score"], f"FID{suffix}": values["fid"],
+             f"sFID{suffix}": values["sfid"], f"Precision{suffix}": values["precision"],
+             f"Recall{suffix}": values["recall"]}
     return {
         "protocol": "ADM evaluator (openai/guided-diffusion evaluations/evaluator.py)",
         "ref": os.path.abspath(ref_path),
@@ -130,14 +176,19 @@ def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size:
         "num_samples": int(n),
         "num_ref_images": int(ref_pool.shape[0]),
         "metrics": named,
-        "inception_score": inception_score, "fid": fid, "sfid": sfid, "precision": precision, "recall": recall,
+        **values,
         "label_suffix": suffix,
         "is_splits": metrics.num_is_splits(n), "is_split_size": metrics.IS_SPLIT_SIZE,
         "pr_nhood_size": metrics.NHOOD_SIZE, "pr_distance_dtype": pr_dtype,
         "reference_stats": stats_source,
+        "reference_features_cache": cache,
+        "backend": backend,
+        "device": net.device,
+        "check_numerics": check_numerics,
         "inception_graph": os.path.abspath(graph),
-        "inception_graph_sha256": _sha256(graph),
-        "versions": versions("numpy", "scipy", "tensorflow"),
+        "inception_graph_sha256": graph_sha256,
+        "inception_graph_published_sha256": None,
+        "versions": versions("numpy", "scipy", "torch" if backend == "torch" else "tensorflow"),
         "time": now_iso(),
         "wall_seconds": round(time.time() - t_start, 2),
         "phase_seconds": timings,
@@ -159,6 +210,14 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=64, help="images per Inception batch (ADM: 64)")
     p.add_argument("--pr-dtype", choices=["float16", "float32"], default="float16",
                    help="precision/recall distance arithmetic; float16 emulates ADM's (default)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="torch: the graph file executed in PyTorch (no TensorFlow needed); tf: TensorFlow")
+    p.add_argument("--device", help="--backend torch: where the graph runs (default cuda when available, else cpu); "
+                                    "fp32 without TF32")
+    p.add_argument("--no-check-numerics", action="store_true",
+                   help="--backend torch: skip the graph's CheckNumerics nodes (NaN / Inf then reach the metrics)")
+    p.add_argument("--no-ref-cache", action="store_true",
+                   help="neither read nor write the cached reference features ($SIT_SRA_CACHE/ref_features)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     args = p.parse_args(argv)
     out = args.out or default_out_path(args.samples)
@@ -168,7 +227,8 @@ def main(argv=None) -> dict:
         raise SystemExit(2)
     try:
         record = evaluate(args.ref, args.samples, args.inception, args.batch_size, args.pr_dtype,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, backend=args.backend, device=args.device,
+                          check_numerics=not args.no_check_numerics, ref_cache=not args.no_ref_cache)
     except (FileNotFoundError, KeyError, ValueError, ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {msg}", file=sys.stderr)

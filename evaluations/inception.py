@@ -1,13 +1,14 @@
-"""The ADM evaluator's Inception-v3 network: locating `classify_image_graph_def.pb` and running it with TensorFlow 2.
+"""The ADM evaluator's Inception-v3 network: locating `classify_image_graph_def.pb` and running it, in PyTorch
+(evaluations/torch_graph.py executes the graph file itself, no TensorFlow) or in TensorFlow 2 (tf.compat.v1).
 
-Protocol (openai/guided-diffusion evaluations/evaluator.py; ../shared/reference/sit-repa-adm.md section 4.1):
-- the TF "inception-2015-12-05" GraphDef, imported with tf.compat.v1, its `ExpandDims:0` tensor replaced by a float32
-  NHWC placeholder holding 0..255 pixels (the graph's own bilinear resize to 299 and (x - 128) / 128 run inside);
+Protocol (openai/guided-diffusion evaluations/evaluator.py), the same for both backends:
+- the TF "inception-2015-12-05" GraphDef, its `ExpandDims:0` tensor replaced by float32 NHWC images holding 0..255
+  pixels (the graph's own bilinear resize to 299 and (x - 128) / 128 run inside);
 - `pool_3:0` (N, 1, 1, 2048) flattened -> FID and precision/recall features;
 - `mixed_6/conv:0` (N, 17, 17, 192), first 7 channels, flattened in HWC order -> 2023-d sFID features;
 - `softmax/logits/MatMul`: its second input is the (2048, 1008) weight; IS logits = pool_3 @ W without the bias.
 
-The graph file is never downloaded. TensorFlow is imported only when a network is built.
+The graph file is never downloaded. TensorFlow is imported only when a TF network is built.
 """
 import os
 
@@ -50,20 +51,83 @@ def resolve_graph_path(path: str = None) -> str:
 
 
 def _import_tensorflow():
+    import importlib.util
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")     # keep TF's C++ start-up chatter out of the output
+    # triton's extension segfaults when it loads after TensorFlow (measured with TF 2.21), and torch imports it
+    # lazily during training: in a process that uses both, load it first
+    if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("tensorflow") is not None:
+        import triton.runtime  # noqa: F401
     try:
         import tensorflow as tf
     except ImportError as e:
-        raise ImportError(f"the ADM evaluator needs TensorFlow 2 (pip install tensorflow): {e}") from None
+        raise ImportError(f"--backend tf needs TensorFlow 2 (pip install -r requirements-eval.txt), or use "
+                          f"--backend torch: {e}") from None
     return tf
 
 
-class InceptionNet:
-    """The imported graph in its own tf.compat.v1 Session.
+BACKENDS = ("torch", "tf")
 
-    features(images) -> (pool (N, 2048) float32, spatial (N, 2023) float32) for uint8 (N, H, W, 3) images;
-    softmax_weight: the (2048, 1008) float32 IS weight.
-    """
+
+class _Network:
+    """features(images) -> (pool (N, 2048) float32, spatial (N, 2023) float32) for uint8 (N, H, W, 3) images;
+    softmax_weight: the (2048, 1008) float32 IS weight; class_probs(pool) -> the IS class probabilities."""
+    backend = None
+    device = None
+
+    def _check_softmax_weight(self):
+        if self.softmax_weight.ndim != 2 or self.softmax_weight.shape[0] != POOL_DIM:
+            raise ValueError(f"{self.graph_path}: softmax weight has shape {self.softmax_weight.shape}, expected "
+                             f"({POOL_DIM}, classes)")
+
+    def _flatten(self, pool, spatial):
+        n = pool.shape[0]
+        pool, spatial = pool.reshape(n, -1), spatial.reshape(n, -1)
+        if pool.shape[1] != POOL_DIM or spatial.shape[1] != SPATIAL_DIM:
+            raise ValueError(f"{self.graph_path}: features have {pool.shape[1]} / {spatial.shape[1]} dims, expected "
+                             f"{POOL_DIM} / {SPATIAL_DIM}")
+        return pool, spatial
+
+    def class_probs(self, pool: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """IS class probabilities softmax(pool @ W) (no bias, as ADM), float32 (N, 1008), in batches of 512."""
+        from evaluations.metrics import softmax
+        out = np.empty((pool.shape[0], self.softmax_weight.shape[1]), dtype=np.float32)
+        for i in range(0, pool.shape[0], batch_size):
+            out[i:i + batch_size] = softmax(pool[i:i + batch_size].astype(np.float32) @ self.softmax_weight)
+        return out
+
+    def close(self):
+        pass
+
+
+class TorchInceptionNet(_Network):
+    """The graph file executed op by op in PyTorch (evaluations/torch_graph.py), fp32 (no TF32) on `device`.
+    check_numerics: the graph's CheckNumerics nodes raise on NaN / Inf (as in TF); False skips them."""
+    backend = "torch"
+
+    def __init__(self, graph_path: str, device=None, check_numerics: bool = True):
+        import torch
+
+        from evaluations.graphdef import read_graph_def
+        from evaluations.torch_graph import GraphExecutor
+        self.graph_path = graph_path
+        self.device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.check_numerics = check_numerics
+        self.executor = GraphExecutor(read_graph_def(graph_path), graph_path, INPUT_TENSOR,
+                                      [POOL_TENSOR, SPATIAL_TENSOR], self.device, check_numerics)
+        self.softmax_weight = self.executor.constant(SOFTMAX_MATMUL_OP, 1).float().cpu().numpy()
+        self._check_softmax_weight()
+
+    def features(self, images: np.ndarray):
+        """uint8 (N, H, W, 3) -> pool (N, 2048), spatial (N, 2023) (HWC flattening), both float32."""
+        pool, spatial = self.executor.run(images.astype(np.float32))
+        pool, spatial = self._flatten(pool, spatial[..., :SPATIAL_CHANNELS])
+        return pool.float().cpu().numpy(), spatial.float().cpu().numpy()
+
+
+class TFInceptionNet(_Network):
+    """The imported graph in its own tf.compat.v1 Session (TensorFlow places it)."""
+    backend = "tf"
+    device = "tensorflow placement"
 
     def __init__(self, graph_path: str):
         tf = _import_tensorflow()
@@ -92,36 +156,39 @@ class InceptionNet:
         config.gpu_options.allow_growth = True          # on a GPU, leave memory to the sampler / other processes
         self.session = tf1.Session(graph=self.graph, config=config)
         self.softmax_weight = np.asarray(self.session.run(weight), dtype=np.float32)
-        if self.softmax_weight.shape[0] != POOL_DIM:
-            raise ValueError(f"{graph_path}: softmax weight has shape {self.softmax_weight.shape}, expected "
-                             f"({POOL_DIM}, classes)")
+        self._check_softmax_weight()
+        self._tf_errors = tf.errors
 
     def features(self, images: np.ndarray):
         """uint8 (N, H, W, 3) -> pool (N, 2048), spatial (N, 2023) (HWC flattening), both float32."""
-        pool, spatial = self.session.run([self.pool, self.spatial], {self.images: images.astype(np.float32)})
-        n = images.shape[0]
-        pool, spatial = pool.reshape(n, -1), spatial.reshape(n, -1)
-        if pool.shape[1] != POOL_DIM or spatial.shape[1] != SPATIAL_DIM:
-            raise ValueError(f"{self.graph_path}: features have {pool.shape[1]} / {spatial.shape[1]} dims, expected "
-                             f"{POOL_DIM} / {SPATIAL_DIM}")
-        return pool, spatial
-
-    def class_probs(self, pool: np.ndarray, batch_size: int = 512) -> np.ndarray:
-        """IS class probabilities softmax(pool @ W) (no bias, as ADM), float32 (N, 1008), in batches of 512."""
-        from evaluations.metrics import softmax
-        out = np.empty((pool.shape[0], self.softmax_weight.shape[1]), dtype=np.float32)
-        for i in range(0, pool.shape[0], batch_size):
-            out[i:i + batch_size] = softmax(pool[i:i + batch_size].astype(np.float32) @ self.softmax_weight)
-        return out
+        try:
+            pool, spatial = self.session.run([self.pool, self.spatial], {self.images: images.astype(np.float32)})
+        except self._tf_errors.InvalidArgumentError as e:     # CheckNumerics: one line, not TF's stack trace
+            raise ValueError(f"TensorFlow: {e.message.splitlines()[0]}") from None
+        return self._flatten(pool, spatial)
 
     def close(self):
         self.session.close()
 
 
-def read_activations(net: InceptionNet, path: str, key: str = "arr_0", batch_size: int = 64,
+def load_network(graph_path: str, backend: str = "torch", device=None, check_numerics: bool = True) -> _Network:
+    """The Inception network on `backend` ("torch": this repo's executor, "tf": TensorFlow)."""
+    if backend == "torch":
+        return TorchInceptionNet(graph_path, device, check_numerics)
+    if backend == "tf":
+        if device is not None:
+            raise ValueError("--device applies to --backend torch (TensorFlow places the graph itself)")
+        if not check_numerics:
+            raise ValueError("--no-check-numerics applies to --backend torch (the TF graph always checks)")
+        return TFInceptionNet(graph_path)
+    raise ValueError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+
+
+def read_activations(net: _Network, path: str, key: str = "arr_0", batch_size: int = 64,
                      progress: bool = True):
     """Streams uint8 NHWC images from `path`[key] through the network in file order, `batch_size` at a time.
-    Returns (pool (N, 2048), spatial (N, 2023)) float32 arrays."""
+    Returns (pool (N, 2048), spatial (N, 2023)) float32 arrays. A non-finite activation is a ValueError naming
+    the file, the batch and (torch backend) the graph node."""
     from tqdm.auto import tqdm
 
     from evaluations.common import NpzArrayReader, check_images_array
@@ -130,8 +197,13 @@ def read_activations(net: InceptionNet, path: str, key: str = "arr_0", batch_siz
         pools, spatials = [], []
         with tqdm(total=len(reader), desc=f"inception {os.path.basename(path)}", unit="img",
                   disable=not progress) as bar:
-            for batch in reader.batches(batch_size):
-                pool, spatial = net.features(batch)
+            for index, batch in enumerate(reader.batches(batch_size)):
+                try:
+                    pool, spatial = net.features(batch)
+                except ValueError as e:
+                    first = index * batch_size
+                    raise ValueError(f"{path}: batch {index} (images {first}..{first + len(batch) - 1}): "
+                                     f"{e}") from None
                 pools.append(pool)
                 spatials.append(spatial)
                 bar.update(batch.shape[0])

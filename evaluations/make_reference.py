@@ -7,6 +7,7 @@
 
     python -m evaluations.make_reference OUT.npz --images DIR --resolution 256 [--num-ref 10000] [--inception PB]
     python -m evaluations.make_reference OUT.npz --npz IMAGES.npz [--resolution 256]
+    ... [--backend torch|tf] [--device cuda]       # the Inception backend, as evaluations/evaluator.py
 
 Images from a folder (searched recursively; class = first sub-folder, sorted) get ADM's centre crop
 (adm_center_crop). Images from an npz (`arr_0`, uint8 NHWC) are used as they are when already R x R, centre-cropped
@@ -108,7 +109,7 @@ class _NpzSource:
 
 def make_reference(out: str, images: str = None, npz: str = None, resolution: int = None, num_ref: int = 10000,
                    max_images: int = None, seed: int = 0, inception: str = None, stats: bool = True,
-                   batch_size: int = 64, progress: bool = True) -> dict:
+                   batch_size: int = 64, progress: bool = True, backend: str = "torch", device: str = None) -> dict:
     """Writes the reference npz `out` and returns a summary dict (see the module docstring)."""
     from tqdm.auto import tqdm
 
@@ -137,8 +138,8 @@ def make_reference(out: str, images: str = None, npz: str = None, resolution: in
 
     net = None
     if stats:
-        from evaluations.inception import InceptionNet, resolve_graph_path
-        net = InceptionNet(resolve_graph_path(inception))
+        from evaluations.inception import load_network, resolve_graph_path
+        net = load_network(resolve_graph_path(inception), backend, device)
         pool_stats, spatial_stats = metrics.RunningStats(), metrics.RunningStats()
     res = source.resolution
     arr = np.empty((len(ref_pos), res, res, 3), dtype=np.uint8)
@@ -166,7 +167,7 @@ def make_reference(out: str, images: str = None, npz: str = None, resolution: in
         result["labels"] = source.labels[used[ref_pos]]
     atomic_savez(out, **result)
     return {"out": out, "images_used": int(len(used)), "ref_images": int(len(ref_pos)), "resolution": res,
-            "stats": bool(stats), "labels": source.labels is not None}
+            "stats": bool(stats), "labels": source.labels is not None, "backend": backend if stats else None}
 
 
 def main(argv=None):
@@ -182,10 +183,14 @@ def main(argv=None):
     p.add_argument("--inception", help="classify_image_graph_def.pb (else $ADM_INCEPTION_GRAPH or the cache)")
     p.add_argument("--no-stats", action="store_true", help="write arr_0 (and labels) only; no Inception needed")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--backend", choices=["torch", "tf"], default="torch",
+                   help="Inception backend (evaluations/evaluator.py --backend)")
+    p.add_argument("--device", help="--backend torch: cuda or cpu (default cuda when available)")
     args = p.parse_args(argv)
     try:
         summary = make_reference(args.out, args.images, args.npz, args.resolution, args.num_ref, args.max_images,
-                                 args.seed, args.inception, not args.no_stats, args.batch_size)
+                                 args.seed, args.inception, not args.no_stats, args.batch_size,
+                                 backend=args.backend, device=args.device)
     except (FileNotFoundError, KeyError, ValueError, ImportError) as e:
         raise SystemExit(f"error: {e.args[0] if isinstance(e, KeyError) else e}")
     print(summary)

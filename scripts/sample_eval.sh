@@ -21,6 +21,7 @@ Environment (defaults in brackets):
   METRICS        [adm; 'digits adm' with --tiny]: adm = evaluations/evaluator.py, digits = the embedded metric
   REF_BATCH      ADM reference batch [\$REF_DIR/VIRTUAL_imagenet256_labeled.npz, REF_DIR=/data/adm]
   INCEPTION      Inception graph (classify_image_graph_def.pb) [evaluator's default: \$ADM_INCEPTION_GRAPH or cache]
+  EVAL_BACKEND   [torch]: the evaluator's --backend (tf needs TensorFlow: pip install -r requirements-eval.txt)
   SAMPLE_DIR [samples]   RESULTS_DIR [results]   (under \$TINY_ROOT with --tiny)
   plus the launcher variables of scripts/common.sh (NNODES, NODE_RANK, GPUS_PER_NODE, MASTER_ADDR, ...)."
 source "$(dirname "$0")/common.sh" "$@"
@@ -101,7 +102,7 @@ if [ "$TINY" = 1 ]; then                            # stand-ins for the ImageNet
 fi
 for metric in $METRICS; do
   if [ "$metric" = adm ]; then
-    adm=(--out "$records/adm.json")
+    adm=(--out "$records/adm.json" --backend "${EVAL_BACKEND:-torch}")
     [ -n "$INCEPTION" ] && adm+=(--inception "$INCEPTION")
     [ "$TINY" = 1 ] && adm+=(--no-progress)
     run "$PYTHON" -m evaluations.evaluator "$REF_BATCH" "$npz" "${adm[@]}"

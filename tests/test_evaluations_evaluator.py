@@ -1,5 +1,6 @@
-"""evaluations/evaluator.py and make_reference.py end to end, on a stand-in Inception graph built here with
-TensorFlow (same tensor names and shapes as classify_image_graph_def.pb, random weights). CPU, small batches."""
+"""evaluations/evaluator.py and make_reference.py end to end, on a stand-in Inception graph built here
+(same tensor names and shapes as classify_image_graph_def.pb, random weights), with both backends where it
+matters (the TF ones skip without TensorFlow). CPU, small batches."""
 import json
 import os
 
@@ -18,6 +19,15 @@ def quiet(*args, **kwargs):
     pass
 
 
+def require_tensorflow():
+    """TensorFlow through the evaluator's importer (which loads triton first: the other order segfaults)."""
+    import importlib.util
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow is not installed (pip install -r requirements-eval.txt)")
+    from evaluations.inception import _import_tensorflow
+    return _import_tensorflow()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_blas_thread():
     """One BLAS thread: the 2048-d eigendecompositions otherwise slow down many-fold when the cores are shared
@@ -33,7 +43,6 @@ def one_blas_thread():
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    pytest.importorskip("tensorflow")
     from evaluations.standin_graph import build_standin_graph, smooth_images
     d = tmp_path_factory.mktemp("adm")
     paths = {"graph": build_standin_graph(str(d / "standin.pb"))}
@@ -52,8 +61,9 @@ def run(files, sample, ref="ref", **kw):
 
 
 def test_standin_graph_has_the_real_tensor_shapes(files):
-    from evaluations.inception import InceptionNet
-    net = InceptionNet(files["graph"])
+    require_tensorflow()
+    from evaluations.inception import TFInceptionNet
+    net = TFInceptionNet(files["graph"])
     try:
         assert net.pool.shape.as_list()[1:] == [1, 1, 2048]
         assert net.spatial.shape.as_list()[1:] == [17, 17, 7]
@@ -65,10 +75,14 @@ def test_standin_graph_has_the_real_tensor_shapes(files):
         net.close()
 
 
-def test_identical_images_give_zero_fid_and_full_precision_recall(files, capsys):
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+def test_identical_images_give_zero_fid_and_full_precision_recall(files, capsys, backend, monkeypatch):
+    if backend == "tf":
+        require_tensorflow()
+    monkeypatch.setenv("SIT_SRA_CACHE", str(files["dir"] / f"cache-{backend}"))
     out = str(files["dir"] / "record.json")
     evaluator.main([files["ref"], files["same"], "--inception", files["graph"], "--out", out, "--no-progress",
-                    "--batch-size", "40"])
+                    "--batch-size", "40", "--backend", backend])
     printed = capsys.readouterr().out
     for name in ("IS", "FID", "sFID", "Precision", "Recall"):
         assert f"{name}-{N}: " in printed                          # fewer than 50K samples: labelled with N
@@ -80,17 +94,19 @@ def test_identical_images_give_zero_fid_and_full_precision_recall(files, capsys)
     assert r["metrics"] == {f"IS-{N}": r["inception_score"], f"FID-{N}": r["fid"], f"sFID-{N}": r["sfid"],
                             f"Precision-{N}": r["precision"], f"Recall-{N}": r["recall"]}
     assert r["reference_stats"].startswith("computed")
-    assert {"numpy", "scipy", "tensorflow"} <= set(r["versions"])
+    assert {"numpy", "scipy", {"torch": "torch", "tf": "tensorflow"}[backend]} <= set(r["versions"])
+    assert r["backend"] == backend and r["inception_graph_published_sha256"] is None
 
 
-def test_shifted_images_give_larger_fid_with_stored_reference_statistics(files):
+def test_shifted_images_give_larger_fid_with_stored_reference_statistics(files, monkeypatch):
     from evaluations import metrics
-    from evaluations.inception import InceptionNet, read_activations
+    from evaluations.inception import TorchInceptionNet, read_activations
+    monkeypatch.setenv("SIT_SRA_CACHE", str(files["dir"] / "cache"))
     # make_reference from the npz: streamed statistics over all images, every image kept in arr_0.
     ref_stats = str(files["dir"] / "ref_stats.npz")
     make_reference.make_reference(ref_stats, npz=files["ref"], num_ref=N, inception=files["graph"],
                                   batch_size=40, progress=False)
-    net = InceptionNet(files["graph"])
+    net = TorchInceptionNet(files["graph"])
     pool, spatial = read_activations(net, files["ref"], progress=False)
     net.close()
     with np.load(ref_stats) as z:

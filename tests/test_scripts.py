@@ -242,11 +242,13 @@ def test_multi_node_dry_run(launcher, monkeypatch):
 
 def test_sample_eval_and_eval_run_dry_run(monkeypatch):
     parsed = parse_all(dry_run("sample_eval.sh", "runs/x/checkpoints/0200000.pt", PROTOCOL="system",
-                               NUM_SAMPLES=10000, INCEPTION="/g/pool.pb", SAMPLE_ARGS="--bf16"), monkeypatch)
+                               NUM_SAMPLES=10000, INCEPTION="/g/pool.pb", SAMPLE_ARGS="--bf16",
+                               EVAL_BACKEND="tf"), monkeypatch)
     (*_, s), = of(parsed, "sample_ddp.py")
     assert (s.num_fid_samples, s.cfg_scale, s.guidance_high, s.bf16, s.npz_only) == (10_000, 1.8, 0.7, True, True)
     (*_, e), = of(parsed, "-m evaluations.evaluator")
     assert e.inception == "/g/pool.pb" and e.out == "results/x/0200000-n10000-sde250-cfg1.8-gh0.7/adm.json"
+    assert e.backend == "tf"
     parsed = parse_all(dry_run("eval_run.sh", "runs/y", STEPS="100000 400000", METRICS="adm digits"), monkeypatch)
     assert [os.path.basename(ns.ckpt) for *_, ns in of(parsed, "sample_ddp.py")] == ["0100000.pt", "0400000.pt"]
     assert len(of(parsed, "-m evaluations.digits_metric")) == 2

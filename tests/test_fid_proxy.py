@@ -1,0 +1,95 @@
+"""train.py --fid-every N --fid-ref REF.npz (evaluations/fid_proxy.py): fid_proxy rows in metrics.jsonl equal to a
+separate computation from the saved EMA, training unchanged by the hook, one-line flag errors. Digits, CPU,
+the small stand-in graph (no TensorFlow needed)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from evaluations import metrics
+from evaluations.fid_proxy import SEED_OFFSET
+from evaluations.inception import TorchInceptionNet
+from evaluations.standin_graph import build_standin_graph
+from fileio import atomic_savez
+
+TINY = ["--preset", "digits", "--data-dir", "digits:8", "--batch-size", "16", "--log-every", "2",
+        "--sample-steps", "0", "--eval-samples", "0", "--num-workers", "0", "--mixed-precision", "no",
+        "--block-out-s", "1", "--block-out-t", "2", "--max-train-steps", "4", "--checkpoint-steps", "4",
+        "--preview-num-steps", "2"]
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_blas_thread():
+    """One BLAS thread for the 2048-d eigendecompositions (spinning OpenBLAS threads on shared cores are many
+    times slower), as in tests/test_evaluations_evaluator.py."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+@pytest.fixture(scope="module")
+def fid_files(tmp_path_factory):
+    from dataset import digits_images
+    from sample_ddp import to_uint8
+    d = tmp_path_factory.mktemp("fid")
+    images, _ = digits_images(8)
+    ref = str(d / "digits_ref.npz")
+    atomic_savez(ref, arr_0=to_uint8(images[:64]))                       # arr_0 only: stats computed from it
+    return {"graph": build_standin_graph(str(d / "small.pb")), "ref": ref, "dir": d}
+
+
+def run(tmp_path, name, *extra):
+    train.main(TINY + ["--output-dir", str(tmp_path), "--exp-name", name, *extra])
+    return os.path.join(tmp_path, name)
+
+
+def test_fid_proxy_is_logged_and_leaves_training_unchanged(tmp_path, fid_files, monkeypatch):
+    monkeypatch.setenv("SIT_SRA_CACHE", str(tmp_path / "cache"))
+    flags = ["--fid-every", "2", "--fid-ref", fid_files["ref"], "--fid-samples", "12",
+             "--fid-inception", fid_files["graph"]]
+    with_fid = run(tmp_path, "fid", *flags)
+    plain = run(tmp_path, "plain")
+    rows = [json.loads(line) for line in open(f"{with_fid}/metrics.jsonl")]
+    fid_rows = [r for r in rows if "fid_proxy" in r]
+    assert [r["step"] for r in fid_rows] == [2, 4] and all(r["fid_proxy_n"] == 12 for r in fid_rows)
+    log = open(f"{with_fid}/log.txt").read()
+    assert "fid_proxy" in log and "not ADM FID" in log
+    a = torch.load(f"{with_fid}/checkpoints/0000004.pt", map_location="cpu", weights_only=True)
+    b = torch.load(f"{plain}/checkpoints/0000004.pt", map_location="cpu", weights_only=True)
+    for key in ("model", "ema"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k}: the hook changed training"
+
+    # the step-4 value from the saved EMA, computed here: same seeds and labels, the torch backend, metrics.py
+    from sample_ddp import sample_images
+    args = train.parse_args(TINY)
+    from dataset import build_dataset
+    ema = train.build_model(args, build_dataset("digits:8")).eval()
+    ema.load_state_dict(a["ema"])
+    seeds = range(SEED_OFFSET + args.seed, SEED_OFFSET + args.seed + 12)
+    images = sample_images(ema, seeds, [i % 10 for i in range(12)], torch.device("cpu"), mode="sde",
+                           num_steps=2, cfg_scale=1.0)
+    net = TorchInceptionNet(fid_files["graph"], "cpu")
+    ref = np.load(fid_files["ref"])["arr_0"]
+    want = metrics.frechet_distance(*metrics.feature_stats(net.features(images)[0]),
+                                    *metrics.feature_stats(net.features(ref)[0]))
+    assert fid_rows[-1]["fid_proxy"] == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--fid-every", "2"], "--fid-every needs --fid-ref"),
+    (["--fid-ref", "ref.npz"], "needs --fid-every"),
+    (["--fid-every", "2", "--fid-ref", "nope.npz"], "nope.npz"),
+    (["--fid-every", "-1", "--fid-ref", "x.npz"], "--fid-every must be >= 0"),
+])
+def test_bad_fid_flags_fail_at_start(tmp_path, extra, message):
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, "bad", *extra)
+    assert message in str(e.value) and "\n" not in str(e.value)
