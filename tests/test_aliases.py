@@ -178,8 +178,11 @@ def test_checkpoint_epochs_and_data_checks_in_a_run(tmp_path):
             train.main(argv + ["--exp-name", "bad", flag, value])
 
 
-def test_sample_flags_checked_against_the_checkpoint(tmp_path):
+def test_sample_flags_checked_against_the_checkpoint(tmp_path, monkeypatch):
     import sample_ddp
+
+    # --local-rank exports LOCAL_RANK: restored afterwards, so later launches do not see a distributed rank
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     from test_sample_ddp import tiny_state_dict
 
     path = str(tmp_path / "c.pt")
