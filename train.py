@@ -100,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--enc-type", choices=sorted(DINOV2_DIMS), default="dinov2_vitb14", help="REPA encoder")
     g.add_argument("--enc-weights", default=None, help="REPA encoder weights file (local; never downloaded)")
     g.add_argument("--repa-features", default=None, metavar="NAME",
-                   help="REPA with precomputed targets: a folder under --data-dir written by `python -m preprocessing "
-                        "repa-features DATA_DIR --enc-type ENC --patch-size P` (NAME = repa-ENC-pP, e.g. "
-                        "repa-dinov2_vitb14-p2); no DINOv2 or VAE decode per step (needs --align-target repa)")
+                   help="REPA's targets precomputed from the real images: a folder under --data-dir written by "
+                        "`python -m preprocessing repa-features DATA_DIR --enc-type ENC --patch-size P` (NAME = "
+                        "repa-ENC-pP, e.g. repa-dinov2_vitb14-p2), or auto (the REPA presets): that folder on "
+                        "latents, none on the pixel digits (DINOv2 on the images); needs --align-target repa")
     g.add_argument("--align-weight", type=float, default=0.5)
     g.add_argument("--loss-type", choices=LOSS_TYPES, default="cos-channel")
     g.add_argument("--block-out-s", type=int, default=3, help="student block (1-based) for the alignment head")
