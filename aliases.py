@@ -289,9 +289,8 @@ def resolve_sample_aliases(parser, args) -> list:
             parser.error(f"--projector-embed-dims: expected comma-separated widths such as 768, got "
                          f"{args.projector_embed_dims!r}")
     if args.local_rank is not None:
-        if "LOCAL_RANK" not in os.environ:
-            os.environ["LOCAL_RANK"] = str(args.local_rank)
-        notes.append(f"--local-rank {args.local_rank}: the device index (torch.distributed.launch)")
+        notes.append(f"--local-rank {args.local_rank}: the device index when LOCAL_RANK is unset "
+                     f"(torch.distributed.launch)")
     for flag in ("resolution", "num_classes", "qk_norm", "projector_embed_dims"):
         if getattr(args, flag) is not None:
             notes.append(f"--{flag.replace('_', '-')}: checked against the checkpoint")

@@ -323,10 +323,11 @@ def check_folder_owner(folder, json_path, done, digest, ckpt):
                          "another --sample-dir")
 
 
-def setup_distributed():
-    """-> (rank, world, device). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is rank 0 of 1."""
+def setup_distributed(local_rank=None):
+    """-> (rank, world, device). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is rank 0 of 1.
+    local_rank: torch.distributed.launch's --local-rank, used when LOCAL_RANK is not set."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    local = int(os.environ.get("LOCAL_RANK", rank))
+    local = int(os.environ.get("LOCAL_RANK", rank if local_rank is None else local_rank))
     device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -349,7 +350,7 @@ def main(argv=None):
     if args.print_config:                                    # reads no weights
         aliases.print_config(args, notes, drop=("print_config", "local_rank"))
         return None
-    rank, world, device = setup_distributed()
+    rank, world, device = setup_distributed(args.local_rank)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     from models import load_checkpoint

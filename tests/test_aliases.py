@@ -181,7 +181,7 @@ def test_checkpoint_epochs_and_data_checks_in_a_run(tmp_path):
 def test_sample_flags_checked_against_the_checkpoint(tmp_path, monkeypatch):
     import sample_ddp
 
-    # --local-rank exports LOCAL_RANK: restored afterwards, so later launches do not see a distributed rank
+    # --local-rank is the device index when LOCAL_RANK is unset; the environment is left alone
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     from test_sample_ddp import tiny_state_dict
 
@@ -192,7 +192,8 @@ def test_sample_flags_checked_against_the_checkpoint(tmp_path, monkeypatch):
     out = sample_ddp.main(base + ["--resolution", "8", "--num-classes", "10", "--no-qk-norm", "--mask-ratio", "0",
                                   "--local-rank", "0", "--encoder-depth", "8", "--use-alignment-loss",
                                   "--attention-separation", "--projector-embed-dims", "768"])
-    assert out.endswith("samples_1.npz")
+    assert out.endswith("samples_1.npz") and "LOCAL_RANK" not in os.environ
+    assert sample_ddp.setup_distributed(local_rank=0)[0:2] == (0, 1)
     for flag, message in ((["--resolution", "256"], "--resolution 256 but .* resolution 8"),
                           (["--num-classes", "1000"], "--num-classes 1000 but .* num classes 10"),
                           (["--qk-norm"], "--qk-norm True but .* qk norm False")):
