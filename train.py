@@ -500,7 +500,8 @@ def train(args, signals: StopSignals, notes=()):
         else None
     control = RunControl(signals, device, world, accelerator.is_main_process, args.checkpoint_minutes)
     tracking.init_trackers(accelerator, args, run_dir)                  # wandb: the run folder's id, resumed
-    if accelerator.is_main_process:
+    # the ground-truth grid is the previews' yardstick: none without previews (--sample-steps 0 needs no VAE)
+    if accelerator.is_main_process and args.sample_steps:
         save_ground_truth(accelerator, args, dataset, run_dir, step, device, logger)
     logger.info(f"{args.model}: {sum(p.numel() for p in raw.parameters() if p.requires_grad) / 1e6:.2f}M params, "
                 f"{len(dataset)} items, global batch {args.batch_size}, {world} process(es), run folder {run_dir}")
