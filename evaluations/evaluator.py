@@ -2,8 +2,7 @@
 
     python -m evaluations.evaluator REF.npz SAMPLE.npz [--inception PATH] [--out JSON] [--backend torch|tf]
 
-Follows openai/guided-diffusion evaluations/evaluator.py (the numbers in SiT / REPA / SRA tables), see
-../shared/reference/sit-repa-adm.md section 4:
+Follows openai/guided-diffusion evaluations/evaluator.py (the numbers in SiT / REPA / SRA tables):
 - images: `arr_0`, uint8 N x H x W x 3, streamed in batches in file order through the Inception graph
   (evaluations/inception.py); any resolution (the graph resizes to 299 itself). `--backend torch` (default) runs
   the graph file in PyTorch (evaluations/torch_graph.py, fp32 without TF32, `--device`), `--backend tf` in

@@ -1,7 +1,6 @@
 """The math of the ADM evaluation protocol, in NumPy only (no TensorFlow), so tests can check it directly.
 
-Protocol: openai/guided-diffusion evaluations/evaluator.py (the "ADM evaluator"), as summarised in
-../shared/reference/sit-repa-adm.md section 4:
+Protocol: openai/guided-diffusion evaluations/evaluator.py (the "ADM evaluator"):
 - FID / sFID: Frechet distance between Gaussians fitted to Inception features (mean, np.cov with ddof=1).
   Computed here from eigenvalues in float64 instead of scipy.linalg.sqrtm (see frechet_distance).
 - IS: exp(mean_i KL(p_i || mean p)) per consecutive split of 5000 samples in file order, mean over splits.

@@ -1,7 +1,7 @@
 """SiT (Scalable Interpolant Transformers) with per-group timesteps and Attention Separation.
 
 Time convention (METHOD.md section 1): t = 1 is pure noise, t = 0 is data; the network predicts v = eps - x0.
-State-dict keys and shapes match the public SiT / REPA / SRA checkpoints (DESIGN.md, "The model's contract").
+State-dict keys and shapes match the public SiT / REPA / SRA checkpoints (tests/test_models.py checks the key tables).
 
 Calls:
     model(x, t, y)                                   t (N,): the plain SiT call -> velocity shaped like x
