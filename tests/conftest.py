@@ -9,3 +9,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """One BLAS thread: the evaluator's 2048-d eigendecompositions slow down many-fold when OpenBLAS threads
+    spin-wait on shared cores; on idle cores this costs about a second per Frechet distance."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

@@ -11,34 +11,12 @@ from evaluations import evaluator, make_reference
 from evaluations.common import NpzArrayReader
 from fileio import atomic_savez
 from evaluations.inception import GRAPH_ENV, GRAPH_FILE, resolve_graph_path
+from tf_support import quiet, require_tensorflow
+
+# one BLAS thread for the 2048-d eigendecompositions (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 N = 96          # images per batch file
-
-
-def quiet(*args, **kwargs):
-    pass
-
-
-def require_tensorflow():
-    """TensorFlow through the evaluator's importer (which loads triton first: the other order segfaults)."""
-    import importlib.util
-    if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("TensorFlow is not installed (pip install -r requirements-eval.txt)")
-    from evaluations.inception import _import_tensorflow
-    return _import_tensorflow()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_blas_thread():
-    """One BLAS thread: the 2048-d eigendecompositions otherwise slow down many-fold when the cores are shared
-    (OpenBLAS threads spin-wait); on idle cores this costs about a second per Frechet distance."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -17,36 +17,14 @@ from evaluations.standin_graph import _Graph, build_standin_graph, smooth_images
 from evaluations.torch_graph import SUPPORTED_OPS, GraphExecutor
 from evaluations.graphdef import Attr
 from fileio import atomic_savez
+from tf_support import quiet, require_tensorflow
+
+# one BLAS thread for the 2048-d eigendecompositions (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F32 = np.float32
 
-
-def quiet(*args, **kwargs):
-    pass
-
-
-def require_tensorflow():
-    """TensorFlow through the evaluator's importer (which loads triton first: the other order segfaults)."""
-    import importlib.util
-    if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("TensorFlow is not installed (pip install -r requirements-eval.txt)")
-    from evaluations.inception import _import_tensorflow
-    return _import_tensorflow()
-
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_blas_thread():
-    """One BLAS thread for the 2048-d eigendecompositions (spinning OpenBLAS threads on shared cores are many
-    times slower), as in tests/test_evaluations_evaluator.py."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 @pytest.fixture(scope="module")
 def tf():

@@ -15,24 +15,14 @@ from evaluations.inception import TorchInceptionNet
 from evaluations.standin_graph import build_standin_graph
 from fileio import atomic_savez
 
+# one BLAS thread for the 2048-d eigendecompositions (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
+
 TINY = ["--preset", "digits", "--data-dir", "digits:8", "--batch-size", "16", "--log-every", "2",
         "--sample-steps", "0", "--eval-samples", "0", "--num-workers", "0", "--mixed-precision", "no",
         "--block-out-s", "1", "--block-out-t", "2", "--max-train-steps", "4", "--checkpoint-steps", "4",
         "--preview-num-steps", "2"]
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_blas_thread():
-    """One BLAS thread for the 2048-d eigendecompositions (spinning OpenBLAS threads on shared cores are many
-    times slower), as in tests/test_evaluations_evaluator.py."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 @pytest.fixture(scope="module")
 def fid_files(tmp_path_factory):
