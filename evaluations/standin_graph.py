@@ -28,7 +28,7 @@ import numpy as np
 if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluations.graphdef import Attr, encode_graph_def, encode_node
-from fileio import atomic_savez, atomic_write_bytes
+from fileio import atomic_savez, atomic_write_bytes, atomic_write_json
 
 # GraphDef producer version: BatchNormWithGlobalNormalization is refused by TensorFlow from version 9 on
 PRODUCER = 8
@@ -237,23 +237,37 @@ def bench(n: int, size: int, batch_size: int, folder: str, kind: str, backend: s
           f"CPU ({os.cpu_count()} cores): {time.time() - t0:.1f} s")
 
 
+def _cached_features(net, backend: str, ref: str, smp: str, batch_size: int, folder: str):
+    """-> ((ref pool, ref spatial, sample pool, sample spatial), seconds): read from
+    FOLDER/features-BACKEND-*.npz when an earlier --compare wrote it (a long comparison resumes per backend)."""
+    from evaluations.inception import read_activations
+    cache = os.path.join(folder, f"features-{backend}-{os.path.basename(smp)}")
+    if os.path.isfile(cache):
+        with np.load(cache) as f:
+            return (f["ref_pool"], f["ref_spatial"], f["pool"], f["spatial"]), float(f["seconds"])
+    t0 = time.time()
+    ref_pool, ref_spatial = read_activations(net, ref, batch_size=batch_size, progress=True)
+    pool, spatial = read_activations(net, smp, batch_size=batch_size, progress=True)
+    seconds = time.time() - t0
+    atomic_savez(cache, ref_pool=ref_pool, ref_spatial=ref_spatial, pool=pool, spatial=spatial,
+                 seconds=np.float64(seconds))
+    return (ref_pool, ref_spatial, pool, spatial), seconds
+
+
 def compare(n: int, size: int, batch_size: int, folder: str, kind: str) -> dict:
     """The torch and TF backends on the same n vs n images: largest feature differences and both metric sets."""
     from evaluations import evaluator
-    from evaluations.inception import load_network, read_activations
+    from evaluations.inception import load_network
     graph, ref, smp = _bench_files(n, size, kind, folder)
     from evaluations import metrics
     feats, records = {}, {}
     for backend in ("torch", "tf"):
         net = load_network(graph, backend)
-        t0 = time.time()
         try:
-            feats[backend] = (read_activations(net, ref, batch_size=batch_size, progress=False)
-                              + read_activations(net, smp, batch_size=batch_size, progress=False))
+            feats[backend], seconds = _cached_features(net, backend, ref, smp, batch_size, folder)
             probs = net.class_probs(feats[backend][2])
         finally:
             net.close()
-        seconds = time.time() - t0
         ref_pool, ref_spatial, smp_pool, smp_spatial = feats[backend]
         records[backend] = evaluator.compute_metrics(ref_pool, metrics.feature_stats(ref_pool),
                                                      metrics.feature_stats(ref_spatial), smp_pool, smp_spatial,
@@ -272,6 +286,8 @@ def compare(n: int, size: int, batch_size: int, folder: str, kind: str) -> dict:
         out[f"{k} relative"] = abs(t - f) / abs(f) if f else abs(t - f)
     for k, v in out.items():
         print(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}")
+    out["records"] = records
+    atomic_write_json(os.path.join(folder, f"compare-{kind}-{n}.json"), out)
     return out
 
 
