@@ -39,9 +39,9 @@ def align_weight_at(schedule: str, align_weight: float, epoch: int) -> float:
     return float(align_weight) * 0.1 ** (max(0, epoch - start) / period)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Paths, timesteps and groups
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def interpolant(path_type: str, t: Tensor):
     """(alpha, sigma, d alpha/dt, d sigma/dt) at t, so that x_t = alpha x0 + sigma eps and v = alpha' x0 + sigma' eps."""
@@ -98,9 +98,9 @@ def patch_tokens(x: Tensor, patch: int) -> Tensor:
     return x.reshape(N, C, g, patch, g, patch).permute(0, 2, 4, 3, 5, 1).reshape(N, g * g, patch * patch * C)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Alignment distances (METHOD.md section 6), per sample, always in fp32
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def alignment_distance(a: Tensor, b: Tensor, loss_type: str) -> Tensor:
     """a, b (N, T, D) -> (N,). cos-token: 1 - cos over features per token, mean over tokens (the paper's Eq. 3/7);
@@ -119,11 +119,11 @@ def alignment_distance(a: Tensor, b: Tensor, loss_type: str) -> Tensor:
     raise ValueError(f"--loss-type must be one of {LOSS_TYPES}, got {loss_type!r}")
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Where the alignment target comes from. A target sees the drawn batch (`Draw`) and returns (N, T, D_target).
 # Adding a new target is one class with `head` (the student's head: ap_head or projector), `z_dim(patch, channels)`
 # (the head's output width; None = the model's own width) and `__call__(draw)`.
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 class Draw:
     """Everything one loss call drew, handed to the alignment target."""
@@ -240,9 +240,9 @@ class VAELatentTarget:
         return patch_tokens(d.x0, d.patch)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The loss
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 class TrainingLoss:
     """Flow matching + optional alignment. Call: loss(model, x0, y, ema=None, features=None) -> (per-sample loss (N,),
@@ -338,7 +338,7 @@ class TrainingLoss:
         drop = torch.rand(N, device=dev) < self.class_dropout_prob       # label dropout for CFG (null = num_classes)
         y_dropped = torch.where(drop, torch.full_like(y, self.num_classes), y)
 
-        # ---- timesteps per group (DTS, Eq. 5) and exact-size token groups ------------------------------------
+        # ---- timesteps per group (DTS, Eq. 5) and exact-size token groups ----------------------------------
         t, num_full = self.draw_timesteps(N, dev)
 
         def mix(tau):                                                      # x_tau for a (N, 1, H|1, W|1) time map
@@ -357,7 +357,7 @@ class TrainingLoss:
         x_t = alpha * x0 + sigma * eps                                     # Eq. 1 per token (Eq. 6 under DTS)
         target_v = d_alpha * x0 + d_sigma * eps                            # eps - x0 on the linear path
 
-        # ---- student ------------------------------------------------------------------------------------------
+        # ---- student ---------------------------------------------------------------------------------------
         align_layer = self.block_out_s if self.target is not None else None
         kw = dict(align_layer=align_layer, reference=reference)
         if G == 1:
@@ -370,7 +370,7 @@ class TrainingLoss:
         if self.target is None:
             return loss_gen, logs
 
-        # ---- alignment target and distance (Eq. 3-4, 7), fp32 -------------------------------------------------
+        # ---- alignment target and distance (Eq. 3-4, 7), fp32 ----------------------------------------------
         draw = Draw(x0=x0, eps=eps, t=t, y=y, y_dropped=y_dropped, x_t=x_t, ids=ids, layout=layout, ema=ema,
                     num_full=num_full, grid=self.grid, patch=self.patch, mix=mix, reference=reference,
                     features=features)

@@ -33,9 +33,9 @@ from preemption import RunControl, StopSignals, follow_launcher, parse_signals
 from presets import PRESETS
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Flags (names as in the public release; a preset fills the defaults, explicit flags win)
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -207,9 +207,9 @@ def check_args(args, world_size: int):
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Pieces of the loop
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def build_target(args, dataset, device):
     """The alignment target (loss.py): None = the EMA teacher, built by the loss itself."""
@@ -369,9 +369,9 @@ def load_vae_for(args, device):
     return _VAE["vae"]
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Main
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
     notes = []
@@ -411,7 +411,7 @@ def train(args, signals: StopSignals, notes=()):
             for path, size in remove_stale_temporaries(folder):
                 logger.info(f"removed {path} ({size / 2 ** 20:.1f} MiB): the temporary file of a dead writer")
 
-    # ---- data, model, EMA teacher, optimizer, loss ---------------------------------------------------------------
+    # ---- data, model, EMA teacher, optimizer, loss ---------------------------------------------------------
     try:
         dataset = build_dataset(args.data_dir, features=args.repa_features)
     except (FileNotFoundError, ValueError) as e:
@@ -437,7 +437,7 @@ def train(args, signals: StopSignals, notes=()):
     params = [p for p in raw.parameters()]
     ema_params = [p for p in ema.parameters()]
 
-    # ---- resume -------------------------------------------------------------------------------------------------
+    # ---- resume --------------------------------------------------------------------------------------------
     step = 0
     resume, ckpt = args.resume, None
     if resume == "auto":                                                # the newest readable of all
@@ -506,7 +506,7 @@ def train(args, signals: StopSignals, notes=()):
     logger.info(f"{args.model}: {sum(p.numel() for p in raw.parameters() if p.requires_grad) / 1e6:.2f}M params, "
                 f"{len(dataset)} items, global batch {args.batch_size}, {world} process(es), run folder {run_dir}")
 
-    # ---- the loop -----------------------------------------------------------------------------------------------
+    # ---- the loop ------------------------------------------------------------------------------------------
     t_log, step_log, stopped = time.time(), step, False
     bar = tqdm(total=args.max_train_steps, initial=step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="train")
@@ -578,7 +578,7 @@ def train(args, signals: StopSignals, notes=()):
             accelerator.wait_for_everyone()
     bar.close()
 
-    # ---- the embedded metric (digits) ---------------------------------------------------------------------------
+    # ---- the embedded metric (digits) ----------------------------------------------------------------------
     if accelerator.is_main_process and args.eval_samples and not dataset.is_latent and not stopped:
         evaluate_digits(ema, args, dataset, run_dir, step, device, logger, signals)
     accelerator.end_training()

@@ -15,7 +15,7 @@ NHOOD_SIZE = 3         # ADM: ManifoldEstimator(nhood_sizes=(3,))
 FULL_SAMPLE_COUNT = 50000
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Gaussian statistics and the Frechet distance
 
 def feature_stats(features: np.ndarray, chunk: int = 8192):
@@ -112,7 +112,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Inception score
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -144,7 +144,7 @@ def num_is_splits(n: int, split_size: int = IS_SPLIT_SIZE) -> int:
     return max(1, -(-n // split_size))
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Precision and recall (k-NN manifolds)
 
 def _round16(x: np.ndarray) -> np.ndarray:
@@ -234,7 +234,7 @@ def precision_recall(ref_features: np.ndarray, sample_features: np.ndarray, k: i
     return float(smp_inside.mean()), float(ref_inside.mean())
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Naming
 
 def count_suffix(n: int) -> str:

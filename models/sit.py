@@ -25,9 +25,9 @@ from .attention import Attention
 from .groups import MaskLayout, SegmentLayout, plan_groups
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Embeddings
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
     """Fixed 2-D sin-cos table (grid*grid, dim), raster order (token = row * grid + col).
@@ -88,10 +88,10 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(y)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Blocks. Modulation tensors are (N, 1, D) (one conditioning per sample), (N, S, D) (one per segment of a
 # SegmentLayout) or (N, T, D) (per token: MaskLayout fallback and the reference implementation).
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 def _per_segment(fn, x: Tensor, *mods: Tensor, sizes=None) -> Tensor:
     """Apply fn(x_part, *mod_parts) with each segment of x paired with its own modulation row."""
@@ -167,9 +167,9 @@ def repa_projector(dim: int, z_dim: int, hidden: int = 2048) -> nn.Sequential:
                          nn.Linear(hidden, z_dim))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # SiT
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 class SiT(nn.Module):
     def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
@@ -224,7 +224,7 @@ class SiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    # ---- input checks and embedding ---------------------------------------------------------------------------
+    # ---- input checks and embedding ------------------------------------------------------------------------
     def _check(self, x: Tensor, t: Tensor, y: Tensor):
         C, S = self.in_channels, self.input_size
         if x.ndim != 4 or x.shape[1:] != (C, S, S):
@@ -265,7 +265,7 @@ class SiT(nn.Module):
             raise ValueError(f"t has {K} columns but the layout has {len(layout.sizes)} groups")
         return layout.to_groups(h), layout.arrange_cond(c), layout, None
 
-    # ---- forward ----------------------------------------------------------------------------------------------
+    # ---- forward -------------------------------------------------------------------------------------------
     def unpatchify(self, tokens: Tensor) -> Tensor:          # (N, T, p*p*C) -> (N, C, H, W)
         N, p, g, C = tokens.shape[0], self.patch_size, self.grid, self.out_channels
         x = tokens.reshape(N, g, g, p, p, C)
@@ -331,10 +331,10 @@ def _reference_ids(groups, separate: bool):
     return to_raster(cond), (None if attn is None else to_raster(attn))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Registry: SiT-{S,B,L,XL}/{2,4,8} as in SiT (depth, width, heads), plus a tiny T for CPU runs and tests and a
 # narrower N (width 64) for the CPU ablation study (scripts/ablations_cpu.sh)
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 SIZES = {"N": (6, 64, 4), "T": (6, 128, 4), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16),
          "XL": (28, 1152, 16)}

@@ -65,7 +65,7 @@ TABLE5 = ["ours"]
 METHOD_NAMES = {"sit": "SiT", "sra": "SRA", "self-flow": "Self-Flow", "repa": "REPA", "sra2": "SRA 2",
                 "ours": "ours (SRA + DTS + AS)", "ours-mix": "ours + full-image mixing"}
 
-# ---- what each kind of record measures ----------------------------------------------------------------------------
+# ---- what each kind of record measures ---------------------------------------------------------------------
 # view -> (record kind, main metric, second metric, their labels, all metrics of the system tables)
 VIEWS = {
     "adm": dict(main="fid", second="inception_score", label="FID", label2="IS", suffix="",
@@ -80,7 +80,7 @@ ABLATION_RE = re.compile(r"^b2-(dual|single)-(full|as)-r([0-9.]+)(?:-rho([0-9.]+
 SYSTEM_RE = re.compile(r"^(" + "|".join(SYSTEM_METHODS) + r")-xl2(-512)?$")
 
 
-# ---- reading records ------------------------------------------------------------------------------------------------
+# ---- reading records ---------------------------------------------------------------------------------------
 
 def record_kind(rec: dict):
     if isinstance(rec, dict) and {"fid", "sfid", "inception_score", "precision", "recall"} <= rec.keys():
@@ -175,7 +175,7 @@ def best(records, **match):
     return max(hits, key=lambda r: r["n"]) if hits else None
 
 
-# ---- formatting -------------------------------------------------------------------------------------------------
+# ---- formatting --------------------------------------------------------------------------------------------
 
 def fmt(value, metric):
     return DASH if value is None else f"{value:.{DIGITS[metric]}f}"
@@ -212,7 +212,7 @@ def ours_note(records, view, where) -> str:
     return f"Ours: {VIEWS[view]['label']} over {', '.join(f'{n:,}' for n in counts)} samples {where}."
 
 
-# ---- tables -------------------------------------------------------------------------------------------------------
+# ---- tables ------------------------------------------------------------------------------------------------
 
 def ablation_records(records, kind):
     """Unguided (CFG 1) records of the B/2 ablation runs, each with its parsed setting."""
@@ -306,7 +306,7 @@ def all_records_table(records) -> str:
     return "### All evaluation records\n\n" + md_table(header, rows)
 
 
-# ---- figures ------------------------------------------------------------------------------------------------------
+# ---- figures -----------------------------------------------------------------------------------------------
 
 def plot_curves(path, title, settings, recs, view, with_paper):
     """Two panels, FID (or digits FD) and IS (or digits accuracy) against training steps, one line per setting.
@@ -353,7 +353,7 @@ def plot_curves(path, title, settings, recs, view, with_paper):
     return path
 
 
-# ---- main -----------------------------------------------------------------------------------------------------------
+# ---- main --------------------------------------------------------------------------------------------------
 
 def collect(roots, out):
     """Builds the markdown and the figures; returns (markdown text, [figure paths])."""

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import sys
 
 import numpy as np
@@ -265,7 +264,7 @@ CASES = [
     ("train", "--seed -1", "--seed"),
     ("train", "--data-dir digits:x", "digits:x"),
     ("train", "--data-dir digits:12", "--data-dir"),
-    (f"train", f"{D} {{lat}} --num-workers -1", "--num-workers"),
+    ("train", f"{D} {{lat}} --num-workers -1", "--num-workers"),
     # train.py: data files, named
     ("train", f"{D} {{lat_label_high}}", "labels.npy"),
     ("train", f"{D} {{lat_label_neg}}", "labels.npy"),

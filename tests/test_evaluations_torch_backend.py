@@ -49,7 +49,7 @@ def torch_run(graph_bytes, feed, fetches, feed_name="ExpandDims:0", **kw):
     return [v.cpu().numpy() for v in ex.run(feed)]
 
 
-# ---- the reader ---------------------------------------------------------------------------------------------------
+# ---- the reader --------------------------------------------------------------------------------------------
 
 def test_reader_agrees_with_tensorflows_parser(tf):
     """A graph TF serialises (attrs of every kind, packed and unpacked values) reads back to the same nodes."""
@@ -88,7 +88,7 @@ def test_writer_output_is_what_tensorflow_reads(tf, tmp_path):
     np.testing.assert_array_equal(weights, theirs)
 
 
-# ---- the ops, one at a time, against TensorFlow ----------------------------------------------------------------------
+# ---- the ops, one at a time, against TensorFlow ------------------------------------------------------------
 
 def _conv_w(shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype(F32)
@@ -202,7 +202,7 @@ def test_resize_bilinear_is_tf1s_sampling_without_tensorflow(size, out):
     np.testing.assert_array_equal(got[0], tf1_resize_reference(img, *out))
 
 
-# ---- the stand-ins against the TF backend ----------------------------------------------------------------------------
+# ---- the stand-ins against the TF backend ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def full_graph(tmp_path_factory):
@@ -291,7 +291,7 @@ def test_reference_features_are_cached(small_files, monkeypatch, tmp_path):
     assert off["reference_features_cache"] == {"path": None, "hit": False} and off["fid"] == first["fid"]
 
 
-# ---- bad graphs: one line each -----------------------------------------------------------------------------------
+# ---- bad graphs: one line each -----------------------------------------------------------------------------
 
 def _evaluator_error(capsys, small_files, graph, *flags):
     with pytest.raises(SystemExit) as e:
@@ -370,7 +370,7 @@ def test_non_finite_activation_names_the_node_and_the_batch(tmp_path):
     assert np.isfinite(pool[:4]).all() and not np.isfinite(pool[4:]).all()
 
 
-# ---- no TensorFlow ------------------------------------------------------------------------------------------------
+# ---- no TensorFlow -----------------------------------------------------------------------------------------
 
 NO_TF = r"""
 import json, os, sys

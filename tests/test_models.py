@@ -172,7 +172,7 @@ def test_initialisation_as_sit():
     assert pe[4, 0] == pytest.approx(0.0, abs=1e-6) and pe[4, 192] == pytest.approx(torch.sin(torch.tensor(1.0)).item(), abs=1e-6)
 
 
-# ---- public checkpoint key tables (SiT and REPA train.py state dicts, the SRA release's ap_head) ------------
+# ---- public checkpoint key tables (SiT and REPA train.py state dicts, the SRA release's ap_head) -----------
 
 def public_keys(depth, D, out, head=None, z=768):
     keys = {"pos_embed": (1, 256, D), "x_embedder.proj.weight": (D, 4, 2, 2), "x_embedder.proj.bias": (D,),
@@ -281,7 +281,7 @@ def test_bad_inputs_have_clear_messages():
         m(x, torch.rand(2, 2), y, groups=torch.full((2, 16), 2))
 
 
-# ---- FLOPs (FlopCounterMode on the meta device: no compute) ----------------------------------------------------
+# ---- FLOPs (FlopCounterMode on the meta device: no compute) ------------------------------------------------
 
 def forward_gflops(fn):
     with FlopCounterMode(display=False) as fc:

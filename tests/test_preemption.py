@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import loss as loss_module
-import train
 from test_train import TINY, assert_same_state, load, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -34,7 +34,7 @@ def load_collect_results():
 collect_results = load_collect_results()
 
 
-# ---- running the scripts ------------------------------------------------------------------------------------------
+# ---- running the scripts -----------------------------------------------------------------------------------
 
 def script_env(**env):
     """The caller's environment without the scripts' own variables, plus `env` (values as strings)."""
@@ -59,7 +59,7 @@ def dry_run(name, *args, **env):
     return [shlex.split(line) for line in lines]
 
 
-# ---- parsing the printed commands with the programs' own parsers ----------------------------------------------
+# ---- parsing the printed commands with the programs' own parsers -------------------------------------------
 
 class Parsed(Exception):
     """Raised by the patched parse_args with the namespace, so that main() stops before doing any work."""
@@ -138,7 +138,7 @@ def of(parsed, program):
     return [p for p in parsed if p[2] == program]
 
 
-# ---- help and dry runs ----------------------------------------------------------------------------------------------
+# ---- help and dry runs -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", SHELL_SCRIPTS)
 def test_help(name):
@@ -303,7 +303,7 @@ def test_missing_inputs_fail_before_launching(tmp_path):
     assert res.returncode == 2 and "no checkpoints" in res.stderr
 
 
-# ---- the tiny chain on the CPU ------------------------------------------------------------------------------------
+# ---- the tiny chain on the CPU -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def tiny_chain(tmp_path_factory):
@@ -367,7 +367,7 @@ def test_tiny_preprocessing(tmp_path):
         assert z["arr_0"].shape == (4, 32, 32, 3) and z["mu"].shape == (2048,)
 
 
-# ---- collect_results.py on records made here ----------------------------------------------------------------
+# ---- collect_results.py on records made here ---------------------------------------------------------------
 
 def write_record(root, run, step, fid, inception_score, n=10_000, cfg=1.0, high=1.0, kind="adm"):
     folder = root / run / f"{step:07d}-n{n}-sde250-cfg{cfg}-gh{high}"
