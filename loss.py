@@ -14,6 +14,7 @@ alignment target (EMA teacher up to block n, or an external target), and returns
 to log. Nothing here reads a value back to the host: the step stays asynchronous on the GPU.
 """
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,64 @@ def align_weight_at(schedule: str, align_weight: float, epoch: int) -> float:
         return float(align_weight)
     start, period = ALIGN_WEIGHT_SCHEDULES[schedule]
     return float(align_weight) * 0.1 ** (max(0, epoch - start) / period)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The loss settings: one field per setting, the only list of them. train.py builds its --flag-name flags from
+# these fields (help, choices and nargs from the metadata); its defaults and the presets are the recipes
+# (presets.py). The defaults here are plain SiT: no alignment, one token group.
+# ------------------------------------------------------------------------------------------------------------
+
+ALIGN_TARGETS = ("none", "ema", "repa", "sra2")
+
+
+def _setting(default, help: str, **argparse_kw):
+    return field(default=default, metadata=dict(help=help, **argparse_kw))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    # the interpolant x_t = alpha_t x0 + sigma_t eps (Eq. 1): linear (1 - t, t) or cosine
+    path_type: str = _setting("linear", "x_t = (1 - t) x0 + t eps, or the cosine path",
+                              choices=("linear", "cosine"))
+    # p(t): U(0, 1), or SD3's logit-normal
+    weighting: str = _setting("uniform", "timestep density p(t)", choices=("uniform", "lognormal"))
+    # label dropout for classifier-free guidance (the null class is num_classes)
+    class_dropout_prob: float = _setting(0.1, "label dropout probability (CFG)")
+    # where the alignment target comes from (Eq. 3-4): none, the EMA teacher, DINOv2 or the clean latent
+    align_target: str = _setting("none", "alignment target: none, ema (EMA teacher: SRA, Self-Flow, ours), "
+                                 "repa (DINOv2 patch tokens), sra2 (the clean VAE latent)",
+                                 choices=ALIGN_TARGETS)
+    # lambda: L = L_gen + lambda L_align (Eq. 4)
+    align_weight: float = _setting(0.5, "lambda, the alignment weight (Eq. 4)")
+    # lambda per epoch: constant, or the original SRA's decay (align_weight_at)
+    align_weight_schedule: str = _setting("constant", "lambda per epoch: constant, or the original SRA decay "
+                                          "after epoch 149 (sra-256) / 99 (sra-512)",
+                                          choices=tuple(sorted(ALIGN_WEIGHT_SCHEDULES)))
+    # d in L_align = d(g(h_m), sg[h_n]) (alignment_distance)
+    loss_type: str = _setting("cos-channel", "alignment distance d", choices=LOSS_TYPES)
+    # m: the student block whose output the head g reads (1-based)
+    block_out_s: int = _setting(3, "m, the student block (1-based) the alignment head reads")
+    # n: the teacher block that gives the target (1-based)
+    block_out_t: int = _setting(8, "n, the teacher (EMA) block (1-based) that gives the target")
+    # alpha: the share of tokens in the masked group (DTS / AS); 0 = one group
+    mask_ratio: tuple = _setting((0.0,), "alpha, the masked group's share of tokens (0: one group); "
+                                 "several values: several groups", nargs="+", type=float)
+    # DTS (Eq. 5-6): one timestep per token group
+    dual_time_scheduling: bool = _setting(False, "DTS: one timestep per token group (Eq. 5-6)")
+    # AS (Eq. 8-9): attention only within a group, A_ij = 1[g_i = g_j]
+    attention_separation: bool = _setting(False, "AS: attention only within a token group (Eq. 8-9)")
+    # rho: the share of full-image samples (one group, full attention) in a DTS / AS batch (Fig. 5)
+    full_sample_prob: float = _setting(0.0, "rho, the share of full-image samples in a DTS / AS batch")
+    # the teacher's timestep: sra s = clamp(t - t_max U), self_flow t_lo = min_g t_g (Eq. 7), same = t
+    teacher_t: str = _setting("sra", "teacher timestep: sra (t - t_max U), self_flow (min_g t_g on the "
+                              "whole image, Eq. 7), same (the student's)", choices=TEACHER_T)
+    # the labels the teacher sees: the clean ones (the release) or the student's dropped ones (SiT-SRA)
+    teacher_labels: str = _setting("clean", "labels the EMA teacher sees", choices=("clean", "dropped"))
+    # Eq. 5 as written: the groups' draws sorted so that t_hi is on the masked group
+    sorted_timesteps: bool = _setting(False, "Eq. 5 as written: t_hi on the masked group")
+    # t_max: the SRA teacher's offset, s = clamp(t - t_max U, 0, 1)
+    t_max: float = _setting(0.2, "t_max, the teacher offset s = clamp(t - t_max U, 0, 1) (--teacher-t sra)")
 
 
 # ------------------------------------------------------------------------------------------------------------
