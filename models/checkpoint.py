@@ -339,18 +339,31 @@ def check_flags(settings: dict, path: str, **flags):
             raise CheckpointError(f"{path} holds {what} {have} but --{flag.replace('_', '-')} is {value}")
 
 
-def load_state_dict_strict(model: nn.Module, sd: dict, source: str = "state dict", assign: bool = False):
-    """load_state_dict(strict=True) with one readable line listing missing / unexpected / mis-shaped keys."""
+def _listed(items: list, limit: int = 12) -> str:
+    """'a, b, c' of the first `limit` items, then how many more."""
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def state_dict_mismatch(model: nn.Module, sd: dict) -> str:
+    """An empty string when `sd` holds exactly the model's keys with its shapes, else one line naming the
+    missing keys (model order), the unexpected ones (file order; a value that is not a tensor is unexpected)
+    and the shape mismatches. The repo's one strict-load check (checkpoints here, DINOv2 files)."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in sd and own[k].shape != sd[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"{title} ({len(items)}): " + ", ".join(items[:12]) + (" ..." if len(items) > 12 else "")
-                 for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                      ("shape mismatches", shapes)) if items]
-        raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k, v in sd.items() if k not in own or not isinstance(v, torch.Tensor)]
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
+              if isinstance(sd.get(k), torch.Tensor) and sd[k].shape != v.shape]
+    found = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+    return "; ".join(f"{title} ({len(items)}): {_listed(items)}" for title, items in found if items)
+
+
+def load_state_dict_strict(model: nn.Module, sd: dict, source: str = "state dict", assign: bool = False):
+    """load_state_dict(strict=True), or a CheckpointError "{source} does not match the model: ..." listing
+    what differs (state_dict_mismatch)."""
+    problem = state_dict_mismatch(model, sd)
+    if problem:
+        raise CheckpointError(f"{source} does not match the model: {problem}")
     model.load_state_dict(sd, strict=True, assign=assign)
 
 
