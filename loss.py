@@ -257,7 +257,7 @@ class REPATarget:
     def __init__(self, encoder=None, to_images=None, dim: int = None):
         if encoder is None and dim is None:
             raise ValueError("REPATarget needs an encoder, or dim (the encoder width) for precomputed features")
-        self.encoder = encoder          # models.dinov2.DinoV2, frozen, eval mode (None: precomputed features only)
+        self.encoder = encoder          # a frozen models.dinov2 encoder, eval mode (None: precomputed only)
         self.to_images = to_images      # x0 (pixel data, N, C, H, W) -> images (N, 3 or 1, H, W) in [-1, 1]
         self.dim = encoder.embed_dim if encoder is not None else int(dim)
 
@@ -266,7 +266,7 @@ class REPATarget:
 
     @torch.no_grad()
     def __call__(self, d: Draw) -> Tensor:
-        from models.dinov2 import dinov2_resolution, preprocess_for_dinov2
+        from models.dinov2 import dinov2_patch_tokens, dinov2_resolution, preprocess_for_dinov2
         features = getattr(d, "features", None)
         if features is not None:                                        # precomputed: (N, grid^2, D_enc)
             want = (d.x0.shape[0], d.grid ** 2, self.dim)
@@ -282,7 +282,7 @@ class REPATarget:
         if images.shape[1] == 1:                                        # grey (the embedded digits)
             images = images.expand(-1, 3, -1, -1)
         x = preprocess_for_dinov2(images, resolution=dinov2_resolution(d.grid))
-        return self.encoder.forward_features(x)["x_norm_patchtokens"]  # (N, grid^2, D_enc)
+        return dinov2_patch_tokens(self.encoder, x)                   # (N, grid^2, D_enc)
 
 
 class VAELatentTarget:

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from dataset import read_json
 from fileio import atomic_path, atomic_save_npy, atomic_write_json
-from models.dinov2 import DINOV2_DIMS, dinov2_resolution, load_dinov2, preprocess_for_dinov2
+from models.dinov2 import (DINOV2_DIMS, dinov2_patch_tokens, dinov2_resolution, load_dinov2,
+                           preprocess_for_dinov2)
 from .crop import center_crop_adm, load_rgb
 from .launch import check_launch_flags, rank_environment
 from .shards import FORMAT_NAME, SettingsMismatch, fingerprint
@@ -118,7 +119,7 @@ def encode_features(encoder, crops_uint8: torch.Tensor, tokens_side: int, precis
     x = crops_uint8.to(device).permute(0, 3, 1, 2)                        # (N, 3, H, W) uint8
     x = preprocess_for_dinov2(x, dinov2_resolution(tokens_side))          # fp32, ImageNet-normalised, resized
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        tokens = encoder.forward_features(x)["x_norm_patchtokens"]
+        tokens = dinov2_patch_tokens(encoder, x)
     return tokens.float()
 
 

@@ -17,7 +17,7 @@ import train
 from dataset import LatentShardDataset, build_dataset, sample_posterior
 from loss import Draw, REPATarget, TrainingLoss
 from models import SiT_models
-from models.dinov2 import build_dinov2, preprocess_for_dinov2
+from models.dinov2 import build_dinov2, dinov2_patch_tokens, preprocess_for_dinov2
 from preprocessing.crop import center_crop_adm, load_rgb
 from preprocessing.encode import encode_folder
 from preprocessing import repa_features as rf
@@ -97,7 +97,7 @@ def test_rows_are_dinov2_on_the_crop_and_its_mirror(featurized, encoder, image_f
     assert [_sources(featurized)[i][1] for i in rows] == [False, True, True, False, True, True]
     x = torch.from_numpy(_crops(image_folder, featurized, rows)).permute(0, 3, 1, 2)
     with torch.no_grad():
-        ref = encoder.forward_features(preprocess_for_dinov2(x, 56))["x_norm_patchtokens"]
+        ref = dinov2_patch_tokens(encoder, preprocess_for_dinov2(x, 56))
     got = torch.from_numpy(_all_features(featurized)[rows].astype(np.float32))
     torch.testing.assert_close(got, ref.half().float(), rtol=2e-3, atol=2e-3)
     assert (got[0] - got[1]).abs().mean() > 0.05                   # the mirror is a different image to DINOv2

@@ -49,9 +49,9 @@ def test_repa_loss_by_hand_and_gradients_reach_only_student_and_projector():
     seen = spy_forward(model)
     loss, logs = fn(model, x0, y)
     feats = seen["out"][1]                                            # projector(h_2), (N, 16, 384)
-    from models.dinov2 import preprocess_for_dinov2
+    from models.dinov2 import dinov2_patch_tokens, preprocess_for_dinov2
     with torch.no_grad():
-        ref = enc.forward_features(preprocess_for_dinov2(x0.expand(-1, 3, -1, -1), 56))["x_norm_patchtokens"]
+        ref = dinov2_patch_tokens(enc, preprocess_for_dinov2(x0.expand(-1, 3, -1, -1), 56))
     cos = (feats * ref).sum(-1) / (feats.norm(dim=-1) * ref.norm(dim=-1))
     torch.testing.assert_close(logs["loss_align"], (1 - cos).mean(), rtol=1e-5, atol=1e-6)
     loss.mean().backward()
