@@ -512,3 +512,31 @@ class EpochOrder:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         if not 0 <= self.position <= self.batches_per_epoch:
             raise ValueError(f"EpochOrder position {self.position} outside 0..{self.batches_per_epoch}")
+
+
+def train_batches(dataset, order: EpochOrder, start: int, device: torch.device, num_workers: int = 0):
+    """Yields this rank's training batches (x, y, extra) forever, from batch `start` (batches consumed since
+    epoch 0, i.e. optimizer steps x gradient accumulation) on: the order depends only on (seed, batch index),
+    so a resumed run continues exactly. x is the model input (a posterior sample z for latents), extra the loss's
+    keyword arguments: {"features": (B, T, D)} when the dataset carries precomputed REPA targets, else {}.
+
+    The digits live on the device and are indexed there; latents come through a DataLoader with `order` as
+    its batch sampler (which runs ahead of the loop, so a checkpoint's `order` state is informative only)."""
+    order.seek(start)
+    if not dataset.is_latent:
+        images = dataset.images.to(device)
+        labels = dataset.labels.to(device)
+        while True:
+            for idx in order:
+                idx = idx.to(device)
+                yield images[idx], labels[idx], {}
+    while True:
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=num_workers,
+                                             pin_memory=device.type == "cuda")
+        # (moments, labels[, features])
+        for x, y, *feats in loader:
+            extra = {"features": feats[0].to(device, non_blocking=True)} if feats else {}
+            # z = (mean + std n) * 0.18215
+            z = sample_posterior(x.to(device, non_blocking=True))
+            yield z, y.to(device, non_blocking=True), extra
+

@@ -5,29 +5,29 @@
         --cfg-scale 1.5 --cfg-channels 3                      # SiT's released setting (FID 2.06)
     python sample_ddp.py --ckpt ... --grid --grid-classes 207 360 387 974 88 979 417 279
 
-Image i (0 <= i < N) is made by rank i % world from its own seed global_seed + i: one torch.Generator draws its
-initial noise and then all its SDE noise (samplers.py), and its label is a function of (global_seed, i) too. The
-set therefore does not depend on the number of processes or the batch size, images of a smaller N are the first
-images of a larger one, and note that seed s + 1 gives image i of seed s as its image i - 1 (pick seeds far apart).
-Labels: uniform over classes from numpy's default_rng(global_seed + i) (random as the releases, reproducible per
-index), or with --balanced-labels, i % num_classes.
-Decoding: latents (in_channels 4) through the SD-VAE, x = vae.decode(z / 0.18215); pixel models (in_channels 1 or
-3, data in [-1, 1]) pass through. uint8 (--quantize): `release` (default) = floor(clamp(127.5 x + 127.5, 0, 255)),
-as the SRA release's and REPA's generate.py, so FIDs compare with the paper's; `dit` = floor(clamp(127.5 x + 128,
-0, 255)), as DiT / SiT's sample_ddp (half a grey level brighter); grey images are repeated to 3 channels.
-The SDE's score depends on the path the model was trained on: --path-type is read from the checkpoint's settings
-(a flag that contradicts the file is an error), linear when the file does not say.
+Image i (0 <= i < N) is made by rank i % world from its own seed global_seed + i: one torch.Generator draws
+its initial noise and then all its SDE noise (sampling.py, samplers.py), and its label is a function of
+(global_seed, i) too. The set therefore does not depend on the number of processes or the batch size, images
+of a smaller N are the first images of a larger one, and note that seed s + 1 gives image i of seed s as its
+image i - 1 (pick seeds far apart).
+Labels: uniform over classes from numpy's default_rng(global_seed + i) (random as the releases, reproducible
+per index), or with --balanced-labels, i % num_classes.
+Decoding: latents (in_channels 4) through the SD-VAE, x = vae.decode(z / 0.18215); pixel models (in_channels
+1 or 3, data in [-1, 1]) pass through. uint8 (--quantize): the rule of sampling.py, `release` (default, the
+SRA release's and REPA's, so FIDs compare with the paper's) or `dit` (DiT / SiT's, half a grey level
+brighter).
+The SDE's score depends on the path the model was trained on: --path-type is read from the checkpoint's
+settings (a flag that contradicts the file is an error), linear when the file does not say.
 Output: <sample-dir>/<folder named after every setting that changes the samples>/ with {i:06d}.png (or, with
 --npz-only, chunk files chunks/chunk-{first index}.npz), sampling.json and samples_{N}.npz (arr_0 uint8
-(N, H, W, 3) in index order, labels int64 (N,)). Every file is written to a temporary name and renamed, so a killed
-run leaves only complete files; rerunning the same command skips what exists. A folder belongs to one
+(N, H, W, 3) in index order, labels int64 (N,)). Every file is written to a temporary name and renamed, so a
+killed run leaves only complete files; rerunning the same command skips what exists. A folder belongs to one
 checkpoint's weights: sampling.json records their sha256, and a rerun with other weights is refused.
 The checkpoint describes the run (models/checkpoint.py): model, classes, patch, learn_sigma, qk-norm, path
 type and time convention are read from it; a flag that is given and contradicts it is an error naming both
 values.
 """
 import argparse
-import datetime
 import json
 import os
 import re
@@ -40,8 +40,10 @@ from PIL import Image
 
 import aliases
 import samplers
+from distributed import barrier, setup_distributed, teardown
 from fileio import atomic_path, atomic_write_json, stream_npz, unusable_folder
-from models.vae import decode_latents, load_vae_spec
+from models.vae import load_vae_spec
+from sampling import QUANTIZE_OFFSET, sample_images, save_grid, save_png
 
 PNG_RE = re.compile(r"^(\d{6,})\.png$")
 CHUNK_RE = re.compile(r"^chunk-(\d{6,})\.npz$")
@@ -51,64 +53,14 @@ CHUNK_RE = re.compile(r"^chunk-(\d{6,})\.npz$")
 # Pure helpers (importable by the training loop without side effects)
 # ------------------------------------------------------------------------------------------------------------
 
-def image_labels(indices, num_classes, global_seed, balanced=False):
-    """Label of each image index: i % num_classes if balanced, else uniform from default_rng(global_seed + i)."""
+def image_labels(indices, num_classes: int, global_seed: int, balanced: bool = False) -> np.ndarray:
+    """Label of each image index: i % num_classes if balanced, else uniform from
+    default_rng(global_seed + i)."""
     idx = np.asarray(indices, dtype=np.int64)
     if balanced:
         return idx % num_classes
-    return np.array([np.random.default_rng(global_seed + int(i)).integers(num_classes) for i in idx], dtype=np.int64)
-
-
-QUANTIZE_OFFSET = {"release": 127.5, "dit": 128.0}   # uint8 = floor(clamp(127.5 x + offset, 0, 255))
-
-
-def to_uint8(x, quantize="release"):
-    """(N, C, H, W) float in [-1, 1], C in {1, 3} -> (N, H, W, 3) uint8 numpy, floor(clamp(127.5 x + offset)):
-    offset 127.5 for quantize='release' (SRA / REPA generate.py), 128 for 'dit' (DiT / SiT sample_ddp)."""
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(x.shape)}")
-    if quantize not in QUANTIZE_OFFSET:
-        raise ValueError(f"quantize must be one of {sorted(QUANTIZE_OFFSET)}, got {quantize!r}")
-    u8 = (127.5 * x.float() + QUANTIZE_OFFSET[quantize]).clamp(0, 255).to(torch.uint8)   # truncation = floor
-    if u8.shape[1] == 1:
-        u8 = u8.expand(-1, 3, -1, -1)
-    return u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-
-
-def save_png(image, path):
-    """One (H, W, 3) uint8 image, written atomically."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-
-
-def save_grid(images, path, nrow, pad=2, min_width=0):
-    """(N, H, W, 3) uint8 -> one PNG, nrow images per row, pad pixels of black between them; each image is
-    enlarged by an integer factor (nearest neighbour) until the grid is at least `min_width` pixels wide. ->
-    the grid."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"save_grid wants (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
-    scale = max(1, -(-(min_width - pad * (nrow + 1)) // (nrow * images.shape[2])))
-    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
-    n, h, w, _ = images.shape
-    rows = -(-n // nrow)
-    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), dtype=np.uint8)
-    for k in range(n):
-        r, c = divmod(k, nrow)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[k]
-    save_png(grid, path)
-    return grid
-
-
-def sample_images(model, seeds, labels, device, vae=None, quantize="release", **sampler_kwargs):
-    """Images from per-image seeds (one generator each) and labels -> (N, H, W, 3) uint8 numpy (see to_uint8).
-
-    sampler_kwargs go to samplers.sample (mode, num_steps, heun, cfg_scale, guidance_low, path_type, ...)."""
-    gens = samplers.per_image_generators(seeds, device)
-    z = samplers.per_image_randn(gens, (model.in_channels, model.input_size, model.input_size), device)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device)
-    x = samplers.sample(model, z, y, generators=gens, **sampler_kwargs)
-    return to_uint8(decode_latents(vae, x), quantize)
+    labels = [np.random.default_rng(global_seed + int(i)).integers(num_classes) for i in idx]
+    return np.array(labels, dtype=np.int64)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -130,8 +82,8 @@ class PngStore:
         """Yields (indices, (B, H, W, 3) uint8) in index order."""
         for s in range(0, n, 256):
             idx = range(s, min(n, s + 256))
-            yield idx, np.stack([np.asarray(Image.open(os.path.join(self.folder, f"{i:06d}.png")).convert("RGB"))
-                                 for i in idx])
+            paths = [os.path.join(self.folder, f"{i:06d}.png") for i in idx]
+            yield idx, np.stack([np.asarray(Image.open(path).convert("RGB")) for path in paths])
 
 
 class ChunkStore:
@@ -164,7 +116,7 @@ class ChunkStore:
                 yield idx[keep], z["images"][keep]
 
 
-def write_npz(path, n, store, labels):
+def write_npz(path: str, n: int, store, labels):
     """Stream the store into an ADM .npz (arr_0 (N, H, W, 3) uint8 in index order, labels), atomically.
 
     Rows are first gathered into a disk-backed .npy (memory stays O(batch)), then copied into the zip."""
@@ -190,13 +142,15 @@ def write_npz(path, n, store, labels):
 # Command line
 # ------------------------------------------------------------------------------------------------------------
 
-def parse_args(argv=None, notes=None):
+def parse_args(argv: list | None = None, notes: list | None = None) -> argparse.Namespace:
     """Flags -> args; the release's / REPA's generate.py spellings are checked or accepted (aliases.py).
     notes: a list that receives one line per such flag."""
     p = aliases.one_line_errors(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
-    p.add_argument("--ckpt", required=True, help="checkpoint of this codebase, or a public SiT / REPA / SRA file")
+    p.add_argument("--ckpt", required=True,
+                   help="checkpoint of this codebase, or a public SiT / REPA / SRA file")
     p.add_argument("--which", choices=["ema", "model"], default="ema", help="weights to load (default: EMA)")
-    p.add_argument("--model", default=None, help="expected model name (checked against the file), e.g. SiT-XL/2")
+    p.add_argument("--model", default=None,
+                   help="expected model name (checked against the file), e.g. SiT-XL/2")
     p.add_argument("--time-convention", choices=["ours", "repa", "sit"], default=None,
                    help="for a bare state dict, which does not say (training files and exports do): 'sit' "
                    "(public SiT, t = 0 noise) or 'repa' (REPA / SRA)")
@@ -225,7 +179,8 @@ def parse_args(argv=None, notes=None):
     p.add_argument("--grid-per-class", type=int, default=8)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--quantize", choices=sorted(QUANTIZE_OFFSET), default="release",
-                   help="uint8 rule: release = floor(127.5 x + 127.5) (SRA / REPA), dit = floor(127.5 x + 128)")
+                   help="uint8 rule (sampling.py): release = floor(127.5 x + 127.5) (SRA / REPA), "
+                   "dit = floor(127.5 x + 128)")
     p.add_argument("--path-type", choices=list(samplers.PATH_TYPES), default=None,
                    help="the path the model was trained on (default: what the checkpoint says, else linear)")
     aliases.add_sample_aliases(p)
@@ -242,12 +197,13 @@ def parse_args(argv=None, notes=None):
     if args.heun and args.mode != "ode":
         p.error("--heun needs --mode ode (the SDE sampler is Euler-Maruyama)")
     if not 0 <= args.guidance_low <= args.guidance_high <= 1:
-        p.error(f"need 0 <= --guidance-low <= --guidance-high <= 1, got {args.guidance_low}, {args.guidance_high}")
+        p.error(f"need 0 <= --guidance-low <= --guidance-high <= 1, got {args.guidance_low}, "
+                f"{args.guidance_high}")
     check_args(args)
     return args
 
 
-def resolve_path_type(flag, info, ckpt):
+def resolve_path_type(flag: str | None, info: dict, ckpt: str) -> str:
     """The model's path: what the checkpoint's settings say; --path-type must agree (default linear)."""
     # models/checkpoint.py gives it in our names, also for SiT's files
     recorded = info.get("path_type")
@@ -256,12 +212,13 @@ def resolve_path_type(flag, info, ckpt):
     return flag or recorded or "linear"
 
 
-def check_args(args):
+def check_args(args: argparse.Namespace):
     """Values that would crash after the model is loaded, or give NaN images: ValueError naming the flag."""
     if not 0 <= args.cfg_scale < float("inf"):
         raise ValueError(f"--cfg-scale must be a finite number >= 0 (1 = no guidance), got {args.cfg_scale}")
     last = args.global_seed + max(args.num_fid_samples, args.grid_per_class)
-    if last >= 2 ** 63:                                              # torch generators take int64 seeds
+    # torch generators take int64 seeds
+    if last >= 2 ** 63:
         raise ValueError(f"--global-seed {args.global_seed}: image i uses seed global_seed + i, which must "
                          f"stay below 2**63 for all {max(args.num_fid_samples, args.grid_per_class)} images")
     if args.grid and args.grid_per_class < 1:
@@ -274,7 +231,7 @@ def check_args(args):
         raise ValueError(problem)
 
 
-def settings_of(args, info, device):
+def settings_of(args: argparse.Namespace, info: dict, device: torch.device) -> dict:
     """Everything that changes the samples (and so names the folder)."""
     c = info["in_channels"]
     vae = args.vae if args.vae != "auto" else ("ema" if c == 4 else "none")
@@ -284,20 +241,23 @@ def settings_of(args, info, device):
         raise ValueError(f"--cfg-channels {args.cfg_channels} but the model has {c} channels")
     stem = os.path.splitext(os.path.basename(args.ckpt))[0]
     parent = os.path.basename(os.path.dirname(os.path.abspath(args.ckpt)))
-    if parent == "checkpoints":                              # runs/<run>/checkpoints/0050000.pt
+    # runs/<run>/checkpoints/0050000.pt
+    if parent == "checkpoints":
         stem = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(args.ckpt)))) + "-" + stem
     precision = "bf16" if args.bf16 else ("tf32" if args.tf32 and device.type == "cuda" else "fp32")
     return dict(model=info["model_name"], ckpt=stem, steps=info["steps"], which=args.which,
-                time_convention=info["time_convention"], mode=args.mode, heun=args.heun, num_steps=args.num_steps,
+                time_convention=info["time_convention"], mode=args.mode, heun=args.heun,
+                num_steps=args.num_steps,
                 cfg_scale=args.cfg_scale, guidance_low=args.guidance_low, guidance_high=args.guidance_high,
                 cfg_channels=args.cfg_channels if args.cfg_channels and args.cfg_channels < c else "all",
                 global_seed=args.global_seed, labels="balanced" if args.balanced_labels else "uniform",
                 precision=precision, vae=os.path.basename(os.path.normpath(vae)),
-                noise_block=samplers.NOISE_BLOCK, path_type=resolve_path_type(args.path_type, info, args.ckpt),
+                noise_block=samplers.NOISE_BLOCK,
+                path_type=resolve_path_type(args.path_type, info, args.ckpt),
                 quantize=args.quantize)
 
 
-def folder_name(s):
+def folder_name(s: dict) -> str:
     step = "" if s["steps"] is None or str(s["steps"]) in s["ckpt"] else f"-step{s['steps']}"
     sampler = f"{s['mode']}{'-heun' if s['heun'] else ''}{s['num_steps']}"
     return (f"{s['model'].replace('/', '-')}-{s['ckpt']}{step}-{s['which']}-{sampler}-cfg{s['cfg_scale']:g}"
@@ -305,7 +265,7 @@ def folder_name(s):
             f"-{s['labels']}-{s['precision']}-vae{s['vae']}-{s['path_type']}-q{s['quantize']}")
 
 
-def check_folder_owner(folder, json_path, done, digest, ckpt):
+def check_folder_owner(folder: str, json_path: str, done: set, digest: str, ckpt: str):
     """A sample folder belongs to one checkpoint's weights (sha256 of their content, in sampling.json): images
     of other weights are never reused, whatever the file or folder is called."""
     if not os.path.exists(json_path):
@@ -323,34 +283,14 @@ def check_folder_owner(folder, json_path, done, digest, ckpt):
                          "another --sample-dir")
 
 
-def setup_distributed(local_rank=None):
-    """-> (rank, world, device). torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python is rank 0 of 1.
-    local_rank: torch.distributed.launch's --local-rank, used when LOCAL_RANK is not set."""
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    local = int(os.environ.get("LOCAL_RANK", rank if local_rank is None else local_rank))
-    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1:
-        import torch.distributed as dist
-        # long timeout: ranks finish at different times (resume, uneven splits) and only meet at the end
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=48))
-    return rank, world, device
-
-
-def barrier(world, device):
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier(device_ids=[device.index]) if device.type == "cuda" else dist.barrier()
-
-
-def main(argv=None):
+def main(argv: list | None = None) -> str | None:
     notes = []
     args = parse_args(argv, notes)
-    if args.print_config:                                    # reads no weights
+    # reads no weights
+    if args.print_config:
         aliases.print_config(args, notes, drop=("print_config", "local_rank"))
         return None
-    rank, world, device = setup_distributed(args.local_rank)
+    rank, world, device = setup_distributed(local_rank=args.local_rank)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     from models import load_checkpoint
@@ -362,8 +302,8 @@ def main(argv=None):
     s = settings_of(args, info, device)
     vae = None if s["vae"] == "none" else load_vae_spec(args.vae if args.vae != "auto" else "ema", device)
     kw = dict(mode=args.mode, num_steps=args.num_steps, heun=args.heun, cfg_scale=args.cfg_scale,
-              guidance_low=args.guidance_low, guidance_high=args.guidance_high, cfg_channels=args.cfg_channels,
-              bf16=args.bf16, path_type=s["path_type"], quantize=s["quantize"])
+              guidance_low=args.guidance_low, guidance_high=args.guidance_high, bf16=args.bf16,
+              cfg_channels=args.cfg_channels, path_type=s["path_type"], quantize=s["quantize"])
     folder = os.path.join(args.sample_dir, folder_name(s))
     os.makedirs(folder, exist_ok=True)
 
@@ -372,7 +312,8 @@ def main(argv=None):
         if bad:
             raise ValueError(f"--grid-classes {bad} outside 0..{info['num_classes'] - 1}")
         if rank == 0:
-            k = args.grid_per_class                          # column j uses seed global_seed + j in every row
+            # column j uses seed global_seed + j in every row
+            k = args.grid_per_class
             seeds = [args.global_seed + j for _ in args.grid_classes for j in range(k)]
             labels = [c for c in args.grid_classes for _ in range(k)]
             imgs = np.concatenate([sample_images(model, seeds[b:b + args.per_proc_batch_size],
@@ -381,7 +322,7 @@ def main(argv=None):
             path = os.path.join(folder, "grid-" + "-".join(map(str, args.grid_classes)) + ".png")
             save_grid(imgs, path, nrow=k)
             print(f"wrote {path}")
-        barrier(world, device)
+        barrier(device)
         return folder
 
     n = args.num_fid_samples
@@ -398,15 +339,16 @@ def main(argv=None):
     diff = {k: (old.get(k), v) for k, v in s.items() if k in old and old[k] != v}
     if diff:
         raise ValueError(f"{json_path} was written with other settings {diff}; use another --sample-dir")
-    barrier(world, device)
+    barrier(device)
     todo = [i for i in range(rank, n, world) if i not in done]
     labels = image_labels(range(n), info["num_classes"], args.global_seed, args.balanced_labels)
     if rank == 0:
+        nfe = samplers.num_function_evals(args.mode, args.num_steps, args.heun)
+        nfe *= 2 if args.cfg_scale > 1 else 1
         atomic_write_json(json_path, dict(settings=s, checkpoint=os.path.abspath(args.ckpt),
-                                   weights_digest=info["digest"], num_fid_samples=n,
-                                   world_size=world, per_proc_batch_size=args.per_proc_batch_size,
-                                   nfe_per_image=samplers.num_function_evals(args.mode, args.num_steps, args.heun)
-                                   * (2 if args.cfg_scale > 1 else 1), status="running", argv=sys.argv[1:]))
+                                          weights_digest=info["digest"], num_fid_samples=n,
+                                          world_size=world, per_proc_batch_size=args.per_proc_batch_size,
+                                          nfe_per_image=nfe, status="running", argv=sys.argv[1:]))
         print(f"{folder}: {len(done & set(range(n)))} of {n} images exist; generating the rest on {world} "
               f"process(es)", flush=True)
 
@@ -420,7 +362,7 @@ def main(argv=None):
         bar.update(len(idx))
     bar.close()
     elapsed = time.time() - t0
-    barrier(world, device)
+    barrier(device)
 
     if rank == 0:
         write_npz(npz_path, n, store, labels)
@@ -430,15 +372,14 @@ def main(argv=None):
                       last_run=dict(rank0_images=len(todo), rank0_seconds=round(elapsed, 3)))
         atomic_write_json(json_path, record)
         print(f"wrote {npz_path} ({n} images); rank 0 made {len(todo)} in {elapsed:.1f} s", flush=True)
-    barrier(world, device)
-    if world > 1:
-        import torch.distributed as dist
-        dist.destroy_process_group()
+    barrier(device)
+    teardown()
     return npz_path
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError) as e:                  # bad checkpoint, flags or folder: no traceback
+    # a bad checkpoint, flag or folder: one line, no traceback
+    except (FileNotFoundError, ValueError) as e:
         sys.exit(f"sample_ddp.py: error: {e}")

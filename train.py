@@ -19,16 +19,17 @@ from tqdm import tqdm
 
 import aliases
 import runlog
+import sampling
 import tracking
 from fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
-from dataset import DataError, EpochOrder, build_dataset, sample_posterior
+from dataset import DataError, EpochOrder, build_dataset, train_batches
 from evaluations.fid_proxy import FidProxy, log_fid_proxy
 from loss import (ALIGN_WEIGHT_SCHEDULES, LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget,
                   student_head)
 from models import (CheckpointError, SiT_models, init_from_checkpoint, load_state_dict_strict, patch_size_of,
                     read_training_state)
 from models.dinov2 import DINOV2_DIMS
-from models.vae import LATENT_SCALE, decode_latents
+from models.vae import LATENT_SCALE, decode_latents, load_vae_spec
 from preemption import RunControl, StopSignals, follow_launcher, parse_signals
 from presets import PRESETS
 
@@ -265,69 +266,20 @@ def build_model(args, dataset, target=None):
     return model
 
 
-class Batches:
-    """Index batches of this rank in a deterministic order that depends only on (seed, step): exact resume.
-
-    next() -> (x, y, extra): extra is a dict of loss keyword arguments, {"features": (B, T, D)} when the dataset
-    carries precomputed REPA targets, else {}."""
-
-    def __init__(self, dataset, args, local_batch, rank, world, device):
-        self.dataset, self.device = dataset, device
-        if len(dataset) < args.batch_size:
-            raise SystemExit(f"--batch-size {args.batch_size} is larger than --data-dir {args.data_dir} "
-                             f"({len(dataset)} items): one global batch must fit in the dataset")
-        self.order = EpochOrder(len(dataset), local_batch, seed=args.seed, rank=rank, world_size=world)
-        self.on_device = not dataset.is_latent                          # the digits fit in memory: index directly
-        if self.on_device:
-            self.images, self.labels = dataset.images.to(device), dataset.labels.to(device)
-        self.num_workers = args.num_workers
-        self._it = None
-
-    def seek(self, batches_consumed: int):
-        self.order.seek(batches_consumed)
-        self._it = None
-
-    def _loader(self):
-        while True:
-            if self.on_device:
-                for idx in self.order:
-                    idx = idx.to(self.device)
-                    yield self.images[idx], self.labels[idx], {}
-            else:
-                loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.order, pin_memory=self.device.type == "cuda",
-                                                     num_workers=self.num_workers)
-                for x, y, *feats in loader:                              # (moments, labels[, features])
-                    extra = {"features": feats[0].to(self.device, non_blocking=True)} if feats else {}
-                    yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), extra
-
-    def next(self):
-        if self._it is None:
-            self._it = self._loader()
-        try:
-            x, y, extra = next(self._it)
-        except DataError as e:                                          # a damaged file, named (dataset.py)
-            raise SystemExit(f"--data-dir: {e}") from None
-        if self.dataset.is_latent:
-            x = sample_posterior(x)                                     # z = (mean + std n) * 0.18215
-        return x, y, extra
-
-
 @torch.no_grad()
-def save_preview(accelerator, ema, args, dataset, run_dir, step, device, logger):
-    """EMA samples from fixed per-image seeds and labels -> samples/NNNNNNN.png (decoded with the VAE for
-    latents) and the trackers; the log line names the sampler."""
-    from sample_ddp import sample_images, save_grid
-
-    vae = load_vae_for(args, device) if dataset.is_latent else None
+def save_preview(accelerator: Accelerator, ema: torch.nn.Module, args: argparse.Namespace, dataset,
+                 run_dir: str, step: int, device: torch.device, logger, vae: torch.nn.Module | None = None):
+    """EMA samples from fixed per-image seeds and labels -> samples/NNNNNNN.png (decoded with `vae` for
+    latents; none without it) and the trackers; the log line names the sampler."""
     if dataset.is_latent and vae is None:
         return
     n = 64 if not dataset.is_latent else 16
     labels = [i % dataset.num_classes for i in range(n)]
-    img = sample_images(ema, range(args.seed, args.seed + n), labels, device, vae=vae, mode="sde",
-                        num_steps=args.preview_num_steps, cfg_scale=args.preview_cfg_scale,
-                        path_type=args.path_type)
+    img = sampling.sample_images(ema, range(args.seed, args.seed + n), labels, device, vae=vae, mode="sde",
+                                 num_steps=args.preview_num_steps, cfg_scale=args.preview_cfg_scale,
+                                 path_type=args.path_type)
     path = os.path.join(run_dir, "samples", f"{step:07d}.png")
-    grid = save_grid(img, path, nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
+    grid = sampling.save_grid(img, path, nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
     settings = (f"EMA at step {step}, SDE {args.preview_num_steps} steps, CFG {args.preview_cfg_scale}, "
                 f"seeds {args.seed}..{args.seed + n - 1}, label of image i = i mod {dataset.num_classes}")
     tracking.log_image(accelerator, "samples/ema", grid, step, caption=settings)
@@ -335,38 +287,32 @@ def save_preview(accelerator, ema, args, dataset, run_dir, step, device, logger)
 
 
 @torch.no_grad()
-def save_ground_truth(accelerator, args, dataset, run_dir, step, device, logger):
+def save_ground_truth(accelerator: Accelerator, dataset, run_dir: str, step: int, device: torch.device,
+                      vae: torch.nn.Module | None = None):
     """Decoded training items (posterior means for latents) -> samples/ground_truth.png and the trackers: what
-    the previews should look like (checks the latent scaling and the VAE)."""
-    from sample_ddp import save_grid, to_uint8
-
-    vae = load_vae_for(args, device) if dataset.is_latent else None
+    the previews should look like (checks the latent scaling and the VAE). Latents need `vae`."""
     if dataset.is_latent and vae is None:
         return
     n = 64 if not dataset.is_latent else 16
     # (moments | images, labels[, f])
     x = dataset.get_batch(tracking.ground_truth_indices(len(dataset), n))[0]
     if dataset.is_latent:
-        x = x.float().chunk(2, dim=1)[0] * LATENT_SCALE                # the posterior mean, model-space
+        # the posterior mean, model-space
+        x = x.float().chunk(2, dim=1)[0] * LATENT_SCALE
     path = os.path.join(run_dir, "samples", "ground_truth.png")
-    grid = save_grid(to_uint8(decode_latents(vae, x.to(device))), path, nrow=int(math.sqrt(n)),
-                     min_width=tracking.PREVIEW_WIDTH)
+    images = sampling.to_uint8(decode_latents(vae, x.to(device)))
+    grid = sampling.save_grid(images, path, nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
     tracking.log_image(accelerator, "samples/ground_truth", grid, step, caption="decoded training data")
 
 
-_VAE = {}
-
-
-def load_vae_for(args, device):
-    """The SD-VAE (--vae: ema | mse from the HF cache, or a folder), for previews (skipped without it)."""
-    if "vae" not in _VAE:
-        from models.vae import load_vae_spec
-        try:
-            _VAE["vae"] = load_vae_spec(args.vae, device)
-        except FileNotFoundError as e:
-            print(f"previews skipped: {e}")
-            _VAE["vae"] = None
-    return _VAE["vae"]
+def load_vae_for(args: argparse.Namespace, device: torch.device, logger) -> torch.nn.Module | None:
+    """The SD-VAE (--vae: ema | mse from the HF cache, or a folder) that decodes latent previews and fid_proxy
+    samples; None, said in the log, when its weights are not on disk (those are then skipped)."""
+    try:
+        return load_vae_spec(args.vae, device)
+    except FileNotFoundError as e:
+        logger.warning(f"previews and fid_proxy skipped: {e}")
+        return None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -386,6 +332,9 @@ def main(argv=None):
     follow_launcher()                                                   # the launcher's death stops this rank
     try:
         return train(args, signals, notes)
+    # a damaged dataset file, named (dataset.py), met while training
+    except DataError as e:
+        raise SystemExit(f"--data-dir: {e}") from None
     finally:
         signals.restore()
 
@@ -399,7 +348,9 @@ def train(args, signals: StopSignals, notes=()):
                               log_with=None if args.report_to == "none" else args.report_to,
                               project_dir=os.path.join(args.output_dir, args.exp_name))
     check_args(args, accelerator.num_processes)
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    device = accelerator.device
+    rank = accelerator.process_index
+    world = accelerator.num_processes
     run_dir = os.path.join(args.output_dir, args.exp_name)
     if accelerator.is_main_process:
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
@@ -476,8 +427,11 @@ def train(args, signals: StopSignals, notes=()):
         except CheckpointError as e:
             raise SystemExit(f"--init-ckpt: {e}") from None
     local_batch = args.batch_size // world // args.gradient_accumulation_steps
-    batches = Batches(dataset, args, local_batch, rank, world, device)
-    batches.seek(step * args.gradient_accumulation_steps)
+    if len(dataset) < args.batch_size:
+        raise SystemExit(f"--batch-size {args.batch_size} is larger than --data-dir {args.data_dir} "
+                         f"({len(dataset)} items): one global batch must fit in the dataset")
+    order = EpochOrder(len(dataset), local_batch, seed=args.seed, rank=rank, world_size=world)
+    batches = train_batches(dataset, order, step * args.gradient_accumulation_steps, device, args.num_workers)
     set_seed(args.seed + rank + 1)                                      # per-rank draws (t, eps, groups, dropout)
     sums, counts = {}, {}                                               # log averages since the last log step
     if ckpt is not None:
@@ -501,8 +455,12 @@ def train(args, signals: StopSignals, notes=()):
     control = RunControl(signals, device, world, accelerator.is_main_process, args.checkpoint_minutes)
     tracking.init_trackers(accelerator, args, run_dir)                  # wandb: the run folder's id, resumed
     # the ground-truth grid is the previews' yardstick: none without previews (--sample-steps 0 needs no VAE)
+    # the SD-VAE decodes latent previews and fid_proxy samples on the main process (None: pixels, no weights)
+    vae = None
+    if accelerator.is_main_process and dataset.is_latent and (args.sample_steps or fid_proxy is not None):
+        vae = load_vae_for(args, device, logger)
     if accelerator.is_main_process and args.sample_steps:
-        save_ground_truth(accelerator, args, dataset, run_dir, step, device, logger)
+        save_ground_truth(accelerator, dataset, run_dir, step, device, vae)
     logger.info(f"{args.model}: {sum(p.numel() for p in raw.parameters() if p.requires_grad) / 1e6:.2f}M params, "
                 f"{len(dataset)} items, global batch {args.batch_size}, {world} process(es), run folder {run_dir}")
 
@@ -513,7 +471,7 @@ def train(args, signals: StopSignals, notes=()):
     model.train()
     while step < args.max_train_steps:
         for _ in range(args.gradient_accumulation_steps):
-            x, y, extra = batches.next()
+            x, y, extra = next(batches)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     loss, logs = loss_fn(model, x, y, ema=ema if loss_fn.needs_ema else None,
@@ -557,7 +515,7 @@ def train(args, signals: StopSignals, notes=()):
         by_epoch = args.checkpoint_epoch_steps and step % args.checkpoint_epoch_steps == 0   # --checkpoint-epochs
         numbered = step % args.checkpoint_steps == 0 or by_epoch or step == args.max_train_steps
         if numbered or stop or rolling:
-            path = save_checkpoint(run_dir, args, raw, ema, opt, accelerator, batches, step, sums, counts,
+            path = save_checkpoint(run_dir, args, raw, ema, opt, accelerator, order, step, sums, counts,
                                    rolling=not numbered)
             control.latest_written()
         if stop:
@@ -568,13 +526,13 @@ def train(args, signals: StopSignals, notes=()):
 
         if args.sample_steps and (step % args.sample_steps == 0 or step == args.max_train_steps):
             if accelerator.is_main_process:
-                save_preview(accelerator, ema, args, dataset, run_dir, step, device, logger)
+                save_preview(accelerator, ema, args, dataset, run_dir, step, device, logger, vae)
             accelerator.wait_for_everyone()
 
         if args.fid_every and step % args.fid_every == 0:
             if fid_proxy is not None:
                 log_fid_proxy(fid_proxy, ema, dataset.num_classes, step, metrics, logger,
-                              vae=load_vae_for(args, device) if dataset.is_latent else None, latent=dataset.is_latent)
+                              vae=vae, latent=dataset.is_latent)
             accelerator.wait_for_everyone()
     bar.close()
 
@@ -594,7 +552,7 @@ def read_resume(path: str) -> dict:
         raise SystemExit(f"--resume: {e}") from None
 
 
-def save_checkpoint(run_dir, args, raw, ema, opt, accelerator, batches, step, sums, counts, rolling) -> str:
+def save_checkpoint(run_dir, args, raw, ema, opt, accelerator, order, step, sums, counts, rolling) -> str:
     """Every rank: refuse a non-finite state (checked on the device, here only), gather the per-rank RNG and
     log sums; rank 0 writes checkpoints/NNNNNNN.pt, or the rolling latest.pt. -> the path."""
     finite = runlog.all_finite([*raw.parameters(), *ema.parameters(), *runlog.optimizer_tensors(opt)])
@@ -609,7 +567,7 @@ def save_checkpoint(run_dir, args, raw, ema, opt, accelerator, batches, step, su
         state = {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                  "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                  "args": vars(args), "steps": step, "rng": [r["rng"] for r in per_rank],
-                 "time_convention": "ours", "data": batches.order.state_dict(),
+                 "time_convention": "ours", "data": order.state_dict(),
                  "log_sums": [r["log"] for r in per_rank]}
         path = runlog.write_checkpoint(run_dir, state, rolling, args.keep_last, args.keep_every)
         if not rolling:
@@ -618,17 +576,20 @@ def save_checkpoint(run_dir, args, raw, ema, opt, accelerator, batches, step, su
     return path or os.path.join(run_dir, "checkpoints", f"{step:07d}.pt")
 
 
-def evaluate_digits(ema, args, dataset, run_dir, step, device, logger, signals):
+def evaluate_digits(ema: torch.nn.Module, args: argparse.Namespace, dataset, run_dir: str, step: int,
+                    device: torch.device, logger, signals: StopSignals):
     """The embedded metric on class-balanced EMA samples (evaluations/digits_metric.py) -> eval_digits.json.
     A stop signal ends it between sample batches, without a result (the checkpoint is already written)."""
     from evaluations.digits_metric import digits_metric
-    from sample_ddp import sample_images
 
-    n, labels, images = args.eval_samples, [i % dataset.num_classes for i in range(args.eval_samples)], []
-    seeds = range(10 ** 6 + args.seed, 10 ** 6 + args.seed + n)       # far from the preview seeds
+    n = args.eval_samples
+    labels = [i % dataset.num_classes for i in range(n)]
+    images = []
+    # far from the preview seeds
+    seeds = range(10 ** 6 + args.seed, 10 ** 6 + args.seed + n)
     for a in tqdm(range(0, n, 250), desc="eval samples"):
-        images.append(sample_images(ema, seeds[a:a + 250], labels[a:a + 250], device, mode="sde",
-                                    num_steps=args.preview_num_steps, path_type=args.path_type))
+        images.append(sampling.sample_images(ema, seeds[a:a + 250], labels[a:a + 250], device, mode="sde",
+                                             num_steps=args.preview_num_steps, path_type=args.path_type))
         if signals.received:
             logger.warning(f"evaluation stopped on {signals.received}: no eval_digits.json; --resume auto "
                            f"evaluates the final checkpoint again")
@@ -636,8 +597,9 @@ def evaluate_digits(ema, args, dataset, run_dir, step, device, logger, signals):
     res = digits_metric(np.concatenate(images), torch.tensor(labels))
     res.update(step=step, sampler=f"sde-{args.preview_num_steps}", n=n)
     atomic_write_json(os.path.join(run_dir, "eval_digits.json"), res)
-    logger.info(f"embedded metric on {n} EMA samples: Frechet distance {res['fd']:.3f} (classifier features), "
-                f"{100 * res['accuracy']:.1f}% classified as their label -> {run_dir}/eval_digits.json")
+    logger.info(f"embedded metric on {n} EMA samples: Frechet distance {res['fd']:.3f} (classifier "
+                f"features), {100 * res['accuracy']:.1f}% classified as their label -> "
+                f"{run_dir}/eval_digits.json")
 
 
 if __name__ == "__main__":

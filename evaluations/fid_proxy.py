@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+import sampling
 from evaluations import metrics
 
 SEED_OFFSET = 2 * 10 ** 6           # far from the preview and digits-metric seeds
@@ -57,14 +58,14 @@ class FidProxy:
 
     def __call__(self, ema, num_classes: int, vae=None) -> float:
         """fid_proxy of the EMA model now."""
-        from sample_ddp import sample_images
         n = self.num_samples
         seeds = range(SEED_OFFSET + self.seed, SEED_OFFSET + self.seed + n)
         labels = [i % num_classes for i in range(n)]
         pools = []
         for a in range(0, n, self.batch_size):
-            images = sample_images(ema, seeds[a:a + self.batch_size], labels[a:a + self.batch_size],
-                                   next(ema.parameters()).device, vae=vae, **self.sampler_kwargs)
+            batch = slice(a, a + self.batch_size)
+            images = sampling.sample_images(ema, seeds[batch], labels[batch], next(ema.parameters()).device,
+                                            vae=vae, **self.sampler_kwargs)
             pools.append(self.net.features(images)[0])
         return metrics.frechet_distance(*metrics.feature_stats(np.concatenate(pools)), self.mu, self.sigma)
 

@@ -1,31 +1,29 @@
-"""The launch environment shared by the preprocessing commands: torchrun ranks, decoding workers, the device."""
+"""The launch environment of the preprocessing commands: torchrun ranks, decoding workers, the device."""
 import contextlib
 import datetime
 import os
 
 import torch
 
+from distributed import setup_distributed, teardown
+
 
 @contextlib.contextmanager
-def rank_environment(workers=None, device=None):
-    """-> (rank, world_size, workers, device) from torchrun's variables (plain python: rank 0 of 1).
+def rank_environment(workers: int | None = None, device: str | None = None):
+    """-> (rank, world_size, workers, device) of this torchrun process (distributed.setup_distributed; plain
+    python: rank 0 of 1), the process group ended on exit.
 
-    workers: decoding processes per rank (default: CPU cores / ranks on this node, at most 8); device: cuda:LOCAL_RANK
-    when a GPU is there, else cpu. With several ranks a gloo group exists for the final barrier only."""
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    workers: decoding processes per rank (default: CPU cores / ranks on this node, at most 8); device:
+    cuda:LOCAL_RANK when a GPU is there, else cpu. With several ranks a gloo group exists for the final
+    barrier only."""
+    rank, world_size, device = setup_distributed(device, backend="gloo", timeout=datetime.timedelta(days=7))
     if workers is None:
-        workers = min(8, max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
-    device = device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    if world_size > 1:
-        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        workers = min(8, max(1, (os.cpu_count() or 1) // local_world))
     try:
         yield rank, world_size, workers, device
     finally:
-        if world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        teardown()
 
 
 def check_launch_flags(workers=None, device=None):

@@ -430,7 +430,7 @@ def test_slurm_template_without_a_signal_runs_the_script_to_its_end(tmp_path):
 
 def test_a_signal_before_the_first_step_or_during_the_evaluation_ends_cleanly(tmp_path, monkeypatch):
     import runlog
-    import sample_ddp
+    import sampling
     real_aside = runlog.set_aside
 
     def aside_then_signal(*a, **kw):                                    # during the setup, before step 1
@@ -442,13 +442,13 @@ def test_a_signal_before_the_first_step_or_during_the_evaluation_ends_cleanly(tm
     assert os.listdir(f"{d}/checkpoints") == ["latest.pt"]
     assert load(f"{d}/checkpoints/latest.pt")["steps"] == 1
     monkeypatch.undo()
-    real_sample = sample_ddp.sample_images
+    real_sample = sampling.sample_images
 
     def sample_then_signal(*a, **kw):
         os.kill(os.getpid(), signal.SIGTERM)
         return real_sample(*a, **kw)
 
-    monkeypatch.setattr(sample_ddp, "sample_images", sample_then_signal)
+    monkeypatch.setattr(sampling, "sample_images", sample_then_signal)
     run(tmp_path, "early", "--max-train-steps", "4", "--checkpoint-steps", "4", "--resume", "auto",
         "--eval-samples", "20", "--preview-num-steps", "2")
     assert load(f"{d}/checkpoints/0000004.pt")["steps"] == 4 and not os.path.exists(f"{d}/eval_digits.json")

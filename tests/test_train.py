@@ -129,10 +129,10 @@ def test_keep_last_and_keep_every(tmp_path):
 
 def test_previews_and_digits_metric_sample_with_the_run_path(tmp_path, monkeypatch):
     """The SDE score depends on --path-type: previews and the embedded metric pass the run's path to the sampler."""
-    import sample_ddp
+    import sampling
 
-    seen, real = [], sample_ddp.sample_images
-    monkeypatch.setattr(sample_ddp, "sample_images", lambda *a, **k: (seen.append(k["path_type"]), real(*a, **k))[1])
+    seen, real = [], sampling.sample_images
+    monkeypatch.setattr(sampling, "sample_images", lambda *a, **k: (seen.append(k["path_type"]), real(*a, **k))[1])
     run(tmp_path, "cos", "--max-train-steps", "1", "--path-type", "cosine", "--sample-steps", "1",
         "--eval-samples", "4", "--preview-num-steps", "2")
     assert seen == ["cosine", "cosine"]                                  # one preview grid, one metric batch
