@@ -8,12 +8,17 @@ Reads every JSON record under the given folders (default: results/):
 each described by the sampling.json that sample_ddp.py wrote next to its samples (scripts/sample_eval.sh copies
 it next to the records; otherwise the folder of the record's "samples" file is searched). sampling.json gives the
 checkpoint (runs/RUN/checkpoints/NNNNNNN.pt -> run name and step) and the sampler (samples, steps, CFG scale).
-The run name gives the setting:
-  b2-{dual|single}-{full|as}-r<mask ratio>[-rho<p>]        SiT-B/2 ablations: Tables 1-3, Figures 4-5
-  {sit|sra|self-flow|repa|sra2|ours|ours-mix}-xl2[-512]    SiT-XL/2 system runs: Tables 4-5
+The run's setting comes from the flags it saved, runs/RUN/args.json (train.py writes it; both spellings of the
+alignment flags are read: --align-target {none,ema,repa,sra2}, or the older --use-alignment-loss with
+--align-target); the name of the run is only shown:
+  scale b2 (--preset *-b2, or SiT-B/2), the EMA teacher at t - t_max U: the ablations of Tables 1-3 and
+      Figures 4-5, told apart by --dual-time-scheduling, --attention-separation, --mask-ratio, --full-sample-prob
+  scale xl2 / xl2-512 (--preset *-xl2[-512], or SiT-XL/2): the system runs of Tables 4-5, one row per method
+      (sit, sra, self-flow, repa, sra2, ours, ours-mix; the presets of presets.py)
+Records whose run folder has no args.json are listed in the last table only.
 Ablation tables use samples without CFG (scale 1), system tables samples with CFG (scale > 1), as in the paper.
-Where several records fit one cell, the one with the most samples wins. Missing cells are "–". The paper's numbers
-(METHOD.md section 9) stand in their own columns.
+Where several records fit one cell, the one with the most samples wins. Missing cells are "–". The paper's
+numbers (METHOD.md section 9) stand in their own columns.
 
 Writes OUT/results.md (also printed) and the figures OUT/figure4.png (Tables 1-2 settings) and OUT/figure5.png
 (mask ratio and full-image mixing, Table 3 settings); records of the digits metric give the same tables and
@@ -23,7 +28,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +50,8 @@ PAPER_ABLATION_FID = {
     ("dual", "as", 0.5, 0.0): {800_000: 38.19},
     ("dual", "as", 0.5, 0.25): {800_000: 24.15},
 }
-PAPER_SYSTEM = {                                         # run name -> {metric: value}
+# preset -> {metric: value}
+PAPER_SYSTEM = {
     "ours-xl2": dict(fid=1.44, sfid=4.60, inception_score=315.3, precision=0.81, recall=0.63),
     "repa-xl2": dict(fid=1.42),
     "sra-xl2": dict(fid=1.58),
@@ -76,8 +81,9 @@ VIEWS = {
 }
 DIGITS = {"fid": 2, "sfid": 2, "inception_score": 1, "precision": 2, "recall": 2, "fd": 2, "accuracy": 3}
 
-ABLATION_RE = re.compile(r"^b2-(dual|single)-(full|as)-r([0-9.]+)(?:-rho([0-9.]+))?$")
-SYSTEM_RE = re.compile(r"^(" + "|".join(SYSTEM_METHODS) + r")-xl2(-512)?$")
+# the scales of presets.py, longest first (a preset is METHOD-SCALE); a run without a preset: by its model
+SCALES = ("xl2-512", "xl2", "b2")
+MODEL_SCALES = {"SiT-B/2": "b2", "SiT-XL/2": "xl2"}
 
 
 # ---- reading records ---------------------------------------------------------------------------------------
@@ -116,6 +122,72 @@ def run_name(checkpoint: str) -> str:
     return os.path.splitext(os.path.basename(checkpoint))[0]
 
 
+def read_run_args(checkpoint: str, record_path: str) -> dict | None:
+    """runs/RUN/checkpoints/NNNNNNN.pt -> the flags in runs/RUN/args.json (None, said, when there is none)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(checkpoint)), "args.json")
+    if not os.path.isfile(path):
+        print(f"{record_path}: no {path}, so its run's setting is unknown: listed in the last table only",
+              file=sys.stderr)
+        return None
+    try:
+        with open(path) as f:
+            args = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {path} (the flags of the run behind {record_path}) cannot be read as JSON "
+                         f"({e}); rewrite it or move the record away") from None
+    return args if isinstance(args, dict) else None
+
+
+def align_target(args: dict) -> str:
+    """none | ema | repa | sra2 from either spelling: --align-target alone, or --use-alignment-loss (off: none)
+    with --align-target."""
+    if args.get("use_alignment_loss") is False:
+        return "none"
+    return args.get("align_target") or "none"
+
+
+def _mask_ratios(args: dict) -> list:
+    ratio = args.get("mask_ratio", [0.0])
+    return [float(r) for r in ratio] if isinstance(ratio, (list, tuple)) else [float(ratio)]
+
+
+def run_scale(args: dict) -> str | None:
+    """b2 | xl2 | xl2-512: the preset's scale, else the model's (None for other models)."""
+    preset = args.get("preset") or ""
+    for scale in SCALES:
+        if preset.endswith(f"-{scale}"):
+            return scale
+    return MODEL_SCALES.get(args.get("model"))
+
+
+def ablation_setting(args: dict):
+    """(timesteps, attention, mask ratio, rho) of a B/2 ablation run (the EMA teacher at t - t_max U, i.e.
+    ours-b2 with one factor changed), e.g. ('dual', 'as', 0.5, 0.25); None for other runs."""
+    if run_scale(args) != "b2" or align_target(args) != "ema" or args.get("teacher_t", "sra") != "sra":
+        return None
+    ratios = _mask_ratios(args)
+    timesteps = "dual" if args.get("dual_time_scheduling") else "single"
+    attention = "as" if args.get("attention_separation") else "full"
+    ratio = ratios[0] if len(ratios) == 1 else tuple(ratios)
+    return timesteps, attention, ratio, float(args.get("full_sample_prob") or 0.0)
+
+
+def system_method(args: dict) -> str | None:
+    """The method (SYSTEM_METHODS) a run's loss flags make, as the presets of presets.py set them; None for
+    recipes the tables do not show (e.g. sra-orig, self-flow-like settings with other attention)."""
+    target = align_target(args)
+    if target != "ema":
+        return {"none": "sit", "repa": "repa", "sra2": "sra2"}.get(target)
+    if args.get("teacher_t", "sra") == "self_flow":
+        return "self-flow"
+    if max(_mask_ratios(args)) == 0:
+        # sra-orig (smooth-L1, the decaying lambda) is another recipe
+        return "sra" if args.get("loss_type", "cos-channel") == "cos-channel" else None
+    if args.get("dual_time_scheduling") and args.get("attention_separation"):
+        return "ours-mix" if (args.get("full_sample_prob") or 0.0) > 0 else "ours"
+    return None
+
+
 def load_records(roots):
     """Every evaluation record under `roots`, as flat dicts: run, step, n, sampler, cfg, kind, values, path."""
     records, unreadable = [], []
@@ -145,8 +217,11 @@ def load_records(roots):
             if text:
                 named = ", ".join(f"{m}={rec[m]!r}" for m in text)
                 raise SystemExit(f"error: {path}: {named} is not a number")
+            args = read_run_args(sampling["checkpoint"], path) or {}
             records.append(dict(
                 run=run_name(sampling["checkpoint"]), step=s.get("steps"), kind=kind,
+                setting=ablation_setting(args) if args else None, scale=run_scale(args),
+                method=system_method(args) if args else None,
                 n=int(sampling.get("num_fid_samples") or rec.get("num_samples") or rec.get("n") or 0),
                 sampler=f"{s.get('mode')}-{s.get('num_steps')}", cfg=float(s.get("cfg_scale", 1.0)),
                 guidance=(float(s.get("guidance_low", 0.0)), float(s.get("guidance_high", 1.0))),
@@ -159,14 +234,6 @@ def load_records(roots):
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def parse_ablation(run: str):
-    """'b2-dual-as-r0.5-rho0.25' -> ('dual', 'as', 0.5, 0.25); None for other names."""
-    m = ABLATION_RE.match(run)
-    if not m:
-        return None
-    return m.group(1), m.group(2), float(m.group(3)), float(m.group(4) or 0.0)
 
 
 def best(records, **match):
@@ -215,13 +282,8 @@ def ours_note(records, view, where) -> str:
 # ---- tables ------------------------------------------------------------------------------------------------
 
 def ablation_records(records, kind):
-    """Unguided (CFG 1) records of the B/2 ablation runs, each with its parsed setting."""
-    out = []
-    for r in records:
-        setting = parse_ablation(r["run"])
-        if r["kind"] == kind and r["cfg"] <= 1.0 and setting is not None:
-            out.append(dict(r, setting=setting))
-    return out
+    """Unguided (CFG 1) records of the B/2 ablation runs."""
+    return [r for r in records if r["kind"] == kind and r["cfg"] <= 1.0 and r["setting"] is not None]
 
 
 def steps_table(title, settings, recs, view, with_paper):
@@ -266,24 +328,27 @@ def final_step_table(title, settings, recs, view, with_paper):
     return f"### {title}\n\n{md_table(header, rows)}\n\n{ours_note(used, view, 'at the latest evaluated step')}"
 
 
-def system_table(title, runs, records, view, with_paper):
-    """Tables 4-5: rows = the table's methods (`runs`: [(method, run name, always shown)]) and any other method
-    with a record; columns = metrics at the latest evaluated step with CFG, then the paper's."""
+def system_table(title, scale, always, records, view, with_paper):
+    """Tables 4-5: rows = the methods in `always` and any other method with a record of runs at `scale`;
+    columns = metrics at the latest evaluated step with CFG, then the paper's (preset METHOD-SCALE)."""
     metrics = VIEWS[view]["system"]
     header = ["method", "run", "step", "samples"] + [label for _, label in metrics]
     if with_paper:
         header += [f"paper {label}" for _, label in metrics]
     rows = []
-    for method, run, always in runs:
-        recs = [r for r in records if r["kind"] == view and r["run"] == run and r["cfg"] > 1.0]
-        if not recs and not always:
+    for method in SYSTEM_METHODS:
+        preset = f"{method}-{scale}"
+        recs = [r for r in records
+                if r["kind"] == view and r["method"] == method and r["scale"] == scale and r["cfg"] > 1.0]
+        if not recs and method not in always:
             continue
         stepped = [r["step"] for r in recs if r["step"] is not None]
         r = best(recs, step=max(stepped)) if stepped else None
+        run = r["run"] if r else preset
         row = [METHOD_NAMES[method], run, step_label(r["step"]) if r else DASH, f"{r['n']:,}" if r else DASH]
         row += [fmt(r["values"].get(m) if r else None, m) for m, _ in metrics]
         if with_paper:
-            row += [fmt(PAPER_SYSTEM.get(run, {}).get(m), m) for m, _ in metrics]
+            row += [fmt(PAPER_SYSTEM.get(preset, {}).get(m), m) for m, _ in metrics]
         rows.append(row)
     return f"### {title}\n\n{md_table(header, rows)}\n\nOurs: the latest evaluated step, samples with CFG " \
            f"(the paper: FID-50K, CFG 1.8 for t <= 0.7)."
@@ -376,11 +441,10 @@ def collect(roots, out):
                               view, with_paper), "",
                   final_step_table(f"Table 3: SiT-B/2, mask ratio and full-image mixing: {label}", TABLE3, recs,
                                    view, with_paper), "",
-                  system_table("Table 4: SiT-XL/2, ImageNet 256, 4M steps",
-                               [(m, f"{m}-xl2", m in TABLE4) for m in SYSTEM_METHODS], records, view, with_paper),
+                  system_table("Table 4: SiT-XL/2, ImageNet 256, 4M steps", "xl2", TABLE4, records, view,
+                               with_paper),
                   "",
-                  system_table("Table 5: SiT-XL/2, ImageNet 512, 1M steps",
-                               [(m, f"{m}-xl2-512", m in TABLE5) for m in SYSTEM_METHODS], records, view,
+                  system_table("Table 5: SiT-XL/2, ImageNet 512, 1M steps", "xl2-512", TABLE5, records, view,
                                with_paper)]
         for name, title, settings in (("figure4", "Figure 4: dual vs single timestep, full attention vs AS",
                                        TABLE1 + TABLE2),

@@ -9,6 +9,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -152,15 +153,22 @@ def test_collect_results_help():
     assert res.returncode == 0 and "Table" in res.stdout
 
 
+def ablation_of_name(name):
+    """The scripts' ablation run name b2-{dual|single}-{full|as}-r<ratio>[-rho<p>] -> its setting tuple."""
+    m = re.match(r"^b2-(dual|single)-(full|as)-r([0-9.]+)(?:-rho([0-9.]+))?$", name)
+    return m.group(1), m.group(2), float(m.group(3)), float(m.group(4) or 0.0)
+
+
 def test_ablation_sweep_dry_run(monkeypatch):
-    """9 settings x (train 800K steps + FID-10K without CFG at 100K/400K/800K), each setting parsed back from its
-    run name by collect_results.py, on 8 GPUs of one machine through accelerate."""
+    """9 settings x (train 800K steps + FID-10K without CFG at 100K/400K/800K), each run's setting read back
+    from its flags (args.json) by collect_results.py, on 8 GPUs of one machine through accelerate."""
     parsed = parse_all(dry_run("ablations_b2.sh"), monkeypatch)
     trains = of(parsed, "train.py")
     assert [ns.exp_name for *_, ns in trains] == [f"b2-{s}" for s in ABLATIONS]
     for launcher, opts, _, ns in trains:
         assert launcher == "accelerate" and opts.multi_gpu and opts.num_processes == 8 and opts.num_machines == 1
-        timesteps, attention, ratio, rho = collect_results.parse_ablation(ns.exp_name)
+        timesteps, attention, ratio, rho = ablation_of_name(ns.exp_name)
+        assert collect_results.ablation_setting(vars(ns)) == (timesteps, attention, ratio, rho)
         assert ns.model == "SiT-B/2" and ns.max_train_steps == 800_000 and ns.batch_size == 256
         assert (ns.block_out_s, ns.block_out_t, ns.align_weight, ns.use_alignment_loss) == (3, 8, 0.5, True)
         assert ns.dual_time_scheduling == (timesteps == "dual")
@@ -196,7 +204,8 @@ def test_system_runs_dry_run(monkeypatch):
                                                "sra2-xl2"]
     for *_, ns in trains:
         assert ns.exp_name == ns.preset and ns.model == "SiT-XL/2" and ns.max_train_steps == 4_000_000
-        assert collect_results.SYSTEM_RE.match(ns.exp_name)
+        assert (collect_results.system_method(vars(ns)), collect_results.run_scale(vars(ns))) == \
+            (ns.preset[:-len("-xl2")], "xl2")
     # REPA on ImageNet: targets precomputed from the real images (the preset's --repa-features auto), no encoder
     assert [(ns.repa_features, ns.enc_weights) for *_, ns in trains if ns.preset == "repa-xl2"] == \
         [("repa-dinov2_vitb14-p2", None)]
@@ -369,11 +378,28 @@ def test_tiny_preprocessing(tmp_path):
 
 # ---- collect_results.py on records made here ---------------------------------------------------------------
 
+def run_args(run):
+    """The args.json train.py writes for a run of the scripts: b2-SETTING (scripts/ablations_b2.sh) or a
+    system preset name (scripts/train_system.sh)."""
+    import train
+    if not run.startswith("b2-"):
+        return vars(train.parse_args(["--preset", run]))
+    timesteps, attention, ratio, rho = ablation_of_name(run)
+    flags = ["--preset", "ours-b2", "--mask-ratio", str(ratio), "--full-sample-prob", str(rho),
+             "--dual-time-scheduling" if timesteps == "dual" else "--no-dual-time-scheduling",
+             "--attention-separation" if attention == "as" else "--no-attention-separation"]
+    return vars(train.parse_args(flags))
+
+
 def write_record(root, run, step, fid, inception_score, n=10_000, cfg=1.0, high=1.0, kind="adm"):
     folder = root / run / f"{step:07d}-n{n}-sde250-cfg{cfg}-gh{high}"
     folder.mkdir(parents=True)
+    run_dir = root.parent / "runs" / run
+    if not (run_dir / "args.json").exists():
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "args.json").write_text(json.dumps(run_args(run)))
     sampling = dict(settings=dict(steps=step, mode="sde", num_steps=250, cfg_scale=cfg, guidance_low=0.0,
-                                  guidance_high=high), checkpoint=f"/r/runs/{run}/checkpoints/{step:07d}.pt",
+                                  guidance_high=high), checkpoint=f"{run_dir}/checkpoints/{step:07d}.pt",
                     num_fid_samples=n)
     (folder / "sampling.json").write_text(json.dumps(sampling))
     if kind == "adm":
