@@ -1,16 +1,17 @@
-"""Datasets: preprocessed ImageNet latents (two layouts), the embedded digits default, posterior sampling and a
-deterministic, resumable data order.
+"""Datasets: preprocessed ImageNet latents (two layouts), the embedded digits default, posterior sampling,
+a deterministic, resumable data order and the training batches that follow it.
 
 What a dataset returns and exposes (all three classes):
-    ds[i] -> (x, label): x float32 torch tensor, label int64 scalar tensor (LatentShardDataset with precomputed
-        REPA features: (x, label, feats (T, D) float32)).
+    ds[i] -> (x, label): x float32 torch tensor, label int64 scalar tensor (LatentShardDataset with
+        precomputed REPA features: (x, label, feats (T, D) float32)).
         LatentShardDataset / RepaLatentDataset: x = posterior moments (8, h, w), channels 0-3 mean, 4-7 std,
             unscaled; turn a batch into model input with sample_posterior(x) (on the device, every step).
         DigitsDataset: x = image (1, R, R) in [-1, 1], already the model input (pixel space, no VAE).
     ds.get_batch(indices) -> (x (B, ...), labels (B,)): the same for many indices at once (fast path).
     ds.is_latent        True for VAE latents (call sample_posterior), False for pixels (use x as is).
     ds.latent_channels  channels the model sees: 4 (SD-VAE latent) or 1 (digits). Model in_channels.
-    ds.latent_size      spatial side the model sees: resolution / 8 for latents, R for digits. Model input_size.
+    ds.latent_size      spatial side the model sees: resolution / 8 for latents, R for digits. Model
+                        input_size.
     ds.resolution       image side in pixels (256, 512, or R for digits).
     ds.num_classes      number of classes (the null class for CFG is index num_classes).
 
@@ -20,11 +21,13 @@ Layouts read from disk (build_dataset(data_dir) detects which):
     RepaLatentDataset: data_dir/vae-sd/**/*.npy (float32 (8, h, w)) + data_dir/vae-sd/dataset.json
         {"labels": [[relpath, label], ...]}, the REPA/SRA layout; files in sorted relative-path order.
 
-Training order: EpochOrder(num_items, batch_size, seed, rank, world_size) (see its docstring).
+Training order: EpochOrder(num_items, batch_size, seed, rank, world_size) (see its docstring);
+train_batches(dataset, order, start, device) yields the model inputs in that order from batch `start` on.
 digits_images() is also the shared source of the embedded dataset for evaluations/ (keep its behaviour).
 """
 import json
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -130,12 +133,12 @@ def digits_split_indices(labels, split: str) -> np.ndarray:
     return np.nonzero(is_heldout if split == "heldout" else ~is_heldout)[0]
 
 
-def digits_images(resolution: int = 16, split: str = "all"):
+def digits_images(resolution: int = 16, split: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's bundled handwritten digits (1797 images of 8x8, 10 classes), no download.
 
-    Returns (images, labels): float32 (N, 1, R, R) in [-1, 1] (bilinear upsampling of the 0..16 grey levels)
-    and int64 (N,), in the dataset's order; split 'train' / 'heldout' keeps that subset (digits_split_indices).
-    Deterministic.
+    Returns (images, labels): float32 (N, 1, R, R) in [-1, 1] (bilinear upsampling of the 0..16 grey
+    levels) and int64 (N,), in the dataset's order; split 'train' / 'heldout' keeps that subset
+    (digits_split_indices). Deterministic.
     """
     from sklearn.datasets import load_digits
 
@@ -151,7 +154,8 @@ def digits_images(resolution: int = 16, split: str = "all"):
 
 
 class DigitsDataset(torch.utils.data.Dataset):
-    """The embedded default: 1797 digits (10 classes) upsampled to R x R, pixel space. Items: ((1, R, R), label).
+    """The embedded default: 1797 digits (10 classes) upsampled to R x R, pixel space. Items: ((1, R, R),
+    label).
 
     split: 'all' (the quickstart), 'train' or 'heldout' (digits_split_indices)."""
 
@@ -204,7 +208,8 @@ class LatentShardDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(f"{path} not found{hint}")
         self.info = read_json(path)
         if self.info.get("format") != SHARD_FORMAT:
-            raise ValueError(f"{path} is not a {SHARD_FORMAT!r} dataset.json (format={self.info.get('format')!r})")
+            raise ValueError(f"{path} is not a {SHARD_FORMAT!r} dataset.json "
+                             f"(format={self.info.get('format')!r})")
         shards, labels_file, moments_shape, num_classes, resolution, latent_size = _need(
             self.info, path, "shards", "labels", "moments_shape", "num_classes", "resolution", "latent_size")
         self.data_dir = data_dir
@@ -212,11 +217,13 @@ class LatentShardDataset(torch.utils.data.Dataset):
             self.shard_files = [os.path.join(data_dir, s["file"]) for s in shards]
             counts = [int(s["count"]) for s in shards]
             self.item_shape = tuple(int(d) for d in moments_shape)                  # (8, h, w)
-            self.num_classes, self.resolution = int(num_classes), int(resolution)
+            self.num_classes = int(num_classes)
+            self.resolution = int(resolution)
             self.latent_size = int(latent_size)
         except (TypeError, KeyError, ValueError) as e:
             raise DataError(f"{path}: malformed entry ({type(e).__name__}: {e})") from None
-        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)   # shard s = [off[s], off[s+1])
+        # shard s holds items [offsets[s], offsets[s + 1])
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         labels_path = os.path.join(data_dir, labels_file)
         self.labels = _open_npy(labels_path)                                        # (N,) int64
         n = int(self.offsets[-1])
@@ -227,8 +234,12 @@ class LatentShardDataset(torch.utils.data.Dataset):
         _check_arrays(self.shard_files, counts, self.item_shape, path)
         self.has_flips = bool(self.info.get("flip"))
         self.class_names = self.info.get("class_names")
-        self._maps = self._feature_maps = None                                      # opened lazily per process
-        self.features, self.features_info, self.feature_files = features, None, None
+        # the memory maps, opened lazily in each process
+        self._maps = None
+        self._feature_maps = None
+        self.features = features
+        self.features_info = None
+        self.feature_files = None
         if features is not None:
             self._check_features(features, counts)
 
@@ -236,21 +247,23 @@ class LatentShardDataset(torch.utils.data.Dataset):
         folder = os.path.join(self.data_dir, name)
         how = f"`python -m preprocessing repa-features {self.data_dir} ...`"
         if not os.path.isdir(folder):
-            raise FileNotFoundError(f"precomputed features {folder} not found: write them with {how} (the folder is "
-                                    f"repa-<enc_type>-p<patch>, e.g. repa-dinov2_vitb14-p2)")
+            raise FileNotFoundError(f"precomputed features {folder} not found: write them with {how} (the "
+                                    f"folder is repa-<enc_type>-p<patch>, e.g. repa-dinov2_vitb14-p2)")
         path = os.path.join(folder, "features.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: {how} has not finished; rerun it")
         info = read_json(path)
         if list(info.get("counts", [])) != list(counts):
-            raise ValueError(f"precomputed features {folder} do not match the moments shards of {self.data_dir}: "
-                             f"{len(info.get('counts', []))} shards with counts {_short(info.get('counts'))} vs "
-                             f"{len(counts)} with {_short(counts)} (the dataset was re-encoded?); rerun {how}")
+            raise ValueError(f"precomputed features {folder} do not match the moments shards of "
+                             f"{self.data_dir}: {len(info.get('counts', []))} shards with counts "
+                             f"{_short(info.get('counts'))} vs {len(counts)} with {_short(counts)} (the "
+                             f"dataset was re-encoded?); rerun {how}")
         self.feature_files = [os.path.join(folder, f) for f in info["files"]]
         _check_arrays(self.feature_files, counts, (int(info["tokens"]), int(info["dim"])), path)
         self.features_info = info
 
-    def __getstate__(self):                                  # DataLoader workers reopen the memmaps themselves
+    # DataLoader workers reopen the memory maps themselves
+    def __getstate__(self):
         state = dict(self.__dict__)
         state["_maps"] = state["_feature_maps"] = None
         return state
@@ -286,30 +299,36 @@ class LatentShardDataset(torch.utils.data.Dataset):
         return torch.from_numpy(x), y, torch.from_numpy(f)
 
     def get_batch(self, indices):
-        """indices (B,) -> (moments (B, 8, h, w) float32, labels (B,) int64[, feats (B, T, D) float32]), reading
-        each shard once."""
+        """indices (B,) -> (moments (B, 8, h, w) float32, labels (B,) int64[, feats (B, T, D) float32]),
+        reading each shard once."""
         idx = np.asarray(torch.as_tensor(indices).cpu(), dtype=np.int64)
         shard = np.searchsorted(self.offsets, idx, side="right") - 1
         out = np.empty((len(idx),) + self.item_shape, dtype=np.float32)
         feats = None
         if self.features is not None:
-            feats = np.empty((len(idx), self.features_info["tokens"], self.features_info["dim"]), dtype=np.float32)
+            tokens = self.features_info["tokens"]
+            feats = np.empty((len(idx), tokens, self.features_info["dim"]), dtype=np.float32)
         for s in np.unique(shard):
             sel = np.nonzero(shard == s)[0]
             local = idx[sel] - self.offsets[s]
-            order = np.argsort(local, kind="stable")                                 # sorted reads from the file
+            # sorted reads from the file
+            order = np.argsort(local, kind="stable")
             out[sel[order]] = self._shards()[s][local[order]]
             _check_finite(out[sel], lambda: f"{self.shard_files[s]} (rows {sorted(local.tolist())[:8]})")
             if feats is not None:
                 feats[sel[order]] = self._features()[s][local[order]]
         y = torch.from_numpy(self.labels[idx].astype(np.int64))
-        return (torch.from_numpy(out), y) if feats is None else (torch.from_numpy(out), y, torch.from_numpy(feats))
+        if feats is None:
+            return torch.from_numpy(out), y
+        return torch.from_numpy(out), y, torch.from_numpy(feats)
 
 
 def _repa_folder(data_dir: str):
-    """data_dir/vae-sd (or data_dir itself if it is the vae-sd folder) when it holds dataset.json, else None."""
+    """data_dir/vae-sd (or data_dir itself if it is the vae-sd folder) when it holds dataset.json, else
+    None."""
     for d in (os.path.join(data_dir, "vae-sd"), data_dir):
-        if os.path.isfile(os.path.join(d, "dataset.json")) and not _is_shard_json(os.path.join(d, "dataset.json")):
+        path = os.path.join(d, "dataset.json")
+        if os.path.isfile(path) and not _is_shard_json(path):
             return d
     return None
 
@@ -323,10 +342,11 @@ def _is_shard_json(path):
 
 
 class RepaLatentDataset(torch.utils.data.Dataset):
-    """The REPA/SRA layout: data_dir/vae-sd/**/*.npy float32 (8, h, w) + vae-sd/dataset.json {"labels": [[rel, y]]}.
+    """The REPA/SRA layout: data_dir/vae-sd/**/*.npy float32 (8, h, w) + vae-sd/dataset.json
+    {"labels": [[rel, y]]}.
 
-    Files are taken in sorted relative-path order (as REPA's loader does); every .npy must have a label and every
-    labelled file must exist. num_classes: max label + 1 unless given (the json does not store it).
+    Files are taken in sorted relative-path order (as REPA's loader does); every .npy must have a label and
+    every labelled file must exist. num_classes: max label + 1 unless given (the json does not store it).
     """
 
     is_latent = True
@@ -337,12 +357,14 @@ class RepaLatentDataset(torch.utils.data.Dataset):
     def __init__(self, data_dir: str, num_classes: int = None):
         folder = _repa_folder(data_dir)
         if folder is None:
-            raise FileNotFoundError(f"{os.path.join(data_dir, 'vae-sd', 'dataset.json')} not found (REPA layout)")
+            raise FileNotFoundError(f"{os.path.join(data_dir, 'vae-sd', 'dataset.json')} not found (REPA "
+                                    f"layout)")
         self.folder = folder
         path = os.path.join(folder, "dataset.json")
         entries = read_json(path).get("labels")
         if not entries:
-            raise ValueError(f"{folder}/dataset.json has no labels (expected {{\"labels\": [[relpath, label], ...]}})")
+            raise ValueError(f"{folder}/dataset.json has no labels (expected "
+                             f"{{\"labels\": [[relpath, label], ...]}})")
         try:
             labels = {str(rel).replace("\\", "/"): int(y) for rel, y in entries}
         except (TypeError, ValueError) as e:
@@ -353,11 +375,14 @@ class RepaLatentDataset(torch.utils.data.Dataset):
             for f in files:
                 if f.endswith(".npy"):
                     found.add(os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/"))
-        unlabelled, missing = sorted(found - labels.keys()), sorted(labels.keys() - found)
+        unlabelled = sorted(found - labels.keys())
+        missing = sorted(labels.keys() - found)
         if unlabelled or missing:
             raise ValueError(f"{folder}: {len(unlabelled)} .npy files without a label in dataset.json (e.g. "
-                             f"{unlabelled[:3]}) and {len(missing)} labelled files missing (e.g. {missing[:3]})")
-        self.files = sorted(found)                                                  # relative paths
+                             f"{unlabelled[:3]}) and {len(missing)} labelled files missing (e.g. "
+                             f"{missing[:3]})")
+        # relative paths
+        self.files = sorted(found)
         self.labels = np.asarray([labels[r] for r in self.files], dtype=np.int64)
         first = _open_npy(os.path.join(folder, self.files[0]), mmap_mode="r")
         if first.ndim != 3 or first.shape[0] != 8:
@@ -396,7 +421,7 @@ def _short(values, limit=8):
     return str(values) if len(values) <= limit else f"[{', '.join(map(str, values[:limit]))}, ...]"
 
 
-def parse_digits_spec(spec: str):
+def parse_digits_spec(spec: str) -> tuple[int, str]:
     """'digits[:R[:SPLIT]]' -> (R, SPLIT): 'digits' = (16, 'all'), 'digits:16:train' = (16, 'train')."""
     parts = spec.split(":")
     if parts[0] != "digits" or len(parts) > 3 or (len(parts) > 1 and not parts[1].isdigit()):
@@ -408,17 +433,20 @@ def parse_digits_spec(spec: str):
     return (int(parts[1]) if len(parts) > 1 else 16), split
 
 
-def build_dataset(data_dir: str, num_classes: int = None, features: str = None):
+def build_dataset(data_dir: str, num_classes: int | None = None, features: str | None = None
+                  ) -> torch.utils.data.Dataset:
     """'digits' / 'digits:32' / 'digits:16:train' -> DigitsDataset; a folder -> LatentShardDataset or
     RepaLatentDataset by layout.
 
-    features: a precomputed-features folder name under data_dir (LatentShardDataset only; see its docstring)."""
+    features: a precomputed-features folder name under data_dir (LatentShardDataset only; see its
+    docstring)."""
     is_shards = os.path.isfile(os.path.join(data_dir, "dataset.json")) and _is_shard_json(
         os.path.join(data_dir, "dataset.json"))
     if features is not None and not is_shards:
-        raise ValueError(f"precomputed features ({features}) need a dataset written by `python -m preprocessing` "
-                         f"(dataset.json + shards/ + sources.txt); {data_dir!r} is not one (the digits and the "
-                         f"REPA/SRA latent folder have none: run the encoder on the fly instead)")
+        raise ValueError(f"precomputed features ({features}) need a dataset written by `python -m "
+                         f"preprocessing` (dataset.json + shards/ + sources.txt); {data_dir!r} is not one "
+                         f"(the digits and the REPA/SRA latent folder have none: run the encoder on the fly "
+                         f"instead)")
     if data_dir == "digits" or str(data_dir).startswith("digits:"):
         return DigitsDataset(*parse_digits_spec(data_dir))
     if is_shards:
@@ -426,23 +454,27 @@ def build_dataset(data_dir: str, num_classes: int = None, features: str = None):
     if _repa_folder(data_dir) is not None:
         return RepaLatentDataset(data_dir, num_classes)
     if os.path.isdir(os.path.join(data_dir, "shards")):
-        raise FileNotFoundError(f"{data_dir} has shards/ but no dataset.json: preprocessing has not finished; "
-                                f"rerun `python -m preprocessing SRC_DIR {data_dir} ...` with the same arguments")
+        raise FileNotFoundError(f"{data_dir} has shards/ but no dataset.json: preprocessing has not "
+                                f"finished; rerun `python -m preprocessing SRC_DIR {data_dir} ...` with the "
+                                f"same arguments")
     raise FileNotFoundError(
         f"no dataset in {data_dir!r}. Expected either\n"
         f"  - {os.path.join(data_dir, 'dataset.json')} + shards/moments-*.npy + labels.npy "
         f"(written by `python -m preprocessing IMAGENET_TRAIN_DIR {data_dir} --resolution 256`), or\n"
-        f"  - {os.path.join(data_dir, 'vae-sd', 'dataset.json')} + vae-sd/**/*.npy (the REPA/SRA layout), or\n"
+        f"  - {os.path.join(data_dir, 'vae-sd', 'dataset.json')} + vae-sd/**/*.npy (the REPA/SRA layout), "
+        f"or\n"
         f"  - the name 'digits' (or 'digits:32', 'digits:16:train') for the embedded dataset.")
 
 
-def sample_posterior(moments: torch.Tensor, scale: float = LATENT_SCALE, generator: torch.Generator = None):
+def sample_posterior(moments: torch.Tensor, scale: float = LATENT_SCALE,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """moments (N, 8, h, w) [mean, std] -> z = (mean + std * n) * scale, (N, 4, h, w) float32, n ~ N(0, I).
 
     Runs on moments' device; `generator` (optional) must live on that device.
     """
     if moments.ndim != 4 or moments.shape[1] % 2 != 0:
-        raise ValueError(f"sample_posterior expects moments (N, 2C, h, w) = [mean, std], got {tuple(moments.shape)}")
+        raise ValueError(f"sample_posterior expects moments (N, 2C, h, w) = [mean, std], got "
+                         f"{tuple(moments.shape)}")
     mean, std = moments.float().chunk(2, dim=1)                                     # (N, 4, h, w) each
     noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     return (mean + std * noise) * scale
@@ -451,32 +483,41 @@ def sample_posterior(moments: torch.Tensor, scale: float = LATENT_SCALE, generat
 class EpochOrder:
     """Deterministic, resumable order of index batches for one rank.
 
-    Epoch e is torch.randperm(num_items) drawn from a generator seeded with (seed, e); the last incomplete global
-    batch is dropped; global batch j of epoch e is perm[j*G:(j+1)*G] with G = batch_size * world_size, and rank r
-    takes its slice [r*batch_size:(r+1)*batch_size]. So ranks are disjoint and the order does not depend on when
-    the run was interrupted.
+    Epoch e is torch.randperm(num_items) drawn from a generator seeded with (seed, e); the last incomplete
+    global batch is dropped; global batch j of epoch e is perm[j*G:(j+1)*G] with G = batch_size * world_size,
+    and rank r takes its slice [r*batch_size:(r+1)*batch_size]. So ranks are disjoint and the order does not
+    depend on when the run was interrupted.
 
         order = EpochOrder(len(ds), batch_size=32, seed=0, rank=rank, world_size=world)
-        order.load_state_dict(ckpt["data"])          # on resume: {"epoch": e, "position": p}
-        for idx in order:                             # the rest of the current epoch, LongTensor (batch_size,)
+        # on resume: {"epoch": e, "position": p}
+        order.load_state_dict(ckpt["data"])
+        # the rest of the current epoch, LongTensor (batch_size,)
+        for idx in order:
             x, y = ds.get_batch(idx); ...
-            ckpt["data"] = order.state_dict()         # the next batch to be handed out
+            # the next batch to be handed out
+            ckpt["data"] = order.state_dict()
 
-    Iterating advances (epoch, position); at the end of an epoch it moves to (epoch + 1, 0) and stops, so the next
-    `for` loop runs the next epoch. It can also be a DataLoader batch_sampler, but a DataLoader fetches ahead, so
-    its state runs ahead of the training loop: then checkpoint the number of batches consumed and call
-    seek(batches_consumed) on resume (batches_consumed = optimizer steps * gradient accumulation).
+    Iterating advances (epoch, position); at the end of an epoch it moves to (epoch + 1, 0) and stops, so the
+    next `for` loop runs the next epoch. It can also be a DataLoader batch_sampler, but a DataLoader fetches
+    ahead, so its state runs ahead of the training loop: then checkpoint the number of batches consumed and
+    call seek(batches_consumed) on resume (batches_consumed = optimizer steps * gradient accumulation;
+    train_batches does).
     """
 
     def __init__(self, num_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.num_items, self.batch_size, self.seed = int(num_items), int(batch_size), int(seed)
-        self.rank, self.world_size = int(rank), int(world_size)
+        self.num_items = int(num_items)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
         self.batches_per_epoch = self.num_items // (self.batch_size * self.world_size)
         if self.batches_per_epoch < 1:
-            raise ValueError(f"{num_items} items cannot fill one global batch of {batch_size} x {world_size} ranks")
-        self.epoch, self.position = 0, 0
+            raise ValueError(f"{num_items} items cannot fill one global batch of {batch_size} x {world_size} "
+                             f"ranks")
+        self.epoch = 0
+        self.position = 0
 
     def epoch_batches(self, epoch: int) -> torch.Tensor:
         """(batches_per_epoch, batch_size) int64: this rank's index batches of `epoch`."""
@@ -486,7 +527,8 @@ class EpochOrder:
         return used.view(self.batches_per_epoch, self.world_size, self.batch_size)[:, self.rank].contiguous()
 
     def __len__(self):
-        return self.batches_per_epoch - self.position             # batches left in the current epoch
+        # batches left in the current epoch
+        return self.batches_per_epoch - self.position
 
     def __iter__(self):
         batches = self.epoch_batches(self.epoch)
@@ -497,12 +539,13 @@ class EpochOrder:
         self.epoch, self.position = self.epoch + 1, 0
 
     def seek(self, batches_consumed: int):
-        """Jump to the state after `batches_consumed` batches since epoch 0 (e.g. steps * grad accumulation)."""
+        """Jump to the state after `batches_consumed` batches since epoch 0 (e.g. steps * grad
+        accumulation)."""
         self.epoch, self.position = divmod(int(batches_consumed), self.batches_per_epoch)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_items": self.num_items,
-                "batch_size": self.batch_size, "world_size": self.world_size}
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "num_items": self.num_items, "batch_size": self.batch_size, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict):
         for key in ("seed", "num_items", "batch_size", "world_size"):
@@ -514,11 +557,13 @@ class EpochOrder:
             raise ValueError(f"EpochOrder position {self.position} outside 0..{self.batches_per_epoch}")
 
 
-def train_batches(dataset, order: EpochOrder, start: int, device: torch.device, num_workers: int = 0):
+def train_batches(dataset: torch.utils.data.Dataset, order: EpochOrder, start: int, device: torch.device,
+                  num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
     """Yields this rank's training batches (x, y, extra) forever, from batch `start` (batches consumed since
     epoch 0, i.e. optimizer steps x gradient accumulation) on: the order depends only on (seed, batch index),
-    so a resumed run continues exactly. x is the model input (a posterior sample z for latents), extra the loss's
-    keyword arguments: {"features": (B, T, D)} when the dataset carries precomputed REPA targets, else {}.
+    so a resumed run continues exactly. x is the model input (a posterior sample z for latents), extra the
+    loss's keyword arguments: {"features": (B, T, D)} when the dataset carries precomputed REPA targets, else
+    {}.
 
     The digits live on the device and are indexed there; latents come through a DataLoader with `order` as
     its batch sampler (which runs ahead of the loop, so a checkpoint's `order` state is informative only)."""

@@ -1,22 +1,26 @@
-"""Gather evaluation records into the paper's tables (markdown) and FID / IS curves against training steps (PNG).
+"""Gather evaluation records into the paper's tables (markdown) and FID / IS curves against training steps
+(PNG).
 
     python scripts/collect_results.py [RESULTS_DIR ...] [--out DIR]
 
 Reads every JSON record under the given folders (default: results/):
   - the ADM evaluator's (evaluations/evaluator.py: fid, sfid, inception_score, precision, recall),
   - the embedded digits metric's (evaluations/digits_metric.py: fd, accuracy),
-each described by the sampling.json that sample_ddp.py wrote next to its samples (scripts/sample_eval.sh copies
-it next to the records; otherwise the folder of the record's "samples" file is searched). sampling.json gives the
-checkpoint (runs/RUN/checkpoints/NNNNNNN.pt -> run name and step) and the sampler (samples, steps, CFG scale).
+each described by the sampling.json that sample_ddp.py wrote next to its samples (scripts/sample_eval.sh
+copies it next to the records; otherwise the folder of the record's "samples" file is searched). sampling.json
+gives the checkpoint (runs/RUN/checkpoints/NNNNNNN.pt -> run name and step) and the sampler (samples, steps,
+CFG scale).
 The run's setting comes from the flags it saved, runs/RUN/args.json (train.py writes it; both spellings of the
 alignment flags are read: --align-target {none,ema,repa,sra2}, or the older --use-alignment-loss with
 --align-target); the name of the run is only shown:
   scale b2 (--preset *-b2, or SiT-B/2), the EMA teacher at t - t_max U: the ablations of Tables 1-3 and
-      Figures 4-5, told apart by --dual-time-scheduling, --attention-separation, --mask-ratio, --full-sample-prob
+      Figures 4-5, told apart by --dual-time-scheduling, --attention-separation, --mask-ratio and
+      --full-sample-prob
   scale xl2 / xl2-512 (--preset *-xl2[-512], or SiT-XL/2): the system runs of Tables 4-5, one row per method
       (sit, sra, self-flow, repa, sra2, ours, ours-mix; the presets of presets.py)
 Records whose run folder has no args.json are listed in the last table only.
-Ablation tables use samples without CFG (scale 1), system tables samples with CFG (scale > 1), as in the paper.
+Ablation tables use samples without CFG (scale 1), system tables samples with CFG (scale > 1), as in the
+paper.
 Where several records fit one cell, the one with the most samples wins. Missing cells are "–". The paper's
 numbers (METHOD.md section 9) stand in their own columns.
 
@@ -37,7 +41,7 @@ from fileio import atomic_write_text, unusable_folder  # noqa: E402
 
 DASH = "–"
 
-# ---- the paper's numbers (METHOD.md section 9): FID-10K of the B/2 ablations, system runs with CFG ----------------
+# ---- the paper's numbers (METHOD.md section 9): FID-10K of the B/2 ablations, system runs with CFG ---------
 # ablation setting = (timesteps, attention, mask ratio, full-image mixing rho)
 PAPER_ABLATION_FID = {
     ("dual", "full", 0.25, 0.0): {100_000: 58.16, 400_000: 30.20, 800_000: 25.19},
@@ -65,7 +69,8 @@ TABLE2 = [("single", "full", 0.25, 0.0), ("single", "as", 0.25, 0.0)]
 TABLE3 = [("dual", "full", 0.35, 0.0), ("dual", "as", 0.35, 0.0), ("dual", "full", 0.5, 0.0),
           ("dual", "as", 0.5, 0.0), ("dual", "as", 0.5, 0.25)]
 SYSTEM_METHODS = ["sit", "sra", "self-flow", "repa", "sra2", "ours", "ours-mix"]
-TABLE4 = ["sit", "sra", "self-flow", "repa", "sra2", "ours"]      # rows always shown; others when they have records
+# rows always shown; others when they have records
+TABLE4 = ["sit", "sra", "self-flow", "repa", "sra2", "ours"]
 TABLE5 = ["ours"]
 METHOD_NAMES = {"sit": "SiT", "sra": "SRA", "self-flow": "Self-Flow", "repa": "REPA", "sra2": "SRA 2",
                 "ours": "ours (SRA + DTS + AS)", "ours-mix": "ours + full-image mixing"}
@@ -76,7 +81,8 @@ VIEWS = {
     "adm": dict(main="fid", second="inception_score", label="FID", label2="IS", suffix="",
                 system=[("fid", "FID"), ("sfid", "sFID"), ("inception_score", "IS"), ("precision", "Prec."),
                         ("recall", "Rec.")]),
-    "digits": dict(main="fd", second="accuracy", label="digits FD", label2="digits accuracy", suffix="_digits",
+    "digits": dict(main="fd", second="accuracy", label="digits FD", label2="digits accuracy",
+                   suffix="_digits",
                    system=[("fd", "digits FD"), ("accuracy", "digits accuracy")]),
 }
 DIGITS = {"fid": 2, "sfid": 2, "inception_score": 1, "precision": 2, "recall": 2, "fd": 2, "accuracy": 3}
@@ -88,7 +94,7 @@ MODEL_SCALES = {"SiT-B/2": "b2", "SiT-XL/2": "xl2"}
 
 # ---- reading records ---------------------------------------------------------------------------------------
 
-def record_kind(rec: dict):
+def record_kind(rec: dict) -> str | None:
     if isinstance(rec, dict) and {"fid", "sfid", "inception_score", "precision", "recall"} <= rec.keys():
         return "adm"
     if isinstance(rec, dict) and {"fd", "accuracy"} <= rec.keys():
@@ -96,7 +102,7 @@ def record_kind(rec: dict):
     return None
 
 
-def find_sampling(path: str, rec: dict):
+def find_sampling(path: str, rec: dict) -> dict | None:
     """The sampling.json describing a record's samples: next to the record, else next to its samples file."""
     folders = [os.path.dirname(path)]
     if rec.get("samples"):
@@ -139,8 +145,8 @@ def read_run_args(checkpoint: str, record_path: str) -> dict | None:
 
 
 def align_target(args: dict) -> str:
-    """none | ema | repa | sra2 from either spelling: --align-target alone, or --use-alignment-loss (off: none)
-    with --align-target."""
+    """none | ema | repa | sra2 from either spelling: --align-target alone, or --use-alignment-loss (off:
+    none) with --align-target."""
     if args.get("use_alignment_loss") is False:
         return "none"
     return args.get("align_target") or "none"
@@ -160,7 +166,7 @@ def run_scale(args: dict) -> str | None:
     return MODEL_SCALES.get(args.get("model"))
 
 
-def ablation_setting(args: dict):
+def ablation_setting(args: dict) -> tuple | None:
     """(timesteps, attention, mask ratio, rho) of a B/2 ablation run (the EMA teacher at t - t_max U, i.e.
     ours-b2 with one factor changed), e.g. ('dual', 'as', 0.5, 0.25); None for other runs."""
     if run_scale(args) != "b2" or align_target(args) != "ema" or args.get("teacher_t", "sra") != "sra":
@@ -188,8 +194,9 @@ def system_method(args: dict) -> str | None:
     return None
 
 
-def load_records(roots):
-    """Every evaluation record under `roots`, as flat dicts: run, step, n, sampler, cfg, kind, values, path."""
+def load_records(roots: list) -> list[dict]:
+    """Every evaluation record under `roots`, as flat dicts: run, step, n, sampler, cfg, kind, values, path,
+    and the run's setting (ablation tuple), scale and method from its args.json (None when unknown)."""
     records, unreadable = [], []
     for root in roots:
         if not os.path.isdir(root):
@@ -236,7 +243,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def best(records, **match):
+def best(records: list[dict], **match) -> dict | None:
     """The record with the most samples among those whose fields equal `match` (None when there is none)."""
     hits = [r for r in records if all(r[k] == v for k, v in match.items())]
     return max(hits, key=lambda r: r["n"]) if hits else None
@@ -244,11 +251,11 @@ def best(records, **match):
 
 # ---- formatting --------------------------------------------------------------------------------------------
 
-def fmt(value, metric):
+def fmt(value: float | None, metric: str) -> str:
     return DASH if value is None else f"{value:.{DIGITS[metric]}f}"
 
 
-def step_label(step) -> str:
+def step_label(step: int | None) -> str:
     if step is None:
         return DASH
     if step >= 1_000_000 and step % 100_000 == 0:
@@ -258,20 +265,20 @@ def step_label(step) -> str:
     return str(step)
 
 
-def setting_label(setting) -> str:
+def setting_label(setting: tuple) -> str:
     timesteps, attention, ratio, rho = setting
-    text = f"{'dual' if timesteps == 'dual' else 'single'} t, {'AS' if attention == 'as' else 'full attn'}, " \
-           f"ratio {ratio:g}"
+    steps = "dual" if timesteps == "dual" else "single"
+    text = f"{steps} t, {'AS' if attention == 'as' else 'full attn'}, ratio {ratio:g}"
     return text + (f", rho {rho:g}" if rho else "")
 
 
-def md_table(header, rows) -> str:
+def md_table(header: list, rows: list) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def ours_note(records, view, where) -> str:
+def ours_note(records: list[dict], view: str, where: str) -> str:
     """'Ours: FID over 10,000 samples per cell, by training step.' or a note that no record fits yet."""
     counts = sorted({r["n"] for r in records})
     if not counts:
@@ -281,12 +288,12 @@ def ours_note(records, view, where) -> str:
 
 # ---- tables ------------------------------------------------------------------------------------------------
 
-def ablation_records(records, kind):
+def ablation_records(records: list[dict], kind: str) -> list[dict]:
     """Unguided (CFG 1) records of the B/2 ablation runs."""
     return [r for r in records if r["kind"] == kind and r["cfg"] <= 1.0 and r["setting"] is not None]
 
 
-def steps_table(title, settings, recs, view, with_paper):
+def steps_table(title: str, settings: list, recs: list[dict], view: str, with_paper: bool) -> str:
     """Tables 1-2: rows = settings, columns = training steps (ours), then the paper's FID-10K at its steps."""
     main = VIEWS[view]["main"]
     ours_steps = sorted({r["step"] for r in recs if r["setting"] in settings and r["step"] is not None})
@@ -304,11 +311,11 @@ def steps_table(title, settings, recs, view, with_paper):
             row += [fmt(PAPER_ABLATION_FID[setting].get(s), "fid") for s in PAPER_STEPS]
         rows.append(row)
     used = [r for r in recs if r["setting"] in settings]
-    return f"### {title}\n\n{md_table(header, rows)}\n\n{ours_note(used, view, 'per cell, by training step')}" \
-           + (" Paper: FID-10K." if with_paper else "")
+    note = ours_note(used, view, "per cell, by training step") + (" Paper: FID-10K." if with_paper else "")
+    return f"### {title}\n\n{md_table(header, rows)}\n\n{note}"
 
 
-def final_step_table(title, settings, recs, view, with_paper):
+def final_step_table(title: str, settings: list, recs: list[dict], view: str, with_paper: bool) -> str:
     """Table 3: rows = settings, ours at the latest evaluated step, the paper at 800K."""
     main = VIEWS[view]["main"]
     header = ["mask ratio", "attention", "timesteps", "mixing rho", "step", VIEWS[view]["label"]]
@@ -325,10 +332,12 @@ def final_step_table(title, settings, recs, view, with_paper):
             row.append(fmt(PAPER_ABLATION_FID[setting].get(800_000), "fid"))
         rows.append(row)
     used = [r for r in recs if r["setting"] in settings]
-    return f"### {title}\n\n{md_table(header, rows)}\n\n{ours_note(used, view, 'at the latest evaluated step')}"
+    note = ours_note(used, view, "at the latest evaluated step")
+    return f"### {title}\n\n{md_table(header, rows)}\n\n{note}"
 
 
-def system_table(title, scale, always, records, view, with_paper):
+def system_table(title: str, scale: str, always: list, records: list[dict], view: str,
+                 with_paper: bool) -> str:
     """Tables 4-5: rows = the methods in `always` and any other method with a record of runs at `scale`;
     columns = metrics at the latest evaluated step with CFG, then the paper's (preset METHOD-SCALE)."""
     metrics = VIEWS[view]["system"]
@@ -354,27 +363,31 @@ def system_table(title, scale, always, records, view, with_paper):
            f"(the paper: FID-50K, CFG 1.8 for t <= 0.7)."
 
 
-def all_records_table(records) -> str:
-    """Every evaluation found, one row per (run, step, samples, sampler, CFG), ADM and digits numbers side by side."""
+def all_records_table(records: list[dict]) -> str:
+    """Every evaluation found, one row per (run, step, samples, sampler, CFG), ADM and digits numbers side by
+    side."""
     merged = {}
     for r in records:
-        key = (r["run"], -1 if r["step"] is None else r["step"], r["n"], r["sampler"], r["cfg"], r["guidance"])
+        step = -1 if r["step"] is None else r["step"]
+        key = (r["run"], step, r["n"], r["sampler"], r["cfg"], r["guidance"])
         merged.setdefault(key, {}).update(r["values"])
     header = ["run", "step", "samples", "sampler", "CFG (interval)", "FID", "sFID", "IS", "Prec.", "Rec.",
               "digits FD", "digits acc."]
     rows = []
     for (run, step, n, sampler, cfg, guidance), vals in sorted(merged.items()):
         interval = f"{cfg:g}" + (f" ({guidance[0]:g}-{guidance[1]:g})" if cfg > 1 else "")
+        metrics = ("fid", "sfid", "inception_score", "precision", "recall", "fd", "accuracy")
         rows.append([run, step_label(None if step == -1 else step), f"{n:,}", sampler, interval]
-                    + [fmt(vals.get(m), m) for m in ("fid", "sfid", "inception_score", "precision", "recall", "fd",
-                                                     "accuracy")])
+                    + [fmt(vals.get(m), m) for m in metrics])
     return "### All evaluation records\n\n" + md_table(header, rows)
 
 
 # ---- figures -----------------------------------------------------------------------------------------------
 
-def plot_curves(path, title, settings, recs, view, with_paper):
-    """Two panels, FID (or digits FD) and IS (or digits accuracy) against training steps, one line per setting.
+def plot_curves(path: str, title: str, settings: list, recs: list[dict], view: str,
+                with_paper: bool) -> str | None:
+    """Two panels, FID (or digits FD) and IS (or digits accuracy) against training steps, one line per
+    setting.
     The paper's FID points are drawn (hollow, dashed) once our curves reach its first evaluation step (100K).
     Returns the path, or None when none of the settings has a record."""
     series = []
@@ -405,7 +418,8 @@ def plot_curves(path, title, settings, recs, view, with_paper):
     for ax, label in zip(axes, (v["label"], v["label2"])):
         ax.set_xlabel("training steps")
         ax.set_ylabel(label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))             # steps are whole numbers
+        # steps are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: step_label(int(x)) if x >= 0 else ""))
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
@@ -420,27 +434,28 @@ def plot_curves(path, title, settings, recs, view, with_paper):
 
 # ---- main --------------------------------------------------------------------------------------------------
 
-def collect(roots, out):
+def collect(roots: list, out: str) -> tuple[str, list]:
     """Builds the markdown and the figures; returns (markdown text, [figure paths])."""
     records = load_records(roots)
     if not records:
-        raise SystemExit(f"error: no evaluation records (ADM evaluator or digits metric JSON with a sampling.json) "
-                         f"under {', '.join(roots)}")
+        raise SystemExit(f"error: no evaluation records (ADM evaluator or digits metric JSON with a "
+                         f"sampling.json) under {', '.join(roots)}")
     parts = ["# Results", "", f"{len(records)} evaluation records from {', '.join(roots)}."]
     figures = []
     for view in VIEWS:
         if not any(r["kind"] == view for r in records):
             continue
-        with_paper = view == "adm"                               # the paper's numbers are ADM numbers
+        # the paper's numbers are ADM numbers
+        with_paper = view == "adm"
         label = VIEWS[view]["label"]
         recs = ablation_records(records, view)
+        title1 = f"Table 1: SiT-B/2, dual timesteps, mask ratio 0.25: {label}"
+        title2 = f"Table 2: SiT-B/2, single timestep (AS as augmentation): {label}"
+        title3 = f"Table 3: SiT-B/2, mask ratio and full-image mixing: {label}"
         parts += ["", f"## {'ADM evaluator' if view == 'adm' else 'Embedded digits metric'}", "",
-                  steps_table(f"Table 1: SiT-B/2, dual timesteps, mask ratio 0.25: {label}", TABLE1, recs, view,
-                              with_paper), "",
-                  steps_table(f"Table 2: SiT-B/2, single timestep (AS as augmentation): {label}", TABLE2, recs,
-                              view, with_paper), "",
-                  final_step_table(f"Table 3: SiT-B/2, mask ratio and full-image mixing: {label}", TABLE3, recs,
-                                   view, with_paper), "",
+                  steps_table(title1, TABLE1, recs, view, with_paper), "",
+                  steps_table(title2, TABLE2, recs, view, with_paper), "",
+                  final_step_table(title3, TABLE3, recs, view, with_paper), "",
                   system_table("Table 4: SiT-XL/2, ImageNet 256, 4M steps", "xl2", TABLE4, records, view,
                                with_paper),
                   "",
@@ -459,9 +474,10 @@ def collect(roots, out):
     return "\n".join(parts), figures
 
 
-def main(argv=None):
+def main(argv: list | None = None) -> tuple[str, list]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("roots", nargs="*", default=["results"], help="folders searched for records (default: results)")
+    p.add_argument("roots", nargs="*", default=["results"],
+                   help="folders searched for records (default: results)")
     p.add_argument("--out", help="where results.md and the figures go (default: the first folder)")
     args = p.parse_args(argv)
     out = args.out or args.roots[0]
