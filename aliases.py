@@ -45,6 +45,12 @@ import sys
 
 REPA_ENCODERS = {f"dinov2-vit-{s}": f"dinov2_vit{s}14" for s in "sblg"}
 REPA_DEFAULTS = dict(block_out_s=8, align_weight=0.5, enc_type="dinov2_vitb14")
+# REPA's train.py without a preset: one token group and its step counts (train.py's own defaults are the SRA
+# release's recipe)
+REPA_RUN = dict(mask_ratio=[0.0], dual_time_scheduling=False, attention_separation=False, full_sample_prob=0.0,
+                max_train_steps=400_000, checkpoint_steps=50_000, sample_steps=10_000)
+# loss.LossConfig field -> its other spellings (train.py adds them to the field's flag)
+LOSS_SPELLINGS = {"class_dropout_prob": ("--cfg-prob",)}
 # their flag -> our dest, same meaning (train.py)
 TRAIN_RENAMES = {"--checkpointing-steps": "checkpoint_steps", "--sampling-steps": "sample_steps",
                  "--resume-ckpt": "resume", "--proj-coeff": "align_weight", "--encoder-depth": "block_out_s"}
@@ -110,6 +116,11 @@ def add_train_aliases(parser: argparse.ArgumentParser):
                        help=f"= --{dest.replace('_', '-')}")
     g.add_argument("--resume-step", dest=_ALIAS + "resume_step", type=int, default=None,
                    help="REPA: resume from OUTPUT_DIR/EXP_NAME/checkpoints/{N:07d}.pt (0: start fresh)")
+    g.add_argument("--use-alignment-loss", dest=_ALIAS + "use_alignment_loss", action=argparse.BooleanOptionalAction,
+                   default=None, help="= --align-target ema (or the --align-target given); --no-...: none")
+    g.add_argument("--teacher-mask", dest=_ALIAS + "teacher_mask", action=argparse.BooleanOptionalAction,
+                   default=None, help="checked: the teacher runs on the student's groups exactly when there are "
+                                      "groups and --teacher-t is sra or same")
     g.add_argument("--epochs", type=int, default=None, help="train E epochs of the data (converted to steps)")
     g.add_argument("--checkpoint-epochs", type=int, default=None, help="also save a checkpoint every E epochs")
     g.add_argument("--resolution", type=int, default=None, help="checked against the data")
@@ -127,6 +138,7 @@ def add_train_aliases(parser: argparse.ArgumentParser):
 def resolve_train_aliases(parser, args, given: set) -> list:
     """Turn the release's / REPA's flags in `args` into ours, in place. -> notes (one per such flag)."""
     notes = []
+    _alignment_switch(parser, args, given, notes)
     for flag, dest in TRAIN_RENAMES.items():
         value = getattr(args, _ALIAS + dest)
         if value is None:
@@ -179,24 +191,72 @@ def resolve_train_aliases(parser, args, given: set) -> list:
     return notes
 
 
+def _alignment_switch(parser, args, given, notes):
+    """The release's --[no-]use-alignment-loss -> --align-target: on means the target given (or the preset's),
+    ema where that is none; off means none."""
+    on = getattr(args, _ALIAS + "use_alignment_loss")
+    if on is None:
+        return
+    if "align_target" in given and (args.align_target != "none") != on:
+        parser.error(f"--{'' if on else 'no-'}use-alignment-loss and --align-target {args.align_target} disagree")
+    if not on:
+        args.align_target = "none"
+    elif args.align_target == "none":
+        args.align_target = "ema"
+    notes.append(f"--{'' if on else 'no-'}use-alignment-loss -> --align-target {args.align_target}")
+
+
+def check_teacher_mask(args, derived: bool) -> str:
+    """The release's --[no-]teacher-mask against the derived value (train.teacher_mask_of): one line (a note)
+    when they agree, SystemExit when they contradict."""
+    said = getattr(args, _ALIAS + "teacher_mask")
+    if said is None:
+        return ""
+    flag = "--teacher-mask" if said else "--no-teacher-mask"
+    if said == derived:
+        return f"{flag}: agrees with the flags (the teacher {'runs' if said else 'does not run'} on the groups)"
+    if said and args.align_target != "ema":
+        why = f"--align-target {args.align_target} has no EMA teacher"
+    elif said and args.teacher_t == "self_flow":
+        why = "--teacher-t self_flow feeds the teacher the whole image at t_lo (Eq. 7); it does not apply"
+    elif said:
+        why = f"it needs token groups: set --mask-ratio to a value in (0, 1) (got {args.mask_ratio})"
+    else:
+        why = (f"--teacher-t {args.teacher_t} with token groups runs the teacher on the student's groups "
+               f"(use --teacher-t self_flow for a teacher on the whole image)")
+    raise SystemExit(f"invalid flags: {flag}: {why}")
+
+
+def saved_train_args(saved: dict) -> dict:
+    """A run's saved args (args.json, a checkpoint's 'args') in today's names. Runs before --align-target none
+    saved use_alignment_loss (False: no alignment, whatever align_target says) and teacher_mask (now derived
+    from the groups and --teacher-t)."""
+    out = dict(saved)
+    if "use_alignment_loss" in out and not out.pop("use_alignment_loss"):
+        out["align_target"] = "none"
+    out.pop("teacher_mask", None)
+    return out
+
+
 def _imply_repa(parser, args, given, flags, notes):
     """REPA's train.py always aligns: its flags mean REPA's alignment, with REPA's defaults where not given."""
     said = ", ".join(flags)
-    if "use_alignment_loss" in given and not args.use_alignment_loss:
+    if getattr(args, _ALIAS + "use_alignment_loss") is False:
         parser.error(f"{said} mean REPA's alignment, but --no-use-alignment-loss turns it off")
     if "align_target" in given and args.align_target != "repa":
         parser.error(f"{said} mean REPA's alignment, but --align-target is {args.align_target}")
     from_repa_preset = (args.preset or "").startswith("repa-")
-    args.use_alignment_loss, args.align_target = True, "repa"
+    args.align_target = "repa"
     if "loss_type" not in given:
         args.loss_type = "cos-token"
-    for dest, value in REPA_DEFAULTS.items():
+    defaults = dict(REPA_DEFAULTS, **(REPA_RUN if args.preset is None else {}))
+    for dest, value in defaults.items():
         if dest not in given and getattr(args, _ALIAS + dest, None) is None and not from_repa_preset:
             setattr(args, dest, value)
     if args.repa_features is None:
         args.repa_features = "auto"
-    notes.append(f"{said}: REPA alignment (--use-alignment-loss --align-target repa --loss-type {args.loss_type} "
-                 f"--block-out-s {args.block_out_s} --align-weight {args.align_weight} --enc-type {args.enc_type} "
+    notes.append(f"{said}: REPA alignment (--align-target repa --loss-type {args.loss_type} --block-out-s "
+                 f"{args.block_out_s} --align-weight {args.align_weight} --enc-type {args.enc_type} "
                  f"--repa-features {args.repa_features})")
 
 

@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from loss import REPATarget, TrainingLoss, VAELatentTarget, student_head
 from models import SIZES, SiT_models, patch_size_of
-from presets import METHODS, PRESETS
+from presets import METHODS, resolve, teacher_mask
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}       # dense, vendor datasheets
 
@@ -59,25 +59,25 @@ def parse_args(argv=None):
 def setup(args):
     """Model, EMA, loss and optimizer for `--method` at the preset's blocks for this model size."""
     dev = torch.device(args.device)
-    method = METHODS[args.method]
     scale = "xl2" if args.model.startswith(("SiT-XL", "SiT-L")) else "b2"
-    preset = PRESETS[f"{args.method}-{scale}"]
+    preset = resolve(f"{args.method}-{scale}")
     s, t = args.block_out_s or preset["block_out_s"], args.block_out_t or preset["block_out_t"]
-    align = method["use_alignment_loss"]
+    align = preset["align_target"] != "none"
     target = None                                          # the EMA teacher
-    if align and method["align_target"] == "repa":        # DINOv2-B on images read from disk (REPA's setup)
+    if align and preset["align_target"] == "repa":        # DINOv2-B on images read from disk (REPA's setup)
         from models.dinov2 import build_dinov2
         encoder = build_dinov2("dinov2_vitb14").to(dev).requires_grad_(False).eval()
         images = torch.rand(args.batch_size, 3, args.resolution, args.resolution, device=dev) * 2 - 1
         target = REPATarget(encoder, to_images=lambda x0: images)
-    elif align and method["align_target"] == "sra2":
+    elif align and preset["align_target"] == "sra2":
         target = VAELatentTarget()
     head, z_dim = student_head(target, patch_size_of(args.model), 4) if align else (None, None)
     model = SiT_models[args.model](input_size=args.resolution // 8, in_channels=4, num_classes=1000,
                                    align_head=head, z_dim=z_dim).to(dev)
     keys = ("mask_ratio", "dual_time_scheduling", "attention_separation", "full_sample_prob", "teacher_t",
-            "teacher_mask", "loss_type", "align_weight")
+            "loss_type", "align_weight")
     recipe = {k: preset[k] for k in keys if k in preset}
+    recipe["teacher_mask"] = teacher_mask(preset)
     if args.attention_separation is not None:
         recipe["attention_separation"] = args.attention_separation
     loss_fn = TrainingLoss(num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size, num_classes=1000,
@@ -260,12 +260,11 @@ def check_args(args):
         raise SystemExit(f"--device {args.device}: no CUDA GPU is visible here (use --device cpu)")
     depth = SIZES[args.model.split("-")[1].split("/")[0]][0]
     scale = "xl2" if args.model.startswith(("SiT-XL", "SiT-L")) else "b2"
-    preset = PRESETS[f"{args.method}-{scale}"]
-    method = METHODS[args.method]
+    preset = resolve(f"{args.method}-{scale}")
     used = [("--block-out-s", "block_out_s")]
-    if method["align_target"] == "ema":
+    if preset["align_target"] == "ema":
         used.append(("--block-out-t", "block_out_t"))
-    for flag, key in used if method["use_alignment_loss"] else []:
+    for flag, key in used if preset["align_target"] != "none" else []:
         block = preset[key] if getattr(args, key) is None else getattr(args, key)
         if not 1 <= block <= depth:
             given = "" if getattr(args, key) is not None else f" (the {args.method}-{scale} preset's)"

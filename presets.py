@@ -1,78 +1,117 @@
-"""The paper's recipes as named flag sets: `--preset METHOD-SCALE`, e.g. `ours-b2`, `self-flow-xl2`, `sit-xl2-512`.
+"""The paper's recipes as named flag sets: `--preset METHOD-SCALE`, e.g. `ours-b2`, `self-flow-xl2`,
+`sit-xl2-512`.
 
-Methods (METHOD.md sections 2-7): sit (vanilla), sra, sra-orig, self-flow, ours (SRA + DTS + AS), ours-mix (ours
-with full-image mixing rho = 0.25, Fig. 5), repa, sra2. Scales (METHOD.md section 8): b2 (the SiT-B/2 ablations,
-800K steps), xl2 (SiT-XL/2 at 256, 4M steps), xl2-512 (SiT-XL/2 at 512, 1M steps). `digits` is the embedded CPU
-quickstart. A flag given on the command line always wins over the preset.
+Methods (METHOD.md sections 2-7): sit (vanilla), sra, sra-orig, self-flow, ours (SRA + DTS + AS), ours-mix
+(ours with full-image mixing rho = 0.25, Fig. 5), repa, sra2. Scales (METHOD.md section 8): b2 (the SiT-B/2
+ablations, 800K steps), xl2 (SiT-XL/2 at 256, 4M steps), xl2-512 (SiT-XL/2 at 512, 1M steps). `digits` is the
+embedded CPU quickstart. train.py's defaults are the release's recipe (RELEASE below: SiT-B/2, SRA + DTS + AS
+as SiT-SRA_DTS_AS/scripts/train.sh runs it); a preset is one row listing only what differs from them, and a
+flag given on the command line always wins over the preset. `python train.py --preset NAME --print-config`
+prints what a preset resolves to.
 
-Which recipe each preset is, and which published number it stands for (FID-50K, ImageNet, CFG; Tables 4-5 of the
-paper unless said otherwise):
+Which recipe each preset is, and which published number it stands for (FID-50K, ImageNet, CFG; Tables 4-5 of
+the paper unless said otherwise):
     ours-xl2 / ours-xl2-512   the paper's scheme as its release (SiT-SRA_DTS_AS) runs it: FID 1.44 (256, 4M
                               steps) and 2.08 (512, 1M steps). ours-b2: Tables 1-3 (FID-10K, no CFG).
-    sra-*                     SRA as the DTS_AS release runs it: cos-channel distance, constant lambda 0.5, teacher
-                              on the clean labels. No published number is this recipe.
-    sra-orig-*                the original SiT-SRA recipe behind SRA's own numbers: smooth-L1 (beta 0.05), lambda
-                              0.2 decaying after epoch 149 (256 px; 99 at 512) by --align-weight-schedule, teacher
-                              on the dropped labels, --t-max 0.2. sra-orig-xl2: FID 1.58 (the number the paper
-                              quotes for SRA; SRA's XL/2 at 800 epochs); sra-orig-xl2-512: SRA reports 2.07 at 512
-                              after 400 epochs (the preset's 1M steps are about 200).
-    self-flow-*               Self-Flow as the release renders it (DTS with full attention, teacher on the whole
-                              image at t_lo, Eq. 7), not Self-Flow's own code: the paper quotes Self-Flow's 1.47.
+    sra-*                     SRA as the DTS_AS release runs it: cos-channel distance, constant lambda 0.5,
+                              teacher on the clean labels. No published number is this recipe.
+    sra-orig-*                the original SiT-SRA recipe behind SRA's own numbers: smooth-L1 (beta 0.05),
+                              lambda 0.2 decaying after epoch 149 (256 px; 99 at 512) by
+                              --align-weight-schedule, teacher on the dropped labels, --t-max 0.2.
+                              sra-orig-xl2: FID 1.58 (the number the paper quotes for SRA; SRA's XL/2 at 800
+                              epochs); sra-orig-xl2-512: SRA reports 2.07 at 512 after 400 epochs (the
+                              preset's 1M steps are about 200).
+    self-flow-*               Self-Flow as the release renders it (DTS with full attention, teacher on the
+                              whole image at t_lo, Eq. 7), not Self-Flow's own code: the paper quotes
+                              Self-Flow's 1.47.
     repa-*                    REPA: DINOv2-B patch tokens, per-token cosine, lambda 0.5, block 8 (4 for B/2),
-                              targets precomputed from the real images: FID 1.42 (REPA's XL/2 at 4M steps, CFG 1.8
-                              for t <= 0.7).
-    sit-*                     vanilla SiT: SiT reports FID 2.06 for XL/2 after 7M steps (CFG 1.5 on 3 channels:
-                              sample_ddp --cfg-channels 3); the 4M-step preset has no published counterpart.
-    sra2-*                    SRA 2 as we read its paper (no official code): no published number reproduced here.
+                              targets precomputed from the real images: FID 1.42 (REPA's XL/2 at 4M steps, CFG
+                              1.8 for t <= 0.7).
+    sit-*                     vanilla SiT: SiT reports FID 2.06 for XL/2 after 7M steps (CFG 1.5 on 3
+                              channels: sample_ddp --cfg-channels 3); the 4M-step preset has no published
+                              counterpart.
+    sra2-*                    SRA 2 as we read its paper (no official code): no published number reproduced
+                              here.
 """
+from collections.abc import Mapping
 
-COMMON = dict(learning_rate=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=0.0, adam_epsilon=1e-8,
-              max_grad_norm=1.0, ema_decay=0.9999, batch_size=256, path_type="linear", weighting="uniform",
-              align_weight=0.5, loss_type="cos-channel", teacher_labels="clean", mixed_precision="bf16",
-              t_max=0.2, align_weight_schedule="constant")
+from loss import group_ratios
 
-_NO_GROUPS = dict(mask_ratio=[0.0], dual_time_scheduling=False, attention_separation=False, teacher_mask=False,
-                  full_sample_prob=0.0)
 
-METHODS = {
-    "sit": dict(use_alignment_loss=False, align_target="ema", **_NO_GROUPS),
-    "sra": dict(use_alignment_loss=True, align_target="ema", teacher_t="sra", **_NO_GROUPS),
-    "sra-orig": dict(use_alignment_loss=True, align_target="ema", teacher_t="sra", loss_type="sml1",
-                     align_weight=0.2, align_weight_schedule="sra-256", teacher_labels="dropped", t_max=0.2,
-                     **_NO_GROUPS),
-    "self-flow": dict(use_alignment_loss=True, align_target="ema", teacher_t="self_flow", mask_ratio=[0.25],
-                      dual_time_scheduling=True, attention_separation=False, teacher_mask=False, full_sample_prob=0.0),
-    "ours": dict(use_alignment_loss=True, align_target="ema", teacher_t="sra", mask_ratio=[0.25],
-                 dual_time_scheduling=True, attention_separation=True, teacher_mask=True, full_sample_prob=0.0),
-    "repa": dict(use_alignment_loss=True, align_target="repa", loss_type="cos-token", repa_features="auto",
-                 **_NO_GROUPS),
-    "sra2": dict(use_alignment_loss=True, align_target="sra2", loss_type="sml1", align_weight=1.0, **_NO_GROUPS),
+# train.py's defaults: the release's recipe (SiT-SRA_DTS_AS/scripts/train.sh: SiT-B/2, global batch 256, lr
+# 1e-4, SRA + DTS + AS at mask ratio 0.25, teacher at s = t - 0.2 U on the student's groups, blocks 3 / 8,
+# lambda 0.5 on the release's cosine, 100K-step checkpoints, 50K-step previews, --max-train-steps 4100000).
+# The release trains in fp16; bf16 here (METHOD.md, the precision row).
+RELEASE = dict(
+    model="SiT-B/2", batch_size=256, learning_rate=1e-4, adam_beta1=0.9, adam_beta2=0.999,
+    adam_weight_decay=0.0, adam_epsilon=1e-8, max_grad_norm=1.0, ema_decay=0.9999, mixed_precision="bf16",
+    max_train_steps=4_100_000, checkpoint_steps=100_000, sample_steps=50_000,
+    path_type="linear", weighting="uniform", class_dropout_prob=0.1,
+    align_target="ema", align_weight=0.5, align_weight_schedule="constant", loss_type="cos-channel",
+    block_out_s=3, block_out_t=8, teacher_t="sra", teacher_labels="clean", t_max=0.2,
+    mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True, full_sample_prob=0.0,
+    sorted_timesteps=False)
+
+# SiT-XL/2: student / teacher blocks 8 / 20 (B/2: the release's 3 / 8)
+_XL2 = dict(model="SiT-XL/2", block_out_s=8, block_out_t=20)
+# one token group: no DTS, no AS
+_ONE = dict(mask_ratio=[0.0], dual_time_scheduling=False, attention_separation=False)
+# the original SiT-SRA: smooth-L1, lambda 0.2 with its decay, teacher on the dropped labels
+_SRA_ORIG = dict(loss_type="sml1", align_weight=0.2, teacher_labels="dropped", **_ONE)
+# REPA: DINOv2 tokens precomputed from the real images, per-token cosine
+_REPA = dict(align_target="repa", loss_type="cos-token", repa_features="auto", **_ONE)
+# SRA 2: the clean VAE latent, smooth-L1, lambda 1
+_SRA2 = dict(align_target="sra2", loss_type="sml1", align_weight=1.0, **_ONE)
+# Self-Flow as the release renders it: DTS with full attention, teacher on the whole image at t_lo (Eq. 7)
+_SELF_FLOW = dict(teacher_t="self_flow", attention_separation=False)
+# ours with full-image mixing rho = 0.25 (Fig. 5)
+_MIX = dict(mask_ratio=[0.5], full_sample_prob=0.25)
+
+# One row per preset: what differs from RELEASE. b2: 800K steps, xl2: 4M, xl2-512: 1M.
+PRESETS = {
+    "ours-b2": dict(max_train_steps=800_000),
+    "ours-xl2": dict(_XL2, max_train_steps=4_000_000),
+    "ours-xl2-512": dict(_XL2, max_train_steps=1_000_000),
+    "ours-mix-b2": dict(_MIX, max_train_steps=800_000),
+    "ours-mix-xl2": dict(_XL2, **_MIX, max_train_steps=4_000_000),
+    "ours-mix-xl2-512": dict(_XL2, **_MIX, max_train_steps=1_000_000),
+    "sit-b2": dict(_ONE, align_target="none", max_train_steps=800_000),
+    "sit-xl2": dict(_XL2, **_ONE, align_target="none", max_train_steps=4_000_000),
+    "sit-xl2-512": dict(_XL2, **_ONE, align_target="none", max_train_steps=1_000_000),
+    "sra-b2": dict(_ONE, max_train_steps=800_000),
+    "sra-xl2": dict(_XL2, **_ONE, max_train_steps=4_000_000),
+    "sra-xl2-512": dict(_XL2, **_ONE, max_train_steps=1_000_000),
+    "sra-orig-b2": dict(_SRA_ORIG, align_weight_schedule="sra-256", max_train_steps=800_000),
+    "sra-orig-xl2": dict(_XL2, **_SRA_ORIG, align_weight_schedule="sra-256", max_train_steps=4_000_000),
+    "sra-orig-xl2-512": dict(_XL2, **_SRA_ORIG, align_weight_schedule="sra-512", max_train_steps=1_000_000),
+    "self-flow-b2": dict(_SELF_FLOW, max_train_steps=800_000),
+    "self-flow-xl2": dict(_XL2, **_SELF_FLOW, max_train_steps=4_000_000),
+    "self-flow-xl2-512": dict(_XL2, **_SELF_FLOW, max_train_steps=1_000_000),
+    # REPA aligns block 4 at B/2, 8 at XL/2
+    "repa-b2": dict(_REPA, block_out_s=4, max_train_steps=800_000),
+    "repa-xl2": dict(_XL2, **_REPA, max_train_steps=4_000_000),
+    "repa-xl2-512": dict(_XL2, **_REPA, max_train_steps=1_000_000),
+    # SRA 2 aligns block 2 at B/2, 8 at XL/2
+    "sra2-b2": dict(_SRA2, block_out_s=2, max_train_steps=800_000),
+    "sra2-xl2": dict(_XL2, **_SRA2, max_train_steps=4_000_000),
+    "sra2-xl2-512": dict(_XL2, **_SRA2, max_train_steps=1_000_000),
+    # the embedded default: the paper's full scheme (SRA + DTS + AS) on 16x16 digits, minutes on a laptop CPU
+    "digits": dict(model="SiT-T/4", block_out_s=2, block_out_t=4, batch_size=64, learning_rate=1e-3,
+                   ema_decay=0.995, mixed_precision="no", max_train_steps=2000, checkpoint_steps=1000,
+                   sample_steps=500, log_every=50, eval_samples=1000),
 }
-METHODS["ours-mix"] = dict(METHODS["ours"], mask_ratio=[0.5], full_sample_prob=0.25)
+# the methods, as bench.py --method names them
+METHODS = ("ours", "ours-mix", "sit", "sra", "sra-orig", "self-flow", "repa", "sra2")
 
-# Student / teacher blocks: B/2 3 / 8 (release script), L and XL 8 / 20; REPA aligns block 4 (B) / 8 (XL);
-# SRA 2 block 2 (B) / 8 (L, XL).
-SCALES = {
-    "b2": dict(model="SiT-B/2", block_out_s=3, block_out_t=8, max_train_steps=800_000, checkpoint_steps=100_000,
-               sample_steps=50_000),
-    "xl2": dict(model="SiT-XL/2", block_out_s=8, block_out_t=20, max_train_steps=4_000_000,
-                checkpoint_steps=100_000, sample_steps=50_000),
-    "xl2-512": dict(model="SiT-XL/2", block_out_s=8, block_out_t=20, max_train_steps=1_000_000,
-                    checkpoint_steps=100_000, sample_steps=50_000),
-}
-STUDENT_BLOCK = {("repa", "b2"): 4, ("sra2", "b2"): 2}
-# per (method, scale) overrides: the original SRA's lambda schedule at 512 px
-OVERRIDES = {("sra-orig", "xl2-512"): dict(align_weight_schedule="sra-512")}
 
-PRESETS = {}
-for _m, _method in METHODS.items():
-    for _s, _scale in SCALES.items():
-        PRESETS[f"{_m}-{_s}"] = {**COMMON, **_scale, **_method, **OVERRIDES.get((_m, _s), {})}
-        if (_m, _s.split("-")[0]) in STUDENT_BLOCK:
-            PRESETS[f"{_m}-{_s}"]["block_out_s"] = STUDENT_BLOCK[(_m, _s.split("-")[0])]
+def teacher_mask(settings: Mapping) -> bool:
+    """Whether the EMA teacher runs on the student's token groups: with groups and teacher_t sra / same (s_g
+    per group, Sec. 5 table); self_flow puts the whole image at t_lo (Eq. 7); other targets have no teacher.
+    Derived, never a setting (train.py checks the release's --teacher-mask against it)."""
+    groups = len(group_ratios(settings["mask_ratio"])) > 1
+    return settings["align_target"] == "ema" and groups and settings["teacher_t"] in ("sra", "same")
 
-# The embedded default: the paper's full scheme (SRA + DTS + AS) on 16x16 digits, in minutes on a laptop CPU.
-PRESETS["digits"] = {**COMMON, **METHODS["ours"], **dict(
-    model="SiT-T/4", data_dir="digits", block_out_s=2, block_out_t=4, batch_size=64, max_train_steps=2000,
-    learning_rate=1e-3, ema_decay=0.995, checkpoint_steps=1000, sample_steps=500, log_every=50,
-    mixed_precision="no", eval_samples=1000, preview_num_steps=50)}
+
+def resolve(name: str) -> dict:
+    """Preset `name`'s recipe: RELEASE with its row applied (train.py's other flags keep their defaults)."""
+    return {**RELEASE, **PRESETS[name]}

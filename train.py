@@ -5,6 +5,7 @@
     accelerate launch --num_processes 8 train.py --preset ours-xl2 --data-dir /data/imagenet256 --resume auto
 """
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -24,14 +25,13 @@ import tracking
 from fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
 from dataset import DataError, EpochOrder, build_dataset, train_batches
 from evaluations.fid_proxy import FidProxy, log_fid_proxy
-from loss import (ALIGN_WEIGHT_SCHEDULES, LOSS_TYPES, TEACHER_T, REPATarget, TrainingLoss, VAELatentTarget,
-                  student_head)
+from loss import LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_head
 from models import (CheckpointError, SiT_models, init_from_checkpoint, load_state_dict_strict, patch_size_of,
                     read_training_state)
 from models.dinov2 import DINOV2_DIMS
 from models.vae import LATENT_SCALE, decode_latents, load_vae_spec
 from preemption import RunControl, StopSignals, follow_launcher, parse_signals
-from presets import PRESETS
+from presets import PRESETS, RELEASE, teacher_mask
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -39,13 +39,16 @@ from presets import PRESETS
 # ------------------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    """train.py's flags. The defaults are the release's recipe (presets.RELEASE); the loss flags are
+    loss.LossConfig's fields, one --field-name flag each."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     B = argparse.BooleanOptionalAction
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="the paper's recipes (presets.py)")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", default="runs")
     g.add_argument("--exp-name", default=None, help="run folder name (default: preset or model)")
-    g.add_argument("--data-dir", default="digits", help="preprocessed latents, REPA vae-sd folder, or 'digits[:R]'")
+    g.add_argument("--data-dir", default="digits",
+                   help="preprocessed latents, REPA vae-sd folder, or 'digits[:R]'")
     g.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' (the run folder's latest)")
     g.add_argument("--init-ckpt", default=None, metavar="PATH",
                    help="start from these weights (and EMA), fresh optimizer, step 0: a checkpoint of this "
@@ -54,81 +57,78 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-time-convention", choices=["ours", "repa", "sit"], default=None,
                    help="time convention of a bare --init-ckpt state dict: sit (t = 0 noise) or repa / ours")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--max-train-steps", type=int, default=400_000)
-    g.add_argument("--checkpoint-steps", type=int, default=50_000)
+    g.add_argument("--max-train-steps", type=int)
+    g.add_argument("--checkpoint-steps", type=int)
     g.add_argument("--checkpoint-minutes", type=float, default=30.0,
                    help="rolling checkpoints/latest.pt every N minutes (one file, replaced; 0 = never)")
     g.add_argument("--stop-signals", default="SIGTERM,SIGUSR1",
                    help="signals that stop the run after the step in flight, with a checkpoint ('none': off)")
     g.add_argument("--keep-last", type=int, default=0, help="keep only the newest N checkpoints (0 = all)")
-    g.add_argument("--keep-every", type=int, default=100_000, help="with --keep-last, also keep multiples of this")
-    g.add_argument("--sample-steps", type=int, default=10_000, help="EMA preview grid every N steps (0 = never)")
+    g.add_argument("--keep-every", type=int, default=100_000,
+                   help="with --keep-last, also keep multiples of this")
+    g.add_argument("--sample-steps", type=int, help="EMA preview grid every N steps (0 = never)")
     g.add_argument("--log-every", type=int, default=100)
     g.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none")
     g.add_argument("--num-workers", type=int, default=8)
     g.add_argument("--vae", default="ema", help="SD-VAE for previews: ema | mse (HF cache) | a local folder")
-    g.add_argument("--eval-samples", type=int, default=0, help="digits: samples for the embedded metric at the end")
+    g.add_argument("--eval-samples", type=int, default=0,
+                   help="digits: samples for the embedded metric at the end")
     g.add_argument("--preview-num-steps", type=int, default=50)
     g.add_argument("--preview-cfg-scale", type=float, default=1.0)
-    g.add_argument("--fid-every", type=int, default=0, help="fid_proxy every N steps (0 = never): FID of "
-                   "--fid-samples EMA samples (preview sampler) vs --fid-ref, torch backend (evaluations/fid_proxy.py)")
+    g.add_argument("--fid-every", type=int, default=0,
+                   help="fid_proxy every N steps (0 = never): FID of --fid-samples EMA samples (preview "
+                        "sampler) vs --fid-ref, torch backend (evaluations/fid_proxy.py)")
     g.add_argument("--fid-ref", default=None, help="reference batch npz for --fid-every (mu/sigma or arr_0)")
     g.add_argument("--fid-samples", type=int, default=5000, help="EMA samples per fid_proxy")
-    g.add_argument("--fid-inception", default=None, help="Inception graph (default: $ADM_INCEPTION_GRAPH or cache)")
+    g.add_argument("--fid-inception", default=None,
+                   help="Inception graph (default: $ADM_INCEPTION_GRAPH or cache)")
     g = p.add_argument_group("model and optimisation")
-    g.add_argument("--model", choices=sorted(SiT_models), default="SiT-B/2")
+    g.add_argument("--model", choices=sorted(SiT_models))
     g.add_argument("--qk-norm", action=B, default=False)
-    g.add_argument("--class-dropout-prob", "--cfg-prob", type=float, default=0.1)
-    g.add_argument("--batch-size", type=int, default=256, help="global batch (all GPUs, all accumulation steps)")
+    g.add_argument("--batch-size", type=int, help="global batch (all GPUs, all accumulation steps)")
     g.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    g.add_argument("--learning-rate", type=float, default=1e-4)
-    g.add_argument("--adam-beta1", type=float, default=0.9)
-    g.add_argument("--adam-beta2", type=float, default=0.999)
-    g.add_argument("--adam-weight-decay", type=float, default=0.0)
-    g.add_argument("--adam-epsilon", type=float, default=1e-8)
-    g.add_argument("--max-grad-norm", type=float, default=1.0)
-    g.add_argument("--ema-decay", type=float, default=0.9999)
-    g.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default="bf16")
+    g.add_argument("--learning-rate", type=float)
+    g.add_argument("--adam-beta1", type=float)
+    g.add_argument("--adam-beta2", type=float)
+    g.add_argument("--adam-weight-decay", type=float)
+    g.add_argument("--adam-epsilon", type=float)
+    g.add_argument("--max-grad-norm", type=float)
+    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"])
     g.add_argument("--compile", action=B, default=False, help="torch.compile the model's blocks")
     g.add_argument("--grad-checkpointing", action=B, default=False,
                    help="recompute each student block in the backward pass (less memory, more compute)")
-    g = p.add_argument_group("loss (loss.py)")
-    g.add_argument("--path-type", choices=["linear", "cosine"], default="linear")
-    g.add_argument("--weighting", choices=["uniform", "lognormal"], default="uniform")
-    g.add_argument("--use-alignment-loss", action=B, default=False)
-    g.add_argument("--align-target", choices=["ema", "repa", "sra2"], default="ema",
-                   help="ema: EMA teacher (SRA, Self-Flow, ours); repa: DINOv2; sra2: the clean VAE latent")
+    add_loss_flags(p.add_argument_group("loss (loss.LossConfig)"))
+    g = p.add_argument_group("REPA's encoder (--align-target repa)")
     g.add_argument("--enc-type", choices=sorted(DINOV2_DIMS), default="dinov2_vitb14", help="REPA encoder")
     g.add_argument("--enc-weights", default=None, help="REPA encoder weights file (local; never downloaded)")
     g.add_argument("--repa-features", default=None, metavar="NAME",
-                   help="REPA's targets precomputed from the real images: a folder under --data-dir written by "
-                        "`python -m preprocessing repa-features DATA_DIR --enc-type ENC --patch-size P` (NAME = "
-                        "repa-ENC-pP, e.g. repa-dinov2_vitb14-p2), or auto (the REPA presets): that folder on "
-                        "latents, none on the pixel digits (DINOv2 on the images); needs --align-target repa")
-    g.add_argument("--align-weight", type=float, default=0.5)
-    g.add_argument("--loss-type", choices=LOSS_TYPES, default="cos-channel")
-    g.add_argument("--block-out-s", type=int, default=3, help="student block (1-based) for the alignment head")
-    g.add_argument("--block-out-t", type=int, default=8, help="teacher (EMA) block (1-based)")
-    g.add_argument("--mask-ratio", type=float, nargs="+", default=[0.0])
-    g.add_argument("--dual-time-scheduling", action=B, default=False)
-    g.add_argument("--attention-separation", action=B, default=False)
-    g.add_argument("--full-sample-prob", type=float, default=0.0)
-    g.add_argument("--teacher-t", choices=TEACHER_T, default="sra")
-    g.add_argument("--teacher-mask", action=B, default=False)
-    g.add_argument("--teacher-labels", choices=["clean", "dropped"], default="clean")
-    g.add_argument("--sorted-timesteps", action=B, default=False, help="Eq. 5 as written: t_hi on the masked group")
-    g.add_argument("--t-max", type=float, default=0.2,
-                   help="teacher offset: s = clamp(t - t_max U, 0, 1) (--teacher-t sra; SiT-SRA's --t-max)")
-    g.add_argument("--align-weight-schedule", choices=sorted(ALIGN_WEIGHT_SCHEDULES), default="constant",
-                   help="lambda per epoch: constant, or the original SRA decay after epoch 149 (sra-256) / 99 "
-                        "(sra-512) (loss.align_weight_at)")
+                   help="REPA's targets precomputed from the real images: a folder under --data-dir written "
+                        "by `python -m preprocessing repa-features DATA_DIR --enc-type ENC --patch-size P` "
+                        "(NAME = repa-ENC-pP, e.g. repa-dinov2_vitb14-p2), or auto (the REPA presets): that "
+                        "folder on latents, none on the pixel digits (DINOv2 on the images); needs "
+                        "--align-target repa")
+    p.set_defaults(**RELEASE)
     aliases.add_train_aliases(p)
     return aliases.one_line_errors(p)
 
 
-def parse_args(argv=None, notes=None) -> argparse.Namespace:
-    """Flags -> args (the preset fills the defaults; the release's / REPA's spellings are converted, aliases.py).
-    notes: a list that receives one line per release / REPA flag met."""
+def add_loss_flags(group) -> None:
+    """One flag per loss.LossConfig field: --field-name, help / choices / nargs / type from its metadata,
+    booleans as --x / --no-x; other spellings of a field from aliases.LOSS_SPELLINGS."""
+    for f in dataclasses.fields(LossConfig):
+        names = ["--" + f.name.replace("_", "-"), *aliases.LOSS_SPELLINGS.get(f.name, ())]
+        kw = dict(f.metadata)
+        if f.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw.setdefault("type", f.type)
+        group.add_argument(*names, dest=f.name, default=f.default, **kw)
+
+
+def parse_args(argv: list[str] | None = None, notes: list[str] | None = None) -> argparse.Namespace:
+    """Flags -> args (the preset fills the defaults; the release's / REPA's spellings are converted,
+    aliases.py). notes: a list that receives one line per release / REPA flag met."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     known, _ = parser.parse_known_args(argv)
@@ -138,6 +138,8 @@ def parse_args(argv=None, notes=None) -> argparse.Namespace:
     if args.exp_name is None:
         args.exp_name = args.preset or args.model.replace("/", "-")
     found = aliases.resolve_train_aliases(parser, args, aliases.given_dests(parser, argv))
+    note = aliases.check_teacher_mask(args, teacher_mask_of(args))
+    found += [note] if note else []
     if args.repa_features == "auto":
         args.repa_features = repa_features_for(args)
     if notes is not None:
@@ -145,13 +147,18 @@ def parse_args(argv=None, notes=None) -> argparse.Namespace:
     return args
 
 
-def repa_features_for(args):
-    """--repa-features auto: REPA's targets come from the real images, so on latents they are the precomputed
-    folder (`python -m preprocessing repa-features`), on the pixel digits the images themselves (None)."""
+def teacher_mask_of(args: argparse.Namespace) -> bool:
+    """Whether the EMA teacher runs on the student's groups (derived: presets.teacher_mask)."""
+    return teacher_mask(vars(args))
+
+
+def repa_features_for(args: argparse.Namespace) -> str | None:
+    """--repa-features auto: REPA's targets come from the real images, so on latents they are the
+    precomputed folder (`python -m preprocessing repa-features`), on the pixel digits the images themselves
+    (None)."""
     from preprocessing.repa_features import features_folder_name
 
-    repa = args.use_alignment_loss and args.align_target == "repa"
-    if not repa or str(args.data_dir).split(":")[0] == "digits":
+    if args.align_target != "repa" or str(args.data_dir).split(":")[0] == "digits":
         return None
     return features_folder_name(args.enc_type, patch_size_of(args.model))
 
@@ -200,9 +207,10 @@ def check_args(args, world_size: int):
         import importlib.util
         if importlib.util.find_spec(args.report_to) is None:
             raise SystemExit(f"--report-to {args.report_to}: the package is not installed (pip install {args.report_to})")
-    if args.repa_features and not (args.use_alignment_loss and args.align_target == "repa"):
-        raise SystemExit(f"--repa-features {args.repa_features} holds REPA targets: it needs --use-alignment-loss "
-                         f"--align-target repa (e.g. --preset repa-b2)")
+    if args.repa_features and args.align_target != "repa":
+        raise SystemExit(f"--repa-features {args.repa_features} holds REPA targets: it needs "
+                         f"--use-alignment-loss --align-target repa (or --align-target repa alone; e.g. "
+                         f"--preset repa-b2)")
     for flag in ("max_train_steps", "checkpoint_steps", "log_every"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:       # None: from --epochs (aliases.py)
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -214,7 +222,7 @@ def check_args(args, world_size: int):
 
 def build_target(args, dataset, device):
     """The alignment target (loss.py): None = the EMA teacher, built by the loss itself."""
-    if not args.use_alignment_loss or args.align_target == "ema":
+    if args.align_target in ("none", "ema"):
         return None
     if args.align_target == "sra2":
         return VAELatentTarget()
@@ -243,10 +251,10 @@ def build_loss(args, model, dataset, target=None) -> TrainingLoss:
         return TrainingLoss(
             num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size, num_classes=dataset.num_classes,
             path_type=args.path_type, weighting=args.weighting, class_dropout_prob=args.class_dropout_prob,
-            use_alignment_loss=args.use_alignment_loss, align_weight=args.align_weight, loss_type=args.loss_type,
+            use_alignment_loss=args.align_target != "none", align_weight=args.align_weight, loss_type=args.loss_type,
             block_out_s=args.block_out_s, block_out_t=args.block_out_t, mask_ratio=args.mask_ratio,
             dual_time_scheduling=args.dual_time_scheduling, attention_separation=args.attention_separation,
-            full_sample_prob=args.full_sample_prob, teacher_t=args.teacher_t, teacher_mask=args.teacher_mask,
+            full_sample_prob=args.full_sample_prob, teacher_t=args.teacher_t, teacher_mask=teacher_mask_of(args),
             teacher_labels=args.teacher_labels, sorted_timesteps=args.sorted_timesteps, target=target,
             t_max=args.t_max, align_weight_schedule=args.align_weight_schedule)
     except ValueError as e:
@@ -256,12 +264,12 @@ def build_loss(args, model, dataset, target=None) -> TrainingLoss:
 def build_model(args, dataset, target=None):
     """SiT with the alignment head the target asks for (target None: the EMA teacher's, at the model's width)."""
     head, z_dim = student_head(target, patch_size_of(args.model), dataset.latent_channels) \
-        if args.use_alignment_loss else (None, None)
+        if args.align_target != "none" else (None, None)
     model = SiT_models[args.model](input_size=dataset.latent_size, in_channels=dataset.latent_channels,
                                    num_classes=dataset.num_classes, qk_norm=args.qk_norm, align_head=head,
                                    z_dim=z_dim)
     for flag, block in (("--block-out-s", args.block_out_s), ("--block-out-t", args.block_out_t)):
-        if args.use_alignment_loss and not 1 <= block <= model.depth:
+        if args.align_target != "none" and not 1 <= block <= model.depth:
             raise SystemExit(f"{flag} {block} is outside {args.model}'s blocks 1..{model.depth}")
     return model
 
@@ -413,7 +421,7 @@ def train(args, signals: StopSignals, notes=()):
         for group in opt.param_groups:                                  # this run's flags, not the file's
             group.update(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                          weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-        changes = runlog.flag_changes(ckpt.get("args", {}), vars(args))
+        changes = runlog.flag_changes(aliases.saved_train_args(ckpt.get("args", {})), vars(args))
         if changes:
             logger.info(f"--resume: flags that differ from the checkpoint's run apply from step "
                         f"{ckpt['steps']}: {changes}")

@@ -67,12 +67,14 @@ def test_release_train_sh(capsys):
     want = dict(mixed_precision="fp16", seed=0, path_type="linear", weighting="uniform", resolution=256,
                 batch_size=256, gradient_accumulation_steps=1, learning_rate=1e-4, model="SiT-B/2", block_out_s=3,
                 block_out_t=8, mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True,
-                teacher_mask=True, teacher_t="sra", use_alignment_loss=True, align_target="ema", align_weight=0.5,
+                teacher_t="sra", align_target="ema", align_weight=0.5,
                 loss_type="cos-channel", sample_steps=50000, checkpoint_steps=100000, checkpoint_epochs=200,
                 epochs=801, max_train_steps=4100000, output_dir="exps", exp_name="sitb-maskr0.25-as-dts-res256",
                 data_dir="[YOUR_DATA_PATH]", teacher_labels="clean", sorted_timesteps=False, full_sample_prob=0.0,
                 t_max=0.2, align_weight_schedule="constant", repa_features=None)
     assert {k: cfg[k] for k in want} == want
+    # --teacher-mask is derived (groups and --teacher-t sra) and checked: the release's flag agrees
+    assert train.teacher_mask_of(train.parse_args(RELEASE_TRAIN)) is True
     assert not [k for k in cfg if k.startswith("alias")] and "print_config" not in cfg
     assert "--prediction v: no-op" in notes and "--loss-type cos -> cos-channel" in notes
     # the epochs, as the release counts them on ImageNet-1k (1,281,167 images) with 8 processes x 32
@@ -88,7 +90,7 @@ def test_repa_readme_train_commands(capsys):
         cfg, notes = print_config("train.py", argv, capsys)
         want = dict(report_to="wandb", mixed_precision="fp16", seed=0, path_type="linear", weighting="uniform",
                     model="SiT-XL/2", enc_type="dinov2_vitb14", align_weight=0.5, block_out_s=8,
-                    use_alignment_loss=True, align_target="repa", loss_type="cos-token", output_dir="exps",
+                    align_target="repa", loss_type="cos-token", output_dir="exps",
                     data_dir="[YOUR_DATA_PATH]", resolution=res, batch_size=256, max_train_steps=400_000,
                     learning_rate=1e-4, class_dropout_prob=0.1, mask_ratio=[0.0], dual_time_scheduling=False,
                     attention_separation=False, repa_features="repa-dinov2_vitb14-p2", epochs=None)
@@ -149,7 +151,7 @@ def test_train_conversions():
     assert train.parse_args(["--preset", "repa-b2", "--data-dir", "/d/in256"]).repa_features == "repa-dinov2_vitb14-p2"
     assert train.parse_args(["--preset", "repa-b2", "--data-dir", "digits"]).repa_features is None  # real images
     a = train.parse_args(["--encoder-depth", "4", "--loss-type", "l2"])          # an explicit loss type stays
-    assert (a.block_out_s, a.loss_type, a.use_alignment_loss) == (4, "l2", True)
+    assert (a.block_out_s, a.loss_type, a.align_target != "none") == (4, "l2", True)
     # --epochs alone sets the step count from the data; both: the first bound reached
     a = train.parse_args(["--epochs", "2", "--batch-size", "64"])
     assert a.max_train_steps is None

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from test_scripts import load_collect_results, parse_all, run_script
+import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
@@ -53,15 +54,15 @@ def test_dry_run_is_the_whole_study(monkeypatch):
         assert ns.checkpoint_steps == 90 and ns.resume == "auto" and ns.mixed_precision == "no"
         assert ns.ema_decay == pytest.approx(1 - 80 / 720, abs=1e-6) and ns.eval_samples == 0
         if setting == "sit":
-            assert not ns.use_alignment_loss and ns.mask_ratio == [0.0] and not ns.dual_time_scheduling
+            assert ns.align_target == "none" and ns.mask_ratio == [0.0] and not ns.dual_time_scheduling
         elif setting == "sra":
-            assert ns.use_alignment_loss and ns.mask_ratio == [0.0] and ns.teacher_t == "sra"
+            assert ns.align_target != "none" and ns.mask_ratio == [0.0] and ns.teacher_t == "sra"
         elif setting == "self-flow":
-            assert ns.use_alignment_loss and ns.dual_time_scheduling and not ns.attention_separation
+            assert ns.align_target != "none" and ns.dual_time_scheduling and not ns.attention_separation
             assert ns.teacher_t == "self_flow" and ns.mask_ratio == [0.25]
         else:
             timesteps, attention, ratio, rho = load_collect_results().parse_ablation(f"b2-{setting}")
-            assert ns.use_alignment_loss and ns.teacher_t == "sra" and ns.teacher_mask
+            assert ns.align_target != "none" and ns.teacher_t == "sra" and train.teacher_mask_of(ns)
             assert ns.dual_time_scheduling == (timesteps == "dual")
             assert ns.attention_separation == (attention == "as")
             assert ns.mask_ratio == [ratio] and ns.full_sample_prob == rho

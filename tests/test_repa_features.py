@@ -237,6 +237,7 @@ def test_train_with_precomputed_features_needs_no_encoder_or_vae(featurized, tmp
     seen, real = [], REPATarget.__call__
     monkeypatch.setattr(REPATarget, "__call__", lambda self, d: seen.append(tuple(d.features.shape)) or real(self, d))
     args = ["--data-dir", featurized, "--model", "SiT-T/2", "--use-alignment-loss", "--align-target", "repa",
+            "--mask-ratio", "0", "--no-dual-time-scheduling", "--no-attention-separation",
             "--enc-type", ENC, "--repa-features", NAME, "--loss-type", "cos-token", "--block-out-s", "2", "--block-out-t", "2",
             "--batch-size", "4", "--max-train-steps", "2", "--checkpoint-steps", "2", "--log-every", "1",
             "--sample-steps", "0", "--num-workers", "0", "--mixed-precision", "no", "--output-dir", str(tmp_path)]
@@ -256,6 +257,7 @@ def test_repa_on_latents_never_uses_reconstructions(featurized, tmp_path):
     """On latents REPA's targets come from the real images: without precomputed ones the run stops at start (it
     never decodes the latents for DINOv2); --repa-features auto names the folder repa-features writes."""
     args = ["--data-dir", featurized, "--model", "SiT-T/2", "--use-alignment-loss", "--align-target", "repa",
+            "--mask-ratio", "0", "--no-dual-time-scheduling", "--no-attention-separation",
             "--enc-type", ENC, "--block-out-s", "2", "--batch-size", "4", "--max-train-steps", "1",
             "--num-workers", "0", "--mixed-precision", "no", "--output-dir", str(tmp_path), "--exp-name", "recon"]
     with pytest.raises(SystemExit, match="reads DINOv2 targets precomputed from the real images"):

@@ -170,7 +170,7 @@ def test_ablation_sweep_dry_run(monkeypatch):
         timesteps, attention, ratio, rho = ablation_of_name(ns.exp_name)
         assert collect_results.ablation_setting(vars(ns)) == (timesteps, attention, ratio, rho)
         assert ns.model == "SiT-B/2" and ns.max_train_steps == 800_000 and ns.batch_size == 256
-        assert (ns.block_out_s, ns.block_out_t, ns.align_weight, ns.use_alignment_loss) == (3, 8, 0.5, True)
+        assert (ns.block_out_s, ns.block_out_t, ns.align_weight, ns.align_target != "none") == (3, 8, 0.5, True)
         assert ns.dual_time_scheduling == (timesteps == "dual")
         assert ns.attention_separation == (attention == "as")
         assert ns.mask_ratio == [ratio] and ns.full_sample_prob == rho

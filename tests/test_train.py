@@ -82,10 +82,10 @@ def test_bad_flags_fail_at_start_with_a_clear_message(tmp_path, extra, message):
 def test_presets_cover_the_paper_and_explicit_flags_win():
     a = train.parse_args(["--preset", "ours-xl2"])
     assert (a.model, a.block_out_s, a.block_out_t, a.mask_ratio, a.max_train_steps) == ("SiT-XL/2", 8, 20, [0.25], 4_000_000)
-    assert a.attention_separation and a.dual_time_scheduling and a.teacher_mask and a.teacher_t == "sra"
+    assert a.attention_separation and a.dual_time_scheduling and train.teacher_mask_of(a) and a.teacher_t == "sra"
     b = train.parse_args(["--preset", "self-flow-b2", "--mask-ratio", "0.35"])
     assert b.mask_ratio == [0.35] and not b.attention_separation and b.teacher_t == "self_flow"
-    assert train.parse_args(["--preset", "sit-b2"]).use_alignment_loss is False
+    assert train.parse_args(["--preset", "sit-b2"]).align_target == "none"
 
 
 def test_bad_resume_files(tmp_path):
@@ -145,9 +145,9 @@ def test_loss_sees_the_epoch_and_sra_orig_preset(tmp_path, monkeypatch):
                         lambda self, *a, **kw: (epochs.append(kw["epoch"]), real(self, *a, **kw))[1])
     run(tmp_path, "ep", "--max-train-steps", "7", "--batch-size", "512", "--align-weight-schedule", "sra-256")
     assert epochs == [0, 0, 0, 1, 1, 1, 2]
-    from presets import PRESETS
-    p = PRESETS["sra-orig-xl2"]
+    from presets import resolve
+    p = resolve("sra-orig-xl2")
     assert (p["loss_type"], p["align_weight"], p["align_weight_schedule"], p["teacher_labels"], p["t_max"],
             p["mask_ratio"], p["block_out_s"], p["block_out_t"]) == ("sml1", 0.2, "sra-256", "dropped", 0.2, [0.0], 8, 20)
-    assert PRESETS["sra-orig-xl2-512"]["align_weight_schedule"] == "sra-512"
-    assert PRESETS["sra-xl2"]["loss_type"] == "cos-channel" and PRESETS["sra-xl2"]["teacher_labels"] == "clean"
+    assert resolve("sra-orig-xl2-512")["align_weight_schedule"] == "sra-512"
+    assert resolve("sra-xl2")["loss_type"] == "cos-channel" and resolve("sra-xl2")["teacher_labels"] == "clean"
