@@ -151,3 +151,165 @@ def test_loss_sees_the_epoch_and_sra_orig_preset(tmp_path, monkeypatch):
             p["mask_ratio"], p["block_out_s"], p["block_out_t"]) == ("sml1", 0.2, "sra-256", "dropped", 0.2, [0.0], 8, 20)
     assert resolve("sra-orig-xl2-512")["align_weight_schedule"] == "sra-512"
     assert resolve("sra-xl2")["loss_type"] == "cos-channel" and resolve("sra-xl2")["teacher_labels"] == "clean"
+
+
+# ---- the flag surface: loss flags from loss.LossConfig, presets as rows over the release's defaults --------
+
+def _old_presets() -> dict:
+    """A frozen copy of presets.PRESETS as it was built before the presets became rows (loops and all)."""
+    common = dict(learning_rate=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=0.0, adam_epsilon=1e-8,
+                  max_grad_norm=1.0, ema_decay=0.9999, batch_size=256, path_type="linear", weighting="uniform",
+                  align_weight=0.5, loss_type="cos-channel", teacher_labels="clean", mixed_precision="bf16",
+                  t_max=0.2, align_weight_schedule="constant")
+    no_groups = dict(mask_ratio=[0.0], dual_time_scheduling=False, attention_separation=False, teacher_mask=False,
+                     full_sample_prob=0.0)
+    methods = {
+        "sit": dict(use_alignment_loss=False, align_target="ema", **no_groups),
+        "sra": dict(use_alignment_loss=True, align_target="ema", teacher_t="sra", **no_groups),
+        "sra-orig": dict(use_alignment_loss=True, align_target="ema", teacher_t="sra", loss_type="sml1",
+                         align_weight=0.2, align_weight_schedule="sra-256", teacher_labels="dropped", t_max=0.2,
+                         **no_groups),
+        "self-flow": dict(use_alignment_loss=True, align_target="ema", teacher_t="self_flow", mask_ratio=[0.25],
+                          dual_time_scheduling=True, attention_separation=False, teacher_mask=False,
+                          full_sample_prob=0.0),
+        "ours": dict(use_alignment_loss=True, align_target="ema", teacher_t="sra", mask_ratio=[0.25],
+                     dual_time_scheduling=True, attention_separation=True, teacher_mask=True, full_sample_prob=0.0),
+        "repa": dict(use_alignment_loss=True, align_target="repa", loss_type="cos-token", repa_features="auto",
+                     **no_groups),
+        "sra2": dict(use_alignment_loss=True, align_target="sra2", loss_type="sml1", align_weight=1.0,
+                     **no_groups),
+    }
+    methods["ours-mix"] = dict(methods["ours"], mask_ratio=[0.5], full_sample_prob=0.25)
+    scales = {
+        "b2": dict(model="SiT-B/2", block_out_s=3, block_out_t=8, max_train_steps=800_000,
+                   checkpoint_steps=100_000, sample_steps=50_000),
+        "xl2": dict(model="SiT-XL/2", block_out_s=8, block_out_t=20, max_train_steps=4_000_000,
+                    checkpoint_steps=100_000, sample_steps=50_000),
+        "xl2-512": dict(model="SiT-XL/2", block_out_s=8, block_out_t=20, max_train_steps=1_000_000,
+                        checkpoint_steps=100_000, sample_steps=50_000),
+    }
+    student_block = {("repa", "b2"): 4, ("sra2", "b2"): 2}
+    overrides = {("sra-orig", "xl2-512"): dict(align_weight_schedule="sra-512")}
+    old = {}
+    for m, method in methods.items():
+        for s, scale in scales.items():
+            old[f"{m}-{s}"] = {**common, **scale, **method, **overrides.get((m, s), {})}
+            if (m, s.split("-")[0]) in student_block:
+                old[f"{m}-{s}"]["block_out_s"] = student_block[(m, s.split("-")[0])]
+    old["digits"] = {**common, **methods["ours"], **dict(
+        model="SiT-T/4", data_dir="digits", block_out_s=2, block_out_t=4, batch_size=64, max_train_steps=2000,
+        learning_rate=1e-3, ema_decay=0.995, checkpoint_steps=1000, sample_steps=500, log_every=50,
+        mixed_precision="no", eval_samples=1000, preview_num_steps=50)}
+    return old
+
+
+def test_loss_flags_are_exactly_loss_config_fields():
+    import dataclasses
+    import presets
+
+    fields = {f.name for f in dataclasses.fields(loss_module.LossConfig)}
+    parser = train.build_parser()
+    group = next(g for g in parser._action_groups if g.title.startswith("loss"))
+    assert {a.dest for a in group._group_actions} == fields
+    for a in group._group_actions:
+        assert a.option_strings[0] == "--" + a.dest.replace("_", "-") and a.help
+    assert "--cfg-prob" in next(a for a in group._group_actions if a.dest == "class_dropout_prob").option_strings
+    # every preset key is a flag; the loss settings of a preset are LossConfig fields
+    dests = {a.dest for a in parser._actions}
+    for name, row in presets.PRESETS.items():
+        assert set(row) <= dests, name
+    assert set(presets.RELEASE) <= dests
+    assert {k for k in presets.RELEASE if k in fields} | {"align_target"} <= fields
+
+
+def test_every_preset_resolves_as_before():
+    import presets
+
+    old = _old_presets()
+    assert sorted(presets.PRESETS) == sorted(old)
+    for name, want in old.items():
+        args = train.parse_args(["--preset", name])
+        want = dict(want)
+        assert train.teacher_mask_of(args) == want.pop("teacher_mask"), name
+        if not want.pop("use_alignment_loss"):
+            want["align_target"] = "none"
+        resolved = presets.resolve(name)
+        assert {k: resolved[k] for k in want if k in resolved} == {k: want[k] for k in want if k in resolved}
+        if want.get("repa_features") == "auto":
+            # auto on the digits (the default --data-dir): DINOv2 on the images
+            want["repa_features"] = None
+        assert {k: getattr(args, k) for k in want} == want, name
+
+
+def test_defaults_are_the_release_recipe():
+    """train.py alone is the release's train.sh (SRA + DTS + AS on SiT-B/2), bf16 instead of its fp16."""
+    from test_aliases import RELEASE_TRAIN
+
+    plain, release = train.parse_args([]), train.parse_args(RELEASE_TRAIN)
+    differ = {k for k in vars(plain) if getattr(plain, k) != getattr(release, k) and not k.startswith("alias__")}
+    assert differ == {"mixed_precision", "epochs", "checkpoint_epochs", "resolution", "output_dir", "exp_name",
+                      "data_dir"}
+    assert train.teacher_mask_of(plain) and plain.align_target == "ema" and plain.mixed_precision == "bf16"
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["--use-alignment-loss"], "ema"),
+    (["--preset", "sit-b2", "--use-alignment-loss"], "ema"),
+    (["--preset", "sit-b2", "--use-alignment-loss", "--align-target", "sra2"], "sra2"),
+    (["--preset", "repa-b2", "--use-alignment-loss"], "repa"),
+    (["--no-use-alignment-loss"], "none"),
+    (["--align-target", "none"], "none"),
+])
+def test_use_alignment_loss_is_an_alias_of_align_target(argv, want):
+    notes = []
+    assert train.parse_args(argv, notes).align_target == want
+    assert any("use-alignment-loss ->" in n for n in notes) == any("use-alignment-loss" in a for a in argv)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--teacher-mask", "--teacher-t", "self_flow"], "--teacher-mask: --teacher-t self_flow"),
+    (["--no-teacher-mask"], "--no-teacher-mask: --teacher-t sra with token groups"),
+    (["--preset", "sra-b2", "--teacher-mask"], "--teacher-mask: it needs token groups"),
+    (["--teacher-mask", "--align-target", "sra2"], "--align-target sra2 has no EMA teacher"),
+    (["--no-use-alignment-loss", "--align-target", "ema"], "disagree"),
+])
+def test_teacher_mask_and_alignment_contradictions_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(argv + ["--print-config"])
+    said = str(e.value.code) if e.value.code != 2 else capsys.readouterr().err
+    assert message in said and len(said.strip().splitlines()) == 1, said
+
+
+def test_teacher_mask_agreeing_is_accepted_with_a_note():
+    notes = []
+    a = train.parse_args(["--teacher-mask"], notes)
+    assert train.teacher_mask_of(a) and any(n.startswith("--teacher-mask: agrees") for n in notes)
+    notes = []
+    a = train.parse_args(["--preset", "self-flow-b2", "--no-teacher-mask"], notes)
+    assert not train.teacher_mask_of(a) and any(n.startswith("--no-teacher-mask: agrees") for n in notes)
+    assert not hasattr(a, "teacher_mask") and not hasattr(a, "use_alignment_loss")
+
+
+def test_old_saved_args_are_read_in_todays_names():
+    """Run folders written before --align-target none saved use_alignment_loss and teacher_mask."""
+    import aliases
+
+    old_sit = dict(use_alignment_loss=False, align_target="ema", teacher_mask=False, mask_ratio=[0.0])
+    assert aliases.saved_train_args(old_sit) == dict(align_target="none", mask_ratio=[0.0])
+    old_ours = dict(use_alignment_loss=True, align_target="ema", teacher_mask=True, mask_ratio=[0.25])
+    assert aliases.saved_train_args(old_ours) == dict(align_target="ema", mask_ratio=[0.25])
+    now = vars(train.parse_args(["--preset", "sit-b2"]))
+    import runlog
+    assert runlog.flag_changes(aliases.saved_train_args(dict(old_sit, mask_ratio=[0.0])), now) == ""
+
+
+def test_resume_from_a_run_saved_with_the_old_flags(tmp_path):
+    """A checkpoint whose args hold use_alignment_loss / teacher_mask resumes, and the log does not report
+    them as changed flags."""
+    path = run(tmp_path, "old", "--max-train-steps", "2", "--checkpoint-steps", "2")
+    ckpt = load(f"{path}/checkpoints/0000002.pt")
+    ckpt["args"] = dict(ckpt["args"], use_alignment_loss=True, teacher_mask=True)
+    torch.save(ckpt, f"{path}/checkpoints/0000002.pt")
+    run(tmp_path, "old", "--max-train-steps", "3", "--checkpoint-steps", "3", "--resume", "auto")
+    log = open(f"{path}/log.txt").read()
+    assert "resumed from" in log and "flags that differ" in log and "align_target" not in log
