@@ -30,7 +30,8 @@ def official_shapes(dim, depth, ffn_hidden=None, swiglu=False, grid=37):
     """Key -> shape of an official dinov2_vit*14_pretrain.pth, written out from the published facts."""
     shapes = {
         "cls_token": (1, 1, dim),
-        "pos_embed": (1, 1 + grid * grid, dim),     # 518 px / 14 = 37
+        # 518 px / 14 = 37 for the official files
+        "pos_embed": (1, 1 + grid * grid, dim),
         "mask_token": (1, dim),
         "patch_embed.proj.weight": (dim, 3, 14, 14),
         "patch_embed.proj.bias": (dim,),
@@ -98,7 +99,8 @@ def test_vitb14_state_dict_is_the_official_key_set(vitb):
     assert len(expected) == 5 + 12 * 14 + 2 == 175
     # the official key set in timm's names (the file's mask_token, (1, 768), has no timm counterpart)
     assert shapes_of(vitb) == timm_state_dict(expected)
-    assert sum(p.numel() for p in vitb.parameters()) + 768 == 86_580_480      # "86M" in the DINOv2 model card
+    # "86M" in the DINOv2 model card
+    assert sum(p.numel() for p in vitb.parameters()) + 768 == 86_580_480
 
 
 @pytest.mark.parametrize("name,dim,depth,params_m", [
