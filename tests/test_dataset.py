@@ -1,6 +1,7 @@
 """dataset.py: the shard and REPA readers, build_dataset, sample_posterior, DigitsDataset, EpochOrder resume.
 
-The shard folders here are written with preprocessing.shards directly (random moments, no VAE), so this file is fast.
+The shard folders here are written with preprocessing.shards directly (random moments, no VAE), so this file
+is fast.
 """
 import json
 import os
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from dataset import (LATENT_SCALE, DigitsDataset, EpochOrder, LatentShardDataset, RepaLatentDataset, build_dataset,
-                     digits_images, digits_split_indices, sample_posterior)
+from dataset import (LATENT_SCALE, DigitsDataset, EpochOrder, LatentShardDataset, RepaLatentDataset,
+                     build_dataset, digits_images, digits_split_indices, sample_posterior)
 from preprocessing.shards import ShardWriter, atomic_write_json, finalize, shard_files
 
 
@@ -23,7 +24,8 @@ def write_shards(out, counts, h=4, dtype="float32", num_classes=5, seed=0):
         m = rng.normal(size=(c, 8, h, h)).astype(np.float32)
         m[:, 4:] = np.exp(m[:, 4:] - 2)
         y = rng.integers(0, num_classes, c)
-        w = ShardWriter(shard_files(out, k)["moments"], c + 2, (8, h, h), dtype)   # capacity > count: trimmed
+        # capacity > count: trimmed
+        w = ShardWriter(shard_files(out, k)["moments"], c + 2, (8, h, h), dtype)
         w.write(m)
         atomic_write_json(shard_files(out, k)["meta"], {"count": c, "labels": y.tolist(),
                                                          "sources": [[f"c/{k}_{i}.png", 0] for i in range(c)],
@@ -63,7 +65,8 @@ def test_latent_shard_dataset(tmp_path):
 
 
 def test_shard_writer_trims_when_the_header_size_changes(tmp_path, monkeypatch):
-    """close() patches the shape in place when the header keeps its length, else copies the prefix: same result."""
+    """close() patches the shape in place when the header keeps its length, else copies the prefix: same
+    result."""
     import preprocessing.shards as shards
     m = np.random.default_rng(0).normal(size=(3, 8, 2, 2)).astype(np.float32)
     real = shards.npy_header
@@ -94,15 +97,19 @@ def test_repa_layout_and_errors(tmp_path):
         np.save(vae / rel, arrays[rel])
         entries.append([rel, i % 3])
     (vae / "dataset.json").write_text(json.dumps({"labels": entries}))
-    for d in (tmp_path / "repa", vae):                                         # the root or vae-sd itself
+    # the root or vae-sd itself
+    for d in (tmp_path / "repa", vae):
         ds = build_dataset(str(d))
-        assert isinstance(ds, RepaLatentDataset) and len(ds) == 4 and ds.resolution == 16 and ds.num_classes == 3
-        assert ds.files == sorted(arrays)                                        # sorted relative paths
+        assert isinstance(ds, RepaLatentDataset) and len(ds) == 4
+        assert ds.resolution == 16 and ds.num_classes == 3
+        # sorted relative paths
+        assert ds.files == sorted(arrays)
         for i, rel in enumerate(ds.files):
             np.testing.assert_array_equal(ds[i][0].numpy(), arrays[rel])
             assert int(ds[i][1]) == dict(entries)[rel]
     assert RepaLatentDataset(str(tmp_path / "repa"), num_classes=1000).num_classes == 1000
-    np.save(vae / "00000" / "extra.npy", np.zeros((8, 2, 2), np.float32))       # a file without a label
+    # a file without a label
+    np.save(vae / "00000" / "extra.npy", np.zeros((8, 2, 2), np.float32))
     with pytest.raises(ValueError, match="without a label"):
         RepaLatentDataset(str(tmp_path / "repa"))
 
@@ -158,7 +165,8 @@ def test_digits_heldout_split_is_stratified_disjoint_and_fixed():
     assert sorted(np.concatenate([train, heldout]).tolist()) == list(range(1797))
     counts = np.bincount(y.numpy(), minlength=10)
     assert np.bincount(y.numpy()[heldout], minlength=10).tolist() == [int(0.25 * c) for c in counts]
-    assert heldout[:10].tolist() == [3, 7, 13, 16, 19, 22, 26, 36, 38, 43]      # pinned: the split never moves
+    # pinned: the split never moves
+    assert heldout[:10].tolist() == [3, 7, 13, 16, 19, 22, 26, 36, 38, 43]
     np.testing.assert_array_equal(digits_split_indices(y, "all"), np.arange(1797))
     for split, idx in (("train", train), ("heldout", heldout)):
         xs, ys = digits_images(16, split)
@@ -185,18 +193,26 @@ def _take(order, n):
 
 
 def test_epoch_order_resume_and_ranks():
-    n, bs, world = 53, 4, 2
+    n = 53
+    bs = 4
+    world = 2
     orders = [EpochOrder(n, bs, seed=3, rank=r, world_size=world) for r in range(world)]
-    assert orders[0].batches_per_epoch == 6                                    # 53 // 8, the rest dropped
+    # 53 // 8, the rest dropped
+    assert orders[0].batches_per_epoch == 6
     epoch0 = torch.cat([o.epoch_batches(0) for o in orders], 1)                # (6, 8)
-    assert epoch0.unique().numel() == 48                                       # ranks disjoint, no repeats
+    # ranks disjoint, no repeats
+    assert epoch0.unique().numel() == 48
     assert not torch.equal(orders[0].epoch_batches(0), orders[0].epoch_batches(1))
-    assert not torch.equal(orders[0].epoch_batches(0), EpochOrder(n, bs, seed=4, world_size=2).epoch_batches(0))
+    other_seed = EpochOrder(n, bs, seed=4, world_size=2)
+    assert not torch.equal(orders[0].epoch_batches(0), other_seed.epoch_batches(0))
 
-    straight = [b for _, b in _take(EpochOrder(n, bs, seed=3, rank=1, world_size=world), 15)]   # 2.5 epochs
+    # 2.5 epochs
+    straight = [b for _, b in _take(EpochOrder(n, bs, seed=3, rank=1, world_size=world), 15)]
     first = EpochOrder(n, bs, seed=3, rank=1, world_size=world)
-    head = [b for _, b in _take(first, 9)]                                     # stop mid-epoch 1
-    state = json.loads(json.dumps(first.state_dict()))                         # survives a JSON/ckpt round trip
+    # stop mid-epoch 1
+    head = [b for _, b in _take(first, 9)]
+    # survives a JSON/ckpt round trip
+    state = json.loads(json.dumps(first.state_dict()))
     assert (state["epoch"], state["position"]) == (1, 3)
     again = EpochOrder(n, bs, seed=3, rank=1, world_size=world)
     again.load_state_dict(state)

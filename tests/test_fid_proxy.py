@@ -1,6 +1,6 @@
-"""train.py --fid-every N --fid-ref REF.npz (evaluations/fid_proxy.py): fid_proxy rows in metrics.jsonl equal to a
-separate computation from the saved EMA, training unchanged by the hook, one-line flag errors. Digits, CPU,
-the small stand-in graph (no TensorFlow needed)."""
+"""train.py --fid-every N --fid-ref REF.npz (evaluations/fid_proxy.py): fid_proxy rows in metrics.jsonl equal
+to a separate computation from the saved EMA, training unchanged by the hook, one-line flag errors. Digits,
+CPU, the small stand-in graph (no TensorFlow needed)."""
 import json
 import os
 
@@ -31,7 +31,8 @@ def fid_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("fid")
     images, _ = digits_images(8)
     ref = str(d / "digits_ref.npz")
-    atomic_savez(ref, arr_0=to_uint8(images[:64]))                       # arr_0 only: stats computed from it
+    # arr_0 only: stats computed from it
+    atomic_savez(ref, arr_0=to_uint8(images[:64]))
     return {"graph": build_standin_graph(str(d / "small.pb")), "ref": ref, "dir": d}
 
 

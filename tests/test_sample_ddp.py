@@ -56,18 +56,21 @@ def test_npz_format_pngs_and_record(reference):
     path, arr, labels = reference
     folder = os.path.dirname(path)
     assert arr.shape == (N, 8, 8, 3) and arr.dtype == np.uint8
-    assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all()     # grey -> 3 channels
+    # grey -> 3 channels
+    assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all()
     assert labels.shape == (N,) and labels.dtype == np.int64
     assert labels.tolist() == sample_ddp.image_labels(range(N), 10, 3).tolist()
     assert len(set(labels.tolist())) > 1
     pngs = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
     assert pngs == [f"{i:06d}.png" for i in range(N)]
     assert np.array_equal(np.asarray(Image.open(os.path.join(folder, "000007.png"))), arr[7])
-    assert arr.std() > 5                                                  # not a constant image
+    # not a constant image
+    assert arr.std() > 5
     rec = json.load(open(os.path.join(folder, "sampling.json")))
     assert rec["status"] == "done" and rec["settings"]["steps"] == 123 and rec["settings"]["cfg_scale"] == 2.0
     name = os.path.basename(folder)
-    for part in ("SiT-T-2", "0000123", "ema", "sde4", "cfg2", "g0.3-0.9", "chall", "seed3", "uniform", "fp32"):
+    parts = ("SiT-T-2", "0000123", "ema", "sde4", "cfg2", "g0.3-0.9", "chall", "seed3", "uniform", "fp32")
+    for part in parts:
         assert part in name, (part, name)
     assert not [f for f in os.listdir(folder) if "tmp" in f]
 
@@ -97,10 +100,11 @@ def free_port():
 def test_same_images_on_two_processes(ckpt, reference, tmp_path):
     """torchrun with 2 CPU processes (gloo): image i comes from rank i % 2, same pixels as world size 1."""
     _, arr, labels = reference
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "sample_ddp.py", "--ckpt", ckpt, "--num-fid-samples", str(N),
-           "--per-proc-batch-size", "2", "--num-steps", "4", "--sample-dir", str(tmp_path), "--global-seed", "3",
-           "--no-progress", "--cfg-scale", "2", "--guidance-low", "0.3", "--guidance-high", "0.9"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+           "127.0.0.1", "--master_port", str(free_port()), "sample_ddp.py", "--ckpt", ckpt,
+           "--num-fid-samples", str(N), "--per-proc-batch-size", "2", "--num-steps", "4", "--sample-dir",
+           str(tmp_path), "--global-seed", "3", "--no-progress", "--cfg-scale", "2", "--guidance-low", "0.3",
+           "--guidance-high", "0.9"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -117,7 +121,8 @@ class Killed(Exception):
 @pytest.mark.parametrize("npz_only", [False, True])
 def test_killed_run_resumes_without_gaps_or_duplicates(ckpt, reference, tmp_path, monkeypatch, npz_only):
     _, arr, _ = reference
-    extra = ["--cfg-scale", "2", "--guidance-low", "0.3", "--guidance-high", "0.9"] + (["--npz-only"] if npz_only else [])
+    extra = ["--cfg-scale", "2", "--guidance-low", "0.3", "--guidance-high", "0.9"]
+    extra += ["--npz-only"] if npz_only else []
     real, made = sample_ddp.sample_images, []
 
     def dies_on_third_batch(model, seeds, *a, **k):
@@ -130,28 +135,35 @@ def test_killed_run_resumes_without_gaps_or_duplicates(ckpt, reference, tmp_path
     with pytest.raises(Killed):
         run(ckpt, tmp_path, *extra)
     (folder,) = [d for d in tmp_path.iterdir() if d.is_dir()]
-    assert not list(folder.glob("*.npz"))                              # no npz from an unfinished run
-    (folder / ".000009.png.tmp").write_bytes(b"half a file")            # debris of a kill mid-write is ignored
+    # no npz from an unfinished run
+    assert not list(folder.glob("*.npz"))
+    # debris of a kill mid-write is ignored
+    (folder / ".000009.png.tmp").write_bytes(b"half a file")
     first = sorted(s - 3 for b in made for s in b)
     assert first == list(range(8))
 
     made.clear()
-    monkeypatch.setattr(sample_ddp, "sample_images", lambda *a, **k: (made.append(list(a[1])), real(*a, **k))[1])
+    monkeypatch.setattr(sample_ddp, "sample_images",
+                        lambda *a, **k: (made.append(list(a[1])), real(*a, **k))[1])
     path = run(ckpt, tmp_path, *extra)
-    assert sorted(s - 3 for b in made for s in b) == [8, 9]             # only the missing indices
+    # only the missing indices
+    assert sorted(s - 3 for b in made for s in b) == [8, 9]
     with np.load(path) as z:
         assert np.array_equal(z["arr_0"], arr)
     made.clear()
-    run(ckpt, tmp_path, *extra)                                         # complete: nothing is generated again
+    # complete: nothing is generated again
+    run(ckpt, tmp_path, *extra)
     assert made == []
 
 
 def test_to_uint8_rounds_half_up_and_grid(tmp_path):
     x = torch.tensor([-1.0, -0.9961, 0.0, 1 / 255, 0.99, 1.0, 1.5]).view(1, 1, 1, 7)
-    u = sampling.to_uint8(x, "dit")                                    # floor(127.5 x + 128)
+    # floor(127.5 x + 128)
+    u = sampling.to_uint8(x, "dit")
     assert u.shape == (1, 1, 7, 3) and u.dtype == np.uint8
     assert u[0, 0, :, 0].tolist() == [0, 0, 128, 128, 254, 255, 255]
-    r = sampling.to_uint8(x)                                            # default: floor(127.5 x + 127.5)
+    # default: floor(127.5 x + 127.5)
+    r = sampling.to_uint8(x)
     assert r[0, 0, :, 0].tolist() == [0, 0, 127, 128, 253, 255, 255]
     with pytest.raises(ValueError, match="quantize"):
         sampling.to_uint8(x, "round")
@@ -163,7 +175,8 @@ def test_to_uint8_rounds_half_up_and_grid(tmp_path):
 
 
 def test_quantize_rules_and_record(ckpt, reference, tmp_path):
-    """--quantize dit is the release rule plus half a level: each pixel equal or one brighter, in its own folder."""
+    """--quantize dit is the release rule plus half a level: each pixel equal or one brighter, in its own
+    folder."""
     _, arr, _ = reference
     cfg = ["--cfg-scale", "2", "--guidance-low", "0.3", "--guidance-high", "0.9"]
     p = run(ckpt, tmp_path, *cfg, "--quantize", "dit")
@@ -173,8 +186,8 @@ def test_quantize_rules_and_record(ckpt, reference, tmp_path):
     assert set(np.unique(diff).tolist()) <= {0, 1} and 0.3 < diff.mean() < 0.7
     rec = json.load(open(os.path.join(os.path.dirname(p), "sampling.json")))
     assert rec["settings"]["quantize"] == "dit" and "qdit" in p
-    assert json.load(open(os.path.join(os.path.dirname(reference[0]), "sampling.json")))["settings"]["quantize"] \
-        == "release"
+    ref_record = json.load(open(os.path.join(os.path.dirname(reference[0]), "sampling.json")))
+    assert ref_record["settings"]["quantize"] == "release"
 
 
 def test_path_type_from_the_checkpoint(ckpt, tmp_path):
@@ -186,17 +199,21 @@ def test_path_type_from_the_checkpoint(ckpt, tmp_path):
     torch.save(dict(state, args={"model": "SiT-T/2", "path_type": "cosine"}), cos)
     p = run(cos, tmp_path / "s", "--num-fid-samples", "2")
     assert "-cosine-" in p
-    assert json.load(open(os.path.join(os.path.dirname(p), "sampling.json")))["settings"]["path_type"] == "cosine"
+    record = json.load(open(os.path.join(os.path.dirname(p), "sampling.json")))
+    assert record["settings"]["path_type"] == "cosine"
     from models import load_checkpoint
     model, _ = load_checkpoint(cos)
     labels = sample_ddp.image_labels(range(2), 10, 3)
-    want = {path: sampling.sample_images(model, [3, 4], labels, "cpu", mode="sde", num_steps=4, path_type=path)
+    want = {path: sampling.sample_images(model, [3, 4], labels, "cpu", mode="sde", num_steps=4,
+                                         path_type=path)
             for path in samplers.PATH_TYPES}
     with np.load(p) as z:
         assert np.array_equal(z["arr_0"], want["cosine"]) and not np.array_equal(z["arr_0"], want["linear"])
-    with pytest.raises(ValueError, match="--path-type linear but .*cosine.pt was trained with --path-type cosine"):
+    message = "--path-type linear but .*cosine.pt was trained with --path-type cosine"
+    with pytest.raises(ValueError, match=message):
         run(cos, tmp_path / "t", "--path-type", "linear")
-    assert "-linear-" in run(ckpt, tmp_path / "u", "--num-fid-samples", "1")   # the file says nothing: linear
+    # the file says nothing: linear
+    assert "-linear-" in run(ckpt, tmp_path / "u", "--num-fid-samples", "1")
 
 
 def test_grid_mode(ckpt, tmp_path):
@@ -211,7 +228,8 @@ def test_grid_mode(ckpt, tmp_path):
 
 def test_foreign_files_and_errors(ckpt, tmp_path):
     raw = str(tmp_path / "public.pt")
-    torch.save(torch.load(ckpt, weights_only=True)["ema"], raw)           # a bare state dict, as the releases
+    # a bare state dict, as the releases
+    torch.save(torch.load(ckpt, weights_only=True)["ema"], raw)
     with pytest.raises(ValueError, match="time.convention"):
         run(raw, tmp_path)
     ours = run(ckpt, tmp_path / "a", "--mode", "ode", "--num-steps", "2")
@@ -225,22 +243,26 @@ def test_foreign_files_and_errors(ckpt, tmp_path):
         run(ckpt, tmp_path, "--cfg-channels", "3")
     with pytest.raises(SystemExit):
         sample_ddp.parse_args(["--ckpt", ckpt, "--mode", "sde", "--heun"])
-    with pytest.raises(SystemExit) as e:                                 # the help text formats
+    # the help text formats
+    with pytest.raises(SystemExit) as e:
         sample_ddp.parse_args(["--help"])
     assert e.value.code == 0
 
 
 def test_latent_model_through_a_local_vae(tmp_path):
-    """A 4-channel latent model decoded by a tiny AutoencoderKL saved locally (random weights, SD-VAE layout)."""
+    """A 4-channel latent model decoded by a tiny AutoencoderKL saved locally (random weights, SD-VAE
+    layout)."""
     from diffusers.models import AutoencoderKL
 
     torch.manual_seed(0)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        layers_per_block=1, norm_num_groups=4, sample_size=8)
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4,
+                        sample_size=8)
     vae.save_pretrained(str(tmp_path / "vae"))
     path = str(tmp_path / "latent.pt")
-    torch.save({"ema": tiny_state_dict(in_channels=4, input_size=4), "steps": 5, "time_convention": "ours"}, path)
+    torch.save({"ema": tiny_state_dict(in_channels=4, input_size=4), "steps": 5, "time_convention": "ours"},
+               path)
     out = sample_ddp.main(["--ckpt", path, "--num-fid-samples", "3", "--num-steps", "2", "--vae",
                            str(tmp_path / "vae"), "--sample-dir", str(tmp_path / "s"), "--no-progress"])
     with np.load(out) as z:

@@ -414,12 +414,16 @@ def test_collect_results_tables_and_figures(tmp_path):
     res = tmp_path / "results"
     for k, setting in enumerate(ABLATIONS):
         for step in (100_000, 400_000, 800_000):
+            # a missing cell
             if setting == "dual-full-r0.25" and step == 400_000:
-                continue                                             # a missing cell
-            write_record(res, f"b2-{setting}", step, fid=60 - step / 20_000 + k, inception_score=20 + step / 20_000)
-    write_record(res, "b2-dual-as-r0.25", 800_000, fid=99.0, inception_score=1.0, n=1000)   # fewer samples: loses
+                continue
+            write_record(res, f"b2-{setting}", step, fid=60 - step / 20_000 + k,
+                         inception_score=20 + step / 20_000)
+    # fewer samples: loses
+    write_record(res, "b2-dual-as-r0.25", 800_000, fid=99.0, inception_score=1.0, n=1000)
     write_record(res, "ours-xl2", 4_000_000, fid=1.5, inception_score=300.0, n=50_000, cfg=1.8, high=0.7)
-    write_record(res, "ours-xl2", 4_000_000, fid=9.9, inception_score=9.0, n=10_000)       # no CFG: not Table 4
+    # no CFG: not Table 4
+    write_record(res, "ours-xl2", 4_000_000, fid=9.9, inception_score=9.0, n=10_000)
     write_record(res, "ours-xl2-512", 1_000_000, fid=2.2, inception_score=280.0, n=50_000, cfg=1.8, high=0.7)
     write_record(res, "b2-dual-as-r0.25", 100_000, fid=3.0, inception_score=1.0, n=20, kind="digits")
     (res / "notes.json").write_text('{"unrelated": 1}')
@@ -445,17 +449,20 @@ def test_collect_results_tables_and_figures(tmp_path):
     assert row(t4, "ours (SRA + DTS + AS)")[2:9] == ["4M", "50,000", "1.50", "3.00", "300.0", "0.70", "0.60"]
     assert row(t4, "SiT")[2:] == ["–"] * 12
     assert row("### Table 5: SiT-XL/2, ImageNet 512, 1M steps", "ours (SRA + DTS + AS)")[4] == "2.20"
-    assert row(t1, "dual t, full attn, ratio 0.25")[1:4] == ["55.00", "–", "20.00"]   # the missing 400K cell
-    assert row("### Table 1: SiT-B/2, dual timesteps, mask ratio 0.25: digits FD", "dual t, AS, ratio 0.25")[1] == \
-        "3.00"
-    assert sorted(os.path.basename(f) for f in figures) == ["figure4.png", "figure4_digits.png", "figure5.png"]
+    # the missing 400K cell
+    assert row(t1, "dual t, full attn, ratio 0.25")[1:4] == ["55.00", "–", "20.00"]
+    t1_digits = "### Table 1: SiT-B/2, dual timesteps, mask ratio 0.25: digits FD"
+    assert row(t1_digits, "dual t, AS, ratio 0.25")[1] == "3.00"
+    names = sorted(os.path.basename(f) for f in figures)
+    assert names == ["figure4.png", "figure4_digits.png", "figure5.png"]
     assert all(os.path.getsize(f) > 1000 for f in figures)
 
 
 def test_collect_results_without_records(tmp_path):
-    res = subprocess.run([sys.executable, os.path.join(SCRIPTS, "collect_results.py"), str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    script = os.path.join(SCRIPTS, "collect_results.py")
+    res = subprocess.run([sys.executable, script, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
     assert res.returncode != 0 and "no evaluation records" in res.stderr
-    res = subprocess.run([sys.executable, os.path.join(SCRIPTS, "collect_results.py"), str(tmp_path / "nope")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    res = subprocess.run([sys.executable, script, str(tmp_path / "nope")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
     assert res.returncode != 0 and "not found" in res.stderr
