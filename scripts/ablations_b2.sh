@@ -6,7 +6,7 @@ usage: scripts/ablations_b2.sh [--dry-run] [--tiny] [SETTING ...]
 
 Settings (default: all). Every run is the preset ours-b2 (SRA + DTS + AS, student block 3, teacher block 8,
 lambda 0.5, teacher-t sra with the teacher on the student's groups) with one factor changed; its run name is
-b2-SETTING, which scripts/collect_results.py parses back:
+b2-SETTING (scripts/collect_results.py reads the setting from the run's args.json):
   dual-full-r0.25  dual-as-r0.25          Table 1: dual timesteps, full attention vs AS, mask ratio 0.25
   single-full-r0.25  single-as-r0.25      Table 2: one timestep for all tokens (AS as augmentation)
   dual-full-r0.35  dual-as-r0.35          Table 3: mask ratio 0.35

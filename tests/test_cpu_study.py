@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from test_scripts import load_collect_results, parse_all, run_script
+from test_scripts import ablation_of_name, parse_all, run_script
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +61,7 @@ def test_dry_run_is_the_whole_study(monkeypatch):
             assert ns.align_target != "none" and ns.dual_time_scheduling and not ns.attention_separation
             assert ns.teacher_t == "self_flow" and ns.mask_ratio == [0.25]
         else:
-            timesteps, attention, ratio, rho = load_collect_results().parse_ablation(f"b2-{setting}")
+            timesteps, attention, ratio, rho = ablation_of_name(f"b2-{setting}")
             assert ns.align_target != "none" and ns.teacher_t == "sra" and train.teacher_mask_of(ns)
             assert ns.dual_time_scheduling == (timesteps == "dual")
             assert ns.attention_separation == (attention == "as")
