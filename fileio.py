@@ -100,8 +100,9 @@ def npy_header(dtype, shape) -> bytes:
 
 
 def stream_npz(path: str, shape, chunks, dtype=np.uint8, extra: dict | None = None):
-    """Write an uncompressed .npz (the ADM evaluator's format) whose `arr_0` of `shape` is the concatenation of
-    `chunks` (arrays along axis 0), without holding it in memory; `extra` arrays are stored beside it. Atomic."""
+    """Write an uncompressed .npz (the ADM evaluator's format) whose `arr_0` of `shape` is the concatenation
+    of `chunks` (arrays along axis 0), without holding it in memory; `extra` arrays are stored beside it.
+    Atomic."""
     written = 0
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:

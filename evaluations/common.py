@@ -1,4 +1,5 @@
-"""Small shared helpers for evaluations/: cache folder, streamed npz arrays, version record (atomic writes: fileio).
+"""Small shared helpers for evaluations/: cache folder, streamed npz arrays, version record (atomic writes:
+fileio).
 
 Nothing here imports TensorFlow or torch, so the metric math and its tests stay light.
 """
@@ -31,8 +32,8 @@ def npz_keys(path: str) -> list:
 class NpzArrayReader:
     """Streams one array of an npz file in batches along axis 0, without loading it whole.
 
-    Works for np.savez and np.savez_compressed files (the zip member is decompressed on the fly), which is what
-    makes a 50K x 256 x 256 x 3 sample batch (about 9.8 GB) readable on a small machine.
+    Works for np.savez and np.savez_compressed files (the zip member is decompressed on the fly), which is
+    what makes a 50K x 256 x 256 x 3 sample batch (about 9.8 GB) readable on a small machine.
     Attributes: shape, dtype. Use as a context manager.
     """
 

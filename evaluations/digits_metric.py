@@ -1,5 +1,5 @@
-"""The embedded metric for the embedded digits dataset (no download): a small conv-net classifier trained once,
-deterministically, on scikit-learn's bundled digits (dataset.digits_images), cached on disk.
+"""The embedded metric for the embedded digits dataset (no download): a small conv-net classifier trained
+once, deterministically, on scikit-learn's bundled digits (dataset.digits_images), cached on disk.
 
     digits_metric(images, labels, resolution=None, reference="all") -> {"fd": ..., "accuracy": ..., ...}
     python -m evaluations.digits_metric SAMPLES.npz [--out JSON]     # arr_0 uint8 (N, R, R[, C]) and labels
@@ -7,9 +7,11 @@ deterministically, on scikit-learn's bundled digits (dataset.digits_images), cac
     python -m evaluations.digits_metric --real --resolution 16 [--reference heldout]   # the real digits' own
 
 - fd: Frechet distance (evaluations.metrics.frechet_distance, the FID formula) between Gaussians fitted to the
-  classifier's penultimate 128-d features of the samples and of all 1797 real digits. Like FID it is biased upwards
-  for small N; compare runs at the same N (--real prints the floor of a random half of the real digits).
-- accuracy: fraction of samples the classifier assigns to their conditioning label (class-conditional samples).
+  classifier's penultimate 128-d features of the samples and of all 1797 real digits. Like FID it is biased
+  upwards for small N; compare runs at the same N (--real prints the floor of a random half of the real
+  digits).
+- accuracy: fraction of samples the classifier assigns to their conditioning label (class-conditional
+  samples).
 --reference heldout (runs trained on 'digits:R:train', dataset.digits_split_indices): the classifier trains
 on the train split only and fd compares with the 445 held-out digits, which neither the model nor the
 classifier saw. It adds
@@ -86,7 +88,8 @@ def train_classifier(resolution: int, recipe: dict = RECIPE, log=print, split: s
     """Trains DigitsNet on the digits of `split` at `resolution` with the fixed recipe; returns (net, train
     accuracy).
     Deterministic for a given torch build; leaves the caller's global RNG state and thread count untouched
-    (trains on recipe["threads"] threads: the net is tiny, and spare threads only spin on a shared machine)."""
+    (trains on recipe["threads"] threads: the net is tiny, and spare threads only spin on a shared
+    machine)."""
     from dataset import digits_images
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe["threads"])

@@ -4,23 +4,26 @@
 
 Follows openai/guided-diffusion evaluations/evaluator.py (the numbers in SiT / REPA / SRA tables):
 - images: `arr_0`, uint8 N x H x W x 3, streamed in batches in file order through the Inception graph
-  (evaluations/inception.py); any resolution (the graph resizes to 299 itself). `--backend torch` (default) runs
-  the graph file in PyTorch (evaluations/torch_graph.py, fp32 without TF32, `--device`), `--backend tf` in
-  TensorFlow; the metric math below is the same NumPy code for both, so they differ only in the features;
-- FID on pool_3 (2048-d), sFID on mixed_6/conv[..., :7] (2023-d); the reference's `mu, sigma, mu_s, sigma_s` are
-  used when the reference npz has them (ADM's VIRTUAL_imagenet256_labeled.npz does), computed from its arr_0 otherwise;
+  (evaluations/inception.py); any resolution (the graph resizes to 299 itself). `--backend torch` (default)
+  runs the graph file in PyTorch (evaluations/torch_graph.py, fp32 without TF32, `--device`), `--backend tf`
+  in TensorFlow; the metric math below is the same NumPy code for both, so they differ only in the features;
+- FID on pool_3 (2048-d), sFID on mixed_6/conv[..., :7] (2023-d); the reference's `mu, sigma, mu_s, sigma_s`
+  are used when the reference npz has them (ADM's VIRTUAL_imagenet256_labeled.npz does), computed from its
+  arr_0 otherwise;
 - IS over consecutive splits of 5000 samples (10 splits at 50K, 2 at 10K);
 - precision / recall with k = 3 on pool_3 features of the reference's arr_0 and of all samples.
-Differences from the ADM code, none of which changes the protocol: the Frechet distance comes from eigenvalues in
-float64 instead of scipy.linalg.sqrtm, IS is computed in float64, and the fp16 distances of precision/recall are
-emulated on the CPU (fp32 accumulation, fp16 rounding; `--pr-dtype float32` to skip the rounding).
+Differences from the ADM code, none of which changes the protocol: the Frechet distance comes from eigenvalues
+in float64 instead of scipy.linalg.sqrtm, IS is computed in float64, and the fp16 distances of
+precision/recall are emulated on the CPU (fp32 accumulation, fp16 rounding; `--pr-dtype float32` to skip the
+rounding).
 
-With fewer than 50,000 samples every number is labelled with the count, e.g. FID-10K, as the paper's ablations.
-Prints the five numbers and writes a JSON record (default: SAMPLE_eval.json next to the samples), which keeps the
-backend, the device and the graph file's sha256. No published sha256 of classify_image_graph_def.pb is known to
-this code (neither the ADM release nor the TF model archive lists one), so the digest is recorded, not checked.
-The reference batch's features (pool_3 for precision/recall, the statistics of both feature sets) are cached in
-$SIT_SRA_CACHE/ref_features/, keyed by the REF file's and the graph's sha256 and the backend (`--no-ref-cache`).
+With fewer than 50,000 samples every number is labelled with the count, e.g. FID-10K, as the paper's
+ablations. Prints the five numbers and writes a JSON record (default: SAMPLE_eval.json next to the samples),
+which keeps the backend, the device and the graph file's sha256. No published sha256 of
+classify_image_graph_def.pb is known to this code (neither the ADM release nor the TF model archive lists
+one), so the digest is recorded, not checked. The reference batch's features (pool_3 for precision/recall, the
+statistics of both feature sets) are cached in $SIT_SRA_CACHE/ref_features/, keyed by the REF file's and the
+graph's sha256 and the backend (`--no-ref-cache`).
 """
 import argparse
 import hashlib
@@ -86,8 +89,9 @@ def load_reference_stats(path: str):
 
 def reference_features(net, ref_path: str, graph_sha256: str, batch_size: int, progress: bool,
                        use_cache: bool = True, log=print):
-    """pool_3 features of REF's arr_0 and the (mu, sigma), (mu_s, sigma_s) computed from them, cached on disk by
-    (REF sha256, graph sha256, backend, device type). Returns (pool, pool_stats, spatial_stats, cache record)."""
+    """pool_3 features of REF's arr_0 and the (mu, sigma), (mu_s, sigma_s) computed from them, cached on disk
+    by (REF sha256, graph sha256, backend, device type). Returns (pool, pool_stats, spatial_stats, cache
+    record)."""
     from evaluations.inception import read_activations
     from fileio import atomic_savez
     key = hashlib.sha256(f"{_sha256(ref_path)} {graph_sha256} {net.backend} "
@@ -131,7 +135,8 @@ def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size:
     t_start = time.time()
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
-    graph = resolve_graph_path(inception)                    # fail fast, before TensorFlow or any image is read
+    # fail fast, before TensorFlow or any image is read
+    graph = resolve_graph_path(inception)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     ref_keys = check_batch_file(ref_path, "REF")

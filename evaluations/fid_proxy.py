@@ -1,11 +1,12 @@
 """In-training FID proxy (train.py --fid-every N --fid-ref REF.npz): the Frechet distance between the pool_3
 features of --fid-samples EMA samples and REF.npz's statistics, with the evaluator's PyTorch backend.
 
-Logged as `fid_proxy` (with `fid_proxy_n`), never as ADM FID: the sample count and the sampler (train.py's preview
-sampler: SDE, --preview-num-steps, --preview-cfg-scale) are the run's choice, not the ADM protocol's 50K samples.
-The samples come from fixed per-image seeds and class-balanced labels, the same at every step, so the curve compares
-checkpoints and nothing else. The reference statistics are REF's stored mu / sigma when it has them, else computed
-once from its arr_0 (cached as evaluations/evaluator.py caches them). Runs on the main process.
+Logged as `fid_proxy` (with `fid_proxy_n`), never as ADM FID: the sample count and the sampler (train.py's
+preview sampler: SDE, --preview-num-steps, --preview-cfg-scale) are the run's choice, not the ADM protocol's
+50K samples. The samples come from fixed per-image seeds and class-balanced labels, the same at every step, so
+the curve compares checkpoints and nothing else. The reference statistics are REF's stored mu / sigma when it
+has them, else computed once from its arr_0 (cached as evaluations/evaluator.py caches them). Runs on the main
+process.
 """
 import os
 

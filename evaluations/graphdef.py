@@ -3,15 +3,15 @@
 Only the messages a frozen inference graph uses are decoded (tensorflow/core/framework/*.proto field numbers):
 GraphDef {node 1, versions 4}, NodeDef {name 1, op 2, input 3, attr 5}, AttrValue {list 1, s 2, i 3, f 4, b 5,
 type 6, shape 7, tensor 8}, TensorProto {dtype 1, tensor_shape 2, tensor_content 4, float_val 5, double_val 6,
-int_val 7, string_val 8, int64_val 10, bool_val 11, half_val 13}, TensorShapeProto {dim 2 {size 1}, unknown_rank 3},
-VersionDef {producer 1}. Other fields are skipped, as protobuf readers do.
+int_val 7, string_val 8, int64_val 10, bool_val 11, half_val 13}, TensorShapeProto {dim 2 {size 1},
+unknown_rank 3}, VersionDef {producer 1}. Other fields are skipped, as protobuf readers do.
 
     read_graph_def(path) -> GraphDef(nodes=[Node(name, op, inputs, attrs)], producer)
     encode_graph_def(nodes, producer) -> bytes      # for stand-in graphs; TensorFlow parses the result
 
-Attribute values come back as Python values: bytes (s), int (i, type), float (f), bool (b), a shape tuple (None for
-an unknown rank, -1 for an unknown dimension), a numpy array (tensor; None for string tensors, which no op here
-reads), or a list of those (list). Nothing here executes anything.
+Attribute values come back as Python values: bytes (s), int (i, type), float (f), bool (b), a shape tuple
+(None for an unknown rank, -1 for an unknown dimension), a numpy array (tensor; None for string tensors, which
+no op here reads), or a list of those (list). Nothing here executes anything.
 """
 import struct
 from dataclasses import dataclass, field

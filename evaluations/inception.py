@@ -2,11 +2,12 @@
 (evaluations/torch_graph.py executes the graph file itself, no TensorFlow) or in TensorFlow 2 (tf.compat.v1).
 
 Protocol (openai/guided-diffusion evaluations/evaluator.py), the same for both backends:
-- the TF "inception-2015-12-05" GraphDef, its `ExpandDims:0` tensor replaced by float32 NHWC images holding 0..255
-  pixels (the graph's own bilinear resize to 299 and (x - 128) / 128 run inside);
+- the TF "inception-2015-12-05" GraphDef, its `ExpandDims:0` tensor replaced by float32 NHWC images holding
+  0..255 pixels (the graph's own bilinear resize to 299 and (x - 128) / 128 run inside);
 - `pool_3:0` (N, 1, 1, 2048) flattened -> FID and precision/recall features;
 - `mixed_6/conv:0` (N, 17, 17, 192), first 7 channels, flattened in HWC order -> 2023-d sFID features;
-- `softmax/logits/MatMul`: its second input is the (2048, 1008) weight; IS logits = pool_3 @ W without the bias.
+- `softmax/logits/MatMul`: its second input is the (2048, 1008) weight; IS logits = pool_3 @ W without the
+  bias.
 
 The graph file is never downloaded. TensorFlow is imported only when a TF network is built.
 """
@@ -53,8 +54,8 @@ def resolve_graph_path(path: str = None) -> str:
 def _import_tensorflow():
     import importlib.util
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")     # keep TF's C++ start-up chatter out of the output
-    # triton's extension segfaults when it loads after TensorFlow (measured with TF 2.21), and torch imports it
-    # lazily during training: in a process that uses both, load it first
+    # triton's extension segfaults when it loads after TensorFlow (measured with TF 2.21), and torch imports
+    # it lazily during training: in a process that uses both, load it first
     if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("tensorflow") is not None:
         import triton.runtime  # noqa: F401
     try:
@@ -153,7 +154,8 @@ class TFInceptionNet(_Network):
             self.spatial = spatial[..., :SPATIAL_CHANNELS]                    # (N, 17, 17, 7)
             weight = matmul.inputs[1]                                         # (2048, 1008)
         config = tf1.ConfigProto(allow_soft_placement=True)
-        config.gpu_options.allow_growth = True          # on a GPU, leave memory to the sampler / other processes
+        # on a GPU, leave memory to the sampler / other processes
+        config.gpu_options.allow_growth = True
         self.session = tf1.Session(graph=self.graph, config=config)
         self.softmax_weight = np.asarray(self.session.run(weight), dtype=np.float32)
         self._check_softmax_weight()

@@ -10,9 +10,10 @@
     ... [--backend torch|tf] [--device cuda]       # the Inception backend, as evaluations/evaluator.py
 
 Images from a folder (searched recursively; class = first sub-folder, sorted) get ADM's centre crop
-(adm_center_crop). Images from an npz (`arr_0`, uint8 NHWC) are used as they are when already R x R, centre-cropped
-otherwise. Statistics are accumulated in a stream (float64), so the whole ImageNet training set fits in memory.
-`--no-stats` writes arr_0 (and labels) only; the evaluator then computes the statistics from arr_0.
+(adm_center_crop). Images from an npz (`arr_0`, uint8 NHWC) are used as they are when already R x R,
+centre-cropped otherwise. Statistics are accumulated in a stream (float64), so the whole ImageNet training set
+fits in memory. `--no-stats` writes arr_0 (and labels) only; the evaluator then computes the statistics from
+arr_0.
 """
 import argparse
 import os
@@ -132,7 +133,8 @@ def make_reference(out: str, images: str = None, npz: str = None, resolution: in
     used = np.arange(len(source))
     if max_images is not None and max_images < len(used):
         used = np.sort(rng.choice(used, size=max_images, replace=False))
-    ref_pos = np.sort(rng.choice(len(used), size=min(num_ref, len(used)), replace=False))   # positions in `used`
+    # positions in `used`
+    ref_pos = np.sort(rng.choice(len(used), size=min(num_ref, len(used)), replace=False))
     is_ref = np.zeros(len(used), dtype=bool)
     is_ref[ref_pos] = True
 

@@ -4,8 +4,9 @@ Protocol: openai/guided-diffusion evaluations/evaluator.py (the "ADM evaluator")
 - FID / sFID: Frechet distance between Gaussians fitted to Inception features (mean, np.cov with ddof=1).
   Computed here from eigenvalues in float64 instead of scipy.linalg.sqrtm (see frechet_distance).
 - IS: exp(mean_i KL(p_i || mean p)) per consecutive split of 5000 samples in file order, mean over splits.
-- Precision / recall: k = 3 nearest-neighbour balls in squared L2 (ADM's ManifoldEstimator with nhood_sizes=(3,)):
-  precision = fraction of samples inside any reference ball, recall = fraction of references inside any sample ball.
+- Precision / recall: k = 3 nearest-neighbour balls in squared L2 (ADM's ManifoldEstimator with
+  nhood_sizes=(3,)): precision = fraction of samples inside any reference ball, recall = fraction of
+  references inside any sample ball.
 """
 import numpy as np
 from scipy.special import xlogy
@@ -42,8 +43,8 @@ def feature_stats(features: np.ndarray, chunk: int = 8192):
 class RunningStats:
     """Streaming (mu, sigma) for feature sets too large to hold (e.g. a reference over all of ImageNet).
 
-    Accumulates sums of (x - shift) and (x - shift)(x - shift)^T in float64, with the shift set to the mean of the
-    first batch, which keeps the cancellation in sigma = E[xx^T] - mu mu^T small. Matches np.cov (ddof=1).
+    Accumulates sums of (x - shift) and (x - shift)(x - shift)^T in float64, with the shift set to the mean of
+    the first batch, which keeps the cancellation in sigma = E[xx^T] - mu mu^T small. Matches np.cov (ddof=1).
     """
 
     def __init__(self):
@@ -71,9 +72,9 @@ class RunningStats:
 
 
 def _clip_tiny(w: np.ndarray) -> np.ndarray:
-    """Eigenvalues of a symmetric PSD matrix with round-off noise removed: values below the numerical-rank tolerance
-    d * eps * max|w| (as np.linalg.matrix_rank uses), negative ones included, are set to 0. Without this, each
-    zero eigenvalue of a rank-deficient covariance would add sqrt(noise) ~ 1e-8 to tr sqrt(.)."""
+    """Eigenvalues of a symmetric PSD matrix with round-off noise removed: values below the numerical-rank
+    tolerance d * eps * max|w| (as np.linalg.matrix_rank uses), negative ones included, are set to 0. Without
+    this, each zero eigenvalue of a rank-deficient covariance would add sqrt(noise) ~ 1e-8 to tr sqrt(.)."""
     tol = w.shape[0] * np.finfo(np.float64).eps * np.abs(w).max()
     return np.where(w > tol, w, 0.0)
 
@@ -91,8 +92,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
     tr sqrt(sigma1 sigma2) = sum_i sqrt(lambda_i) with lambda_i the eigenvalues of the symmetric PSD matrix
     sqrt(sigma1) sigma2 sqrt(sigma1), which is similar to sigma1 sigma2. ADM uses scipy.linalg.sqrtm on the
-    non-symmetric product instead; that is the same number in exact arithmetic, but sqrtm has returned wrong values in
-    some SciPy releases and is ill-conditioned when the covariances are singular (fewer samples than dimensions).
+    non-symmetric product instead; that is the same number in exact arithmetic, but sqrtm has returned wrong
+    values in some SciPy releases and is ill-conditioned when the covariances are singular (fewer samples than
+    dimensions).
     """
     mu1, mu2 = np.asarray(mu1, np.float64).ravel(), np.asarray(mu2, np.float64).ravel()
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -157,8 +159,8 @@ class _Distances:
     """Squared L2 distances between feature blocks, |u|^2 - 2 u.v + |v|^2 clipped at 0 (ADM's formula).
 
     dtype "float16" emulates ADM's arithmetic (features cast to fp16, each result rounded to fp16, products
-    accumulated in fp32 as a GPU fp16 GEMM does; a block with any non-finite value is recomputed in fp32, as ADM
-    does). dtype "float32" computes everything in fp32.
+    accumulated in fp32 as a GPU fp16 GEMM does; a block with any non-finite value is recomputed in fp32, as
+    ADM does). dtype "float32" computes everything in fp32.
     """
 
     def __init__(self, dtype: str = "float16"):
@@ -197,8 +199,8 @@ def _block_rows(n_cols: int, budget: int) -> int:
 
 def knn_radii(features: np.ndarray, k: int = NHOOD_SIZE, dtype: str = "float16",
               block_entries: int = 1 << 25) -> np.ndarray:
-    """Squared distance from each row to its k-th nearest other row (ADM: np.partition of the full distance row,
-    entry k, where entry 0 is the point itself). Returns float32 (N,)."""
+    """Squared distance from each row to its k-th nearest other row (ADM: np.partition of the full distance
+    row, entry k, where entry 0 is the point itself). Returns float32 (N,)."""
     n = len(features)
     if n <= k:
         raise ValueError(f"k-NN radii with k={k} need more than {k} feature vectors, got {n}")
@@ -214,7 +216,8 @@ def knn_radii(features: np.ndarray, k: int = NHOOD_SIZE, dtype: str = "float16",
 
 def precision_recall(ref_features: np.ndarray, sample_features: np.ndarray, k: int = NHOOD_SIZE,
                      dtype: str = "float16", block_entries: int = 1 << 25):
-    """(precision, recall) of samples against references, ADM semantics (ball membership is distance <= radius):
+    """(precision, recall) of samples against references, ADM semantics (ball membership is distance <=
+    radius):
 
     precision = fraction of samples within the k-NN ball of at least one reference,
     recall    = fraction of references within the k-NN ball of at least one sample.

@@ -5,13 +5,14 @@ evaluations/graphdef.py (no TensorFlow needed); TensorFlow imports them like the
   (x - 128) / 128, `mixed_6/conv` (N, 17, 17, 192) after a ReLU, `pool_3` (N, 1, 1, 2048) and
   `softmax/logits/MatMul` with a (2048, 1008) weight; a few pools and small convolutions in between.
 - "full": Inception-v3 as the 2015 graph (inception-2015-12-05, classify_image_graph_def.pb) lays it out, from
-  public facts: node names (conv .. conv_4, pool, pool_1, mixed .. mixed_10 with their tower / tower_1 / tower_2
-  sub-scopes, pool_3, softmax), op types (Conv2D + BatchNormWithGlobalNormalization + CheckNumerics +
-  control-dependency Identity + Relu per convolution, CheckNumerics on each pool's input, Concat joins), the layer
-  sizes of Inception-v3 (torchvision's names map one to one), average pools that exclude padding and a max pool in
-  mixed_10/tower_2, shapes pool_3 2048, mixed_6/conv 17x17x192, softmax 2048 -> 1008. Not public, chosen here:
-  the weights (random, seeded), the batch-norm epsilon 0.001, the name of the nested joins in mixed_9 / mixed_10
-  (`.../tower/mixed`), and whether the 1x1 convolutions say SAME or VALID (the same result).
+  public facts: node names (conv .. conv_4, pool, pool_1, mixed .. mixed_10 with their tower / tower_1 /
+  tower_2 sub-scopes, pool_3, softmax), op types (Conv2D + BatchNormWithGlobalNormalization + CheckNumerics +
+  control-dependency Identity + Relu per convolution, CheckNumerics on each pool's input, Concat joins), the
+  layer sizes of Inception-v3 (torchvision's names map one to one), average pools that exclude padding and a
+  max pool in mixed_10/tower_2, shapes pool_3 2048, mixed_6/conv 17x17x192, softmax 2048 -> 1008. Not public,
+  chosen here: the weights (random, seeded), the batch-norm epsilon 0.001, the name of the nested joins in
+  mixed_9 / mixed_10 (`.../tower/mixed`), and whether the 1x1 convolutions say SAME or VALID (the same
+  result).
 
     python -m evaluations.standin_graph OUT.pb [--kind full]        # write a graph
     python -m evaluations.standin_graph --bench 10000 [--kind full] [--backend tf]   # time evaluator.py
@@ -60,8 +61,8 @@ class _Graph:
         return self.op(f"{name}/control_dependency", "Identity", [x, f"^{name}/CheckNumerics"], T=Attr.type(F32))
 
     def input_block(self):
-        """DecodeJpeg/contents -> DecodeJpeg -> Cast -> ExpandDims (the evaluator's feed) -> ResizeBilinear 299
-        -> Sub 128 -> Mul 1/128, with the real graph's node names."""
+        """DecodeJpeg/contents -> DecodeJpeg -> Cast -> ExpandDims (the evaluator's feed) -> ResizeBilinear
+        299 -> Sub 128 -> Mul 1/128, with the real graph's node names."""
         self.op("DecodeJpeg/contents", "Const", dtype=Attr.string_type(), value=Attr.string_tensor())
         self.op("DecodeJpeg", "DecodeJpeg", ["DecodeJpeg/contents"], channels=Attr.int(3))
         self.op("Cast", "Cast", ["DecodeJpeg"], SrcT=Attr.type(np.uint8), DstT=Attr.type(F32))
@@ -76,8 +77,8 @@ class _Graph:
         return self.op("Mul", "Mul", ["Sub", "Mul/y"], T=Attr.type(F32))
 
     def conv(self, scope, x, cin, cout, kernel, stride=1, padding="SAME", bn=True):
-        """scope/conv2d_params, scope/Conv2D, scope/batchnorm (+ its four constants), the CheckNumerics pattern
-        on the batch-norm output, and scope = Relu."""
+        """scope/conv2d_params, scope/Conv2D, scope/batchnorm (+ its four constants), the CheckNumerics
+        pattern on the batch-norm output, and scope = Relu."""
         kh, kw = kernel if isinstance(kernel, tuple) else (kernel, kernel)
         params = self.weight(f"{scope}/conv2d_params", (kh, kw, cin, cout), np.sqrt(2.0 / (kh * kw * cin)))
         y = self.op(f"{scope}/Conv2D", "Conv2D", [x, params], T=Attr.type(F32),
@@ -177,7 +178,8 @@ def _full(g: _Graph):
     b0 = g.conv("mixed_3/conv", x, 288, 384, 3, stride=2, padding="VALID")
     b1 = g.conv("mixed_3/tower/conv_1", g.conv("mixed_3/tower/conv", x, 288, 64, 1), 64, 96, 3)
     b1 = g.conv("mixed_3/tower/conv_2", b1, 96, 96, 3, stride=2, padding="VALID")
-    x = g.join("mixed_3/join", [b0, b1, g.pool("mixed_3/pool", x, "MaxPool", 3, 2, "VALID")])   # 17 x 17 x 768
+    # 17 x 17 x 768
+    x = g.join("mixed_3/join", [b0, b1, g.pool("mixed_3/pool", x, "MaxPool", 3, 2, "VALID")])
     for s, c7 in (("mixed_4", 128), ("mixed_5", 160), ("mixed_6", 160), ("mixed_7", 192)):
         x = _block_c(g, s, x, c7)                                               # mixed_6/conv: 17 x 17 x 192
     b0 = g.conv("mixed_8/tower/conv_1", g.conv("mixed_8/tower/conv", x, 768, 192, 1), 192, 320, 3, stride=2,
@@ -189,7 +191,8 @@ def _full(g: _Graph):
     x = _block_e(g, "mixed_9", x, 1280, "AvgPool")
     x = _block_e(g, "mixed_10", x, 2048, "MaxPool")                             # 8 x 8 x 2048
     x = g.pool("pool_3", x, "AvgPool", 8, 1, "VALID")                           # 1 x 1 x 2048
-    g.head(x, 1)                        # the 2015 graph's reshape is for one image; the evaluator never runs it
+    # the 2015 graph's reshape is for one image; the evaluator never runs it
+    g.head(x, 1)
 
 
 KINDS = {"small": _small, "full": _full}
@@ -239,7 +242,8 @@ def bench(n: int, size: int, batch_size: int, folder: str, kind: str, backend: s
 
 def _cached_features(net, backend: str, ref: str, smp: str, batch_size: int, folder: str):
     """-> ((ref pool, ref spatial, sample pool, sample spatial), seconds): read from
-    FOLDER/features-BACKEND-*.npz when an earlier --compare wrote it (a long comparison resumes per backend)."""
+    FOLDER/features-BACKEND-*.npz when an earlier --compare wrote it (a long comparison resumes per
+    backend)."""
     from evaluations.inception import read_activations
     cache = os.path.join(folder, f"features-{backend}-{os.path.basename(smp)}")
     if os.path.isfile(cache):

@@ -5,16 +5,16 @@
     pool, spatial = ex.run(images_nhwc_float32)      # numpy in, torch tensors out, each in TF's NHWC layout
     ex.constant("softmax/logits/MatMul", 1)          # the value of a node input that needs no feed
 
-Only the nodes the fetches need are run (the graph's JPEG decoder above the feed never is), and only op types in
-SUPPORTED_OPS: an unknown op in that part of the graph is an error naming the op and the node before anything
-runs, so a graph file cannot make this executor read or write files, run Python or touch strings.
+Only the nodes the fetches need are run (the graph's JPEG decoder above the feed never is), and only op types
+in SUPPORTED_OPS: an unknown op in that part of the graph is an error naming the op and the node before
+anything runs, so a graph file cannot make this executor read or write files, run Python or touch strings.
 Layout: every tensor has TF's logical shape (NHWC for images). Rank-4 activations are kept physically as NCHW
 (torch's convolution layout) inside `Nchw`; ops whose meaning depends on the axis order (Reshape, Squeeze,
 MatMul, Mean, Concat axes, BiasAdd, broadcasting against constants) see the logical NHWC tensor.
-Matches TF1 where it differs from torch: SAME padding (asymmetric, the extra row/column after), AvgPool excluding
-the padded cells, ResizeBilinear's align_corners=False / half_pixel_centers=False sampling (TF1's default).
-CheckNumerics: when on, every CheckNumerics node the fetches depend on (TF wires them as control inputs) is
-checked, with one device-to-host copy per run; the first non-finite one in graph order is reported.
+Matches TF1 where it differs from torch: SAME padding (asymmetric, the extra row/column after), AvgPool
+excluding the padded cells, ResizeBilinear's align_corners=False / half_pixel_centers=False sampling (TF1's
+default). CheckNumerics: when on, every CheckNumerics node the fetches depend on (TF wires them as control
+inputs) is checked, with one device-to-host copy per run; the first non-finite one in graph order is reported.
 """
 import numpy as np
 import torch
@@ -163,8 +163,8 @@ class GraphExecutor:
         return data, control
 
     def _order(self, targets):
-        """Topological order of the nodes `targets` need (data inputs; control inputs when CheckNumerics is on),
-        stopping at the feed. Raises on a missing node, an unknown op or a cycle."""
+        """Topological order of the nodes `targets` need (data inputs; control inputs when CheckNumerics is
+        on), stopping at the feed. Raises on a missing node, an unknown op or a cycle."""
         order, state, fed = [], {}, set()
         stack = [(t, False) for t in reversed(targets)]
         while stack:
@@ -289,7 +289,8 @@ class GraphExecutor:
         checks = []
         prev_mm, prev_cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         # TF32 rounds matmul/convolution inputs to 10 mantissa bits (about 1e-3 relative per op): the features
-        # would then differ from TensorFlow's fp32 ones by more than the evaluator's tolerance. Off while running.
+        # would then differ from TensorFlow's fp32 ones by more than the evaluator's tolerance. Off while
+        # running.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         try:
@@ -480,8 +481,8 @@ def _resize_bilinear(ex, node, inputs):
     dev = x.device
     y0, y1, ly = (torch.from_numpy(a).to(dev) for a in _resize_axis(x.shape[2], out_h, align, half))
     x0, x1, lx = (torch.from_numpy(a).to(dev) for a in _resize_axis(x.shape[3], out_w, align, half))
-    # TF's arithmetic in its order: top = tl + (tr - tl) * lx, bottom likewise, out = top + (bottom - top) * ly;
-    # interpolating every input row along x first gives top and bottom for all output rows at once
+    # TF's arithmetic in its order: top = tl + (tr - tl) * lx, bottom likewise, out = top + (bottom - top) *
+    # ly; interpolating every input row along x first gives top and bottom for all output rows at once
     left = x[..., x0]
     rows = left + (x[..., x1] - left) * lx
     top = rows[:, :, y0]

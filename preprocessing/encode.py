@@ -5,11 +5,12 @@
         [--workers 8] [--device cuda|cpu] [--reference-batch N] [--reference-seed 0] [--min-size 8]
     torchrun --nproc_per_node 8 -m preprocessing SRC_DIR OUT_DIR ...      # shard k is done by rank k % world_size
 
-Images are assigned to shards by position in the sorted file list (shard k = files [k*S, (k+1)*S)), so the shards
-do not depend on the number of processes. Finished shards are skipped on restart (checked against a fingerprint of
-their files and the settings); a shard is written under a temporary name and renamed when complete. When every
-shard is finished, rank 0 writes labels.npy, sources.txt, skipped.txt, the reference batch and dataset.json.
-Encoding is deterministic for a fixed device and batch size: a restarted run writes the same bytes.
+Images are assigned to shards by position in the sorted file list (shard k = files [k*S, (k+1)*S)), so the
+shards do not depend on the number of processes. Finished shards are skipped on restart (checked against a
+fingerprint of their files and the settings); a shard is written under a temporary name and renamed when
+complete. When every shard is finished, rank 0 writes labels.npy, sources.txt, skipped.txt, the reference
+batch and dataset.json. Encoding is deterministic for a fixed device and batch size: a restarted run writes
+the same bytes.
 """
 import argparse
 import os
@@ -34,8 +35,9 @@ RESOLUTION_STEP = 16
 def scan_folder(src_dir: str):
     """-> (class_names, items [(relative path, label)], number of non-image files ignored).
 
-    Labels are indices of the class folders in sorted order; files are found recursively inside each class folder
-    and sorted by relative path; only files with an image extension (IMAGE_EXTENSIONS, any case) are taken.
+    Labels are indices of the class folders in sorted order; files are found recursively inside each class
+    folder and sorted by relative path; only files with an image extension (IMAGE_EXTENSIONS, any case) are
+    taken.
     """
     if not os.path.isdir(src_dir):
         raise FileNotFoundError(f"SRC_DIR {src_dir!r} is not a folder (expected one sub-folder per class)")
@@ -106,8 +108,8 @@ def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae
                   rank=0, world_size=1, progress=True):
     """Encode SRC_DIR into OUT_DIR. `vae` may be passed directly (tests); otherwise it is loaded via load_vae.
 
-    max_shards: stop after finishing that many shards in this process (for time-limited jobs; rerun to continue).
-    Returns dataset.json's content when this call finished the dataset, else None.
+    max_shards: stop after finishing that many shards in this process (for time-limited jobs; rerun to
+    continue). Returns dataset.json's content when this call finished the dataset, else None.
     """
     check_flags(out_dir, resolution, batch_size, shard_size, reference_batch, max_shards)
     if precision not in PRECISIONS or dtype not in DTYPES:
@@ -116,8 +118,10 @@ def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae
     class_names, items, ignored = scan_folder(src_dir)
     n = len(items)
     num_shards = (n + shard_size - 1) // shard_size
-    reference = {}                                                     # file index -> rank in a seeded permutation
-    if reference_batch > 0:                                            # N + margin candidates: some may be bad
+    # file index -> rank in a seeded permutation
+    reference = {}
+    # N + margin candidates: some may be bad
+    if reference_batch > 0:
         perm = np.random.default_rng(reference_seed).permutation(n)
         margin = max(16, reference_batch // 100)
         reference = {int(i): r for r, i in enumerate(perm[:reference_batch + margin])}
@@ -192,7 +196,8 @@ def _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, pre
     h = resolution // 8
     writer = ShardWriter(files["moments"], (hi - lo) * (2 if flip else 1), (8, h, h), dtype)
     labels, sources, skipped, ref_crops, ref_ranks = [], [], [], [], []
-    pending = []                                                       # [(index, crop)] waiting for a full batch
+    # [(index, crop)] waiting for a full batch
+    pending = []
 
     def flush():
         x = torch.from_numpy(np.stack([c for _, c in pending]))      # (B, res, res, 3) uint8

@@ -2,15 +2,15 @@
 
     python -m preprocessing import-repa DATA_DIR OUT_DIR [--shard-size 20000] [--dtype float32] [--num-classes 1000]
 
-DATA_DIR holds vae-sd/ (or is vae-sd/): **/*.npy float32 (8, h, w) posterior [mean, std] files plus dataset.json
-{"labels": [[relpath, label], ...]}, as written by REPA's/SRA's `dataset_tools.py encode`. Samples keep the sorted
-relative-path order that REPA's own loader uses; with --dtype float32 the values are copied bit for bit. Resumable
-like the encoder (finished shards are skipped). The posterior was computed by the source pipeline: dataset.json
-records vae = "imported", crop = "adm-center-crop" (what REPA/SRA preprocessing does) and flip = false.
-When DATA_DIR also holds REPA's images/ (the ADM crops the latents were encoded from), sample i is paired with the
-i-th image in sorted order, as REPA's loader pairs them (names that carry an index must agree): sources.txt then
-names the images and `python -m preprocessing repa-features OUT_DIR` computes REPA's targets from them, the real
-images (never VAE reconstructions).
+DATA_DIR holds vae-sd/ (or is vae-sd/): **/*.npy float32 (8, h, w) posterior [mean, std] files plus
+dataset.json {"labels": [[relpath, label], ...]}, as written by REPA's/SRA's `dataset_tools.py encode`.
+Samples keep the sorted relative-path order that REPA's own loader uses; with --dtype float32 the values are
+copied bit for bit. Resumable like the encoder (finished shards are skipped). The posterior was computed by
+the source pipeline: dataset.json records vae = "imported", crop = "adm-center-crop" (what REPA/SRA
+preprocessing does) and flip = false. When DATA_DIR also holds REPA's images/ (the ADM crops the latents were
+encoded from), sample i is paired with the i-th image in sorted order, as REPA's loader pairs them (names that
+carry an index must agree): sources.txt then names the images and `python -m preprocessing repa-features
+OUT_DIR` computes REPA's targets from them, the real images (never VAE reconstructions).
 """
 import re
 import argparse

@@ -1,5 +1,6 @@
 """Writing the shard format described in preprocessing/__init__.py: one shard at a time, atomically, then the
-dataset-level files (labels.npy, sources.txt, skipped.txt, reference_batch.npz, dataset.json) once all are done.
+dataset-level files (labels.npy, sources.txt, skipped.txt, reference_batch.npz, dataset.json) once all are
+done.
 
 A shard is finished when shards/moments-KKKKK.npy exists (it is renamed into place last, after its meta file).
 Temporary files end in ".tmp" and are overwritten by the next attempt.
@@ -80,7 +81,8 @@ def shard_is_done(out_dir: str, k: int, expected_fingerprint: str, settings: dic
 
 
 class ShardWriter:
-    """Appends float32 moments (n, 8, h, w) to a memory-mapped .npy of at most `capacity` samples, cast to `dtype`.
+    """Appends float32 moments (n, 8, h, w) to a memory-mapped .npy of at most `capacity` samples, cast to
+    `dtype`.
 
     close() trims the file to the samples written and renames it into place; nothing is held in RAM.
     """
@@ -152,9 +154,9 @@ class ShardWriter:
 
 
 def write_reference_npz(out_dir: str, selection):
-    """selection: [(part path, rows)] -> reference_batch.npz (arr_0 uint8 NHWC, the rows of each part in order),
-    streamed without holding the images in RAM. If the parts are gone, a previous finalize already wrote the npz
-    (and deleted them): keep it."""
+    """selection: [(part path, rows)] -> reference_batch.npz (arr_0 uint8 NHWC, the rows of each part in
+    order), streamed without holding the images in RAM. If the parts are gone, a previous finalize already
+    wrote the npz (and deleted them): keep it."""
     path = os.path.join(out_dir, "reference_batch.npz")
     if not all(os.path.isfile(p) for p, _ in selection):
         if os.path.isfile(path):
@@ -201,10 +203,11 @@ def summarize_stats(stats, float16: bool) -> dict:
 
 
 def finalize(out_dir: str, num_shards: int, header: dict, reference=None) -> dict:
-    """All shards finished -> labels.npy, sources.txt, skipped.txt, reference_batch.npz, dataset.json. Idempotent.
+    """All shards finished -> labels.npy, sources.txt, skipped.txt, reference_batch.npz, dataset.json.
+    Idempotent.
 
-    reference: None, or {"count": N, "seed": s}: the reference batch takes the N readable candidates of smallest
-    rank (the shard metas list each saved crop's rank in the seeded permutation), in file order.
+    reference: None, or {"count": N, "seed": s}: the reference batch takes the N readable candidates of
+    smallest rank (the shard metas list each saved crop's rank in the seeded permutation), in file order.
     """
     shards, labels, sources, skipped, candidates = [], [], [], [], []   # candidates: (rank, shard, row)
     stats = []                                                              # per-shard running sums

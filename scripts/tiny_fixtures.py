@@ -5,12 +5,13 @@
     python scripts/tiny_fixtures.py vae DIR
 
 digits-reference  an ADM-format reference batch (arr_0 uint8 (N, R, R, 3), labels) of real embedded digits, for
-                  evaluations/evaluator.py in place of VIRTUAL_imagenet256_labeled.npz. No statistics are stored:
-                  the evaluator computes them from arr_0.
+                  evaluations/evaluator.py in place of VIRTUAL_imagenet256_labeled.npz. No statistics are
+                  stored: the evaluator computes them from arr_0.
 image-folder      an ImageNet train/ layout (one sub-folder per class) of small RGB JPEGs of varied sizes.
 vae               a diffusers AutoencoderKL folder with the SD-VAE layout (4 latent channels, /8) but narrow blocks
                   and random weights, in place of sd-vae-ft-mse for `python -m preprocessing --vae`.
-Every file is written whole or not at all (temporary name, then rename), so the scripts can test for existence.
+Every file is written whole or not at all (temporary name, then rename), so the scripts can test for
+existence.
 """
 import argparse
 import os

@@ -161,8 +161,8 @@ def write(root, setting, seed, step, fd, accuracy=0.5, memorisation=0.7):
 
 def test_collector_statistics_and_verdicts(tmp_path):
     res = tmp_path / "results"
-    # fd of the reference settings at the end, per seed; AS at 0.25 within the spread, AS at 0.5 clearly worse,
-    # AS with one timestep worse (its "not worse" claim fails); a stray file is ignored
+    # fd of the reference settings at the end, per seed; AS at 0.25 within the spread, AS at 0.5 clearly
+    # worse, AS with one timestep worse (its "not worse" claim fails); a stray file is ignored
     base = {0: 10.0, 1: 12.0, 2: 14.0}
     for seed, b in base.items():
         for step, scale in ((100, 3.0), (400, 1.5), (800, 1.0)):

@@ -1,5 +1,6 @@
-"""The embedded digits metric (evaluations/digits_metric.py): the real data's own numbers, noise, input formats,
-cache, determinism, CLI. Trains the 16x16 classifier once (a few seconds, CPU) into a temporary cache."""
+"""The embedded digits metric (evaluations/digits_metric.py): the real data's own numbers, noise, input
+formats, cache, determinism, CLI. Trains the 16x16 classifier once (a few seconds, CPU) into a temporary
+cache."""
 import json
 
 import numpy as np
@@ -143,8 +144,9 @@ def test_nearest_train_share_matches_a_naive_loop():
 
 
 def test_heldout_reference_memorisation_and_classifier_split():
-    """Copies of training digits are all 'memorised', the held-out digits none; the real held-out figure lies in
-    between; the classifier of the held-out reference trains on the train split only (its own cache file)."""
+    """Copies of training digits are all 'memorised', the held-out digits none; the real held-out figure lies
+    in between; the classifier of the held-out reference trains on the train split only (its own cache
+    file)."""
     train, y_train = digits_images(RES, "train")
     heldout, y_heldout = digits_images(RES, "heldout")
     copies = dm.digits_metric(train[:300], y_train[:300], reference="heldout")

@@ -164,9 +164,9 @@ def on_axis(values, d=6):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_pr_known_answers_on_a_line(dtype):
     # References at 0..39; samples copy 0..19 (small integers: every distance is exact in fp16 too).
-    # Interior radius^2 = 4 (third neighbour at distance 2), an end point's is 9. Precision: every sample sits on a
-    # reference -> 1. Recall: references 0..19 sit on samples; 20, 21, 22 are within the end sample's ball
-    # (19, radius^2 9: 1, 4, 9 <= 9), 23 (16) is not -> 23/40.
+    # Interior radius^2 = 4 (third neighbour at distance 2), an end point's is 9. Precision: every sample sits
+    # on a reference -> 1. Recall: references 0..19 sit on samples; 20, 21, 22 are within the end sample's
+    # ball (19, radius^2 9: 1, 4, 9 <= 9), 23 (16) is not -> 23/40.
     ref, smp = on_axis(np.arange(40)), on_axis(np.arange(20))
     r = knn_radii(ref, 3, dtype)
     assert r[0] == 9 and r[20] == 4 and r[39] == 9

@@ -1,7 +1,7 @@
 """The evaluator's PyTorch backend (evaluations/graphdef.py, torch_graph.py): the GraphDef reader against
 TensorFlow's parser, each op against TensorFlow (and ResizeBilinear against a NumPy transcription of TF1's
-sampling), the full-topology Inception-v3 stand-in and the small stand-in against the TF backend, bad graphs, and
-the torch path with TensorFlow made unimportable. CPU, small batches."""
+sampling), the full-topology Inception-v3 stand-in and the small stand-in against the TF backend, bad graphs,
+and the torch path with TensorFlow made unimportable. CPU, small batches."""
 import json
 import os
 import subprocess
@@ -231,8 +231,8 @@ def test_full_standin_has_the_2015_graphs_layout(full_graph):
 
 
 def test_full_standin_features_match_tensorflow(tf, full_graph):
-    """The torch executor's pool_3 / mixed_6/conv equal TF's to 1e-4 relative on the full Inception-v3 topology
-    (the measured difference is about 1e-6); mixed_6/conv is 17 x 17 x 192."""
+    """The torch executor's pool_3 / mixed_6/conv equal TF's to 1e-4 relative on the full Inception-v3
+    topology (the measured difference is about 1e-6); mixed_6/conv is 17 x 17 x 192."""
     images = np.concatenate([smooth_images(2, 64, seed=3),
                              np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)])
     data = open(full_graph, "rb").read()

@@ -1,7 +1,9 @@
-"""preprocessing/: ADM crop, odd and broken inputs, shards + labels + dataset.json, resume, import-repa, VAE loading.
+"""preprocessing/: ADM crop, odd and broken inputs, shards + labels + dataset.json, resume, import-repa, VAE
+loading.
 
-CPU only, nothing downloaded: the VAE is diffusers' AutoencoderKL with the SD-VAE architecture and random weights
-(a much narrower VAE with the same /8 geometry for the pipeline tests that run the encoder several times).
+CPU only, nothing downloaded: the VAE is diffusers' AutoencoderKL with the SD-VAE architecture and random
+weights (a much narrower VAE with the same /8 geometry for the pipeline tests that run the encoder several
+times).
 """
 import json
 import os
@@ -17,7 +19,8 @@ from preprocessing.encode import encode_folder, main as encode_main, scan_folder
 from preprocessing.import_repa import import_repa
 from models.vae import encode_moments, load_vae
 
-RES = 32                                                     # crop size used in the pipeline tests (latent 4x4)
+# crop size used in the pipeline tests (latent 4x4)
+RES = 32
 
 
 def sd_vae_config():
@@ -52,8 +55,9 @@ def _noise(rng, h, w, c=3):
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    """3 classes, 14 image files: 11 readable (RGB, grey, 16-bit grey, CMYK, RGBA, palette+transparency, nested, BMP),
-    3 bad (truncated JPEG, a text file named .jpg, a 1x1 image), plus one ignored non-image file."""
+    """3 classes, 14 image files: 11 readable (RGB, grey, 16-bit grey, CMYK, RGBA, palette+transparency,
+    nested, BMP), 3 bad (truncated JPEG, a text file named .jpg, a 1x1 image), plus one ignored non-image
+    file."""
     root = tmp_path_factory.mktemp("imagenet") / "train"
     rng = np.random.default_rng(0)
     for c in ("n01_alpha", "n02_beta", "n03_gamma"):
@@ -129,7 +133,8 @@ def test_center_crop_keeps_the_centre():
     arr = np.zeros((400, 600, 3), np.uint8)
     arr[:, 300:] = 255
     out = center_crop_adm(Image.fromarray(arr), 256)
-    assert out[:, :120].max() == 0 and out[:, 136:].min() == 255               # edge at column 128 (+- bicubic)
+    # edge at column 128 (+- bicubic)
+    assert out[:, :120].max() == 0 and out[:, 136:].min() == 255
 
 
 def test_load_rgb_odd_modes(image_folder):
@@ -186,7 +191,8 @@ def test_moments_match_the_vae_posterior(image_folder, encoded, sd_vae):
     out, _ = encoded
     ds = LatentShardDataset(out)
     sources = [line.split("\t")[0] for line in open(os.path.join(out, "sources.txt")).read().splitlines()]
-    pick = [sources.index(p) for p in ("n01_alpha/a2.jpg", "n02_beta/b1.jpg", "n02_beta/b3.png")]  # L, CMYK, P
+    # L, CMYK, P
+    pick = [sources.index(p) for p in ("n01_alpha/a2.jpg", "n02_beta/b1.jpg", "n02_beta/b3.png")]
     crops = np.stack([center_crop_adm(load_rgb(os.path.join(image_folder, sources[i]))[0], RES) for i in pick])
     with torch.no_grad():
         post = sd_vae.encode(torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist
@@ -225,12 +231,14 @@ def test_interrupted_runs_equal_an_uninterrupted_run(image_folder, tiny_vae, tmp
     encode_folder(image_folder, straight, RES, **kw)
 
     resumed = str(tmp_path / "resumed")
-    assert encode_folder(image_folder, resumed, RES, max_shards=1, **kw) is None            # stop after 1 shard
+    # stop after 1 shard
+    assert encode_folder(image_folder, resumed, RES, max_shards=1, **kw) is None
     assert not os.path.exists(os.path.join(resumed, "dataset.json"))
     import preprocessing.encode as enc
     calls, real = [0], enc.encode_moments
 
-    def dies_on_third_call(*a, **k):                                         # a crash in the middle of a shard
+    # a crash in the middle of a shard
+    def dies_on_third_call(*a, **k):
         calls[0] += 1
         if calls[0] == 3:
             raise KeyboardInterrupt("simulated kill")
@@ -246,7 +254,8 @@ def test_interrupted_runs_equal_an_uninterrupted_run(image_folder, tiny_vae, tmp
     encode_folder(image_folder, resumed, RES, **kw)                          # finishes the rest
     assert _all_bytes(resumed) == _all_bytes(straight)
 
-    ranks = str(tmp_path / "ranks")                                          # 2 "ranks", run one after the other
+    # 2 "ranks", run one after the other
+    ranks = str(tmp_path / "ranks")
     assert encode_folder(image_folder, ranks, RES, rank=1, world_size=2, **kw) is None
     encode_folder(image_folder, ranks, RES, rank=0, world_size=2, **kw)
     assert _all_bytes(ranks) == _all_bytes(straight)
@@ -266,8 +275,10 @@ def test_flip_and_float16(image_folder, tiny_vae, tmp_path):
     assert ds.has_flips and len(ds) == 22 and np.load(os.path.join(out, info["shards"][0]["file"])).dtype == np.float16
     x, _ = ds.get_batch(range(22))
     x32, _ = ds32.get_batch(range(11))
-    torch.testing.assert_close(x[0::2], x32, atol=0, rtol=2 ** -10)          # originals = the fp32 run, rounded
-    assert torch.equal(ds.get_batch(range(0, 22, 2))[1], ds.get_batch(range(1, 22, 2))[1])   # mirror: same label
+    # originals = the fp32 run, rounded
+    torch.testing.assert_close(x[0::2], x32, atol=0, rtol=2 ** -10)
+    # mirror: same label
+    assert torch.equal(ds.get_batch(range(0, 22, 2))[1], ds.get_batch(range(1, 22, 2))[1])
     sources = [line.split("\t") for line in open(os.path.join(out, "sources.txt")).read().splitlines()]
     crop = center_crop_adm(load_rgb(os.path.join(image_folder, sources[3][0]))[0], RES)
     assert sources[3][1] == "1"

@@ -1,9 +1,9 @@
-"""Precomputed REPA targets: `python -m preprocessing repa-features`, the dataset's (moments, label, feats) triples,
-the loss reading them, and train.py --repa-features.
+"""Precomputed REPA targets: `python -m preprocessing repa-features`, the dataset's (moments, label, feats)
+triples, the loss reading them, and train.py --repa-features.
 
-CPU only, nothing downloaded: a random-weight DINOv2 ViT-S/14 saved to a temporary file, the narrow random-weight
-VAE and the image folder of test_preprocessing.py. 64 px crops -> 8 x 8 latents -> 4 x 4 tokens (SiT /2) ->
-DINOv2 at 56 px.
+CPU only, nothing downloaded: a random-weight DINOv2 ViT-S/14 saved to a temporary file, the narrow
+random-weight VAE and the image folder of test_preprocessing.py. 64 px crops -> 8 x 8 latents -> 4 x 4 tokens
+(SiT /2) -> DINOv2 at 56 px.
 """
 import json
 import os
@@ -254,8 +254,8 @@ def test_train_with_precomputed_features_needs_no_encoder_or_vae(featurized, tmp
 
 
 def test_repa_on_latents_never_uses_reconstructions(featurized, tmp_path):
-    """On latents REPA's targets come from the real images: without precomputed ones the run stops at start (it
-    never decodes the latents for DINOv2); --repa-features auto names the folder repa-features writes."""
+    """On latents REPA's targets come from the real images: without precomputed ones the run stops at start
+    (it never decodes the latents for DINOv2); --repa-features auto names the folder repa-features writes."""
     args = ["--data-dir", featurized, "--model", "SiT-T/2", "--use-alignment-loss", "--align-target", "repa",
             "--mask-ratio", "0", "--no-dual-time-scheduling", "--no-attention-separation",
             "--enc-type", ENC, "--block-out-s", "2", "--batch-size", "4", "--max-train-steps", "1",
@@ -263,7 +263,8 @@ def test_repa_on_latents_never_uses_reconstructions(featurized, tmp_path):
     with pytest.raises(SystemExit, match="reads DINOv2 targets precomputed from the real images"):
         train.main(args)
     assert train.parse_args(args + ["--repa-features", "auto"]).repa_features == NAME
-    assert train.parse_args(args + ["--enc-type", "dinov2-vit-s"]).repa_features == NAME      # REPA's spelling
+    # REPA's spelling
+    assert train.parse_args(args + ["--enc-type", "dinov2-vit-s"]).repa_features == NAME
 
 
 def test_imported_repa_folder_gets_its_targets_from_its_images(featurized, weights, image_folder, tmp_path):  # noqa: F811

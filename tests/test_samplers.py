@@ -3,7 +3,8 @@
 Data x0 ~ N(mu_y, Sigma), eps ~ N(0, I), x_t = alpha_t x0 + sigma_t eps (t = 1 noise): the linear path
 (alpha = 1 - t, sigma = t) or the cosine path (alpha = cos(pi t / 2), sigma = sin(pi t / 2)). Then
 x_t ~ N(m_t, S_t) with m_t = alpha mu, S_t = alpha^2 Sigma + sigma^2 I, and the exact velocity is
-    v(x, t) = E[alpha' x0 + sigma' eps | x_t = x] = alpha' mu + (alpha alpha' Sigma + sigma sigma' I) S_t^{-1} (x - m_t)
+    v(x, t) = E[alpha' x0 + sigma' eps | x_t = x]
+            = alpha' mu + (alpha alpha' Sigma + sigma sigma' I) S_t^{-1} (x - m_t)
 (linear: (t I - (1 - t) Sigma) S_t^{-1} (x - m_t) - mu), and the exact score is -S_t^{-1} (x - m_t).
 Sigma commutes with I, so the ODE solution is x_t = m_t + S_t^{1/2} z: the exact endpoint of the probability
 flow from z is mu + Sigma^{1/2} z, which the ODE tests compare against sample by sample.
@@ -255,7 +256,8 @@ def test_cfg_combination_and_channels():
     assert torch.allclose(v, torch.full_like(v, 1.8))
     v3 = samplers.guided_velocity(TwoValued(), x, 0.5, y, cfg_scale=1.8, use_cfg=True, cfg_channels=3)
     assert torch.allclose(v3[:, :3], torch.full_like(v3[:, :3], 1.8))
-    assert torch.allclose(v3[:, 3], torch.ones_like(v3[:, 3]))          # channel 3 keeps the conditional value
+    # channel 3 keeps the conditional value
+    assert torch.allclose(v3[:, 3], torch.ones_like(v3[:, 3]))
 
 
 def test_cfg_on_gaussians_equals_guided_field():
@@ -272,7 +274,8 @@ def test_learn_sigma_output_and_bf16():
     class Sigma:
         num_classes = 10
 
-        def __call__(self, x, t, y):                                       # velocity 1, then a junk sigma half
+        # velocity 1, then a junk sigma half
+        def __call__(self, x, t, y):
             return torch.cat([torch.ones_like(x), 100 + x], dim=1)
 
     z, y = torch.randn(2, 3, 4, 4), torch.tensor([1, 2])
