@@ -7,6 +7,7 @@ import datetime
 import os
 import platform
 import zipfile
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -42,7 +43,8 @@ class NpzArrayReader:
         if key not in keys:
             raise KeyError(f"{path}: no array named '{key}' (arrays in file: {keys}); samples and reference "
                            f"images are read from '{key}' (uint8, N x H x W x C), as in the ADM evaluator")
-        self.path, self.key = path, key
+        self.path = path
+        self.key = key
         self._zip = zipfile.ZipFile(path)
         self._file = self._zip.open(key + ".npy")
         version = np.lib.format.read_magic(self._file)
@@ -56,7 +58,8 @@ class NpzArrayReader:
         if dtype.hasobject:
             self.close()
             raise ValueError(f"{path}: '{key}' holds Python objects; expected a numeric array")
-        self.shape, self.dtype = tuple(shape), dtype
+        self.shape = tuple(shape)
+        self.dtype = dtype
         self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         self._next_row = 0
 
@@ -72,12 +75,12 @@ class NpzArrayReader:
         self._next_row += n
         return np.frombuffer(data, dtype=self.dtype).reshape((n,) + self.shape[1:])
 
-    def batches(self, batch_size: int):
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Yields consecutive batches (file order) until the array is exhausted."""
         while self._next_row < self.shape[0]:
             yield self.read(batch_size)
 
-    def close(self):
+    def close(self) -> None:
         self._file.close()
         self._zip.close()
 
@@ -88,7 +91,7 @@ class NpzArrayReader:
         self.close()
 
 
-def check_images_array(path: str, key: str, shape, dtype, channels=(3,)) -> None:
+def check_images_array(path: str, key: str, shape: tuple, dtype: np.dtype, channels: tuple = (3,)) -> None:
     """Clear error unless the array is uint8 N x H x W x C (C in `channels`), the ADM sample-batch layout."""
     if dtype != np.uint8:
         raise ValueError(f"{path}: '{key}' has dtype {dtype}; expected uint8 images in 0..255 "

@@ -28,6 +28,7 @@ when the recipe below changes.
 import argparse
 import os
 import sys
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dataset import digits_images
 from evaluations.common import cache_dir, now_iso, versions
 from fileio import atomic_torch_save, atomic_write_json
 from evaluations.metrics import feature_stats, frechet_distance
@@ -49,7 +51,7 @@ _MODELS = {}      # (resolution, reference) -> the classifier and the real digit
 class DigitsNet(nn.Module):
     """(N, 1, R, R) in [-1, 1] -> 10 logits; features() gives the 128-d penultimate activations."""
 
-    def __init__(self, channels=(16, 32, 32), feature_dim: int = 128):
+    def __init__(self, channels: tuple[int, int, int] = (16, 32, 32), feature_dim: int = 128):
         super().__init__()
         c1, c2, c3 = channels
         self.conv1 = nn.Conv2d(1, c1, 3, padding=1)                 # (N, c1, R, R)
@@ -58,14 +60,14 @@ class DigitsNet(nn.Module):
         self.fc = nn.Linear(c3 * 4 * 4, feature_dim)
         self.head = nn.Linear(feature_dim, 10)
 
-    def features(self, x):
+    def features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(x))
         x = F.relu(self.conv2(x))
         x = F.relu(self.conv3(x))
         x = F.adaptive_avg_pool2d(x, 4).flatten(1)                  # (N, c3 * 16)
         return F.relu(self.fc(x))                                   # (N, 128)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
@@ -84,13 +86,13 @@ def _random_shift(x, max_shift, gen):
     return out
 
 
-def train_classifier(resolution: int, recipe: dict = RECIPE, log=print, split: str = "all"):
+def train_classifier(resolution: int, recipe: dict = RECIPE, log: Callable[[str], None] = print,
+                     split: str = "all") -> tuple[DigitsNet, float]:
     """Trains DigitsNet on the digits of `split` at `resolution` with the fixed recipe; returns (net, train
     accuracy).
     Deterministic for a given torch build; leaves the caller's global RNG state and thread count untouched
     (trains on recipe["threads"] threads: the net is tiny, and spare threads only spin on a shared
     machine)."""
-    from dataset import digits_images
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe["threads"])
     try:
@@ -133,7 +135,7 @@ def classifier_path(resolution: int, split: str = "all") -> str:
     return os.path.join(cache_dir(), f"digits_classifier_{resolution}{suffix}.pt")
 
 
-def load_classifier(resolution: int, log=print, split: str = "all") -> DigitsNet:
+def load_classifier(resolution: int, log: Callable[[str], None] = print, split: str = "all") -> DigitsNet:
     """The cached classifier for `resolution` trained on `split`, trained (and cached atomically) when missing
     or outdated."""
     path = classifier_path(resolution, split)
@@ -156,7 +158,8 @@ def load_classifier(resolution: int, log=print, split: str = "all") -> DigitsNet
 
 @torch.no_grad()
 def _features(net, x, batch_size=512):
-    return np.concatenate([net.features(x[i:i + batch_size]).double().numpy() for i in range(0, len(x), batch_size)])
+    return np.concatenate([net.features(x[i:i + batch_size]).double().numpy()
+                           for i in range(0, len(x), batch_size)])
 
 
 def _model(resolution: int, log=print, reference: str = "all") -> dict:
@@ -165,7 +168,6 @@ def _model(resolution: int, log=print, reference: str = "all") -> dict:
     the real held-out digits' own numbers."""
     key = (resolution, reference)
     if key not in _MODELS:
-        from dataset import digits_images
         net = load_classifier(resolution, log=log, split=REFERENCES[reference])
         x, y = digits_images(resolution, "all" if reference == "all" else "heldout")
         m = dict(net=net, feats=_features(net, x), labels=y.numpy())
@@ -186,7 +188,8 @@ def _accuracy(net, x, labels) -> float:
     return float((predicted == labels).float().mean())
 
 
-def nearest_train_share(queries, train, heldout, exclude_self: bool = False) -> float:
+def nearest_train_share(queries: torch.Tensor | np.ndarray, train: torch.Tensor | np.ndarray,
+                        heldout: torch.Tensor | np.ndarray, exclude_self: bool = False) -> float:
     """Share of `queries` (N, P) whose nearest row of `train` (M, P) is strictly closer (L2) than their
     nearest row of `heldout` (H, P). exclude_self: the queries are `heldout` itself (N == H), each one's own
     row is skipped (leave-one-out)."""
@@ -201,7 +204,7 @@ def nearest_train_share(queries, train, heldout, exclude_self: bool = False) -> 
     return float((to_train < to_heldout.min(1).values).double().mean())
 
 
-def to_model_input(images) -> torch.Tensor:
+def to_model_input(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """float [-1, 1] (N, 1, R, R) or (N, R, R); uint8 0..255 (N, R, R), (N, R, R, C) or (N, C, R, R) with C in
     {1, 3} (colour is averaged to grey) -> float32 (N, 1, R, R) in [-1, 1]."""
     x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images).detach().cpu()
@@ -223,19 +226,23 @@ def to_model_input(images) -> torch.Tensor:
     return x.float().contiguous()
 
 
-def digits_metric(images, labels=None, resolution: int = None, log=print, reference: str = "all") -> dict:
+def digits_metric(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | None = None,
+                  resolution: int | None = None, log: Callable[[str], None] = print,
+                  reference: str = "all") -> dict:
     """fd and accuracy of digit samples (see the module docstring), and with reference='heldout' the
     memorisation figures. labels: (N,) ints or None (accuracy None)."""
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     x = to_model_input(images)
-    n, r = x.shape[0], x.shape[-1]
+    n = x.shape[0]
+    r = x.shape[-1]
     if resolution is not None and resolution != r:
         raise ValueError(f"images are {r}x{r} but resolution={resolution} was asked for")
     if n < 2:
         raise ValueError(f"digits_metric needs at least 2 images, got {n}")
     m = _model(r, log=log, reference=reference)
-    net, real_feats = m["net"], m["feats"]
+    net = m["net"]
+    real_feats = m["feats"]
     feats = _features(net, x)
     fd = frechet_distance(*feature_stats(feats), *feature_stats(real_feats))
     accuracy = None
@@ -255,12 +262,12 @@ def digits_metric(images, labels=None, resolution: int = None, log=print, refere
     return out
 
 
-def real_reference(resolution: int, seed: int = 0, log=print, reference: str = "all") -> dict:
+def real_reference(resolution: int, seed: int = 0, log: Callable[[str], None] = print,
+                   reference: str = "all") -> dict:
     """The real digits' own numbers. 'all': all real vs real (fd 0 by construction, train accuracy) and a
     random half vs all real (the small-N floor of fd to read sample numbers against). 'heldout': the whole
     train split read as samples (memorisation 1: each is its own nearest training digit) and the real held-out
     digits' figures (heldout_accuracy, memorisation_real)."""
-    from dataset import digits_images
     if reference == "heldout":
         train, y_train = digits_images(resolution, "train")
         m = _model(resolution, log=log, reference="heldout")
@@ -273,7 +280,7 @@ def real_reference(resolution: int, seed: int = 0, log=print, reference: str = "
     return {"real_vs_real": full, "real_half_vs_real": digits_metric(x[half], y[half], log=log)}
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("samples", nargs="?", help="npz with arr_0 (uint8 digit images) and optionally labels")
     p.add_argument("--resolution", type=int, help="expected image size (checked); needed with --real")
@@ -297,7 +304,8 @@ def main(argv=None):
         with np.load(args.samples) as z:
             if "arr_0" not in z.files:
                 raise KeyError(f"{args.samples}: no 'arr_0' array (arrays in file: {z.files})")
-            images, labels = z["arr_0"], (z["labels"] if "labels" in z.files else None)
+            images = z["arr_0"]
+            labels = z["labels"] if "labels" in z.files else None
         result = digits_metric(images, labels, args.resolution, reference=args.reference)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
@@ -312,7 +320,8 @@ def main(argv=None):
     classifier = classifier_path(result["resolution"], REFERENCES[args.reference])
     record = {"samples": os.path.abspath(args.samples), **result, "classifier": classifier,
               "recipe": RECIPE, "versions": versions("numpy", "scipy", "torch"), "time": now_iso()}
-    out = args.out or (args.samples[:-4] if args.samples.endswith(".npz") else args.samples) + "_digits_metric.json"
+    base = args.samples[:-4] if args.samples.endswith(".npz") else args.samples
+    out = args.out or base + "_digits_metric.json"
     atomic_write_json(out, record)
     print(f"wrote {out}")
     return record

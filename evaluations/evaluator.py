@@ -30,16 +30,18 @@ import hashlib
 import os
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
 if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluations import metrics
-from fileio import atomic_write_json, unusable_folder
+from fileio import atomic_savez, atomic_write_json, unusable_folder
 from evaluations.common import (NpzArrayReader, cache_dir, check_images_array, npz_keys, now_iso,
                                 versions)
-from evaluations.inception import BACKENDS, POOL_DIM, SPATIAL_DIM, resolve_graph_path
+from evaluations.inception import (BACKENDS, POOL_DIM, SPATIAL_DIM, InceptionNet, load_network,
+                                   read_activations, resolve_graph_path)
 
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 METRIC_KEYS = ("inception_score", "fid", "sfid", "precision", "recall")
@@ -64,7 +66,8 @@ def check_batch_file(path: str, flag: str) -> list:
     with NpzArrayReader(path, "arr_0") as r:
         check_images_array(path, "arr_0", r.shape, r.dtype)
         if r.shape[0] < 2:
-            raise ValueError(f"{path} ({flag}): 'arr_0' holds {r.shape[0]} image; the statistics need at least 2")
+            raise ValueError(f"{path} ({flag}): 'arr_0' holds {r.shape[0]} image; "
+                             f"the statistics need at least 2")
     present = [k for k in STAT_KEYS if k in keys]
     if present and len(present) != len(STAT_KEYS):
         raise KeyError(f"{path} ({flag}): has {present} but not all of {list(STAT_KEYS)}; store all four "
@@ -72,7 +75,7 @@ def check_batch_file(path: str, flag: str) -> list:
     return keys
 
 
-def load_reference_stats(path: str):
+def load_reference_stats(path: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """(mu, sigma), (mu_s, sigma_s) stored in a reference npz, shape-checked, as float64."""
     with np.load(path) as z:
         out = {k: np.asarray(z[k], dtype=np.float64) for k in STAT_KEYS}
@@ -87,13 +90,11 @@ def load_reference_stats(path: str):
     return (out["mu"], out["sigma"]), (out["mu_s"], out["sigma_s"])
 
 
-def reference_features(net, ref_path: str, graph_sha256: str, batch_size: int, progress: bool,
-                       use_cache: bool = True, log=print):
+def reference_features(net: InceptionNet, ref_path: str, graph_sha256: str, batch_size: int, progress: bool,
+                       use_cache: bool = True, log: Callable[[str], None] = print) -> tuple:
     """pool_3 features of REF's arr_0 and the (mu, sigma), (mu_s, sigma_s) computed from them, cached on disk
-    by (REF sha256, graph sha256, backend, device type). Returns (pool, pool_stats, spatial_stats, cache
-    record)."""
-    from evaluations.inception import read_activations
-    from fileio import atomic_savez
+    by (REF sha256, graph sha256, backend, device type).
+    Returns (pool, pool_stats, spatial_stats, cache record)."""
     key = hashlib.sha256(f"{_sha256(ref_path)} {graph_sha256} {net.backend} "
                          f"{str(net.device).split(':')[0]}".encode()).hexdigest()[:32]
     path = os.path.join(cache_dir(), "ref_features", f"{key}.npz")
@@ -107,31 +108,37 @@ def reference_features(net, ref_path: str, graph_sha256: str, batch_size: int, p
         except (OSError, KeyError, ValueError) as e:
             log(f"reference features: ignoring an unreadable cache file {path} ({e})")
     pool, spatial = read_activations(net, ref_path, batch_size=batch_size, progress=progress)
-    stats, stats_s = metrics.feature_stats(pool), metrics.feature_stats(spatial)
+    stats = metrics.feature_stats(pool)
+    stats_s = metrics.feature_stats(spatial)
     if use_cache:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_savez(path, pool=pool, mu=stats[0], sigma=stats[1], mu_s=stats_s[0], sigma_s=stats_s[1])
     return pool, stats, stats_s, {"path": path if use_cache else None, "hit": False}
 
 
-def compute_metrics(ref_pool, ref_stats, ref_stats_s, smp_pool, smp_spatial, probs,
-                    pr_dtype: str = "float16", timings=None) -> dict:
+def compute_metrics(ref_pool: np.ndarray, ref_stats: tuple, ref_stats_s: tuple, smp_pool: np.ndarray,
+                    smp_spatial: np.ndarray, probs: np.ndarray, pr_dtype: str = "float16",
+                    timings: dict | None = None) -> dict:
     """The five numbers from features (the NumPy code both backends share)."""
     timings = {} if timings is None else timings
     t0 = time.time()
     out = {"inception_score": metrics.inception_score(probs),
            "fid": metrics.frechet_distance(*metrics.feature_stats(smp_pool), *ref_stats),
            "sfid": metrics.frechet_distance(*metrics.feature_stats(smp_spatial), *ref_stats_s)}
-    timings["is_fid_sfid"], t0 = round(time.time() - t0, 2), time.time()
-    out["precision"], out["recall"] = metrics.precision_recall(ref_pool, smp_pool, metrics.NHOOD_SIZE, pr_dtype)
+    timings["is_fid_sfid"] = round(time.time() - t0, 2)
+    t0 = time.time()
+    out["precision"], out["recall"] = metrics.precision_recall(ref_pool, smp_pool, metrics.NHOOD_SIZE,
+                                                               pr_dtype)
     timings["precision_recall"] = round(time.time() - t0, 2)
     return out
 
 
-def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size: int = 64,
-             pr_dtype: str = "float16", progress: bool = True, log=print, backend: str = "torch",
-             device: str = None, check_numerics: bool = True, ref_cache: bool = True) -> dict:
-    """Runs the ADM protocol and returns the JSON record (see main). Raises with a clear message on bad input."""
+def evaluate(ref_path: str, sample_path: str, inception: str | None = None, batch_size: int = 64,
+             pr_dtype: str = "float16", progress: bool = True, log: Callable[[str], None] = print,
+             backend: str = "torch", device: str | None = None, check_numerics: bool = True,
+             ref_cache: bool = True) -> dict:
+    """Runs the ADM protocol and returns the JSON record (see main).
+    Raises with a clear message on bad input."""
     t_start = time.time()
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
@@ -144,8 +151,8 @@ def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size:
     stored_stats = load_reference_stats(ref_path) if all(k in ref_keys for k in STAT_KEYS) else None
     graph_sha256 = _sha256(graph)
 
-    from evaluations.inception import load_network, read_activations
-    timings, t0 = {}, time.time()
+    timings = {}
+    t0 = time.time()
     net = load_network(graph, backend, device, check_numerics)
     try:
         ref_pool, ref_stats, ref_stats_s, cache = reference_features(net, ref_path, graph_sha256, batch_size,
@@ -167,7 +174,8 @@ def evaluate(ref_path: str, sample_path: str, inception: str = None, batch_size:
     log(f"reference statistics: {stats_source}")
     if progress:
         log("computing IS, FID, sFID, precision/recall (k=3 nearest neighbours) ...")
-    values = compute_metrics(ref_pool, ref_stats, ref_stats_s, smp_pool, smp_spatial, probs, pr_dtype, timings)
+    values = compute_metrics(ref_pool, ref_stats, ref_stats_s, smp_pool, smp_spatial, probs, pr_dtype,
+                             timings)
 
     suffix = metrics.count_suffix(n)
     named = {f"IS{suffix}": values["inception_score"], f"FID{suffix}": values["fid"],
@@ -204,7 +212,7 @@ def default_out_path(sample_path: str) -> str:
     return base + "_eval.json"
 
 
-def main(argv=None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ref", help="reference batch npz: arr_0 uint8 NHWC, optionally mu, sigma, mu_s, sigma_s")
     p.add_argument("samples", help="sample batch npz: arr_0 uint8 NHWC (e.g. 50000 x 256 x 256 x 3)")
@@ -216,10 +224,11 @@ def main(argv=None) -> dict:
                    help="precision/recall distance arithmetic; float16 emulates ADM's (default)")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="torch: the graph file executed in PyTorch (no TensorFlow needed); tf: TensorFlow")
-    p.add_argument("--device", help="--backend torch: where the graph runs (default cuda when available, else cpu); "
-                                    "fp32 without TF32")
+    p.add_argument("--device", help="--backend torch: where the graph runs (default cuda when available, "
+                                    "else cpu); fp32 without TF32")
     p.add_argument("--no-check-numerics", action="store_true",
-                   help="--backend torch: skip the graph's CheckNumerics nodes (NaN / Inf then reach the metrics)")
+                   help="--backend torch: skip the graph's CheckNumerics nodes (NaN / Inf then reach the "
+                        "metrics)")
     p.add_argument("--no-ref-cache", action="store_true",
                    help="neither read nor write the cached reference features ($SIT_SRA_CACHE/ref_features)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")

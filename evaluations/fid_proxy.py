@@ -19,8 +19,8 @@ SEED_OFFSET = 2 * 10 ** 6           # far from the preview and digits-metric see
 
 
 class FidProxy:
-    def __init__(self, ref_path: str, num_samples: int, graph: str, device, seed: int = 0, batch_size: int = 250,
-                 sampler_kwargs=None, log=print):
+    def __init__(self, ref_path: str, num_samples: int, graph: str, device, seed: int = 0,
+                 batch_size: int = 250, sampler_kwargs=None, log=print):
         from evaluations.evaluator import _sha256, check_batch_file, load_reference_stats, reference_features
         from evaluations.inception import load_network
         keys = check_batch_file(ref_path, "--fid-ref")
@@ -30,7 +30,10 @@ class FidProxy:
         else:
             _, (self.mu, self.sigma), _, _ = reference_features(self.net, ref_path, _sha256(graph), 64,
                                                                 progress=False, log=log)
-        self.ref_path, self.num_samples, self.seed, self.batch_size = ref_path, num_samples, seed, batch_size
+        self.ref_path = ref_path
+        self.num_samples = num_samples
+        self.seed = seed
+        self.batch_size = batch_size
         self.sampler_kwargs = dict(sampler_kwargs or {})
 
     @classmethod
@@ -41,10 +44,11 @@ class FidProxy:
         if args.fid_every < 0:
             raise SystemExit(f"--fid-every must be >= 0 (0 = never), got {args.fid_every}")
         if not args.fid_every:
-            raise SystemExit(f"--fid-ref {args.fid_ref} needs --fid-every N (steps between fid_proxy evaluations)")
+            raise SystemExit(f"--fid-ref {args.fid_ref} needs --fid-every N (steps between fid_proxy "
+                             f"evaluations)")
         if not args.fid_ref:
-            raise SystemExit("--fid-every needs --fid-ref REF.npz (a reference batch: evaluations/make_reference.py "
-                             "or ADM's VIRTUAL_*.npz)")
+            raise SystemExit("--fid-every needs --fid-ref REF.npz (a reference batch: "
+                             "evaluations/make_reference.py or ADM's VIRTUAL_*.npz)")
         if args.fid_samples < 2:
             raise SystemExit(f"--fid-samples must be >= 2, got {args.fid_samples}")
         try:
@@ -72,9 +76,11 @@ class FidProxy:
 
 
 def log_fid_proxy(fid_proxy, ema, num_classes, step, metrics_writer, logger, vae=None, latent=False):
-    """Computes fid_proxy and writes it to metrics.jsonl and the log (skipped, said, for latents without a VAE)."""
+    """Computes fid_proxy and writes it to metrics.jsonl and the log (skipped, said, for latents without a
+    VAE)."""
     if latent and vae is None:
-        logger.warning(f"step {step}: fid_proxy skipped: latent samples need the SD-VAE (--vae) to be decoded")
+        logger.warning(f"step {step}: fid_proxy skipped: latent samples need the SD-VAE (--vae) to be "
+                       f"decoded")
         return None
     value = fid_proxy(ema, num_classes, vae)
     metrics_writer.write({"step": step, "fid_proxy": value, "fid_proxy_n": fid_proxy.num_samples})

@@ -13,7 +13,9 @@ Attribute values come back as Python values: bytes (s), int (i, type), float (f)
 (None for an unknown rank, -1 for an unknown dimension), a numpy array (tensor; None for string tensors, which
 no op here reads), or a list of those (list). Nothing here executes anything.
 """
+import builtins
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +25,8 @@ DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6
           10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64}
 DT_STRING = 7
 DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
-               9: "int64", 10: "bool", 14: "bfloat16", 17: "uint16", 19: "float16", 22: "uint32", 23: "uint64"}
+               9: "int64", 10: "bool", 14: "bfloat16", 17: "uint16", 19: "float16", 22: "uint32",
+               23: "uint64"}
 DT_OF_NUMPY = {np.dtype(v): k for k, v in DTYPES.items()}
 
 
@@ -140,7 +143,9 @@ def _shape(buf: bytes):
 
 
 def _tensor(buf: bytes):
-    dtype, shape, content = 1, (), None
+    dtype = 1
+    shape = ()
+    content = None
     values = {"f": [], "d": [], "i": [], "i64": [], "b": [], "h": []}
     for number, wire, value in _fields(buf):
         if number == 1:
@@ -308,17 +313,19 @@ def _enc_shape(shape) -> bytes:
 
 
 def encode_tensor(array: np.ndarray) -> bytes:
-    array = np.array(array, order="C")          # (np.ascontiguousarray would turn a scalar into shape (1,))
+    # (np.ascontiguousarray would turn a scalar into shape (1,))
+    array = np.array(array, order="C")
     dtype = DT_OF_NUMPY[array.dtype]
-    return _enc(1, dtype) + _enc(2, _enc_shape(array.shape)) + _enc(4, array.astype(array.dtype.newbyteorder("<"))
-                                                                    .tobytes())
+    content = array.astype(array.dtype.newbyteorder("<")).tobytes()
+    return _enc(1, dtype) + _enc(2, _enc_shape(array.shape)) + _enc(4, content)
 
 
 class Attr:
     """Tagged attribute values for encode_graph_def (plain Python values are ambiguous: int vs type)."""
 
+    # The methods below shadow int / float / bool / type inside this class: hints name the builtins.
     @staticmethod
-    def type(dtype) -> bytes:
+    def type(dtype: builtins.type | np.dtype) -> bytes:
         return _enc(6, DT_OF_NUMPY[np.dtype(dtype)])
 
     @staticmethod
@@ -326,19 +333,19 @@ class Attr:
         return _enc(6, DT_STRING)
 
     @staticmethod
-    def ints(values) -> bytes:
+    def ints(values: Iterable[builtins.int]) -> bytes:
         return _enc(1, _enc(3, b"".join(_enc_varint(v) for v in values)))
 
     @staticmethod
-    def int(value) -> bytes:
+    def int(value: builtins.int) -> bytes:
         return _enc(3, value)
 
     @staticmethod
-    def float(value) -> bytes:
+    def float(value: builtins.float) -> bytes:
         return _enc_varint(4 << 3 | 5) + struct.pack("<f", value)
 
     @staticmethod
-    def bool(value) -> bytes:
+    def bool(value: builtins.bool) -> bytes:
         return _enc(5, int(bool(value)))
 
     @staticmethod
@@ -346,11 +353,11 @@ class Attr:
         return _enc(2, value.encode())
 
     @staticmethod
-    def shape(shape) -> bytes:
+    def shape(shape: tuple | None) -> bytes:
         return _enc(7, _enc_shape(shape))
 
     @staticmethod
-    def tensor(array) -> bytes:
+    def tensor(array: np.ndarray) -> bytes:
         return _enc(8, encode_tensor(np.asarray(array)))
 
     @staticmethod
@@ -359,7 +366,8 @@ class Attr:
         return _enc(8, _enc(1, DT_STRING) + _enc(2, b""))
 
 
-def encode_node(name: str, op: str, inputs=(), attrs=None) -> bytes:
+def encode_node(name: str, op: str, inputs: Iterable[str] = (),
+                attrs: dict[str, bytes] | None = None) -> bytes:
     """One NodeDef; attrs maps names to Attr.* encodings."""
     body = _enc(1, name.encode()) + _enc(2, op.encode()) + b"".join(_enc(3, i.encode()) for i in inputs)
     for key in sorted(attrs or {}):
@@ -367,6 +375,6 @@ def encode_node(name: str, op: str, inputs=(), attrs=None) -> bytes:
     return body
 
 
-def encode_graph_def(nodes, producer: int) -> bytes:
+def encode_graph_def(nodes: Iterable[bytes], producer: int) -> bytes:
     """GraphDef bytes from encode_node() results."""
     return b"".join(_enc(1, n) for n in nodes) + _enc(4, _enc(1, producer))

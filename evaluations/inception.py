@@ -11,13 +11,20 @@ Protocol (openai/guided-diffusion evaluations/evaluator.py), the same for both b
 
 The graph file is never downloaded. TensorFlow is imported only when a TF network is built.
 """
+import importlib.util
 import os
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from evaluations.common import NpzArrayReader, cache_dir, check_images_array
+from evaluations.graphdef import read_graph_def
+from evaluations.metrics import softmax
 
 GRAPH_FILE = "classify_image_graph_def.pb"
 GRAPH_ENV = "ADM_INCEPTION_GRAPH"
-GRAPH_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/classify_image_graph_def.pb"
+GRAPH_URL = ("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/"
+             "classify_image_graph_def.pb")
 
 INPUT_TENSOR = "ExpandDims:0"
 POOL_TENSOR = "pool_3:0"
@@ -29,31 +36,33 @@ SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS      # 2023
 
 
 def default_graph_path() -> str:
-    from evaluations.common import cache_dir
     return os.path.join(cache_dir(), GRAPH_FILE)
 
 
-def resolve_graph_path(path: str = None) -> str:
+def resolve_graph_path(path: str | None = None) -> str:
     """The Inception graph to use: `path` (--inception), else $ADM_INCEPTION_GRAPH, else the cache folder
     ($SIT_SRA_CACHE or ~/.cache/sit_sra). Raises FileNotFoundError naming the file and where to put it."""
     if path:
-        source, candidate = "--inception", path
+        source = "--inception"
+        candidate = path
     elif os.environ.get(GRAPH_ENV):
-        source, candidate = f"${GRAPH_ENV}", os.environ[GRAPH_ENV]
+        source = f"${GRAPH_ENV}"
+        candidate = os.environ[GRAPH_ENV]
     else:
-        source, candidate = "the cache folder", default_graph_path()
+        source = "the cache folder"
+        candidate = default_graph_path()
     candidate = os.path.expanduser(candidate)
     if os.path.isfile(candidate):
         return candidate
     raise FileNotFoundError(
-        f"Inception graph {GRAPH_FILE} not found at {candidate} (from {source}). This evaluator never downloads "
-        f"it. Get the ADM evaluator's file (about 95 MB) from\n  {GRAPH_URL}\nand either pass --inception PATH, "
-        f"set {GRAPH_ENV}=PATH, or put it at {default_graph_path()}")
+        f"Inception graph {GRAPH_FILE} not found at {candidate} (from {source}). This evaluator never "
+        f"downloads it. Get the ADM evaluator's file (about 95 MB) from\n  {GRAPH_URL}\nand either pass "
+        f"--inception PATH, set {GRAPH_ENV}=PATH, or put it at {default_graph_path()}")
 
 
 def _import_tensorflow():
-    import importlib.util
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")     # keep TF's C++ start-up chatter out of the output
+    # keep TF's C++ start-up chatter out of the output
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # triton's extension segfaults when it loads after TensorFlow (measured with TF 2.21), and torch imports
     # it lazily during training: in a process that uses both, load it first
     if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("tensorflow") is not None:
@@ -69,7 +78,7 @@ def _import_tensorflow():
 BACKENDS = ("torch", "tf")
 
 
-class _Network:
+class InceptionNet:
     """features(images) -> (pool (N, 2048) float32, spatial (N, 2023) float32) for uint8 (N, H, W, 3) images;
     softmax_weight: the (2048, 1008) float32 IS weight; class_probs(pool) -> the IS class probabilities."""
     backend = None
@@ -77,38 +86,39 @@ class _Network:
 
     def _check_softmax_weight(self):
         if self.softmax_weight.ndim != 2 or self.softmax_weight.shape[0] != POOL_DIM:
-            raise ValueError(f"{self.graph_path}: softmax weight has shape {self.softmax_weight.shape}, expected "
-                             f"({POOL_DIM}, classes)")
+            raise ValueError(f"{self.graph_path}: softmax weight has shape {self.softmax_weight.shape}, "
+                             f"expected ({POOL_DIM}, classes)")
 
     def _flatten(self, pool, spatial):
         n = pool.shape[0]
-        pool, spatial = pool.reshape(n, -1), spatial.reshape(n, -1)
+        pool = pool.reshape(n, -1)
+        spatial = spatial.reshape(n, -1)
         if pool.shape[1] != POOL_DIM or spatial.shape[1] != SPATIAL_DIM:
-            raise ValueError(f"{self.graph_path}: features have {pool.shape[1]} / {spatial.shape[1]} dims, expected "
-                             f"{POOL_DIM} / {SPATIAL_DIM}")
+            raise ValueError(f"{self.graph_path}: features have {pool.shape[1]} / {spatial.shape[1]} dims, "
+                             f"expected {POOL_DIM} / {SPATIAL_DIM}")
         return pool, spatial
 
     def class_probs(self, pool: np.ndarray, batch_size: int = 512) -> np.ndarray:
-        """IS class probabilities softmax(pool @ W) (no bias, as ADM), float32 (N, 1008), in batches of 512."""
-        from evaluations.metrics import softmax
+        """IS class probabilities softmax(pool @ W) (no bias, as ADM), float32 (N, 1008), in batches of
+        512."""
         out = np.empty((pool.shape[0], self.softmax_weight.shape[1]), dtype=np.float32)
         for i in range(0, pool.shape[0], batch_size):
             out[i:i + batch_size] = softmax(pool[i:i + batch_size].astype(np.float32) @ self.softmax_weight)
         return out
 
-    def close(self):
+    def close(self) -> None:
         pass
 
 
-class TorchInceptionNet(_Network):
+class TorchInceptionNet(InceptionNet):
     """The graph file executed op by op in PyTorch (evaluations/torch_graph.py), fp32 (no TF32) on `device`.
     check_numerics: the graph's CheckNumerics nodes raise on NaN / Inf (as in TF); False skips them."""
     backend = "torch"
 
-    def __init__(self, graph_path: str, device=None, check_numerics: bool = True):
+    def __init__(self, graph_path: str, device: str | None = None, check_numerics: bool = True):
+        # torch only here: the TF backend and the metric math run without importing it
         import torch
 
-        from evaluations.graphdef import read_graph_def
         from evaluations.torch_graph import GraphExecutor
         self.graph_path = graph_path
         self.device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -118,14 +128,14 @@ class TorchInceptionNet(_Network):
         self.softmax_weight = self.executor.constant(SOFTMAX_MATMUL_OP, 1).float().cpu().numpy()
         self._check_softmax_weight()
 
-    def features(self, images: np.ndarray):
+    def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, H, W, 3) -> pool (N, 2048), spatial (N, 2023) (HWC flattening), both float32."""
         pool, spatial = self.executor.run(images.astype(np.float32))
         pool, spatial = self._flatten(pool, spatial[..., :SPATIAL_CHANNELS])
         return pool.float().cpu().numpy(), spatial.float().cpu().numpy()
 
 
-class TFInceptionNet(_Network):
+class TFInceptionNet(InceptionNet):
     """The imported graph in its own tf.compat.v1 Session (TensorFlow places it)."""
     backend = "tf"
     device = "tensorflow placement"
@@ -148,8 +158,9 @@ class TFInceptionNet(_Network):
                     graph_def, input_map={INPUT_TENSOR: self.images},
                     return_elements=[POOL_TENSOR, SPATIAL_TENSOR, SOFTMAX_MATMUL_OP], name="inception")
             except (ValueError, KeyError) as e:
-                raise ValueError(f"{graph_path}: missing one of {INPUT_TENSOR}, {POOL_TENSOR}, {SPATIAL_TENSOR}, "
-                                 f"{SOFTMAX_MATMUL_OP} ({e}); is it the ADM Inception graph?") from None
+                raise ValueError(f"{graph_path}: missing one of {INPUT_TENSOR}, {POOL_TENSOR}, "
+                                 f"{SPATIAL_TENSOR}, {SOFTMAX_MATMUL_OP} ({e}); is it the ADM Inception "
+                                 f"graph?") from None
             self.pool = pool                                                  # (N, 1, 1, 2048)
             self.spatial = spatial[..., :SPATIAL_CHANNELS]                    # (N, 17, 17, 7)
             weight = matmul.inputs[1]                                         # (2048, 1008)
@@ -161,19 +172,21 @@ class TFInceptionNet(_Network):
         self._check_softmax_weight()
         self._tf_errors = tf.errors
 
-    def features(self, images: np.ndarray):
+    def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, H, W, 3) -> pool (N, 2048), spatial (N, 2023) (HWC flattening), both float32."""
         try:
-            pool, spatial = self.session.run([self.pool, self.spatial], {self.images: images.astype(np.float32)})
+            pool, spatial = self.session.run([self.pool, self.spatial],
+                                             {self.images: images.astype(np.float32)})
         except self._tf_errors.InvalidArgumentError as e:     # CheckNumerics: one line, not TF's stack trace
             raise ValueError(f"TensorFlow: {e.message.splitlines()[0]}") from None
         return self._flatten(pool, spatial)
 
-    def close(self):
+    def close(self) -> None:
         self.session.close()
 
 
-def load_network(graph_path: str, backend: str = "torch", device=None, check_numerics: bool = True) -> _Network:
+def load_network(graph_path: str, backend: str = "torch", device: str | None = None,
+                 check_numerics: bool = True) -> InceptionNet:
     """The Inception network on `backend` ("torch": this repo's executor, "tf": TensorFlow)."""
     if backend == "torch":
         return TorchInceptionNet(graph_path, device, check_numerics)
@@ -186,14 +199,11 @@ def load_network(graph_path: str, backend: str = "torch", device=None, check_num
     raise ValueError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
 
 
-def read_activations(net: _Network, path: str, key: str = "arr_0", batch_size: int = 64,
-                     progress: bool = True):
+def read_activations(net: InceptionNet, path: str, key: str = "arr_0", batch_size: int = 64,
+                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Streams uint8 NHWC images from `path`[key] through the network in file order, `batch_size` at a time.
     Returns (pool (N, 2048), spatial (N, 2023)) float32 arrays. A non-finite activation is a ValueError naming
     the file, the batch and (torch backend) the graph node."""
-    from tqdm.auto import tqdm
-
-    from evaluations.common import NpzArrayReader, check_images_array
     with NpzArrayReader(path, key) as reader:
         check_images_array(path, key, reader.shape, reader.dtype)
         pools, spatials = [], []

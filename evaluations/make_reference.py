@@ -3,9 +3,11 @@
     arr_0  uint8 (M, R, R, 3)   reference images for precision/recall (ADM: 10,000)
     mu, sigma       float64     pool_3 statistics over all used images (2048-d)
     mu_s, sigma_s   float64     mixed_6/conv[..., :7] statistics over all used images (2023-d)
-    labels int64 (M,)           class index per arr_0 image, when known (folder names, or `labels` in the input npz)
+    labels int64 (M,)           class index per arr_0 image, when known (folder names, or `labels` in the
+                                input npz)
 
-    python -m evaluations.make_reference OUT.npz --images DIR --resolution 256 [--num-ref 10000] [--inception PB]
+    python -m evaluations.make_reference OUT.npz --images DIR --resolution 256 [--num-ref 10000]
+        [--inception PB]
     python -m evaluations.make_reference OUT.npz --npz IMAGES.npz [--resolution 256]
     ... [--backend torch|tf] [--device cuda]       # the Inception backend, as evaluations/evaluator.py
 
@@ -20,19 +22,23 @@ import os
 import sys
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
 if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from evaluations import metrics
 from evaluations.common import NpzArrayReader, check_images_array, npz_keys
+from evaluations.inception import load_network, resolve_graph_path
 from fileio import atomic_savez, unusable_folder
 from preprocessing.crop import IMAGE_EXTENSIONS, center_crop_adm, to_rgb
 
-def adm_center_crop(image, resolution: int) -> np.ndarray:
+def adm_center_crop(image: Image.Image, resolution: int) -> np.ndarray:
     """ADM's centre crop (preprocessing/crop.py) of any PIL image -> uint8 (R, R, 3)."""
     return center_crop_adm(to_rgb(image), resolution)
 
 
-def list_images(folder: str):
+def list_images(folder: str) -> tuple[list[str], np.ndarray | None]:
     """Sorted image paths under `folder` and their labels (index of the sorted first-level sub-folder, or None
     when the images lie directly in `folder`)."""
     if not os.path.isdir(folder):
@@ -40,7 +46,8 @@ def list_images(folder: str):
     paths = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
-        paths += [os.path.join(root, f) for f in sorted(files) if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+        paths += [os.path.join(root, f) for f in sorted(files)
+                  if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
     if not paths:
         raise ValueError(f"--images {folder}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
     rel_first = [os.path.relpath(p, folder).split(os.sep)[0] for p in paths]
@@ -60,7 +67,6 @@ class _FolderSource:
         return len(self.paths)
 
     def batch(self, indices):
-        from PIL import Image
         out = []
         for i in indices:
             with Image.open(self.paths[i]) as im:
@@ -81,14 +87,14 @@ class _NpzSource:
             with np.load(path) as z:
                 self.labels = np.asarray(z["labels"], dtype=np.int64)
             if self.labels.shape != (self.reader.shape[0],):
-                raise ValueError(f"{path}: 'labels' has shape {self.labels.shape}, expected ({self.reader.shape[0]},)")
+                raise ValueError(f"{path}: 'labels' has shape {self.labels.shape}, "
+                                 f"expected ({self.reader.shape[0]},)")
         self._pos = 0
 
     def __len__(self):
         return self.reader.shape[0]
 
     def batch(self, indices):
-        from PIL import Image
         rows = []
         for i in indices:
             if i < self._pos:
@@ -108,13 +114,11 @@ class _NpzSource:
         self.reader.close()
 
 
-def make_reference(out: str, images: str = None, npz: str = None, resolution: int = None, num_ref: int = 10000,
-                   max_images: int = None, seed: int = 0, inception: str = None, stats: bool = True,
-                   batch_size: int = 64, progress: bool = True, backend: str = "torch", device: str = None) -> dict:
+def make_reference(out: str, images: str | None = None, npz: str | None = None, resolution: int | None = None,
+                   num_ref: int = 10000, max_images: int | None = None, seed: int = 0,
+                   inception: str | None = None, stats: bool = True, batch_size: int = 64,
+                   progress: bool = True, backend: str = "torch", device: str | None = None) -> dict:
     """Writes the reference npz `out` and returns a summary dict (see the module docstring)."""
-    from tqdm.auto import tqdm
-
-    from evaluations import metrics
     if (images is None) == (npz is None):
         raise ValueError("give exactly one of --images DIR or --npz FILE")
     if images is not None and not resolution:
@@ -140,9 +144,9 @@ def make_reference(out: str, images: str = None, npz: str = None, resolution: in
 
     net = None
     if stats:
-        from evaluations.inception import load_network, resolve_graph_path
         net = load_network(resolve_graph_path(inception), backend, device)
-        pool_stats, spatial_stats = metrics.RunningStats(), metrics.RunningStats()
+        pool_stats = metrics.RunningStats()
+        spatial_stats = metrics.RunningStats()
     res = source.resolution
     arr = np.empty((len(ref_pos), res, res, 3), dtype=np.uint8)
     filled = 0
@@ -172,27 +176,30 @@ def make_reference(out: str, images: str = None, npz: str = None, resolution: in
             "stats": bool(stats), "labels": source.labels is not None, "backend": backend if stats else None}
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="output reference npz")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="image folder (class sub-folders optional), ADM centre crop")
-    src.add_argument("--npz", help="npz with arr_0 uint8 N x H x W x C images (e.g. samples or preprocessed images)")
+    src.add_argument("--npz", help="npz with arr_0 uint8 N x H x W x C images (e.g. samples or preprocessed "
+                                   "images)")
     p.add_argument("--resolution", type=int, help="output resolution R (needed with --images)")
     p.add_argument("--num-ref", type=int, default=10000, help="images kept in arr_0 (ADM: 10000)")
-    p.add_argument("--max-images", type=int, help="use a random subset of this many images for the statistics")
+    p.add_argument("--max-images", type=int,
+                   help="use a random subset of this many images for the statistics")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset choices")
     p.add_argument("--inception", help="classify_image_graph_def.pb (else $ADM_INCEPTION_GRAPH or the cache)")
-    p.add_argument("--no-stats", action="store_true", help="write arr_0 (and labels) only; no Inception needed")
+    p.add_argument("--no-stats", action="store_true",
+                   help="write arr_0 (and labels) only; no Inception needed")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--backend", choices=["torch", "tf"], default="torch",
                    help="Inception backend (evaluations/evaluator.py --backend)")
     p.add_argument("--device", help="--backend torch: cuda or cpu (default cuda when available)")
     args = p.parse_args(argv)
     try:
-        summary = make_reference(args.out, args.images, args.npz, args.resolution, args.num_ref, args.max_images,
-                                 args.seed, args.inception, not args.no_stats, args.batch_size,
-                                 backend=args.backend, device=args.device)
+        summary = make_reference(args.out, args.images, args.npz, args.resolution, args.num_ref,
+                                 args.max_images, args.seed, args.inception, not args.no_stats,
+                                 args.batch_size, backend=args.backend, device=args.device)
     except (FileNotFoundError, KeyError, ValueError, ImportError) as e:
         raise SystemExit(f"error: {e.args[0] if isinstance(e, KeyError) else e}")
     print(summary)

@@ -19,7 +19,7 @@ FULL_SAMPLE_COUNT = 50000
 # ------------------------------------------------------------------------------------------------------------
 # Gaussian statistics and the Frechet distance
 
-def feature_stats(features: np.ndarray, chunk: int = 8192):
+def feature_stats(features: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of an (N, D) feature array in float64: mean and np.cov(rowvar=False) (ddof=1), two-pass.
 
     Chunked so that a float32 (50000, 2048) array never gets a full float64 copy.
@@ -48,7 +48,10 @@ class RunningStats:
     """
 
     def __init__(self):
-        self.n, self.shift, self.s1, self.s2 = 0, None, None, None
+        self.n = 0
+        self.shift = None
+        self.s1 = None
+        self.s2 = None
 
     def update(self, features: np.ndarray) -> None:
         x = np.asarray(features, dtype=np.float64)              # (B, D)
@@ -63,7 +66,7 @@ class RunningStats:
         self.s1 += x.sum(axis=0)
         self.s2 += x.T @ x
 
-    def stats(self):
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
         if self.n < 2:
             raise ValueError(f"RunningStats needs at least 2 feature vectors, got {self.n}")
         m = self.s1 / self.n                                      # mean of the shifted data
@@ -85,7 +88,7 @@ def _psd_sqrt(s: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(_clip_tiny(w))) @ v.T
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), float64:
 
         |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr sqrt(sigma1 sigma2).
@@ -96,8 +99,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     values in some SciPy releases and is ill-conditioned when the covariances are singular (fewer samples than
     dimensions).
     """
-    mu1, mu2 = np.asarray(mu1, np.float64).ravel(), np.asarray(mu2, np.float64).ravel()
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    mu1 = np.asarray(mu1, np.float64).ravel()
+    mu2 = np.asarray(mu2, np.float64).ravel()
+    sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+    sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
     if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError(f"frechet_distance: shapes do not match: mu1 {mu1.shape}, sigma1 {sigma1.shape}, "
@@ -177,7 +182,8 @@ class _Distances:
         return f32, None, None, np.einsum("ij,ij->i", f32, f32)
 
     def __call__(self, a, b) -> np.ndarray:
-        """a, b: prepared tuples (possibly row-sliced). Returns the (len(a), len(b)) float32 distance block."""
+        """a, b: prepared tuples (possibly row-sliced).
+        Returns the (len(a), len(b)) float32 distance block."""
         if self.half:
             with np.errstate(over="ignore", invalid="ignore"):    # fp16 overflow -> inf/nan -> fp32 fallback
                 dot2 = _round16(2.0 * _round16(a[1] @ b[1].T))
@@ -215,7 +221,7 @@ def knn_radii(features: np.ndarray, k: int = NHOOD_SIZE, dtype: str = "float16",
 
 
 def precision_recall(ref_features: np.ndarray, sample_features: np.ndarray, k: int = NHOOD_SIZE,
-                     dtype: str = "float16", block_entries: int = 1 << 25):
+                     dtype: str = "float16", block_entries: int = 1 << 25) -> tuple[float, float]:
     """(precision, recall) of samples against references, ADM semantics (ball membership is distance <=
     radius):
 

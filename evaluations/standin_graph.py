@@ -28,7 +28,9 @@ import numpy as np
 
 if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from evaluations import evaluator, metrics
 from evaluations.graphdef import Attr, encode_graph_def, encode_node
+from evaluations.inception import load_network, read_activations
 from fileio import atomic_savez, atomic_write_bytes, atomic_write_json
 
 # GraphDef producer version: BatchNormWithGlobalNormalization is refused by TensorFlow from version 9 on
@@ -58,7 +60,8 @@ class _Graph:
         """TF1's CheckNumerics pattern: name/CheckNumerics on x, name/control_dependency = Identity(x)."""
         self.op(f"{name}/CheckNumerics", "CheckNumerics", [x], T=Attr.type(F32),
                 message=Attr.str("activation input is not finite."))
-        return self.op(f"{name}/control_dependency", "Identity", [x, f"^{name}/CheckNumerics"], T=Attr.type(F32))
+        return self.op(f"{name}/control_dependency", "Identity", [x, f"^{name}/CheckNumerics"],
+                       T=Attr.type(F32))
 
     def input_block(self):
         """DecodeJpeg/contents -> DecodeJpeg -> Cast -> ExpandDims (the evaluator's feed) -> ResizeBilinear
@@ -67,7 +70,8 @@ class _Graph:
         self.op("DecodeJpeg", "DecodeJpeg", ["DecodeJpeg/contents"], channels=Attr.int(3))
         self.op("Cast", "Cast", ["DecodeJpeg"], SrcT=Attr.type(np.uint8), DstT=Attr.type(F32))
         self.const("ExpandDims/dim", np.int32(0))
-        self.op("ExpandDims", "ExpandDims", ["Cast", "ExpandDims/dim"], T=Attr.type(F32), Tdim=Attr.type(np.int32))
+        self.op("ExpandDims", "ExpandDims", ["Cast", "ExpandDims/dim"], T=Attr.type(F32),
+                Tdim=Attr.type(np.int32))
         self.const("ResizeBilinear/size", np.array([299, 299], np.int32))
         self.op("ResizeBilinear", "ResizeBilinear", ["ExpandDims", "ResizeBilinear/size"], T=Attr.type(F32),
                 align_corners=Attr.bool(False))
@@ -87,7 +91,8 @@ class _Graph:
             return self.op(scope, "Relu", [y], T=Attr.type(F32))
         r = self.rng
         names = []
-        for part, value in (("moving_mean", r.normal(0, 0.1, cout)), ("moving_variance", r.uniform(0.5, 1.5, cout)),
+        for part, value in (("moving_mean", r.normal(0, 0.1, cout)),
+                            ("moving_variance", r.uniform(0.5, 1.5, cout)),
                             ("beta", r.normal(0, 0.1, cout)), ("gamma", r.uniform(0.8, 1.2, cout))):
             names.append(self.const(f"{scope}/batchnorm/{part}", value.astype(F32)))
         y = self.op(f"{scope}/batchnorm", "BatchNormWithGlobalNormalization", [y] + names, T=Attr.type(F32),
@@ -95,8 +100,9 @@ class _Graph:
         return self.op(scope, "Relu", [self.checked(scope, y)], T=Attr.type(F32))
 
     def pool(self, name, x, kind, size, stride, padding):
-        return self.op(name, kind, [self.checked(name, x)], T=Attr.type(F32), ksize=Attr.ints([1, size, size, 1]),
-                       strides=Attr.ints([1, stride, stride, 1]), padding=Attr.str(padding))
+        return self.op(name, kind, [self.checked(name, x)], T=Attr.type(F32),
+                       ksize=Attr.ints([1, size, size, 1]), strides=Attr.ints([1, stride, stride, 1]),
+                       padding=Attr.str(padding))
 
     def join(self, name, inputs):
         self.const(f"{name}/concat_dim", np.int32(3))
@@ -136,7 +142,8 @@ def _block_a(g, s, x, cin, pool_features):          # mixed, mixed_1, mixed_2: 3
     b1 = g.conv(f"{s}/tower/conv_1", g.conv(f"{s}/tower/conv", x, cin, 48, 1), 48, 64, 5)
     b2 = g.conv(f"{s}/tower_1/conv", x, cin, 64, 1)
     b2 = g.conv(f"{s}/tower_1/conv_2", g.conv(f"{s}/tower_1/conv_1", b2, 64, 96, 3), 96, 96, 3)
-    b3 = g.conv(f"{s}/tower_2/conv", g.pool(f"{s}/tower_2/pool", x, "AvgPool", 3, 1, "SAME"), cin, pool_features, 1)
+    pooled = g.pool(f"{s}/tower_2/pool", x, "AvgPool", 3, 1, "SAME")
+    b3 = g.conv(f"{s}/tower_2/conv", pooled, cin, pool_features, 1)
     return g.join(f"{s}/join", [b0, b1, b2, b3]), 224 + pool_features
 
 
@@ -185,7 +192,8 @@ def _full(g: _Graph):
     b0 = g.conv("mixed_8/tower/conv_1", g.conv("mixed_8/tower/conv", x, 768, 192, 1), 192, 320, 3, stride=2,
                 padding="VALID")
     b1 = g.conv("mixed_8/tower_1/conv", x, 768, 192, 1)
-    b1 = g.conv("mixed_8/tower_1/conv_2", g.conv("mixed_8/tower_1/conv_1", b1, 192, 192, (1, 7)), 192, 192, (7, 1))
+    b1 = g.conv("mixed_8/tower_1/conv_1", b1, 192, 192, (1, 7))
+    b1 = g.conv("mixed_8/tower_1/conv_2", b1, 192, 192, (7, 1))
     b1 = g.conv("mixed_8/tower_1/conv_3", b1, 192, 192, 3, stride=2, padding="VALID")
     x = g.join("mixed_8/join", [b0, b1, g.pool("mixed_8/pool", x, "MaxPool", 3, 2, "VALID")])   # 8 x 8 x 1280
     x = _block_e(g, "mixed_9", x, 1280, "AvgPool")
@@ -207,7 +215,8 @@ def build_standin_graph(path: str, seed: int = 0, kind: str = "small") -> str:
 
 
 def smooth_images(n: int, size: int, seed: int, shift: float = 0.0) -> np.ndarray:
-    """uint8 (n, size, size, 3) images: per-image random 8x8 colour fields, upsampled, plus a brightness shift."""
+    """uint8 (n, size, size, 3) images: per-image random 8x8 colour fields, upsampled, plus a brightness
+    shift."""
     rng = np.random.default_rng(seed)
     out = np.empty((n, size, size, 3), dtype=np.uint8)
     rep = size // 8
@@ -221,7 +230,8 @@ def _bench_files(n, size, kind, folder):
     graph = os.path.join(folder, f"standin-{kind}.pb")
     if not os.path.isfile(graph):
         build_standin_graph(graph, kind=kind)
-    ref, smp = os.path.join(folder, f"ref-{n}-{size}.npz"), os.path.join(folder, f"samples-{n}-{size}.npz")
+    ref = os.path.join(folder, f"ref-{n}-{size}.npz")
+    smp = os.path.join(folder, f"samples-{n}-{size}.npz")
     if not os.path.isfile(ref):
         atomic_savez(ref, arr_0=smooth_images(n, size, seed=1))
     if not os.path.isfile(smp):
@@ -231,20 +241,18 @@ def _bench_files(n, size, kind, folder):
 
 def bench(n: int, size: int, batch_size: int, folder: str, kind: str, backend: str) -> None:
     """Times `evaluator.py REF SAMPLE --backend B` on n vs n stand-in images (two different image draws)."""
-    from evaluations import evaluator
     graph, ref, smp = _bench_files(n, size, kind, folder)
     t0 = time.time()
     evaluator.main([ref, smp, "--inception", graph, "--out", os.path.join(folder, f"eval-{backend}.json"),
                     "--batch-size", str(batch_size), "--backend", backend, "--no-ref-cache"])
-    print(f"evaluator wall time, {n} vs {n} images of {size}x{size}, {kind} stand-in graph, --backend {backend}, "
-          f"CPU ({os.cpu_count()} cores): {time.time() - t0:.1f} s")
+    print(f"evaluator wall time, {n} vs {n} images of {size}x{size}, {kind} stand-in graph, "
+          f"--backend {backend}, CPU ({os.cpu_count()} cores): {time.time() - t0:.1f} s")
 
 
 def _cached_features(net, backend: str, ref: str, smp: str, batch_size: int, folder: str):
     """-> ((ref pool, ref spatial, sample pool, sample spatial), seconds): read from
     FOLDER/features-BACKEND-*.npz when an earlier --compare wrote it (a long comparison resumes per
     backend)."""
-    from evaluations.inception import read_activations
     cache = os.path.join(folder, f"features-{backend}-{os.path.basename(smp)}")
     if os.path.isfile(cache):
         with np.load(cache) as f:
@@ -259,12 +267,11 @@ def _cached_features(net, backend: str, ref: str, smp: str, batch_size: int, fol
 
 
 def compare(n: int, size: int, batch_size: int, folder: str, kind: str) -> dict:
-    """The torch and TF backends on the same n vs n images: largest feature differences and both metric sets."""
-    from evaluations import evaluator
-    from evaluations.inception import load_network
+    """The torch and TF backends on the same n vs n images: largest feature differences and both metric
+    sets."""
     graph, ref, smp = _bench_files(n, size, kind, folder)
-    from evaluations import metrics
-    feats, records = {}, {}
+    feats = {}
+    records = {}
     for backend in ("torch", "tf"):
         net = load_network(graph, backend)
         try:
@@ -274,18 +281,21 @@ def compare(n: int, size: int, batch_size: int, folder: str, kind: str) -> dict:
             net.close()
         ref_pool, ref_spatial, smp_pool, smp_spatial = feats[backend]
         records[backend] = evaluator.compute_metrics(ref_pool, metrics.feature_stats(ref_pool),
-                                                     metrics.feature_stats(ref_spatial), smp_pool, smp_spatial,
-                                                     probs)
+                                                     metrics.feature_stats(ref_spatial), smp_pool,
+                                                     smp_spatial, probs)
         print(f"{backend}: Inception on {2 * n} images {seconds:.1f} s; " + ", ".join(
             f"{k} {records[backend][k]:.8g}" for k in evaluator.METRIC_KEYS), flush=True)
     out = {"n": n, "kind": kind}
     for i, what in enumerate(("ref pool_3", "ref mixed_6/conv", "sample pool_3", "sample mixed_6/conv")):
-        a, b = feats["torch"][i].astype(np.float64), feats["tf"][i].astype(np.float64)
+        a = feats["torch"][i].astype(np.float64)
+        b = feats["tf"][i].astype(np.float64)
         out[f"{what} max |torch - tf| / max |tf|"] = float(np.abs(a - b).max() / np.abs(b).max())
         big = np.abs(b) > 1e-3 * np.abs(b).max()
-        out[f"{what} max elementwise relative (|tf| > 1e-3 max)"] = float((np.abs(a - b)[big] / np.abs(b)[big]).max())
+        relative = np.abs(a - b)[big] / np.abs(b)[big]
+        out[f"{what} max elementwise relative (|tf| > 1e-3 max)"] = float(relative.max())
     for k in evaluator.METRIC_KEYS:
-        t, f = records["torch"][k], records["tf"][k]
+        t = records["torch"][k]
+        f = records["tf"][k]
         out[f"{k} torch - tf"] = t - f
         out[f"{k} relative"] = abs(t - f) / abs(f) if f else abs(t - f)
     for k, v in out.items():
@@ -295,15 +305,17 @@ def compare(n: int, size: int, batch_size: int, folder: str, kind: str) -> dict:
     return out
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", nargs="?", help="where to write the stand-in .pb")
-    p.add_argument("--kind", choices=sorted(KINDS), default="small", help="small (cheap) or full (Inception-v3)")
+    p.add_argument("--kind", choices=sorted(KINDS), default="small",
+                   help="small (cheap) or full (Inception-v3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bench", type=int, metavar="N", help="time the evaluator on N vs N images instead")
     p.add_argument("--compare", type=int, metavar="N", help="torch vs TF backends on N vs N images instead")
     p.add_argument("--backend", choices=["torch", "tf"], default="torch", help="backend timed by --bench")
-    p.add_argument("--size", type=int, default=256, help="image size for --bench (default 256, as ImageNet 256)")
+    p.add_argument("--size", type=int, default=256,
+                   help="image size for --bench (default 256, as ImageNet 256)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workdir", help="folder for the --bench / --compare files, reused when present "
                                      "(default: a temporary folder, removed)")

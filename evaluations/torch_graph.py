@@ -33,15 +33,15 @@ class Nchw:
     """A rank-4 tensor whose logical (TF) layout is NHWC, stored as NCHW."""
     __slots__ = ("x",)
 
-    def __init__(self, x):
+    def __init__(self, x: torch.Tensor):
         self.x = x
 
 
-def logical(v):
+def logical(v: "Nchw | torch.Tensor") -> torch.Tensor:
     return v.x.permute(0, 2, 3, 1) if isinstance(v, Nchw) else v
 
 
-def physical(v):
+def physical(v: "Nchw | torch.Tensor") -> torch.Tensor:
     """NCHW torch tensor of a rank-4 NHWC value."""
     if isinstance(v, Nchw):
         return v.x
@@ -104,7 +104,8 @@ def _pad_nchw(x, pads, value=0.0):
 
 
 def _resize_axis(in_size, out_size, align_corners, half_pixel):
-    """TF's ResizeBilinear sampling along one axis, in float32 as its kernel computes it: lower, upper, lerp."""
+    """TF's ResizeBilinear sampling along one axis, in float32 as its kernel computes it: lower, upper,
+    lerp."""
     if align_corners and out_size > 1:
         scale = np.float32(in_size - 1) / np.float32(out_size - 1)
     else:
@@ -124,8 +125,11 @@ TORCH_DTYPES = {np.dtype(k): v for k, v in {
 
 
 class GraphExecutor:
-    def __init__(self, graph: GraphDef, path: str, feed: str, fetches, device="cpu", check_numerics=True):
-        self.path, self.device, self.check_numerics = path, torch.device(device), check_numerics
+    def __init__(self, graph: GraphDef, path: str, feed: str, fetches: list[str], device: str = "cpu",
+                 check_numerics: bool = True):
+        self.path = path
+        self.device = torch.device(device)
+        self.check_numerics = check_numerics
         self.nodes = {}
         for node in graph.nodes:
             if node.name in self.nodes:
@@ -165,7 +169,9 @@ class GraphExecutor:
     def _order(self, targets):
         """Topological order of the nodes `targets` need (data inputs; control inputs when CheckNumerics is
         on), stopping at the feed. Raises on a missing node, an unknown op or a cycle."""
-        order, state, fed = [], {}, set()
+        order = []
+        state = {}
+        fed = set()
         stack = [(t, False) for t in reversed(targets)]
         while stack:
             name, expanded = stack.pop()
@@ -181,15 +187,16 @@ class GraphExecutor:
             if node is None:
                 raise ValueError(f"{self.path}: an input names node '{name}', which the graph does not have")
             if node.op not in SUPPORTED_OPS:
-                raise ValueError(f"{self.path}: node '{name}' has op type '{node.op}', which this executor does "
-                                 f"not run (evaluations/torch_graph.py SUPPORTED_OPS lists the ones it does)")
+                raise ValueError(f"{self.path}: node '{name}' has op type '{node.op}', which this executor "
+                                 f"does not run (evaluations/torch_graph.py SUPPORTED_OPS lists the ones it "
+                                 f"does)")
             state[name] = 1
             stack.append((name, True))
             data, control = self._deps(node)
             for n, i in data:
                 if i != 0 and (n, i) != self.feed:
-                    raise ValueError(f"{self.path}: node '{name}' reads output {i} of '{n}'; this executor runs "
-                                     f"single-output ops only")
+                    raise ValueError(f"{self.path}: node '{name}' reads output {i} of '{n}'; this executor "
+                                     f"runs single-output ops only")
             children = [n for n, i in data if (n, i) != self.feed]
             fed.update(name for n, i in data if (n, i) == self.feed)
             if self.check_numerics:
@@ -260,7 +267,7 @@ class GraphExecutor:
             self._conv_bn[conv.name] = (weight, (beta - mean * scale).float())
             self._passthrough.add(name)
 
-    def constant(self, name: str, index: int):
+    def constant(self, name: str, index: int) -> torch.Tensor:
         """The value of input `index` of node `name`, computed without the feed (e.g. the softmax weight)."""
         node = self.nodes.get(name)
         if node is None:
@@ -270,7 +277,8 @@ class GraphExecutor:
             raise ValueError(f"{self.path}: node '{name}' has {len(data)} inputs, not {index + 1}")
         src, out = data[index]
         if (src, out) == self.feed:
-            raise ValueError(f"{self.path}: input {index} of '{name}' is the fed image tensor, not a constant")
+            raise ValueError(f"{self.path}: input {index} of '{name}' is the fed image tensor, "
+                             f"not a constant")
         if src not in self.values:
             plan, fed = self._order([src])
             if fed:
@@ -282,12 +290,14 @@ class GraphExecutor:
         return logical(self.values[src][out])
 
     # ---- running -------------------------------------------------------------------------------------------
-    def run(self, feed_value: np.ndarray):
-        """Feed -> the fetched tensors (torch, logical TF layout, on self.device). Raises NonFiniteActivation."""
+    def run(self, feed_value: np.ndarray) -> list[torch.Tensor]:
+        """Feed -> the fetched tensors (torch, logical TF layout, on self.device).
+        Raises NonFiniteActivation."""
         x = torch.from_numpy(np.ascontiguousarray(feed_value)).to(self.device)
         values = dict(self.values)
         checks = []
-        prev_mm, prev_cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        prev_mm = torch.backends.cuda.matmul.allow_tf32
+        prev_cudnn = torch.backends.cudnn.allow_tf32
         # TF32 rounds matmul/convolution inputs to 10 mantissa bits (about 1e-3 relative per op): the features
         # would then differ from TensorFlow's fp32 ones by more than the evaluator's tolerance. Off while
         # running.
@@ -325,8 +335,8 @@ class GraphExecutor:
         except NonFiniteActivation:
             raise
         except (ValueError, RuntimeError, IndexError, TypeError, KeyError) as e:
-            raise ValueError(f"{self.path}: node '{node.name}' ({node.op}) failed: {str(e).splitlines()[0]}") \
-                from None
+            first_line = str(e).splitlines()[0]
+            raise ValueError(f"{self.path}: node '{node.name}' ({node.op}) failed: {first_line}") from None
         raw = out.x if isinstance(out, Nchw) else out
         if node.op == "CheckNumerics" and raw.numel():
             # min and max in one pass: both finite exactly when every element is (NaN propagates through max)
@@ -414,7 +424,8 @@ def _conv2d(ex, node, inputs, weight=None, bias=None):
     strides, dilations = _nhwc_attr(node, "strides"), _nhwc_attr(node, "dilations")
     pads = _spatial_pads(node, x, w.shape[2:], strides, dilations)
     if pads[0][0] == pads[0][1] and pads[1][0] == pads[1][1]:
-        return Nchw(F.conv2d(x, w, bias, stride=strides, padding=(pads[0][0], pads[1][0]), dilation=dilations))
+        return Nchw(F.conv2d(x, w, bias, stride=strides, padding=(pads[0][0], pads[1][0]),
+                             dilation=dilations))
     return Nchw(F.conv2d(_pad_nchw(x, pads), w, bias, stride=strides, dilation=dilations))
 
 

@@ -1,4 +1,5 @@
-"""Suite-wide settings: tiny tensors run much faster on one intra-op thread than on several on a shared CPU."""
+"""Suite-wide settings: tiny tensors run much faster on one intra-op thread than on several on a shared
+CPU."""
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ def one_thread():
 def one_blas_thread():
     """One BLAS thread: the evaluator's 2048-d eigendecompositions slow down many-fold when OpenBLAS threads
     spin-wait on shared cores; on idle cores this costs about a second per Frechet distance."""
+    # threadpoolctl is optional (not in the requirements): without it the BLAS keeps its threads
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:

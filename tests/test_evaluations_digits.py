@@ -58,7 +58,8 @@ def test_uint8_layouts_match_float_input(real):
     x, y = real[0][:400], real[1][:400]
     u8 = torch.round((x + 1) * 127.5).clamp(0, 255).to(torch.uint8)          # (N, 1, R, R)
     ref = dm.digits_metric(x, y)
-    for arr in (u8, u8[:, 0].numpy(), u8.permute(0, 2, 3, 1).numpy(), u8.repeat(1, 3, 1, 1).permute(0, 2, 3, 1)):
+    nhwc_rgb = u8.repeat(1, 3, 1, 1).permute(0, 2, 3, 1)
+    for arr in (u8, u8[:, 0].numpy(), u8.permute(0, 2, 3, 1).numpy(), nhwc_rgb):
         r = dm.digits_metric(arr, y)
         assert r["fd"] == pytest.approx(ref["fd"], abs=0.05) and abs(r["accuracy"] - ref["accuracy"]) < 0.01
     assert dm.digits_metric(x[:, 0], None)["accuracy"] is None              # (N, R, R) float, no labels
@@ -134,7 +135,8 @@ def test_classifier_trains_even_when_called_under_no_grad(tmp_path, monkeypatch)
 def test_nearest_train_share_matches_a_naive_loop():
     gen = torch.Generator().manual_seed(0)
     q, train, held = (torch.randn(n, 5, generator=gen) for n in (30, 40, 20))
-    naive = np.mean([min(float((a - b).norm()) for b in train) < min(float((a - c).norm()) for c in held) for a in q])
+    naive = np.mean([min(float((a - b).norm()) for b in train) < min(float((a - c).norm()) for c in held)
+                     for a in q])
     assert dm.nearest_train_share(q, train, held) == pytest.approx(naive)
     loo = np.mean([min(float((held[i] - b).norm()) for b in train) <
                    min(float((held[i] - held[j]).norm()) for j in range(20) if j != i) for i in range(20)])

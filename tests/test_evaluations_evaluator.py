@@ -6,11 +6,14 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from evaluations import evaluator, make_reference
+from evaluations import evaluator, make_reference, metrics
 from evaluations.common import NpzArrayReader
 from fileio import atomic_savez
-from evaluations.inception import GRAPH_ENV, GRAPH_FILE, resolve_graph_path
+from evaluations.inception import (GRAPH_ENV, GRAPH_FILE, TFInceptionNet, TorchInceptionNet, read_activations,
+                                   resolve_graph_path)
+from evaluations.standin_graph import build_standin_graph, smooth_images
 from tf_support import quiet, require_tensorflow
 
 # one BLAS thread for the 2048-d eigendecompositions (tests/conftest.py)
@@ -21,7 +24,6 @@ N = 96          # images per batch file
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from evaluations.standin_graph import build_standin_graph, smooth_images
     d = tmp_path_factory.mktemp("adm")
     paths = {"graph": build_standin_graph(str(d / "standin.pb"))}
     images = smooth_images(N, 32, seed=1)
@@ -34,13 +36,12 @@ def files(tmp_path_factory):
 
 
 def run(files, sample, ref="ref", **kw):
-    return evaluator.evaluate(files[ref], files[sample], files["graph"], batch_size=32, progress=False, log=quiet,
-                              **kw)
+    return evaluator.evaluate(files[ref], files[sample], files["graph"], batch_size=32, progress=False,
+                              log=quiet, **kw)
 
 
 def test_standin_graph_has_the_real_tensor_shapes(files):
     require_tensorflow()
-    from evaluations.inception import TFInceptionNet
     net = TFInceptionNet(files["graph"])
     try:
         assert net.pool.shape.as_list()[1:] == [1, 1, 2048]
@@ -77,8 +78,6 @@ def test_identical_images_give_zero_fid_and_full_precision_recall(files, capsys,
 
 
 def test_shifted_images_give_larger_fid_with_stored_reference_statistics(files, monkeypatch):
-    from evaluations import metrics
-    from evaluations.inception import TorchInceptionNet, read_activations
     monkeypatch.setenv("SIT_SRA_CACHE", str(files["dir"] / "cache"))
     # make_reference from the npz: streamed statistics over all images, every image kept in arr_0.
     ref_stats = str(files["dir"] / "ref_stats.npz")
@@ -116,7 +115,9 @@ def test_missing_graph_gives_a_clear_message(tmp_path, monkeypatch, capsys):
 
 
 def test_graph_path_resolution_order(tmp_path, monkeypatch):
-    cache, env, flag = tmp_path / "cache", tmp_path / "env.pb", tmp_path / "flag.pb"
+    cache = tmp_path / "cache"
+    env = tmp_path / "env.pb"
+    flag = tmp_path / "flag.pb"
     cache.mkdir()
     for p in (cache / GRAPH_FILE, env, flag):
         p.write_bytes(b"x")
@@ -164,7 +165,6 @@ def test_npz_reader_streams_batches(tmp_path, compressed):
 
 
 def test_adm_center_crop():
-    from PIL import Image
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(300, 500, 3), dtype=np.uint8))
     out = make_reference.adm_center_crop(img, 64)       # 300x500 -> box 150x250 -> 75x125 -> bicubic 64x107
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
@@ -174,7 +174,6 @@ def test_adm_center_crop():
 
 
 def test_make_reference_from_folder_without_stats(tmp_path):
-    from PIL import Image
     rng = np.random.default_rng(0)
     for cls in ("b_class", "a_class"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
@@ -182,8 +181,8 @@ def test_make_reference_from_folder_without_stats(tmp_path):
             Image.fromarray(rng.integers(0, 256, size=(40, 60, 3), dtype=np.uint8)).save(
                 tmp_path / "imgs" / cls / f"{i}.png")
     out = str(tmp_path / "ref.npz")
-    s = make_reference.make_reference(out, images=str(tmp_path / "imgs"), resolution=16, num_ref=4, stats=False,
-                                      progress=False)
+    s = make_reference.make_reference(out, images=str(tmp_path / "imgs"), resolution=16, num_ref=4,
+                                      stats=False, progress=False)
     assert s["images_used"] == 6 and s["ref_images"] == 4
     with np.load(out) as z:
         assert set(z.files) == {"arr_0", "labels"}

@@ -33,7 +33,8 @@ def tf():
 
 
 def tf_run(tf, graph_bytes, feed, fetches, feed_name="ExpandDims:0"):
-    """TensorFlow's values of `fetches` with `feed` mapped onto `feed_name`, as the TF backend imports a graph."""
+    """TensorFlow's values of `fetches` with `feed` mapped onto `feed_name`, as the TF backend imports a
+    graph."""
     tf1 = tf.compat.v1
     gd = tf1.GraphDef()
     gd.ParseFromString(graph_bytes)
@@ -52,7 +53,8 @@ def torch_run(graph_bytes, feed, fetches, feed_name="ExpandDims:0", **kw):
 # ---- the reader --------------------------------------------------------------------------------------------
 
 def test_reader_agrees_with_tensorflows_parser(tf):
-    """A graph TF serialises (attrs of every kind, packed and unpacked values) reads back to the same nodes."""
+    """A graph TF serialises (attrs of every kind, packed and unpacked values) reads back to the same
+    nodes."""
     tf1 = tf.compat.v1
     with tf.Graph().as_default() as g:
         x = tf1.placeholder(tf.float32, [None, 8, 8, 3], name="x")
@@ -120,13 +122,15 @@ OP_CASES = {
     # convolution outputs are kept as NCHW inside: joins, reshapes and broadcasts must still see NHWC
     "concat_v1_channels": ((2, 4, 4, 3), lambda tf, x: tf.raw_ops.Concat(
         concat_dim=3, values=[_conv(tf, x, 2), _conv(tf, x, 3) * 2.0, tf.nn.relu6(x)])),
-    "concat_v2_height": ((2, 4, 4, 3), lambda tf, x: tf.concat([_conv(tf, x, 3), _conv(tf, x, 3) - 1.0], axis=1)),
+    "concat_v2_height": ((2, 4, 4, 3), lambda tf, x: tf.concat([_conv(tf, x, 3), _conv(tf, x, 3) - 1.0],
+                                                               axis=1)),
     "reshape_matmul_softmax": ((3, 2, 2, 4), lambda tf, x: tf.nn.softmax(tf.nn.bias_add(
         tf.matmul(tf.reshape(_conv(tf, x, 4), [-1, 16]), _conv_w((16, 5))), [0.1, 0.2, 0.3, 0.4, 0.5]))),
-    "squeeze_mean": ((2, 3, 4, 5), lambda tf, x: tf.squeeze(tf.reduce_mean(_conv(tf, x, 3), [1, 2], keepdims=True),
-                                                            [1, 2])),
+    "squeeze_mean": ((2, 3, 4, 5), lambda tf, x: tf.squeeze(
+        tf.reduce_mean(_conv(tf, x, 3), [1, 2], keepdims=True), [1, 2])),
     "broadcast_add_vector": ((2, 3, 3, 4), lambda tf, x: _conv(tf, x, 4) + tf.constant([1.0, 2.0, 3.0, 4.0])),
-    "bias_add_after_conv": ((2, 3, 3, 4), lambda tf, x: tf.nn.relu(tf.nn.bias_add(_conv(tf, x, 2), [1.0, -1.0]))),
+    "bias_add_after_conv": ((2, 3, 3, 4), lambda tf, x: tf.nn.relu(
+        tf.nn.bias_add(_conv(tf, x, 2), [1.0, -1.0]))),
     "cast_expand": ((2, 3, 3, 2), lambda tf, x: tf.expand_dims(tf.cast(tf.cast(x, tf.int32), tf.float32), 0)),
     "elementwise": ((2, 3, 3, 2), lambda tf, x: tf.maximum(x, 0.5) / tf.minimum(x + 3.0, 2.0)),
 }
@@ -177,14 +181,19 @@ def tf1_resize_reference(img, out_h, out_w):
     """TF1's ResizeBilinear (align_corners=False, half_pixel_centers=False), transcribed literally: source
     coordinate = output index * (in / out), lower = floor, upper = min(ceil, in - 1), lerp = fraction."""
     in_h, in_w = img.shape[:2]
-    sy, sx = F32(in_h) / F32(out_h), F32(in_w) / F32(out_w)
+    sy = F32(in_h) / F32(out_h)
+    sx = F32(in_w) / F32(out_w)
     out = np.empty((out_h, out_w) + img.shape[2:], F32)
     for i in range(out_h):
         y = F32(i) * sy
-        y0, y1, ly = int(np.floor(y)), min(int(np.ceil(y)), in_h - 1), F32(y - np.floor(y))
+        y0 = int(np.floor(y))
+        y1 = min(int(np.ceil(y)), in_h - 1)
+        ly = F32(y - np.floor(y))
         for j in range(out_w):
             x = F32(j) * sx
-            x0, x1, lx = int(np.floor(x)), min(int(np.ceil(x)), in_w - 1), F32(x - np.floor(x))
+            x0 = int(np.floor(x))
+            x1 = min(int(np.ceil(x)), in_w - 1)
+            lx = F32(x - np.floor(x))
             top = img[y0, x0] + (img[y0, x1] - img[y0, x0]) * lx
             bottom = img[y1, x0] + (img[y1, x1] - img[y1, x0]) * lx
             out[i, j] = top + (bottom - top) * ly
@@ -222,7 +231,8 @@ def test_full_standin_has_the_2015_graphs_layout(full_graph):
                      ("mixed/join", "Concat"), ("mixed_4/tower/conv_2/CheckNumerics", "CheckNumerics"),
                      ("mixed_6/conv", "Relu"), ("mixed_9/tower_2/pool", "AvgPool"),
                      ("mixed_10/tower_2/pool", "MaxPool"), ("mixed_10/join", "Concat"), ("pool_3", "AvgPool"),
-                     ("pool_3/_reshape", "Reshape"), ("softmax/logits/MatMul", "MatMul"), ("softmax", "Softmax")):
+                     ("pool_3/_reshape", "Reshape"), ("softmax/logits/MatMul", "MatMul"),
+                     ("softmax", "Softmax")):
         assert ops[name] == op, name
     consts = {n.name: n.attrs.get("value") for n in g.nodes if n.op == "Const"}
     assert consts["softmax/weights"].shape == (2048, 1008)
@@ -267,15 +277,17 @@ def small_files(tmp_path_factory):
 
 def test_both_backends_give_the_same_metrics_on_the_small_standin(tf, small_files, monkeypatch, tmp_path):
     monkeypatch.setenv("SIT_SRA_CACHE", str(tmp_path / "cache"))
-    rec = {b: evaluator.evaluate(small_files["ref"], small_files["samples"], small_files["graph"], batch_size=40,
-                                 progress=False, log=quiet, backend=b) for b in ("torch", "tf")}
+    rec = {b: evaluator.evaluate(small_files["ref"], small_files["samples"], small_files["graph"],
+                                 batch_size=40, progress=False, log=quiet, backend=b)
+           for b in ("torch", "tf")}
     t, f = rec["torch"], rec["tf"]
     assert t["backend"] == "torch" and f["backend"] == "tf" and t["device"] == "cpu"
     assert t["fid"] > 1.0 and t["sfid"] > 1.0                       # different image sets: a real comparison
     assert t["fid"] == pytest.approx(f["fid"], rel=1e-3) and t["sfid"] == pytest.approx(f["sfid"], rel=1e-3)
     assert t["inception_score"] == pytest.approx(f["inception_score"], rel=1e-4)
     assert abs(t["precision"] - f["precision"]) <= 1e-3 and abs(t["recall"] - f["recall"]) <= 1e-3
-    assert t["inception_graph_sha256"] == f["inception_graph_sha256"] and len(t["inception_graph_sha256"]) == 64
+    assert t["inception_graph_sha256"] == f["inception_graph_sha256"]
+    assert len(t["inception_graph_sha256"]) == 64
 
 
 def test_reference_features_are_cached(small_files, monkeypatch, tmp_path):
@@ -283,8 +295,10 @@ def test_reference_features_are_cached(small_files, monkeypatch, tmp_path):
     args = (small_files["ref"], small_files["samples"], small_files["graph"])
     first = evaluator.evaluate(*args, batch_size=48, progress=False, log=quiet)
     second = evaluator.evaluate(*args, batch_size=48, progress=False, log=quiet)
-    assert first["reference_features_cache"]["hit"] is False and second["reference_features_cache"]["hit"] is True
-    assert os.path.dirname(second["reference_features_cache"]["path"]) == str(tmp_path / "cache" / "ref_features")
+    assert first["reference_features_cache"]["hit"] is False
+    assert second["reference_features_cache"]["hit"] is True
+    cache_folder = str(tmp_path / "cache" / "ref_features")
+    assert os.path.dirname(second["reference_features_cache"]["path"]) == cache_folder
     for k in evaluator.METRIC_KEYS:
         assert first[k] == second[k]
     off = evaluator.evaluate(*args, batch_size=48, progress=False, log=quiet, ref_cache=False)
@@ -295,8 +309,8 @@ def test_reference_features_are_cached(small_files, monkeypatch, tmp_path):
 
 def _evaluator_error(capsys, small_files, graph, *flags):
     with pytest.raises(SystemExit) as e:
-        evaluator.main([small_files["ref"], small_files["samples"], "--inception", str(graph), "--no-progress",
-                        "--no-ref-cache", *flags])
+        evaluator.main([small_files["ref"], small_files["samples"], "--inception", str(graph),
+                        "--no-progress", "--no-ref-cache", *flags])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -397,9 +411,9 @@ except SystemExit as e:
 
 
 def test_torch_backend_needs_no_tensorflow(tmp_path):
-    res = subprocess.run([sys.executable, "-c", NO_TF, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "SIT_SRA_CACHE": str(tmp_path / "cache"),
-                                           "OPENBLAS_NUM_THREADS": "1"})
+    env = {**os.environ, "SIT_SRA_CACHE": str(tmp_path / "cache"), "OPENBLAS_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", NO_TF, str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     rec = json.load(open(tmp_path / "rec.json"))
     assert rec["backend"] == "torch" and rec["reference_stats"].startswith("stored")
