@@ -23,7 +23,8 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 def center_crop_adm(pil_image: Image.Image, res: int) -> np.ndarray:
     """ADM centre crop of an RGB PIL image -> uint8 array (res, res, 3)."""
     if pil_image.mode != "RGB":
-        raise ValueError(f"center_crop_adm expects an RGB image, got mode {pil_image.mode!r} (use load_rgb first)")
+        raise ValueError(f"center_crop_adm expects an RGB image, got mode {pil_image.mode!r} "
+                         f"(use load_rgb first)")
     img = pil_image
     while min(img.size) >= 2 * res:                                   # step 1: BOX halving
         img = img.resize((img.size[0] // 2, img.size[1] // 2), resample=Image.BOX)
@@ -63,7 +64,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")                                          # 1, L, P, CMYK, YCbCr, LAB, HSV
 
 
-def load_rgb(path: str, min_size: int = 8):
+def load_rgb(path: str, min_size: int = 8) -> tuple[Image.Image | None, str | None]:
     """Open an image file -> (RGB PIL image, None) or (None, reason). Never raises for a bad file."""
     try:
         with warnings.catch_warnings():
@@ -84,5 +85,6 @@ def load_rgb(path: str, min_size: int = 8):
         if "truncated" in msg:
             return None, f"truncated: {msg}"
         return None, f"unreadable: {msg}"
-    except Exception as e:                                             # noqa: BLE001 - a bad file never kills the run
+    # a bad file never kills the run
+    except Exception as e:                                             # noqa: BLE001
         return None, f"unreadable: {type(e).__name__}: {e}"

@@ -1,9 +1,11 @@
 """Image folder -> latent shards (the format is documented in preprocessing/__init__.py).
 
-    python -m preprocessing SRC_DIR OUT_DIR --resolution 256 [--vae PATH | --vae-id stabilityai/sd-vae-ft-mse]
-        [--batch-size 64] [--precision fp32|tf32|bf16] [--dtype float32|float16] [--flip] [--shard-size 20000]
-        [--workers 8] [--device cuda|cpu] [--reference-batch N] [--reference-seed 0] [--min-size 8]
-    torchrun --nproc_per_node 8 -m preprocessing SRC_DIR OUT_DIR ...      # shard k is done by rank k % world_size
+    python -m preprocessing SRC_DIR OUT_DIR --resolution 256
+        [--vae PATH | --vae-id stabilityai/sd-vae-ft-mse] [--batch-size 64] [--precision fp32|tf32|bf16]
+        [--dtype float32|float16] [--flip] [--shard-size 20000] [--workers 8] [--device cuda|cpu]
+        [--reference-batch N] [--reference-seed 0] [--min-size 8]
+    # shard k is done by rank k % world_size
+    torchrun --nproc_per_node 8 -m preprocessing SRC_DIR OUT_DIR ...
 
 Images are assigned to shards by position in the sorted file list (shard k = files [k*S, (k+1)*S)), so the
 shards do not depend on the number of processes. Finished shards are skipped on restart (checked against a
@@ -16,14 +18,15 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .crop import IMAGE_EXTENSIONS, center_crop_adm, load_rgb
-from .shards import (DTYPES, ShardWriter, atomic_save_npy, atomic_write_json, finalize, fingerprint, shard_files,
-                     shard_is_done)
+from .shards import (DTYPES, ShardWriter, atomic_save_npy, atomic_write_json, finalize, fingerprint,
+                     shard_files, shard_is_done)
 from .launch import check_launch_flags, rank_environment
 from fileio import unusable_folder
 from models.vae import DEFAULT_VAE_ID, PRECISIONS, configure_precision, encode_moments, load_vae
@@ -32,7 +35,7 @@ from models.vae import DEFAULT_VAE_ID, PRECISIONS, configure_precision, encode_m
 RESOLUTION_STEP = 16
 
 
-def scan_folder(src_dir: str):
+def scan_folder(src_dir: str) -> tuple[list[str], list[tuple[str, int]], int]:
     """-> (class_names, items [(relative path, label)], number of non-image files ignored).
 
     Labels are indices of the class folders in sorted order; files are found recursively inside each class
@@ -43,8 +46,10 @@ def scan_folder(src_dir: str):
         raise FileNotFoundError(f"SRC_DIR {src_dir!r} is not a folder (expected one sub-folder per class)")
     class_names = sorted(e.name for e in os.scandir(src_dir) if e.is_dir() and not e.name.startswith("."))
     if not class_names:
-        raise FileNotFoundError(f"SRC_DIR {src_dir!r} has no class sub-folders (expected e.g. n01440764/*.JPEG)")
-    items, ignored = [], 0
+        raise FileNotFoundError(f"SRC_DIR {src_dir!r} has no class sub-folders "
+                                f"(expected e.g. n01440764/*.JPEG)")
+    items = []
+    ignored = 0
     for label, name in enumerate(class_names):
         found = []
         for root, dirs, files in os.walk(os.path.join(src_dir, name)):
@@ -62,11 +67,16 @@ def scan_folder(src_dir: str):
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Global item index -> (index, uint8 (res, res, 3) crop or None, reason or None); never raises on bad files."""
+    """Global item index -> (index, uint8 (res, res, 3) crop or None, reason or None); never raises on bad
+    files."""
 
-    def __init__(self, src_dir, items, indices, resolution, min_size):
-        self.src_dir, self.items, self.indices = src_dir, items, indices
-        self.resolution, self.min_size = resolution, min_size
+    def __init__(self, src_dir: str, items: list[tuple[str, int]], indices: list[int], resolution: int,
+                 min_size: int):
+        self.src_dir = src_dir
+        self.items = items
+        self.indices = indices
+        self.resolution = resolution
+        self.min_size = min_size
 
     def __len__(self):
         return len(self.indices)
@@ -82,7 +92,8 @@ class CropDataset(torch.utils.data.Dataset):
             return idx, None, f"crop failed: {type(e).__name__}: {e}"
 
 
-def check_flags(out_dir, resolution, batch_size, shard_size, reference_batch=0, max_shards=None):
+def check_flags(out_dir: str, resolution: int, batch_size: int, shard_size: int, reference_batch: int = 0,
+                max_shards: int | None = None) -> None:
     """Flag values refused before anything is read or written (ValueError naming the flag)."""
     if resolution % RESOLUTION_STEP or resolution < RESOLUTION_STEP:
         raise ValueError(f"--resolution {resolution}: must be a positive multiple of {RESOLUTION_STEP} (the "
@@ -102,10 +113,13 @@ def _collate(batch):
     return batch
 
 
-def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae_id=DEFAULT_VAE_ID,
-                  batch_size=64, precision="fp32", dtype="float32", flip=False, shard_size=20000, workers=4,
-                  device=None, reference_batch=0, reference_seed=0, min_size=8, max_shards=None,
-                  rank=0, world_size=1, progress=True):
+def encode_folder(src_dir: str, out_dir: str, resolution: int = 256, vae: torch.nn.Module | None = None,
+                  vae_path: str | None = None, vae_id: str = DEFAULT_VAE_ID, batch_size: int = 64,
+                  precision: str = "fp32", dtype: str = "float32", flip: bool = False,
+                  shard_size: int = 20000, workers: int = 4, device: str | torch.device | None = None,
+                  reference_batch: int = 0, reference_seed: int = 0, min_size: int = 8,
+                  max_shards: int | None = None, rank: int = 0, world_size: int = 1,
+                  progress: bool = True) -> dict | None:
     """Encode SRC_DIR into OUT_DIR. `vae` may be passed directly (tests); otherwise it is loaded via load_vae.
 
     max_shards: stop after finishing that many shards in this process (for time-limited jobs; rerun to
@@ -113,7 +127,8 @@ def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae
     """
     check_flags(out_dir, resolution, batch_size, shard_size, reference_batch, max_shards)
     if precision not in PRECISIONS or dtype not in DTYPES:
-        raise ValueError(f"--precision must be in {PRECISIONS} and --dtype in {DTYPES}; got {precision}, {dtype}")
+        raise ValueError(f"--precision must be in {PRECISIONS} and --dtype in {DTYPES}; "
+                         f"got {precision}, {dtype}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     class_names, items, ignored = scan_folder(src_dir)
     n = len(items)
@@ -126,11 +141,13 @@ def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae
         margin = max(16, reference_batch // 100)
         reference = {int(i): r for r, i in enumerate(perm[:reference_batch + margin])}
     vae_name = os.path.abspath(vae_path) if vae_path else (vae_id if vae is None else "in-memory")
-    settings = {"resolution": resolution, "vae": vae_name, "precision": precision, "dtype": dtype, "flip": flip,
-                "min_size": min_size, "shard_size": shard_size, "reference_seed": reference_seed}
+    settings = {"resolution": resolution, "vae": vae_name, "precision": precision, "dtype": dtype,
+                "flip": flip, "min_size": min_size, "shard_size": shard_size,
+                "reference_seed": reference_seed}
 
     def shard_fingerprint(k):
-        lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
+        lo = k * shard_size
+        hi = min(n, (k + 1) * shard_size)
         return fingerprint({"settings": settings, "items": items[lo:hi],
                             "reference": [[i, reference[i]] for i in range(lo, hi) if i in reference]})
 
@@ -141,9 +158,9 @@ def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae
     if stopped_early:
         todo = todo[:max_shards]
     if rank == 0:
-        print(f"[preprocessing] {n} image files in {len(class_names)} classes ({ignored} other files ignored); "
-              f"{num_shards} shards of {shard_size}; rank 0 of {world_size}: {len(mine) - len(todo)} done, "
-              f"{len(todo)} to do on {device}", flush=True)
+        print(f"[preprocessing] {n} image files in {len(class_names)} classes ({ignored} other files "
+              f"ignored); {num_shards} shards of {shard_size}; rank 0 of {world_size}: "
+              f"{len(mine) - len(todo)} done, {len(todo)} to do on {device}", flush=True)
 
     if todo:
         if vae is None:
@@ -153,9 +170,10 @@ def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae
         loader = torch.utils.data.DataLoader(
             CropDataset(src_dir, items, indices, resolution, min_size), batch_size=8, shuffle=False,
             num_workers=workers, collate_fn=_collate, prefetch_factor=4 if workers > 0 else None)
-        stream = (x for chunk in loader for x in chunk)               # ordered (index, crop, reason)
-        bar = tqdm(total=len(indices), unit="img", desc=f"rank {rank}", position=rank, disable=not progress,
-                   dynamic_ncols=True)
+        # ordered (index, crop, reason)
+        stream = (x for chunk in loader for x in chunk)
+        bar = tqdm(total=len(indices), unit="img", desc=f"rank {rank}", position=rank,
+                   disable=not progress, dynamic_ncols=True)
         t0 = time.time()
         for k in todo:
             _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, precision, dtype, flip,
@@ -168,9 +186,11 @@ def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae
 
     stopped = torch.tensor(int(stopped_early))
     if world_size > 1 and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(stopped, op=torch.distributed.ReduceOp.MAX)   # also waits for every rank
+        # also waits for every rank
+        torch.distributed.all_reduce(stopped, op=torch.distributed.ReduceOp.MAX)
     if stopped.item():
-        print(f"[preprocessing] rank {rank}: stopped after --max-shards {max_shards}; rerun to continue", flush=True)
+        print(f"[preprocessing] rank {rank}: stopped after --max-shards {max_shards}; rerun to continue",
+              flush=True)
         return None
     if rank != 0:
         return None
@@ -178,7 +198,8 @@ def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae
               "moments_shape": [8, resolution // 8, resolution // 8], "dtype": dtype, "scale_factor": 0.18215,
               "moments_layout": "channels 0-3 posterior mean, 4-7 posterior std, unscaled VAE space",
               "vae": vae_name, "precision": precision, "crop": "adm-center-crop", "min_size": min_size,
-              "flip": flip, "flip_layout": "interleaved: sample 2i = image i, 2i+1 = its mirror" if flip else None,
+              "flip": flip,
+              "flip_layout": "interleaved: sample 2i = image i, 2i+1 = its mirror" if flip else None,
               "num_classes": len(class_names), "class_names": class_names, "ignored_non_image_files": ignored,
               "source_dir": os.path.abspath(src_dir), "created_by": "python -m preprocessing"}
     info = finalize(out_dir, num_shards, header,
@@ -188,14 +209,19 @@ def encode_folder(src_dir, out_dir, resolution=256, vae=None, vae_path=None, vae
     return info
 
 
-def _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, precision, dtype, flip, resolution,
-                  reference, fp, device, bar, settings=None):
+def _encode_shard(out_dir, k, shard_size, n, items, stream: Iterator, vae, batch_size, precision, dtype, flip,
+                  resolution, reference, fp, device, bar, settings=None):
     """Consume shard k's items from `stream`, encode them in batches, write the shard atomically."""
-    lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
+    lo = k * shard_size
+    hi = min(n, (k + 1) * shard_size)
     files = shard_files(out_dir, k)
     h = resolution // 8
     writer = ShardWriter(files["moments"], (hi - lo) * (2 if flip else 1), (8, h, h), dtype)
-    labels, sources, skipped, ref_crops, ref_ranks = [], [], [], [], []
+    labels = []
+    sources = []
+    skipped = []
+    ref_crops = []
+    ref_ranks = []
     # [(index, crop)] waiting for a full batch
     pending = []
 
@@ -205,7 +231,8 @@ def _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, pre
             x = torch.cat([x, x.flip(2)])                              # (2B, ...): originals, then mirrors
         m = encode_moments(vae, x, precision).cpu()                    # (B or 2B, 8, h, w) float32
         if flip:
-            m = m.view(2, -1, *m.shape[1:]).transpose(0, 1).reshape(-1, *m.shape[1:])   # interleave
+            # interleave
+            m = m.view(2, -1, *m.shape[1:]).transpose(0, 1).reshape(-1, *m.shape[1:])
         writer.write(m.numpy())
         for idx, _ in pending:
             for mirrored in ([False, True] if flip else [False]):
@@ -244,20 +271,22 @@ def _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, pre
     bar.set_postfix(shard=k, skipped=len(skipped), refresh=False)
 
 
-def parse_args(argv):
+def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m preprocessing", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Resume: rerun the same command. Multi-GPU: torchrun --nproc_per_node N -m preprocessing ...\n"
-               "Keep existing REPA/SRA latents: python -m preprocessing import-repa DATA_DIR OUT_DIR (--help there).")
+               "Keep existing REPA/SRA latents: python -m preprocessing import-repa DATA_DIR OUT_DIR "
+               "(--help there).")
     p.add_argument("src_dir", help="image folder, one sub-folder per class (ImageNet train/ layout)")
     p.add_argument("out_dir", help="output folder (created; rerun with the same arguments to resume)")
     p.add_argument("--resolution", type=int, default=256, help="crop size in pixels (256 or 512)")
     p.add_argument("--vae", dest="vae_path", default=None, help="local diffusers AutoencoderKL folder")
-    p.add_argument("--vae-id", default=DEFAULT_VAE_ID, help="Hugging Face id looked up in the local cache only")
+    p.add_argument("--vae-id", default=DEFAULT_VAE_ID,
+                   help="Hugging Face id looked up in the local cache only")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder call (x2 with --flip)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="encoder arithmetic: fp32 (TF32 off, "
-                                                                         "default), tf32, bf16 (fastest on GPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="encoder arithmetic: fp32 (TF32 off, default), tf32, bf16 (fastest on GPU)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="storage dtype of the moments")
     p.add_argument("--flip", action="store_true", help="also store each image's horizontal mirror")
     p.add_argument("--shard-size", type=int, default=20000, help="image files per shard")
@@ -273,7 +302,7 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         check_launch_flags(args.workers, args.device)
@@ -284,11 +313,12 @@ def main(argv=None):
         return 2
     with rank_environment(args.workers, args.device) as (rank, world_size, workers, device):
         try:
-            encode_folder(args.src_dir, args.out_dir, args.resolution, vae_path=args.vae_path, vae_id=args.vae_id,
-                          batch_size=args.batch_size, precision=args.precision, dtype=args.dtype, flip=args.flip,
-                          shard_size=args.shard_size, workers=workers, device=device,
-                          reference_batch=args.reference_batch, reference_seed=args.reference_seed,
-                          min_size=args.min_size, max_shards=args.max_shards, rank=rank, world_size=world_size,
+            encode_folder(args.src_dir, args.out_dir, args.resolution, vae_path=args.vae_path,
+                          vae_id=args.vae_id, batch_size=args.batch_size, precision=args.precision,
+                          dtype=args.dtype, flip=args.flip, shard_size=args.shard_size, workers=workers,
+                          device=device, reference_batch=args.reference_batch,
+                          reference_seed=args.reference_seed, min_size=args.min_size,
+                          max_shards=args.max_shards, rank=rank, world_size=world_size,
                           progress=not args.no_progress)
         except (FileNotFoundError, ValueError) as e:                    # incl. SettingsMismatch (a rerun)
             print(f"error: {e}", file=sys.stderr)

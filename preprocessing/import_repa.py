@@ -1,6 +1,7 @@
 """Import an existing REPA/SRA latent folder into the shard format, so nothing has to be re-encoded.
 
-    python -m preprocessing import-repa DATA_DIR OUT_DIR [--shard-size 20000] [--dtype float32] [--num-classes 1000]
+    python -m preprocessing import-repa DATA_DIR OUT_DIR [--shard-size 20000] [--dtype float32]
+        [--num-classes 1000]
 
 DATA_DIR holds vae-sd/ (or is vae-sd/): **/*.npy float32 (8, h, w) posterior [mean, std] files plus
 dataset.json {"labels": [[relpath, label], ...]}, as written by REPA's/SRA's `dataset_tools.py encode`.
@@ -12,59 +13,59 @@ encoded from), sample i is paired with the i-th image in sorted order, as REPA's
 carry an index must agree): sources.txt then names the images and `python -m preprocessing repa-features
 OUT_DIR` computes REPA's targets from them, the real images (never VAE reconstructions).
 """
-import re
 import argparse
 import os
+import re
 import sys
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+# the one reader of the REPA layout
+from dataset import RepaLatentDataset
 from fileio import unusable_folder
 from .shards import DTYPES, ShardWriter, atomic_write_json, finalize, fingerprint, shard_files, shard_is_done
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def repa_images(ds):
+def repa_images(ds: RepaLatentDataset) -> tuple[str | None, list[str] | None]:
     """REPA's images/ next to vae-sd/, paired with the latents in sorted order -> (root, relative paths), or
     (None, None) when there is no images/ folder."""
     root = os.path.join(os.path.dirname(os.path.abspath(ds.folder)), "images")
     if os.path.abspath(ds.folder) == os.path.abspath(root) or not os.path.isdir(root):
         return None, None
-    files = sorted(os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/") for d, _, names in os.walk(root)
-                   for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
+    files = sorted(os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+                   for d, _, names in os.walk(root) for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
     if len(files) != len(ds.files):
-        raise ValueError(f"{root} holds {len(files)} images for {len(ds.files)} latents in {ds.folder}: REPA pairs "
-                         f"them in sorted order, so the counts must match")
+        raise ValueError(f"{root} holds {len(files)} images for {len(ds.files)} latents in {ds.folder}: "
+                         f"REPA pairs them in sorted order, so the counts must match")
     for image, latent in zip(files, ds.files):
-        a, b = re.findall(r"\d+", os.path.basename(image)), re.findall(r"\d+", os.path.basename(latent))
+        a = re.findall(r"\d+", os.path.basename(image))
+        b = re.findall(r"\d+", os.path.basename(latent))
         if a and b and int(a[-1]) != int(b[-1]):
-            raise ValueError(f"{root}/{image} and {ds.folder}/{latent} are paired by sorted order but carry the "
-                             f"indices {int(a[-1])} and {int(b[-1])}")
+            raise ValueError(f"{root}/{image} and {ds.folder}/{latent} are paired by sorted order but carry "
+                             f"the indices {int(a[-1])} and {int(b[-1])}")
     return root, files
 
 
 class _Arrays(torch.utils.data.Dataset):
     def __init__(self, ds, indices):
-        self.ds, self.indices = ds, indices
+        self.ds = ds
+        self.indices = indices
 
     def __len__(self):
         return len(self.indices)
 
     def __getitem__(self, i):
-        return self.ds.load(self.indices[i])                       # float32 (8, h, w), as stored
+        # float32 (8, h, w), as stored
+        return self.ds.load(self.indices[i])
 
 
-def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classes=None, workers=4, progress=True):
+def import_repa(data_dir: str, out_dir: str, shard_size: int = 20000, dtype: str = "float32",
+                num_classes: int | None = None, workers: int = 4, progress: bool = True) -> dict:
     """Convert DATA_DIR (REPA layout) into OUT_DIR (shard format). Returns dataset.json's content."""
-    try:
-        from dataset import RepaLatentDataset                      # the one reader of the REPA layout
-    except ImportError:                                            # run from outside the repository root
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from dataset import RepaLatentDataset
-
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     if workers < 0:
@@ -82,16 +83,20 @@ def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classe
     os.makedirs(os.path.join(out_dir, "shards"), exist_ok=True)
 
     def shard_fingerprint(k):
-        lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
-        return fingerprint({"settings": settings, "items": [[ds.files[i], int(ds.labels[i])] for i in range(lo, hi)]})
+        lo = k * shard_size
+        hi = min(n, (k + 1) * shard_size)
+        items = [[ds.files[i], int(ds.labels[i])] for i in range(lo, hi)]
+        return fingerprint({"settings": settings, "items": items})
 
     todo = [k for k in range(num_shards) if not shard_is_done(out_dir, k, shard_fingerprint(k), settings)]
     print(f"[import-repa] {n} latents {ds.item_shape} in {ds.folder}"
-          f"{f' (images in {images_root})' if images else ''}; {num_shards} shards, {len(todo)} to write", flush=True)
+          f"{f' (images in {images_root})' if images else ''}; {num_shards} shards, {len(todo)} to write",
+          flush=True)
     bar = tqdm(total=sum(min(n, (k + 1) * shard_size) - k * shard_size for k in todo), unit="latent",
                disable=not progress, dynamic_ncols=True)
     for k in todo:
-        lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
+        lo = k * shard_size
+        hi = min(n, (k + 1) * shard_size)
         files = shard_files(out_dir, k)
         writer = ShardWriter(files["moments"], hi - lo, ds.item_shape, dtype)
         try:
@@ -112,20 +117,23 @@ def import_repa(data_dir, out_dir, shard_size=20000, dtype="float32", num_classe
             raise
     bar.close()
     h = ds.item_shape[1]
-    header = {"resolution": 8 * h, "latent_size": h, "latent_channels": 4, "moments_shape": list(ds.item_shape),
-              "dtype": dtype, "scale_factor": 0.18215,
+    header = {"resolution": 8 * h, "latent_size": h, "latent_channels": 4,
+              "moments_shape": list(ds.item_shape), "dtype": dtype, "scale_factor": 0.18215,
               "moments_layout": "channels 0-3 posterior mean, 4-7 posterior std, unscaled VAE space",
-              "vae": "imported", "precision": None, "crop": "adm-center-crop", "min_size": None, "flip": False,
-              "flip_layout": None, "num_classes": ds.num_classes, "class_names": None,
+              "vae": "imported", "precision": None, "crop": "adm-center-crop", "min_size": None,
+              "flip": False, "flip_layout": None, "num_classes": ds.num_classes, "class_names": None,
               "source_dir": images_root or os.path.abspath(ds.folder),
-              "sources_are": "images" if images else "latents", "created_by": "python -m preprocessing import-repa"}
+              "sources_are": "images" if images else "latents",
+              "created_by": "python -m preprocessing import-repa"}
     info = finalize(out_dir, num_shards, header)
-    print(f"[import-repa] wrote {out_dir}: {info['num_samples']} samples, {len(info['shards'])} shards", flush=True)
+    print(f"[import-repa] wrote {out_dir}: {info['num_samples']} samples, {len(info['shards'])} shards",
+          flush=True)
     return info
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m preprocessing import-repa", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m preprocessing import-repa",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("data_dir", help="folder holding vae-sd/ (REPA/SRA layout), or vae-sd/ itself")
     p.add_argument("out_dir")
     p.add_argument("--shard-size", type=int, default=20000)

@@ -11,19 +11,19 @@ import os
 
 import numpy as np
 
-from fileio import atomic_save_npy, atomic_write_bytes, atomic_write_json, npy_header, stream_npz  # noqa: F401
+from fileio import atomic_save_npy, atomic_write_bytes, atomic_write_json, npy_header, stream_npz
 
 FORMAT_NAME = "sit-latent-shards"
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
 
 
-def fingerprint(obj) -> str:
+def fingerprint(obj: object) -> str:
     """Stable hash of a JSON-able object (settings + a shard's file list)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def shard_files(out_dir: str, k: int):
+def shard_files(out_dir: str, k: int) -> dict[str, str]:
     d = os.path.join(out_dir, "shards")
     return {"moments": os.path.join(d, f"moments-{k:05d}.npy"),
             "meta": os.path.join(d, f"meta-{k:05d}.json"),
@@ -87,20 +87,25 @@ class ShardWriter:
     close() trims the file to the samples written and renames it into place; nothing is held in RAM.
     """
 
-    def __init__(self, path: str, capacity: int, sample_shape, dtype: str):
+    def __init__(self, path: str, capacity: int, sample_shape: tuple[int, ...], dtype: str):
         if dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
-        self.path, self.tmp = path, path[:-len(".npy")] + ".tmp"
-        self.capacity, self.sample_shape, self.dtype = capacity, tuple(sample_shape), np.dtype(dtype)
+        self.path = path
+        self.tmp = path[:-len(".npy")] + ".tmp"
+        self.capacity = capacity
+        self.sample_shape = tuple(sample_shape)
+        self.dtype = np.dtype(dtype)
         self.count = 0
         c = self.sample_shape[0] // 2
-        self.stats = {"n": 0, "mean_sum": [0.0] * c, "mean_sqsum": [0.0] * c,                # running sums
+        # running sums; the fp16 errors in std units
+        self.stats = {"n": 0, "mean_sum": [0.0] * c, "mean_sqsum": [0.0] * c,
                       "std_sum": 0.0, "std_min": None, "std_max": None,
-                      "fp16_err_max": 0.0, "fp16_err_sum": 0.0}                               # in std units
-        shape = (max(capacity, 1),) + self.sample_shape             # a zero-length memmap is not allowed
+                      "fp16_err_max": 0.0, "fp16_err_sum": 0.0}
+        # a zero-length memmap is not allowed
+        shape = (max(capacity, 1),) + self.sample_shape
         self.mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=shape)
 
-    def write(self, moments: np.ndarray):
+    def write(self, moments: np.ndarray) -> None:
         n = moments.shape[0]
         if moments.shape[1:] != self.sample_shape:
             raise ValueError(f"shard {self.path}: expected samples of shape {self.sample_shape}, "
@@ -112,13 +117,17 @@ class ShardWriter:
         self.count += n
         if n == 0:
             return
-        c, st = moments.shape[1] // 2, self.stats
-        mean, std = moments[:, :c].astype(np.float64), moments[:, c:].astype(np.float64)
+        c = moments.shape[1] // 2
+        st = self.stats
+        mean = moments[:, :c].astype(np.float64)
+        std = moments[:, c:].astype(np.float64)
         st["n"] += mean[:, 0].size
         st["mean_sum"] = [a + b for a, b in zip(st["mean_sum"], mean.sum(axis=(0, 2, 3)).tolist())]
-        st["mean_sqsum"] = [a + b for a, b in zip(st["mean_sqsum"], (mean ** 2).sum(axis=(0, 2, 3)).tolist())]
+        st["mean_sqsum"] = [a + b for a, b in zip(st["mean_sqsum"],
+                                                  (mean ** 2).sum(axis=(0, 2, 3)).tolist())]
         st["std_sum"] += float(std.sum())
-        lo, hi = float(std.min()), float(std.max())
+        lo = float(std.min())
+        hi = float(std.max())
         st["std_min"] = lo if st["std_min"] is None else min(st["std_min"], lo)
         st["std_max"] = hi if st["std_max"] is None else max(st["std_max"], hi)
         if self.dtype == np.float16:                                 # what fp16 storage costs, in std units
@@ -126,7 +135,7 @@ class ShardWriter:
             st["fp16_err_max"] = max(st["fp16_err_max"], float(err.max()))
             st["fp16_err_sum"] += float(err.sum())
 
-    def close(self):
+    def close(self) -> None:
         """Trim to `count` samples, flush, and rename into place (atomic)."""
         self.mm.flush()
         offset = self.mm.offset                                      # header length of the .npy
@@ -146,14 +155,14 @@ class ShardWriter:
             os.replace(self.tmp + "2", self.tmp)
         os.replace(self.tmp, self.path)
 
-    def abort(self):
+    def abort(self) -> None:
         if hasattr(self, "mm"):
             del self.mm
         if os.path.exists(self.tmp):
             os.remove(self.tmp)
 
 
-def write_reference_npz(out_dir: str, selection):
+def write_reference_npz(out_dir: str, selection: list[tuple[str, list[int]]]) -> None:
     """selection: [(part path, rows)] -> reference_batch.npz (arr_0 uint8 NHWC, the rows of each part in
     order), streamed without holding the images in RAM. If the parts are gone, a previous finalize already
     wrote the npz (and deleted them): keep it."""
@@ -161,8 +170,8 @@ def write_reference_npz(out_dir: str, selection):
     if not all(os.path.isfile(p) for p, _ in selection):
         if os.path.isfile(path):
             return
-        raise RuntimeError(f"reference parts missing in {os.path.join(out_dir, 'shards')} and no {path}: delete "
-                           f"the shards whose meta lists reference_ranks and rerun")
+        raise RuntimeError(f"reference parts missing in {os.path.join(out_dir, 'shards')} and no {path}: "
+                           f"delete the shards whose meta lists reference_ranks and rerun")
     first = np.load(selection[0][0], mmap_mode="r")
     shape = (sum(len(rows) for _, rows in selection),) + first.shape[1:]      # (N, res, res, 3)
     del first
@@ -177,7 +186,7 @@ def write_reference_npz(out_dir: str, selection):
     stream_npz(path, shape, rows_of_parts())
 
 
-def summarize_stats(stats, float16: bool) -> dict:
+def summarize_stats(stats: list[dict], float16: bool) -> dict:
     """Per-shard running sums -> dataset.json's latent_stats and float16_rounding."""
     stats = [s for s in stats if s["n"] > 0]
     n = sum(s["n"] for s in stats)
@@ -188,11 +197,14 @@ def summarize_stats(stats, float16: bool) -> dict:
     m2 = [sum(s["mean_sqsum"][i] for s in stats) / n for i in range(c)]
     overall = float(np.sqrt(sum(m2) / c - (sum(m1) / c) ** 2))
     out = {"latent_stats": {
-        "what": "statistics of the unscaled posterior mean per channel, and of the posterior std, over the dataset",
+        "what": "statistics of the unscaled posterior mean per channel, and of the posterior std, over the "
+                "dataset",
         "channel_mean": m1, "channel_std": [float(np.sqrt(max(b - a * a, 0.0))) for a, b in zip(m1, m2)],
-        "scale_for_unit_std": 1.0 / overall if overall > 0 else None,     # compare with scale_factor 0.18215
+        # compare with scale_factor 0.18215
+        "scale_for_unit_std": 1.0 / overall if overall > 0 else None,
         "posterior_std_mean": sum(s["std_sum"] for s in stats) / (n * c),
-        "posterior_std_min": min(s["std_min"] for s in stats), "posterior_std_max": max(s["std_max"] for s in stats)},
+        "posterior_std_min": min(s["std_min"] for s in stats),
+        "posterior_std_max": max(s["std_max"] for s in stats)},
         "float16_rounding": None}
     if float16:
         out["float16_rounding"] = {
@@ -202,19 +214,26 @@ def summarize_stats(stats, float16: bool) -> dict:
     return out
 
 
-def finalize(out_dir: str, num_shards: int, header: dict, reference=None) -> dict:
+def finalize(out_dir: str, num_shards: int, header: dict, reference: dict | None = None) -> dict:
     """All shards finished -> labels.npy, sources.txt, skipped.txt, reference_batch.npz, dataset.json.
     Idempotent.
 
     reference: None, or {"count": N, "seed": s}: the reference batch takes the N readable candidates of
     smallest rank (the shard metas list each saved crop's rank in the seeded permutation), in file order.
     """
-    shards, labels, sources, skipped, candidates = [], [], [], [], []   # candidates: (rank, shard, row)
-    stats = []                                                              # per-shard running sums
+    shards = []
+    labels = []
+    sources = []
+    skipped = []
+    # (rank, shard, row) of every reference candidate
+    candidates = []
+    # per-shard running sums
+    stats = []
     for k in range(num_shards):
         files = shard_files(out_dir, k)
         if not os.path.isfile(files["moments"]):
-            raise RuntimeError(f"cannot finalize {out_dir}: shard {files['moments']} is missing; rerun the command")
+            raise RuntimeError(f"cannot finalize {out_dir}: shard {files['moments']} is missing; "
+                               f"rerun the command")
         with open(files["meta"]) as f:
             meta = json.load(f)
         mm = np.load(files["moments"], mmap_mode="r")
@@ -232,7 +251,8 @@ def finalize(out_dir: str, num_shards: int, header: dict, reference=None) -> dic
     atomic_save_npy(os.path.join(out_dir, "labels.npy"), np.asarray(labels, dtype=np.int64).reshape(-1))
     atomic_write_bytes(os.path.join(out_dir, "sources.txt"),
                        "".join(f"{p}\t{int(fl)}\n" for p, fl in sources).encode())
-    atomic_write_bytes(os.path.join(out_dir, "skipped.txt"), "".join(f"{p}\t{r}\n" for p, r in skipped).encode())
+    atomic_write_bytes(os.path.join(out_dir, "skipped.txt"),
+                       "".join(f"{p}\t{r}\n" for p, r in skipped).encode())
 
     if reference:
         chosen = sorted(candidates)[:reference["count"]]

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from dataset import LatentShardDataset, RepaLatentDataset, build_dataset
+import preprocessing.encode as enc
 from preprocessing.crop import center_crop_adm, load_rgb
 from preprocessing.encode import encode_folder, main as encode_main, scan_folder
 from preprocessing.import_repa import import_repa
@@ -129,7 +130,8 @@ def test_center_crop_adm_steps(monkeypatch, size, res, steps):
 
 
 def test_center_crop_keeps_the_centre():
-    """A 600x400 image, left half black / right half white: the centre crop straddles the edge at its middle."""
+    """A 600x400 image, left half black / right half white: the centre crop straddles the edge at its
+    middle."""
     arr = np.zeros((400, 600, 3), np.uint8)
     arr[:, 300:] = 255
     out = center_crop_adm(Image.fromarray(arr), 256)
@@ -138,7 +140,8 @@ def test_center_crop_keeps_the_centre():
 
 
 def test_load_rgb_odd_modes(image_folder):
-    for rel in ["n01_alpha/a2.jpg", "n02_beta/b1.jpg", "n02_beta/b2.png", "n02_beta/b3.png", "n02_beta/b4.png"]:
+    for rel in ["n01_alpha/a2.jpg", "n02_beta/b1.jpg", "n02_beta/b2.png", "n02_beta/b3.png",
+                "n02_beta/b4.png"]:
         img, reason = load_rgb(os.path.join(image_folder, rel))
         assert reason is None and img.mode == "RGB", rel
     img, _ = load_rgb(os.path.join(image_folder, "n02_beta/b2.png"))
@@ -180,10 +183,12 @@ def test_shards_labels_and_json_agree(image_folder, encoded):
     assert not [f for f in os.listdir(os.path.join(out, "shards")) if f.endswith(".tmp")]
     x, _ = LatentShardDataset(out).get_batch(range(11))                      # the recorded statistics
     st = info["latent_stats"]
-    np.testing.assert_allclose(st["channel_mean"], x[:, :4].double().mean((0, 2, 3)).numpy(), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(st["channel_mean"], x[:, :4].double().mean((0, 2, 3)).numpy(), rtol=1e-6,
+                               atol=1e-9)
     np.testing.assert_allclose(st["channel_std"], x[:, :4].double().std((0, 2, 3), unbiased=False).numpy(),
                                rtol=1e-6)
-    assert st["posterior_std_min"] == x[:, 4:].min().item() and st["posterior_std_max"] == x[:, 4:].max().item()
+    assert st["posterior_std_min"] == x[:, 4:].min().item()
+    assert st["posterior_std_max"] == x[:, 4:].max().item()
     assert info["float16_rounding"] is None
 
 
@@ -193,7 +198,8 @@ def test_moments_match_the_vae_posterior(image_folder, encoded, sd_vae):
     sources = [line.split("\t")[0] for line in open(os.path.join(out, "sources.txt")).read().splitlines()]
     # L, CMYK, P
     pick = [sources.index(p) for p in ("n01_alpha/a2.jpg", "n02_beta/b1.jpg", "n02_beta/b3.png")]
-    crops = np.stack([center_crop_adm(load_rgb(os.path.join(image_folder, sources[i]))[0], RES) for i in pick])
+    crops = np.stack([center_crop_adm(load_rgb(os.path.join(image_folder, sources[i]))[0], RES)
+                      for i in pick])
     with torch.no_grad():
         post = sd_vae.encode(torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist
     x, y = ds.get_batch(pick)
@@ -201,7 +207,8 @@ def test_moments_match_the_vae_posterior(image_folder, encoded, sd_vae):
     torch.testing.assert_close(x[:, :4], post.mean, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x[:, 4:], post.std, atol=1e-5, rtol=1e-5)
     # and encode_moments (what the CLI runs) is that posterior too
-    torch.testing.assert_close(encode_moments(sd_vae, torch.from_numpy(crops)), torch.cat([post.mean, post.std], 1))
+    torch.testing.assert_close(encode_moments(sd_vae, torch.from_numpy(crops)),
+                               torch.cat([post.mean, post.std], 1))
 
 
 def test_reference_batch(image_folder, encoded):
@@ -212,7 +219,8 @@ def test_reference_batch(image_folder, encoded):
     perm = np.random.default_rng(0).permutation(len(items))
     chosen = sorted([i for i in perm if items[i][0] not in BAD][:5])           # first 5 readable, file order
     for row, i in zip(ref, chosen):
-        np.testing.assert_array_equal(row, center_crop_adm(load_rgb(os.path.join(image_folder, items[i][0]))[0], RES))
+        image, _ = load_rgb(os.path.join(image_folder, items[i][0]))
+        np.testing.assert_array_equal(row, center_crop_adm(image, RES))
     assert not [f for f in os.listdir(os.path.join(out, "shards")) if f.startswith("reference-")]
 
 
@@ -234,7 +242,6 @@ def test_interrupted_runs_equal_an_uninterrupted_run(image_folder, tiny_vae, tmp
     # stop after 1 shard
     assert encode_folder(image_folder, resumed, RES, max_shards=1, **kw) is None
     assert not os.path.exists(os.path.join(resumed, "dataset.json"))
-    import preprocessing.encode as enc
     calls, real = [0], enc.encode_moments
 
     # a crash in the middle of a shard
@@ -266,13 +273,15 @@ def test_interrupted_runs_equal_an_uninterrupted_run(image_folder, tiny_vae, tmp
 
 def test_flip_and_float16(image_folder, tiny_vae, tmp_path):
     out32 = str(tmp_path / "f32")
-    encode_folder(image_folder, out32, RES, vae=tiny_vae, batch_size=4, shard_size=6, workers=0, progress=False)
+    encode_folder(image_folder, out32, RES, vae=tiny_vae, batch_size=4, shard_size=6, workers=0,
+                  progress=False)
     out = str(tmp_path / "flip16")
-    info = encode_folder(image_folder, out, RES, vae=tiny_vae, batch_size=4, shard_size=6, workers=0, flip=True,
-                         dtype="float16", progress=False)
+    info = encode_folder(image_folder, out, RES, vae=tiny_vae, batch_size=4, shard_size=6, workers=0,
+                         flip=True, dtype="float16", progress=False)
     assert info["num_images"] == 11 and info["num_samples"] == 22 and info["flip"] is True
     ds, ds32 = LatentShardDataset(out), LatentShardDataset(out32)
-    assert ds.has_flips and len(ds) == 22 and np.load(os.path.join(out, info["shards"][0]["file"])).dtype == np.float16
+    assert ds.has_flips and len(ds) == 22
+    assert np.load(os.path.join(out, info["shards"][0]["file"])).dtype == np.float16
     x, _ = ds.get_batch(range(22))
     x32, _ = ds32.get_batch(range(11))
     # originals = the fp32 run, rounded
@@ -334,5 +343,6 @@ def test_cli(image_folder, tmp_path, capsys):
     rc = encode_main([image_folder, out, "--resolution", str(RES), "--vae", str(folder), "--batch-size", "4",
                       "--workers", "1", "--device", "cpu", "--shard-size", "8", "--no-progress"])
     assert rc == 0 and build_dataset(out).num_classes == 3 and len(build_dataset(out)) == 11
-    assert encode_main([image_folder, str(tmp_path / "x"), "--vae", str(tmp_path / "none"), "--device", "cpu"]) == 2
+    assert encode_main([image_folder, str(tmp_path / "x"), "--vae", str(tmp_path / "none"),
+                        "--device", "cpu"]) == 2
     assert "SD-VAE weights not found" in capsys.readouterr().err
