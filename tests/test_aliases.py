@@ -143,6 +143,9 @@ def test_train_conversions():
     assert a.resume == os.path.join("exps", "e", "checkpoints", "0400000.pt")
     assert train.parse_args(["--resume-step", "0"]).resume is None
     assert train.parse_args(["--resume-ckpt", "a/step-100.pt"]).resume == "a/step-100.pt"
+    notes = []
+    train.parse_args(["--no-fused-attn", "--allow-tf32"], notes)
+    assert any(n.startswith("--[no-]fused-attn: no-op") for n in notes)
     a = train.parse_args(["--checkpointing-steps", "5", "--sampling-steps", "7", "--t-max", "0.3"])
     assert (a.checkpoint_steps, a.sample_steps, a.t_max) == (5, 7, 0.3)
     # REPA's flags on top of a REPA preset keep the preset's values where they say nothing

@@ -1,4 +1,5 @@
 """train.py: exact resume, checkpoint format, non-finite stop, flag validation."""
+import argparse
 import json
 import os
 
@@ -138,6 +139,28 @@ def test_previews_and_digits_metric_sample_with_the_run_path(tmp_path, monkeypat
     assert seen == ["cosine", "cosine"]                                  # one preview grid, one metric batch
 
 
+def test_preview_cfg_scale_keep_every_and_compile_reach_the_run(tmp_path, monkeypatch):
+    """--preview-cfg-scale goes to the preview sampler; --keep-every keeps multiples next to --keep-last;
+    --compile compiles each block of the student."""
+    import sampling
+
+    seen, real = [], sampling.sample_images
+    monkeypatch.setattr(sampling, "sample_images", lambda *a, **k: (seen.append(k["cfg_scale"]), real(*a, **k))[1])
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    path = run(tmp_path, "k", "--max-train-steps", "5", "--checkpoint-steps", "1", "--keep-last", "1",
+               "--keep-every", "2", "--sample-steps", "5", "--preview-num-steps", "2", "--preview-cfg-scale", "1.5",
+               "--compile")
+    assert seen == [1.5]
+    assert sorted(os.listdir(f"{path}/checkpoints")) == ["0000002.pt", "0000004.pt", "0000005.pt"]
+    assert compiled == ["SiTBlock"] * 6                                  # SiT-T/4: 6 blocks
+
+
+def test_stop_signals_flag():
+    with pytest.raises(SystemExit, match="--stop-signals: SIGKILL is not a signal that can be caught"):
+        train.main(["--stop-signals", "SIGKILL"])
+
+
 def test_loss_sees_the_epoch_and_sra_orig_preset(tmp_path, monkeypatch):
     """--align-weight-schedule reads the 0-based epoch: digits:8 (1797 items) at batch 512 has 3 steps per epoch."""
     real, epochs = loss_module.TrainingLoss.__call__, []
@@ -214,6 +237,21 @@ def test_loss_flags_are_exactly_loss_config_fields():
     for a in group._group_actions:
         assert a.option_strings[0] == "--" + a.dest.replace("_", "-") and a.help
     assert "--cfg-prob" in next(a for a in group._group_actions if a.dest == "class_dropout_prob").option_strings
+    # each loss flag sets its field
+    defaults = train.parse_args([])
+    for a in group._group_actions:
+        now = getattr(defaults, a.dest)
+        if isinstance(a, argparse.BooleanOptionalAction):
+            argv, want = [f"--{'no-' if now else ''}{a.dest.replace('_', '-')}"], not now
+        elif a.choices:
+            want = next(c for c in a.choices if c != now and c != "cos")
+            argv = [a.option_strings[0], want]
+        elif a.nargs == "+":
+            argv, want = [a.option_strings[0], "0.3"], [0.3]
+        else:
+            want = now + 1 if isinstance(now, int) else now / 2
+            argv = [a.option_strings[0], str(want)]
+        assert getattr(train.parse_args(argv), a.dest) == want, argv
     # every preset key is a flag; the loss settings of a preset are LossConfig fields
     dests = {a.dest for a in parser._actions}
     for name, row in presets.PRESETS.items():
