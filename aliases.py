@@ -1,40 +1,54 @@
 """The public releases' command-line spellings, accepted next to ours by train.py and sample_ddp.py.
 
-The SRA release (SiT-SRA_DTS_AS/scripts/train.sh and gen.sh), the original SiT-SRA (--t-max) and REPA (its README's
-train.py and generate.py commands) run unchanged and mean the same here. Each of their flags is either converted to
-ours (same meaning, another name or unit), checked (against the data or the checkpoint, at start), or accepted as a
-no-op where it changes nothing in this codebase; none is ignored silently: `resolve_*` return one note per flag,
-which train.py logs and `--print-config` writes to stderr (stdout: the resolved settings as one JSON object keyed
-by our flag names).
+The SRA release (SiT-SRA_DTS_AS/scripts/train.sh and gen.sh), the original SiT-SRA (--t-max) and REPA (its
+README's train.py and generate.py commands) run unchanged and mean the same here. Each of their flags is
+either converted to ours (same meaning, another name or unit), checked (against the other flags, the data or
+the checkpoint, at start), or accepted as a no-op where it changes nothing in this codebase; none is ignored
+silently: `resolve_*` return one note per flag, which train.py logs and `--print-config` writes to stderr
+(stdout: the resolved settings as one JSON object keyed by our flag names).
 
 train.py
+    --use-alignment-loss        -> --align-target ema, or the --align-target given (repa, sra2) or the
+                                   preset's; --no-use-alignment-loss -> --align-target none (a contradicting
+                                   --align-target is an error)
+    --[no-]teacher-mask         checked: the EMA teacher runs on the student's token groups exactly when there
+                                   are groups and --teacher-t is sra or same (presets.teacher_mask); a
+                                   contradiction (e.g. --teacher-mask --teacher-t self_flow) is an error
     --loss-type cos             -> cos-channel (the release's F.cosine_similarity over tokens)
+    --cfg-prob P                = --class-dropout-prob P
     --prediction v              v only (anything else is an error, as in REPA)
-    --mask-ratio "[0.5,0.3,0.2]" the release's list spellings ("0.25", "0.75 0.25", "[0.5,0.3,0.2]", "0.5,0.5")
-    --epochs E                  -> E x steps per epoch, counted as the release does: floor(items / (local batch x
-                                   processes)) batches per process, / accumulation steps. With --max-train-steps too,
-                                   the run stops at the first bound reached, as their loops do (for epoch in
-                                   range(epochs) ... break at max_train_steps)
-    --checkpoint-epochs E       -> also a checkpoint every E epochs (E x steps per epoch), next to --checkpoint-steps
+    --mask-ratio "[0.5,0.3,0.2]" the release's list spellings ("0.25", "0.75 0.25", "[0.5,0.3,0.2]",
+                                   "0.5,0.5")
+    --epochs E                  -> E x steps per epoch, counted as the release does: floor(items / (local
+                                   batch x processes)) batches per process, / accumulation steps. With
+                                   --max-train-steps too, the run stops at the first bound reached, as their
+                                   loops do (for epoch in range(epochs) ... break at max_train_steps)
+    --checkpoint-epochs E       -> also a checkpoint every E epochs (E x steps per epoch), next to
+                                   --checkpoint-steps
     --checkpointing-steps N     -> --checkpoint-steps N (REPA)
     --sampling-steps N          -> --sample-steps N (REPA; previews come from the EMA here)
     --resume-ckpt PATH          -> --resume PATH
     --resume-step N             -> --resume OUTPUT_DIR/EXP_NAME/checkpoints/{N:07d}.pt (REPA; 0 = start fresh)
     --resolution R, --num-classes K   checked against the data
-    --allow-tf32, --[no-]fused-attn   no-ops: TF32 is always on in training, attention always uses the fused kernel
-                                   (equal to the releases' math attention up to rounding)
-    --enc-type dinov2-vit-{s,b,l,g}, --proj-coeff W, --encoder-depth D   REPA: -> --enc-type dinov2_vit{s,b,l,g}14,
-                                   --align-weight W, --block-out-s D; any of them turns on REPA's alignment (REPA's
-                                   train.py always aligns): --use-alignment-loss --align-target repa, --loss-type
-                                   cos-token (REPA's per-token cosine), REPA's defaults for what is not given
-                                   (encoder depth 8, weight 0.5, dinov2-vit-b), targets precomputed from the real
-                                   images (--repa-features auto)
+    --allow-tf32, --[no-]fused-attn   no-ops: TF32 is always on in training, attention always uses the fused
+                                   kernel (equal to the releases' math attention up to rounding)
+    --enc-type dinov2-vit-{s,b,l,g}, --proj-coeff W, --encoder-depth D   REPA: -> --enc-type
+                                   dinov2_vit{s,b,l,g}14, --align-weight W, --block-out-s D; any of them turns
+                                   on REPA's alignment (REPA's train.py always aligns): --align-target repa,
+                                   --loss-type cos-token (REPA's per-token cosine), REPA's defaults for what
+                                   is not given (encoder depth 8, weight 0.5, dinov2-vit-b; without a preset
+                                   also one token group and REPA's 400K steps, 50K-step checkpoints, 10K-step
+                                   previews), targets precomputed from the real images (--repa-features auto)
 sample_ddp.py
     --resolution R, --num-classes K, --qk-norm, --projector-embed-dims D   checked against the checkpoint
-    --encoder-depth, --use-alignment-loss, --attention-separation, --[no-]fused-attn, --mask-ratio 0   no-ops: the
-                                   heads are not run when sampling and inference uses full attention (any other
-                                   --mask-ratio is an error)
-    --local-rank / --local_rank N  torch.distributed.launch's argument: the device index when LOCAL_RANK is unset
+    --encoder-depth, --use-alignment-loss, --attention-separation, --[no-]fused-attn, --mask-ratio 0   no-ops:
+                                   the heads are not run when sampling and inference uses full attention (any
+                                   other --mask-ratio is an error)
+    --local-rank / --local_rank N  torch.distributed.launch's argument: the device index when LOCAL_RANK is
+                                   unset
+
+Run folders written before --align-target none saved use_alignment_loss and teacher_mask in their args:
+saved_train_args reads them in today's names.
 """
 import argparse
 import json
@@ -47,17 +61,18 @@ REPA_ENCODERS = {f"dinov2-vit-{s}": f"dinov2_vit{s}14" for s in "sblg"}
 REPA_DEFAULTS = dict(block_out_s=8, align_weight=0.5, enc_type="dinov2_vitb14")
 # REPA's train.py without a preset: one token group and its step counts (train.py's own defaults are the SRA
 # release's recipe)
-REPA_RUN = dict(mask_ratio=[0.0], dual_time_scheduling=False, attention_separation=False, full_sample_prob=0.0,
-                max_train_steps=400_000, checkpoint_steps=50_000, sample_steps=10_000)
+REPA_RUN = dict(mask_ratio=[0.0], dual_time_scheduling=False, attention_separation=False,
+                full_sample_prob=0.0, max_train_steps=400_000, checkpoint_steps=50_000, sample_steps=10_000)
 # loss.LossConfig field -> its other spellings (train.py adds them to the field's flag)
 LOSS_SPELLINGS = {"class_dropout_prob": ("--cfg-prob",)}
 # their flag -> our dest, same meaning (train.py)
 TRAIN_RENAMES = {"--checkpointing-steps": "checkpoint_steps", "--sampling-steps": "sample_steps",
                  "--resume-ckpt": "resume", "--proj-coeff": "align_weight", "--encoder-depth": "block_out_s"}
-_ALIAS = "alias__"                                               # prefix of the dests that resolve_* consume
+# prefix of the dests that resolve_* consume
+_ALIAS = "alias__"
 
 
-def one_line_errors(parser: argparse.ArgumentParser):
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Bad flags exit 2 with one line (prog: error: ...), not the whole usage block."""
     def error(message):
         parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
@@ -70,19 +85,22 @@ def _action(parser, dest):
 
 
 def mask_ratio_values(text: str) -> list:
-    """One --mask-ratio argument -> floats: '0.25', '[0.5,0.3,0.2]', '0.5,0.5' (the release parses the same)."""
+    """One --mask-ratio argument -> floats: '0.25', '[0.5,0.3,0.2]', '0.5,0.5' (as the release parses
+    them)."""
     parts = [p for p in re.split(r"[\s,\[\]]+", str(text)) if p]
     try:
         return [float(p) for p in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers such as 0.25 or [0.5,0.3,0.2], got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected numbers such as 0.25 or [0.5,0.3,0.2], "
+                                         f"got {text!r}") from None
 
 
-def given_dests(parser: argparse.ArgumentParser, argv) -> set:
+def given_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set:
     """The dests set on the command line itself (not by a default or a preset)."""
     saved, saved_defaults = {a.dest: a.default for a in parser._actions}, parser._defaults
     try:
-        parser._defaults = {}                                    # the preset's values (set_defaults)
+        # the preset's values (set_defaults)
+        parser._defaults = {}
         for a in parser._actions:
             a.default = argparse.SUPPRESS
         known, _ = parser.parse_known_args(argv)
@@ -93,7 +111,7 @@ def given_dests(parser: argparse.ArgumentParser, argv) -> set:
     return set(vars(known))
 
 
-def print_config(args, notes, drop=()):
+def print_config(args: argparse.Namespace, notes: list[str], drop: tuple = ()) -> None:
     """The resolved settings on stdout (one JSON object, our flag names), the notes on stderr."""
     cfg = {k: v for k, v in sorted(vars(args).items()) if not k.startswith(_ALIAS) and k not in drop}
     print(json.dumps(cfg))
@@ -105,8 +123,9 @@ def print_config(args, notes, drop=()):
 # train.py
 # ------------------------------------------------------------------------------------------------------------
 
-def add_train_aliases(parser: argparse.ArgumentParser):
+def add_train_aliases(parser: argparse.ArgumentParser) -> None:
     """The release's and REPA's train.py flags that are not ours (see the module docstring)."""
+    B = argparse.BooleanOptionalAction
     _action(parser, "loss_type").choices = list(_action(parser, "loss_type").choices) + ["cos"]
     _action(parser, "enc_type").choices = list(_action(parser, "enc_type").choices) + sorted(REPA_ENCODERS)
     _action(parser, "mask_ratio").type = mask_ratio_values
@@ -116,26 +135,27 @@ def add_train_aliases(parser: argparse.ArgumentParser):
                        help=f"= --{dest.replace('_', '-')}")
     g.add_argument("--resume-step", dest=_ALIAS + "resume_step", type=int, default=None,
                    help="REPA: resume from OUTPUT_DIR/EXP_NAME/checkpoints/{N:07d}.pt (0: start fresh)")
-    g.add_argument("--use-alignment-loss", dest=_ALIAS + "use_alignment_loss", action=argparse.BooleanOptionalAction,
+    g.add_argument("--use-alignment-loss", dest=_ALIAS + "use_alignment_loss", action=B,
                    default=None, help="= --align-target ema (or the --align-target given); --no-...: none")
-    g.add_argument("--teacher-mask", dest=_ALIAS + "teacher_mask", action=argparse.BooleanOptionalAction,
-                   default=None, help="checked: the teacher runs on the student's groups exactly when there are "
-                                      "groups and --teacher-t is sra or same")
+    g.add_argument("--teacher-mask", dest=_ALIAS + "teacher_mask", action=B, default=None,
+                   help="checked: the teacher runs on the student's groups exactly when there are groups and "
+                        "--teacher-t is sra or same")
     g.add_argument("--epochs", type=int, default=None, help="train E epochs of the data (converted to steps)")
-    g.add_argument("--checkpoint-epochs", type=int, default=None, help="also save a checkpoint every E epochs")
+    g.add_argument("--checkpoint-epochs", type=int, default=None,
+                   help="also save a checkpoint every E epochs")
     g.add_argument("--resolution", type=int, default=None, help="checked against the data")
     g.add_argument("--num-classes", type=int, default=None, help="checked against the data")
     g.add_argument("--prediction", dest=_ALIAS + "prediction", choices=["v"], default=None,
                    help="v only (velocity prediction)")
     g.add_argument("--allow-tf32", dest=_ALIAS + "allow_tf32", action="store_true", default=None,
                    help="no-op: TF32 is always on")
-    g.add_argument("--fused-attn", dest=_ALIAS + "fused_attn", action=argparse.BooleanOptionalAction, default=None,
-                   help="no-op: attention always runs fused")
+    g.add_argument("--fused-attn", dest=_ALIAS + "fused_attn", action=B,
+                   default=None, help="no-op: attention always runs fused")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved settings as JSON and exit (reads no data, no weights)")
 
 
-def resolve_train_aliases(parser, args, given: set) -> list:
+def resolve_train_aliases(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set) -> list:
     """Turn the release's / REPA's flags in `args` into ours, in place. -> notes (one per such flag)."""
     notes = []
     _alignment_switch(parser, args, given, notes)
@@ -159,7 +179,8 @@ def resolve_train_aliases(parser, args, given: set) -> list:
     if args.loss_type == "cos":
         args.loss_type = "cos-channel"
         notes.append("--loss-type cos -> cos-channel (the release's cosine over tokens, per channel)")
-    args.mask_ratio = [float(v) for r in args.mask_ratio for v in (r if isinstance(r, (list, tuple)) else [r])]
+    args.mask_ratio = [float(v) for r in args.mask_ratio
+                       for v in (r if isinstance(r, (list, tuple)) else [r])]
     repa = [f for f, d in TRAIN_RENAMES.items() if d in ("align_weight", "block_out_s")
             and getattr(args, _ALIAS + d) is not None]
     if args.enc_type in REPA_ENCODERS:
@@ -174,13 +195,14 @@ def resolve_train_aliases(parser, args, given: set) -> list:
     if getattr(args, _ALIAS + "allow_tf32"):
         notes.append("--allow-tf32: no-op (TF32 matmuls are always on in training)")
     if getattr(args, _ALIAS + "fused_attn") is not None:
-        notes.append("--[no-]fused-attn: no-op (attention runs the fused kernel; the math kernel differs only by "
-                     "rounding)")
+        notes.append("--[no-]fused-attn: no-op (attention runs the fused kernel; the math kernel differs "
+                     "only by rounding)")
     for flag in ("epochs", "checkpoint_epochs", "resolution", "num_classes"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.epochs is not None and "max_train_steps" not in given:
-        args.max_train_steps = None                                  # set from --epochs once the data is read
+        # set from --epochs once the data is read
+        args.max_train_steps = None
     if args.epochs is not None:
         notes.append(f"--epochs {args.epochs}: converted to steps from the data's length"
                      + (f"; the run stops at the first of that and --max-train-steps {args.max_train_steps}"
@@ -198,7 +220,8 @@ def _alignment_switch(parser, args, given, notes):
     if on is None:
         return
     if "align_target" in given and (args.align_target != "none") != on:
-        parser.error(f"--{'' if on else 'no-'}use-alignment-loss and --align-target {args.align_target} disagree")
+        said = f"--{'' if on else 'no-'}use-alignment-loss"
+        parser.error(f"{said} and --align-target {args.align_target} disagree")
     if not on:
         args.align_target = "none"
     elif args.align_target == "none":
@@ -206,7 +229,7 @@ def _alignment_switch(parser, args, given, notes):
     notes.append(f"--{'' if on else 'no-'}use-alignment-loss -> --align-target {args.align_target}")
 
 
-def check_teacher_mask(args, derived: bool) -> str:
+def check_teacher_mask(args: argparse.Namespace, derived: bool) -> str:
     """The release's --[no-]teacher-mask against the derived value (train.teacher_mask_of): one line (a note)
     when they agree, SystemExit when they contradict."""
     said = getattr(args, _ALIAS + "teacher_mask")
@@ -214,7 +237,8 @@ def check_teacher_mask(args, derived: bool) -> str:
         return ""
     flag = "--teacher-mask" if said else "--no-teacher-mask"
     if said == derived:
-        return f"{flag}: agrees with the flags (the teacher {'runs' if said else 'does not run'} on the groups)"
+        runs = "runs" if said else "does not run"
+        return f"{flag}: agrees with the flags (the teacher {runs} on the groups)"
     if said and args.align_target != "ema":
         why = f"--align-target {args.align_target} has no EMA teacher"
     elif said and args.teacher_t == "self_flow":
@@ -239,7 +263,8 @@ def saved_train_args(saved: dict) -> dict:
 
 
 def _imply_repa(parser, args, given, flags, notes):
-    """REPA's train.py always aligns: its flags mean REPA's alignment, with REPA's defaults where not given."""
+    """REPA's train.py always aligns: its flags mean REPA's alignment, with REPA's defaults where not
+    given."""
     said = ", ".join(flags)
     if getattr(args, _ALIAS + "use_alignment_loss") is False:
         parser.error(f"{said} mean REPA's alignment, but --no-use-alignment-loss turns it off")
@@ -262,8 +287,8 @@ def _imply_repa(parser, args, given, flags, notes):
 
 def steps_per_epoch(num_items: int, batch_size: int, world_size: int, grad_accum: int) -> int:
     """Optimizer steps in one pass over the data, as the release / REPA count them (accelerate-prepared
-    DataLoader with drop_last): floor(items / (local batch x processes)) batches per process, then one step per
-    `grad_accum` batches (the last, shorter accumulation of an epoch also steps)."""
+    DataLoader with drop_last): floor(items / (local batch x processes)) batches per process, then one step
+    per `grad_accum` batches (the last, shorter accumulation of an epoch also steps)."""
     local = batch_size // world_size // grad_accum
     batches = num_items // (local * world_size)
     if batches < 1:
@@ -272,7 +297,7 @@ def steps_per_epoch(num_items: int, batch_size: int, world_size: int, grad_accum
     return math.ceil(batches / grad_accum)
 
 
-def apply_epochs(args, num_items: int, world_size: int) -> list:
+def apply_epochs(args: argparse.Namespace, num_items: int, world_size: int) -> list:
     """--epochs / --checkpoint-epochs -> steps (in place): args.max_train_steps, args.checkpoint_epoch_steps.
     -> notes."""
     spe = steps_per_epoch(num_items, args.batch_size, world_size, args.gradient_accumulation_steps)
@@ -281,8 +306,8 @@ def apply_epochs(args, num_items: int, world_size: int) -> list:
     if args.epochs is not None:
         bound = args.epochs * spe
         args.max_train_steps = bound if args.max_train_steps is None else min(bound, args.max_train_steps)
-        notes.append(f"--epochs {args.epochs} x {spe} steps per epoch ({num_items} items) = {bound} steps: the run "
-                     f"stops at step {args.max_train_steps}")
+        notes.append(f"--epochs {args.epochs} x {spe} steps per epoch ({num_items} items) = {bound} steps: "
+                     f"the run stops at step {args.max_train_steps}")
     args.checkpoint_epoch_steps = args.checkpoint_epochs * spe if args.checkpoint_epochs else None
     if args.checkpoint_epochs:
         notes.append(f"--checkpoint-epochs {args.checkpoint_epochs}: also a checkpoint every "
@@ -290,7 +315,7 @@ def apply_epochs(args, num_items: int, world_size: int) -> list:
     return notes
 
 
-def check_train_data(args, dataset):
+def check_train_data(args: argparse.Namespace, dataset) -> None:
     """--resolution / --num-classes (release / REPA) against what the data holds: one-line SystemExit."""
     for flag, have in (("resolution", dataset.resolution), ("num_classes", dataset.num_classes)):
         want = getattr(args, flag)
@@ -303,21 +328,23 @@ def check_train_data(args, dataset):
 # sample_ddp.py
 # ------------------------------------------------------------------------------------------------------------
 
-def add_sample_aliases(parser: argparse.ArgumentParser):
+def add_sample_aliases(parser: argparse.ArgumentParser) -> None:
     """The release's and REPA's generate.py flags that are not ours (see the module docstring)."""
+    B = argparse.BooleanOptionalAction
     g = parser.add_argument_group("the release's / REPA's generate.py spellings (aliases.py)")
     g.add_argument("--resolution", type=int, default=None, help="checked against the checkpoint")
     g.add_argument("--num-classes", type=int, default=None, help="checked against the checkpoint")
-    g.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--qk-norm", action=B, default=None,
                    help="checked against the checkpoint")
-    g.add_argument("--projector-embed-dims", default=None, help="REPA: checked against the checkpoint's projector")
+    g.add_argument("--projector-embed-dims", default=None,
+                   help="REPA: checked against the checkpoint's projector")
     g.add_argument("--encoder-depth", dest=_ALIAS + "encoder_depth", type=int, default=None,
                    help="no-op: the alignment head is not run when sampling")
-    g.add_argument("--use-alignment-loss", dest=_ALIAS + "use_alignment_loss", action="store_true", default=None,
-                   help="no-op: the head is loaded as the file has it and not run")
+    g.add_argument("--use-alignment-loss", dest=_ALIAS + "use_alignment_loss", action="store_true",
+                   default=None, help="no-op: the head is loaded as the file has it and not run")
     g.add_argument("--attention-separation", dest=_ALIAS + "attention_separation", action="store_true",
                    default=None, help="no-op: inference uses full attention")
-    g.add_argument("--fused-attn", dest=_ALIAS + "fused_attn", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--fused-attn", dest=_ALIAS + "fused_attn", action=B, default=None,
                    help="no-op: attention always runs fused")
     g.add_argument("--mask-ratio", dest=_ALIAS + "mask_ratio", type=float, default=None,
                    help="0 only: inference uses full attention")
@@ -327,7 +354,7 @@ def add_sample_aliases(parser: argparse.ArgumentParser):
                         help="print the resolved settings as JSON and exit (reads no weights)")
 
 
-def resolve_sample_aliases(parser, args) -> list:
+def resolve_sample_aliases(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
     """Check / convert the release's and REPA's generate.py flags in place. -> notes."""
     notes = []
     for dest, why in (("encoder_depth", "the alignment head is not run when sampling"),
@@ -344,7 +371,8 @@ def resolve_sample_aliases(parser, args) -> list:
         notes.append("--mask-ratio 0: no-op (full attention)")
     if args.projector_embed_dims is not None:
         try:
-            args.projector_embed_dims = [int(d) for d in str(args.projector_embed_dims).split(",") if d.strip()]
+            widths = str(args.projector_embed_dims).split(",")
+            args.projector_embed_dims = [int(d) for d in widths if d.strip()]
         except ValueError:
             parser.error(f"--projector-embed-dims: expected comma-separated widths such as 768, got "
                          f"{args.projector_embed_dims!r}")
@@ -357,11 +385,12 @@ def resolve_sample_aliases(parser, args) -> list:
     return notes
 
 
-def check_sample_checkpoint(args, info: dict):
-    """--resolution / --num-classes / --qk-norm / --projector-embed-dims (the release's / REPA's generate.py flags)
-    against the loaded file: ValueError naming both values.
+def check_sample_checkpoint(args: argparse.Namespace, info: dict) -> None:
+    """--resolution / --num-classes / --qk-norm / --projector-embed-dims (the release's / REPA's generate.py
+    flags) against the loaded file: ValueError naming both values.
 
-    info: models.load_checkpoint's settings of the file (resolution, num_classes, qk_norm, align_head, z_dim)."""
+    info: models.load_checkpoint's settings of the file (resolution, num_classes, qk_norm, align_head,
+    z_dim)."""
     side = info.get("resolution") or info["input_size"] * (8 if info["in_channels"] == 4 else 1)
     have = dict(resolution=int(side), num_classes=info["num_classes"], qk_norm=bool(info.get("qk_norm")))
     for flag in ("resolution", "num_classes", "qk_norm"):

@@ -1,6 +1,8 @@
-"""Train SiT with flow matching + self-representation alignment (SRA), DTS and AS. Wiring only: the math is in loss.py.
+"""Train SiT with flow matching + self-representation alignment (SRA), DTS and AS. Wiring only: the math is
+in loss.py. The defaults are the release's recipe (presets.RELEASE); a preset is one row over them.
 
-    python train.py --preset digits                                   # the embedded default, CPU, minutes
+    python train.py --preset digits                                   # the embedded quickstart, CPU, minutes
+    python train.py --preset sit-b2 --print-config                    # what a preset resolves to
     accelerate launch --num_processes 8 train.py --preset ours-b2 --data-dir /data/imagenet256
     accelerate launch --num_processes 8 train.py --preset ours-xl2 --data-dir /data/imagenet256 --resume auto
 """
@@ -169,7 +171,7 @@ def _out_of_range(flag: str, value, low, high, closed_high=True) -> str:
     return "" if inside else f"{flag} must lie in [{low}, {high}{']' if closed_high else ')'}, got {value}"
 
 
-def check_args(args, world_size: int):
+def check_args(args: argparse.Namespace, world_size: int) -> None:
     """Flag values that would crash deep inside torch or train silently wrong, refused in one line each."""
     problems = [
         _out_of_range("--ema-decay", args.ema_decay, 0, 1),
@@ -192,7 +194,8 @@ def check_args(args, world_size: int):
     for flag in ("sample_steps", "keep_last", "keep_every", "eval_samples", "num_workers"):
         if getattr(args, flag) < 0:
             problems.append(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
-    if not 0 <= args.seed < 2 ** 32 - world_size - 1:                 # rank r draws with seed + r + 1
+    # rank r draws with seed + r + 1
+    if not 0 <= args.seed < 2 ** 32 - world_size - 1:
         problems.append(f"--seed must lie in [0, 2**32 - {world_size + 1}), got {args.seed}")
     run_dir = os.path.join(args.output_dir, args.exp_name)
     problems.append(unusable_folder(run_dir, "--output-dir / --exp-name"))
@@ -202,17 +205,20 @@ def check_args(args, world_size: int):
         raise SystemExit(problems[0] if len(problems) == 1 else several)
     if args.batch_size % (world_size * args.gradient_accumulation_steps):
         raise SystemExit(f"--batch-size {args.batch_size} is the global batch: it must be divisible by "
-                         f"{world_size} processes x --gradient-accumulation-steps {args.gradient_accumulation_steps}")
+                         f"{world_size} processes x --gradient-accumulation-steps "
+                         f"{args.gradient_accumulation_steps}")
     if args.report_to != "none":
         import importlib.util
         if importlib.util.find_spec(args.report_to) is None:
-            raise SystemExit(f"--report-to {args.report_to}: the package is not installed (pip install {args.report_to})")
+            raise SystemExit(f"--report-to {args.report_to}: the package is not installed "
+                             f"(pip install {args.report_to})")
     if args.repa_features and args.align_target != "repa":
         raise SystemExit(f"--repa-features {args.repa_features} holds REPA targets: it needs "
                          f"--use-alignment-loss --align-target repa (or --align-target repa alone; e.g. "
                          f"--preset repa-b2)")
     for flag in ("max_train_steps", "checkpoint_steps", "log_every"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:       # None: from --epochs (aliases.py)
+        # None: set from --epochs once the data is read (aliases.apply_epochs)
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
 
 
