@@ -18,7 +18,7 @@ Settings (default: all 12); run name cpu-SETTING-sSEED. Every run is a preset's 
   sit  sra  self-flow                     baselines (presets sit-b2, sra-b2, self-flow-b2); 'ours' (SRA +
                                           DTS + AS at 0.25) is the run dual-as-r0.25
 The {dual|single}-{full|as}-r<ratio>[-rho<p>] runs are the preset ours-b2 with one factor changed, as in
-scripts/ablations_b2.sh (the teacher keeps --teacher-t sra --teacher-mask).
+scripts/ablations_b2.sh (the teacher keeps --teacher-t sra, on the student's groups).
 
 Sizing (2 idle CPU cores, JOBS=2, about 90 minutes for the default 12 settings x 3 seeds): see RESULTS.md.
 Runs go seed by seed (all settings of seed 0 first), so a study cut short still pairs settings on whole seeds.
