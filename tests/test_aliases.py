@@ -2,10 +2,10 @@
 
 Anchors (flags and values copied from the files, the launcher part dropped):
     vvvvvjdy/SRA @ 1723f85, SiT-SRA_DTS_AS/scripts/train.sh and SiT-SRA_DTS_AS/scripts/gen.sh
-    sihyun-yu/REPA @ 67f7145, README.md: the ImageNet 256 and 512 `accelerate launch train.py` commands and the
-        `torchrun --nnodes=1 --nproc_per_node=8 generate.py` command
-Their placeholders ([YOUR_DATA_PATH], YOUR_CHECKPOINT_PATH, ...) stay as they are: --print-config reads neither data
-nor weights, so the paths need not exist.
+    sihyun-yu/REPA @ 67f7145, README.md: the ImageNet 256 and 512 `accelerate launch train.py` commands and
+        the `torchrun --nnodes=1 --nproc_per_node=8 generate.py` command
+Their placeholders ([YOUR_DATA_PATH], YOUR_CHECKPOINT_PATH, ...) stay as they are: --print-config reads
+neither data nor weights, so the paths need not exist.
 """
 import json
 import os
@@ -21,32 +21,35 @@ import train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RELEASE_TRAIN = [
-    "--mixed-precision", "fp16", "--seed", "0", "--path-type", "linear", "--prediction", "v", "--weighting", "uniform",
-    "--resolution", "256", "--batch-size", "256", "--gradient-accumulation-steps", "1", "--learning-rate", "1e-4",
-    "--model", "SiT-B/2", "--block-out-s", "3", "--block-out-t", "8", "--mask-ratio", "0.25", "--dual-time-scheduling",
-    "--attention-separation", "--teacher-mask", "--teacher-t", "sra", "--use-alignment-loss", "--align-weight", "0.5",
-    "--loss-type", "cos", "--sample-steps", "50000", "--checkpoint-steps", "100000", "--checkpoint-epochs", "200",
-    "--epochs", "801", "--max-train-steps", "4100000", "--output-dir", "exps",
-    "--exp-name", "sitb-maskr0.25-as-dts-res256", "--data-dir", "[YOUR_DATA_PATH]"]
+    "--mixed-precision", "fp16", "--seed", "0", "--path-type", "linear", "--prediction", "v", "--weighting",
+    "uniform", "--resolution", "256", "--batch-size", "256", "--gradient-accumulation-steps", "1",
+    "--learning-rate", "1e-4", "--model", "SiT-B/2", "--block-out-s", "3", "--block-out-t", "8",
+    "--mask-ratio", "0.25", "--dual-time-scheduling", "--attention-separation", "--teacher-mask",
+    "--teacher-t", "sra", "--use-alignment-loss", "--align-weight", "0.5", "--loss-type", "cos",
+    "--sample-steps", "50000", "--checkpoint-steps", "100000", "--checkpoint-epochs", "200", "--epochs",
+    "801", "--max-train-steps", "4100000", "--output-dir", "exps", "--exp-name",
+    "sitb-maskr0.25-as-dts-res256", "--data-dir", "[YOUR_DATA_PATH]"]
 RELEASE_GEN = [
     "--num-fid-samples", "50000", "--path-type", "linear", "--per-proc-batch-size", "64", "--mode", "sde",
-    "--num-steps", "250", "--cfg-scale", "1.0", "--guidance-high", "0.7", "--sample-dir", "[YOUR_SAMPLE_DIR]/images",
-    "--model", "SiT-B/2", "--ckpt", "[YOUR_CKPT_PATH]", "--vae", "ema", "--resolution", "256", "--global-seed", "0",
-    "--attention-separation", "--use-alignment-loss"]
+    "--num-steps", "250", "--cfg-scale", "1.0", "--guidance-high", "0.7", "--sample-dir",
+    "[YOUR_SAMPLE_DIR]/images", "--model", "SiT-B/2", "--ckpt", "[YOUR_CKPT_PATH]", "--vae", "ema",
+    "--resolution", "256", "--global-seed", "0", "--attention-separation", "--use-alignment-loss"]
 REPA_TRAIN = [
     '--report-to=wandb', "--allow-tf32", '--mixed-precision=fp16', "--seed=0", '--path-type=linear',
-    '--prediction=v', '--weighting=uniform', '--model=SiT-XL/2', '--enc-type=dinov2-vit-b', "--proj-coeff=0.5",
-    "--encoder-depth=8", '--output-dir=exps', '--exp-name=linear-dinov2-b-enc8', "--data-dir=[YOUR_DATA_PATH]"]
+    '--prediction=v', '--weighting=uniform', '--model=SiT-XL/2', '--enc-type=dinov2-vit-b',
+    "--proj-coeff=0.5", "--encoder-depth=8", '--output-dir=exps', '--exp-name=linear-dinov2-b-enc8',
+    "--data-dir=[YOUR_DATA_PATH]"]
 REPA_TRAIN_512 = REPA_TRAIN[:-2] + ['--exp-name=linear-dinov2-b-enc8-in512', "--resolution=512",
                                     "--data-dir=[YOUR_DATA_PATH]"]
 REPA_GENERATE = [
-    "--model", "SiT-XL/2", "--num-fid-samples", "50000", "--ckpt", "YOUR_CHECKPOINT_PATH", "--path-type=linear",
-    "--encoder-depth=8", "--projector-embed-dims=768", "--per-proc-batch-size=64", "--mode=sde", "--num-steps=250",
-    "--cfg-scale=1.8", "--guidance-high=0.7"]
+    "--model", "SiT-XL/2", "--num-fid-samples", "50000", "--ckpt", "YOUR_CHECKPOINT_PATH",
+    "--path-type=linear", "--encoder-depth=8", "--projector-embed-dims=768", "--per-proc-batch-size=64",
+    "--mode=sde", "--num-steps=250", "--cfg-scale=1.8", "--guidance-high=0.7"]
 
 
 def print_config(script, argv, capsys):
-    """-> (settings dict, stderr notes): main() returns without a run (exit 0) after one JSON object on stdout."""
+    """-> (settings dict, stderr notes): main() returns without a run (exit 0) after one JSON object on
+    stdout."""
     import sample_ddp
 
     assert {"train.py": train, "sample_ddp.py": sample_ddp}[script].main(argv + ["--print-config"]) is None
@@ -56,8 +59,8 @@ def print_config(script, argv, capsys):
 
 def test_print_config_as_a_process():
     """The real entry point: exit 0, JSON on stdout, nothing read ([YOUR_DATA_PATH] does not exist)."""
-    r = subprocess.run([sys.executable, "train.py", *RELEASE_TRAIN, "--print-config"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    r = subprocess.run([sys.executable, "train.py", *RELEASE_TRAIN, "--print-config"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0 and json.loads(r.stdout)["epochs"] == 801, r.stderr[-2000:]
     assert not os.path.exists(os.path.join(ROOT, "exps"))
 
@@ -65,13 +68,14 @@ def test_print_config_as_a_process():
 def test_release_train_sh(capsys):
     cfg, notes = print_config("train.py", RELEASE_TRAIN, capsys)
     want = dict(mixed_precision="fp16", seed=0, path_type="linear", weighting="uniform", resolution=256,
-                batch_size=256, gradient_accumulation_steps=1, learning_rate=1e-4, model="SiT-B/2", block_out_s=3,
-                block_out_t=8, mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True,
-                teacher_t="sra", align_target="ema", align_weight=0.5,
+                batch_size=256, gradient_accumulation_steps=1, learning_rate=1e-4, model="SiT-B/2",
+                block_out_s=3, block_out_t=8, mask_ratio=[0.25], dual_time_scheduling=True,
+                attention_separation=True, teacher_t="sra", align_target="ema", align_weight=0.5,
                 loss_type="cos-channel", sample_steps=50000, checkpoint_steps=100000, checkpoint_epochs=200,
-                epochs=801, max_train_steps=4100000, output_dir="exps", exp_name="sitb-maskr0.25-as-dts-res256",
-                data_dir="[YOUR_DATA_PATH]", teacher_labels="clean", sorted_timesteps=False, full_sample_prob=0.0,
-                t_max=0.2, align_weight_schedule="constant", repa_features=None)
+                epochs=801, max_train_steps=4100000, output_dir="exps",
+                exp_name="sitb-maskr0.25-as-dts-res256", data_dir="[YOUR_DATA_PATH]", teacher_labels="clean",
+                sorted_timesteps=False, full_sample_prob=0.0, t_max=0.2, align_weight_schedule="constant",
+                repa_features=None)
     assert {k: cfg[k] for k in want} == want
     # --teacher-mask is derived (groups and --teacher-t sra) and checked: the release's flag agrees
     assert train.teacher_mask_of(train.parse_args(RELEASE_TRAIN)) is True
@@ -80,17 +84,20 @@ def test_release_train_sh(capsys):
     # the epochs, as the release counts them on ImageNet-1k (1,281,167 images) with 8 processes x 32
     args = train.parse_args(RELEASE_TRAIN)
     aliases.apply_epochs(args, 1_281_167, 8)
-    assert args.steps_per_epoch == 5004                                    # the release's 5004 steps per epoch
-    assert args.max_train_steps == 801 * 5004 == 4_008_204                # 801 epochs end before 4.1M steps
-    assert args.checkpoint_epoch_steps == 200 * 5004                       # its epoch-{199,399,...}.pt
+    # the release's 5004 steps per epoch
+    assert args.steps_per_epoch == 5004
+    # 801 epochs end before 4.1M steps
+    assert args.max_train_steps == 801 * 5004 == 4_008_204
+    # its epoch-{199,399,...}.pt
+    assert args.checkpoint_epoch_steps == 200 * 5004
 
 
 def test_repa_readme_train_commands(capsys):
     for argv, res in ((REPA_TRAIN, None), (REPA_TRAIN_512, 512)):
         cfg, notes = print_config("train.py", argv, capsys)
-        want = dict(report_to="wandb", mixed_precision="fp16", seed=0, path_type="linear", weighting="uniform",
-                    model="SiT-XL/2", enc_type="dinov2_vitb14", align_weight=0.5, block_out_s=8,
-                    align_target="repa", loss_type="cos-token", output_dir="exps",
+        want = dict(report_to="wandb", mixed_precision="fp16", seed=0, path_type="linear",
+                    weighting="uniform", model="SiT-XL/2", enc_type="dinov2_vitb14", align_weight=0.5,
+                    block_out_s=8, align_target="repa", loss_type="cos-token", output_dir="exps",
                     data_dir="[YOUR_DATA_PATH]", resolution=res, batch_size=256, max_train_steps=400_000,
                     learning_rate=1e-4, class_dropout_prob=0.1, mask_ratio=[0.0], dual_time_scheduling=False,
                     attention_separation=False, repa_features="repa-dinov2_vitb14-p2", epochs=None)
@@ -117,8 +124,10 @@ def test_release_gen_sh_and_repa_generate(capsys):
 
 @pytest.mark.parametrize("script,argv,message", [
     ("train.py", ["--prediction", "epsilon"], "--prediction: invalid choice"),
-    ("train.py", ["--proj-coeff", "0.5", "--align-weight", "0.3"], "--proj-coeff 0.5 and --align-weight 0.3 disagree"),
-    ("train.py", ["--enc-type", "dinov2-vit-b", "--align-target", "ema"], "REPA's alignment, but --align-target"),
+    ("train.py", ["--proj-coeff", "0.5", "--align-weight", "0.3"],
+     "--proj-coeff 0.5 and --align-weight 0.3 disagree"),
+    ("train.py", ["--enc-type", "dinov2-vit-b", "--align-target", "ema"],
+     "REPA's alignment, but --align-target"),
     ("train.py", ["--mask-ratio", "[0.5,x]"], "--mask-ratio: expected numbers such as 0.25"),
     ("train.py", ["--epochs", "0"], "--epochs must be >= 1"),
     ("sample_ddp.py", ["--ckpt", "x.pt", "--mask-ratio", "0.25"], "only --mask-ratio 0 is accepted"),
@@ -151,9 +160,12 @@ def test_train_conversions():
     # REPA's flags on top of a REPA preset keep the preset's values where they say nothing
     a = train.parse_args(["--preset", "repa-b2", "--proj-coeff", "0.8"])
     assert (a.block_out_s, a.align_weight, a.loss_type, a.align_target) == (4, 0.8, "cos-token", "repa")
-    assert train.parse_args(["--preset", "repa-b2", "--data-dir", "/d/in256"]).repa_features == "repa-dinov2_vitb14-p2"
-    assert train.parse_args(["--preset", "repa-b2", "--data-dir", "digits"]).repa_features is None  # real images
-    a = train.parse_args(["--encoder-depth", "4", "--loss-type", "l2"])          # an explicit loss type stays
+    on_latents = train.parse_args(["--preset", "repa-b2", "--data-dir", "/d/in256"])
+    assert on_latents.repa_features == "repa-dinov2_vitb14-p2"
+    # the digits: DINOv2 on the real images
+    assert train.parse_args(["--preset", "repa-b2", "--data-dir", "digits"]).repa_features is None
+    # an explicit loss type stays
+    a = train.parse_args(["--encoder-depth", "4", "--loss-type", "l2"])
     assert (a.block_out_s, a.loss_type, a.align_target != "none") == (4, "l2", True)
     # --epochs alone sets the step count from the data; both: the first bound reached
     a = train.parse_args(["--epochs", "2", "--batch-size", "64"])
@@ -162,16 +174,18 @@ def test_train_conversions():
     assert (a.steps_per_epoch, a.max_train_steps) == (15, 30)
     a = train.parse_args(["--epochs", "2", "--max-train-steps", "20", "--batch-size", "64",
                           "--gradient-accumulation-steps", "2"])
-    aliases.apply_epochs(a, 1000, 1)                                          # 31 batches of 32 -> 16 steps
+    # 31 batches of 32 -> 16 steps
+    aliases.apply_epochs(a, 1000, 1)
     assert (a.steps_per_epoch, a.max_train_steps) == (16, 20)
 
 
 def test_checkpoint_epochs_and_data_checks_in_a_run(tmp_path):
-    """digits:8 (1797 items) at batch 512: 3 steps per epoch; --epochs 2 -> 6 steps, --checkpoint-epochs 1 -> 3, 6."""
+    """digits:8 (1797 items) at batch 512: 3 steps per epoch; --epochs 2 -> 6 steps, --checkpoint-epochs 1 ->
+    3, 6."""
     from test_train import TINY
     argv = TINY + ["--output-dir", str(tmp_path), "--exp-name", "ep", "--batch-size", "512", "--epochs", "2",
-                   "--checkpoint-epochs", "1", "--checkpoint-steps", "1000", "--resolution", "8", "--num-classes",
-                   "10"]
+                   "--checkpoint-epochs", "1", "--checkpoint-steps", "1000", "--resolution", "8",
+                   "--num-classes", "10"]
     train.main(argv)
     assert sorted(os.listdir(tmp_path / "ep" / "checkpoints")) == ["0000003.pt", "0000006.pt"]
     saved = json.load(open(tmp_path / "ep" / "args.json"))
@@ -194,8 +208,8 @@ def test_sample_flags_checked_against_the_checkpoint(tmp_path, monkeypatch):
     torch.save({"ema": tiny_state_dict(), "steps": 1, "time_convention": "ours"}, path)
     base = ["--ckpt", path, "--num-fid-samples", "1", "--num-steps", "2", "--sample-dir", str(tmp_path),
             "--no-progress"]
-    out = sample_ddp.main(base + ["--resolution", "8", "--num-classes", "10", "--no-qk-norm", "--mask-ratio", "0",
-                                  "--local-rank", "0", "--encoder-depth", "8", "--use-alignment-loss",
+    out = sample_ddp.main(base + ["--resolution", "8", "--num-classes", "10", "--no-qk-norm", "--mask-ratio",
+                                  "0", "--local-rank", "0", "--encoder-depth", "8", "--use-alignment-loss",
                                   "--attention-separation", "--projector-embed-dims", "768"])
     assert out.endswith("samples_1.npz") and "LOCAL_RANK" not in os.environ
     assert sample_ddp.setup_distributed(local_rank=0)[0:2] == (0, 1)
@@ -204,11 +218,13 @@ def test_sample_flags_checked_against_the_checkpoint(tmp_path, monkeypatch):
                           (["--qk-norm"], "--qk-norm True but .* qk norm False")):
         with pytest.raises(ValueError, match=message):
             sample_ddp.main(base + flag)
-    repa = str(tmp_path / "repa.pt")                                      # a REPA projector of width 768
+    # a REPA projector of width 768
+    repa = str(tmp_path / "repa.pt")
     from models import SiT_models
     m = SiT_models["SiT-T/2"](input_size=8, in_channels=1, num_classes=10, align_head="projector", z_dim=768)
     torch.save({"ema": m.state_dict(), "steps": 1, "time_convention": "ours"}, repa)
     sample_ddp.main(base[:1] + [repa] + base[2:] + ["--projector-embed-dims", "768"])
-    with pytest.raises(ValueError, match="--projector-embed-dims 768,1024 but .*repa.pt has one REPA projector, "
-                                         "of width 768"):                     # REPA's default "768,1024"
+    # REPA's default "768,1024"
+    with pytest.raises(ValueError, match="--projector-embed-dims 768,1024 but .*repa.pt has one REPA "
+                                         "projector, of width 768"):
         sample_ddp.main(base[:1] + [repa] + base[2:] + ["--projector-embed-dims", "768,1024"])

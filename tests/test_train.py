@@ -20,7 +20,8 @@ def run(tmp_path, name, *extra):
 
 
 def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)      # plain types only
+    # plain types only
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def assert_same_state(a, b):
@@ -39,12 +40,15 @@ def test_resume_is_exact(tmp_path):
     straight = run(tmp_path, "straight", "--max-train-steps", "6", "--checkpoint-steps", "3")
     # the same run, stopped at step 3 and resumed from its checkpoint
     run(tmp_path, "resumed", "--max-train-steps", "3", "--checkpoint-steps", "3")
-    resumed = run(tmp_path, "resumed", "--max-train-steps", "6", "--checkpoint-steps", "3", "--resume", "auto")
+    resumed = run(tmp_path, "resumed", "--max-train-steps", "6", "--checkpoint-steps", "3",
+                  "--resume", "auto")
     a, b = load(f"{straight}/checkpoints/0000006.pt"), load(f"{resumed}/checkpoints/0000006.pt")
     assert a["steps"] == b["steps"] == 6 and a["data"] == b["data"]
-    assert_same_state(a, b)                                               # bitwise on CPU
+    # bitwise on CPU
+    assert_same_state(a, b)
     rows = [json.loads(line) for line in open(f"{resumed}/metrics.jsonl")]
-    assert [r["step"] for r in rows] == [2, 3, 4, 6]                     # the log continues, nothing duplicated
+    # the log continues, nothing duplicated
+    assert [r["step"] for r in rows] == [2, 3, 4, 6]
     straight_rows = {r["step"]: r for r in map(json.loads, open(f"{straight}/metrics.jsonl"))}
     assert rows[-1]["loss"] == pytest.approx(straight_rows[6]["loss"], abs=0)
     args = json.load(open(f"{resumed}/args.json"))
@@ -66,7 +70,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         run(tmp_path, "nan", "--max-train-steps", "6", "--checkpoint-steps", "2")
     ckpts = sorted(os.listdir(tmp_path / "nan" / "checkpoints"))
     assert ckpts == ["0000002.pt"]
-    assert all(torch.isfinite(v).all() for v in load(tmp_path / "nan" / "checkpoints" / "0000002.pt")["model"].values())
+    kept = load(tmp_path / "nan" / "checkpoints" / "0000002.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in kept.values())
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -82,8 +87,10 @@ def test_bad_flags_fail_at_start_with_a_clear_message(tmp_path, extra, message):
 
 def test_presets_cover_the_paper_and_explicit_flags_win():
     a = train.parse_args(["--preset", "ours-xl2"])
-    assert (a.model, a.block_out_s, a.block_out_t, a.mask_ratio, a.max_train_steps) == ("SiT-XL/2", 8, 20, [0.25], 4_000_000)
-    assert a.attention_separation and a.dual_time_scheduling and train.teacher_mask_of(a) and a.teacher_t == "sra"
+    assert (a.model, a.block_out_s, a.block_out_t, a.mask_ratio, a.max_train_steps) == \
+        ("SiT-XL/2", 8, 20, [0.25], 4_000_000)
+    assert a.attention_separation and a.dual_time_scheduling and train.teacher_mask_of(a)
+    assert a.teacher_t == "sra"
     b = train.parse_args(["--preset", "self-flow-b2", "--mask-ratio", "0.35"])
     assert b.mask_ratio == [0.35] and not b.attention_separation and b.teacher_t == "self_flow"
     assert train.parse_args(["--preset", "sit-b2"]).align_target == "none"
@@ -101,11 +108,13 @@ def test_bad_resume_files(tmp_path):
 
 
 def test_two_processes_on_cpu(tmp_path):
-    """torchrun with 2 CPU processes (gloo): one run folder, written by rank 0, data split between the ranks."""
+    """torchrun with 2 CPU processes (gloo): one run folder, written by rank 0, data split between the
+    ranks."""
     import subprocess
     import sys
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py", *TINY,
-           "--max-train-steps", "4", "--checkpoint-steps", "4", "--output-dir", str(tmp_path), "--exp-name", "ddp"]
+           "--max-train-steps", "4", "--checkpoint-steps", "4", "--output-dir", str(tmp_path),
+           "--exp-name", "ddp"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -122,21 +131,25 @@ def test_keep_last_and_keep_every(tmp_path):
     folder.mkdir()
     for step in (100, 200, 300, 400, 500):
         (folder / f"{step:07d}.pt").write_bytes(b"x")
-    (folder / ".0000600.tmp-1.pt").write_bytes(b"half")               # a temporary file is never a checkpoint
+    # a temporary file is never a checkpoint
+    (folder / ".0000600.tmp-1.pt").write_bytes(b"half")
     runlog.prune_checkpoints(str(tmp_path), keep_last=2, keep_every=200)
     assert [os.path.basename(p) for p in runlog.list_checkpoints(str(tmp_path))] == \
         ["0000200.pt", "0000400.pt", "0000500.pt"]
 
 
 def test_previews_and_digits_metric_sample_with_the_run_path(tmp_path, monkeypatch):
-    """The SDE score depends on --path-type: previews and the embedded metric pass the run's path to the sampler."""
+    """The SDE score depends on --path-type: previews and the embedded metric pass the run's path to the
+    sampler."""
     import sampling
 
     seen, real = [], sampling.sample_images
-    monkeypatch.setattr(sampling, "sample_images", lambda *a, **k: (seen.append(k["path_type"]), real(*a, **k))[1])
+    monkeypatch.setattr(sampling, "sample_images",
+                        lambda *a, **k: (seen.append(k["path_type"]), real(*a, **k))[1])
     run(tmp_path, "cos", "--max-train-steps", "1", "--path-type", "cosine", "--sample-steps", "1",
         "--eval-samples", "4", "--preview-num-steps", "2")
-    assert seen == ["cosine", "cosine"]                                  # one preview grid, one metric batch
+    # one preview grid, one metric batch
+    assert seen == ["cosine", "cosine"]
 
 
 def test_preview_cfg_scale_keep_every_and_compile_reach_the_run(tmp_path, monkeypatch):
@@ -145,15 +158,18 @@ def test_preview_cfg_scale_keep_every_and_compile_reach_the_run(tmp_path, monkey
     import sampling
 
     seen, real = [], sampling.sample_images
-    monkeypatch.setattr(sampling, "sample_images", lambda *a, **k: (seen.append(k["cfg_scale"]), real(*a, **k))[1])
+    monkeypatch.setattr(sampling, "sample_images",
+                        lambda *a, **k: (seen.append(k["cfg_scale"]), real(*a, **k))[1])
     compiled = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, *a, **k: compiled.append(type(self).__name__))
     path = run(tmp_path, "k", "--max-train-steps", "5", "--checkpoint-steps", "1", "--keep-last", "1",
-               "--keep-every", "2", "--sample-steps", "5", "--preview-num-steps", "2", "--preview-cfg-scale", "1.5",
-               "--compile")
+               "--keep-every", "2", "--sample-steps", "5", "--preview-num-steps", "2",
+               "--preview-cfg-scale", "1.5", "--compile")
     assert seen == [1.5]
     assert sorted(os.listdir(f"{path}/checkpoints")) == ["0000002.pt", "0000004.pt", "0000005.pt"]
-    assert compiled == ["SiTBlock"] * 6                                  # SiT-T/4: 6 blocks
+    # SiT-T/4: 6 blocks
+    assert compiled == ["SiTBlock"] * 6
 
 
 def test_stop_signals_flag():
@@ -162,7 +178,8 @@ def test_stop_signals_flag():
 
 
 def test_loss_sees_the_epoch_and_sra_orig_preset(tmp_path, monkeypatch):
-    """--align-weight-schedule reads the 0-based epoch: digits:8 (1797 items) at batch 512 has 3 steps per epoch."""
+    """--align-weight-schedule reads the 0-based epoch: digits:8 (1797 items) at batch 512 has 3 steps per
+    epoch."""
     real, epochs = loss_module.TrainingLoss.__call__, []
     monkeypatch.setattr(loss_module.TrainingLoss, "__call__",
                         lambda self, *a, **kw: (epochs.append(kw["epoch"]), real(self, *a, **kw))[1])
@@ -171,34 +188,37 @@ def test_loss_sees_the_epoch_and_sra_orig_preset(tmp_path, monkeypatch):
     from presets import resolve
     p = resolve("sra-orig-xl2")
     assert (p["loss_type"], p["align_weight"], p["align_weight_schedule"], p["teacher_labels"], p["t_max"],
-            p["mask_ratio"], p["block_out_s"], p["block_out_t"]) == ("sml1", 0.2, "sra-256", "dropped", 0.2, [0.0], 8, 20)
+            p["mask_ratio"], p["block_out_s"], p["block_out_t"]) == \
+        ("sml1", 0.2, "sra-256", "dropped", 0.2, [0.0], 8, 20)
     assert resolve("sra-orig-xl2-512")["align_weight_schedule"] == "sra-512"
-    assert resolve("sra-xl2")["loss_type"] == "cos-channel" and resolve("sra-xl2")["teacher_labels"] == "clean"
+    sra = resolve("sra-xl2")
+    assert sra["loss_type"] == "cos-channel" and sra["teacher_labels"] == "clean"
 
 
 # ---- the flag surface: loss flags from loss.LossConfig, presets as rows over the release's defaults --------
 
 def _old_presets() -> dict:
     """A frozen copy of presets.PRESETS as it was built before the presets became rows (loops and all)."""
-    common = dict(learning_rate=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=0.0, adam_epsilon=1e-8,
-                  max_grad_norm=1.0, ema_decay=0.9999, batch_size=256, path_type="linear", weighting="uniform",
-                  align_weight=0.5, loss_type="cos-channel", teacher_labels="clean", mixed_precision="bf16",
-                  t_max=0.2, align_weight_schedule="constant")
-    no_groups = dict(mask_ratio=[0.0], dual_time_scheduling=False, attention_separation=False, teacher_mask=False,
-                     full_sample_prob=0.0)
+    common = dict(learning_rate=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=0.0,
+                  adam_epsilon=1e-8, max_grad_norm=1.0, ema_decay=0.9999, batch_size=256, path_type="linear",
+                  weighting="uniform", align_weight=0.5, loss_type="cos-channel", teacher_labels="clean",
+                  mixed_precision="bf16", t_max=0.2, align_weight_schedule="constant")
+    no_groups = dict(mask_ratio=[0.0], dual_time_scheduling=False, attention_separation=False,
+                     teacher_mask=False, full_sample_prob=0.0)
     methods = {
         "sit": dict(use_alignment_loss=False, align_target="ema", **no_groups),
         "sra": dict(use_alignment_loss=True, align_target="ema", teacher_t="sra", **no_groups),
         "sra-orig": dict(use_alignment_loss=True, align_target="ema", teacher_t="sra", loss_type="sml1",
-                         align_weight=0.2, align_weight_schedule="sra-256", teacher_labels="dropped", t_max=0.2,
-                         **no_groups),
-        "self-flow": dict(use_alignment_loss=True, align_target="ema", teacher_t="self_flow", mask_ratio=[0.25],
-                          dual_time_scheduling=True, attention_separation=False, teacher_mask=False,
-                          full_sample_prob=0.0),
+                         align_weight=0.2, align_weight_schedule="sra-256", teacher_labels="dropped",
+                         t_max=0.2, **no_groups),
+        "self-flow": dict(use_alignment_loss=True, align_target="ema", teacher_t="self_flow",
+                          mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=False,
+                          teacher_mask=False, full_sample_prob=0.0),
         "ours": dict(use_alignment_loss=True, align_target="ema", teacher_t="sra", mask_ratio=[0.25],
-                     dual_time_scheduling=True, attention_separation=True, teacher_mask=True, full_sample_prob=0.0),
-        "repa": dict(use_alignment_loss=True, align_target="repa", loss_type="cos-token", repa_features="auto",
-                     **no_groups),
+                     dual_time_scheduling=True, attention_separation=True, teacher_mask=True,
+                     full_sample_prob=0.0),
+        "repa": dict(use_alignment_loss=True, align_target="repa", loss_type="cos-token",
+                     repa_features="auto", **no_groups),
         "sra2": dict(use_alignment_loss=True, align_target="sra2", loss_type="sml1", align_weight=1.0,
                      **no_groups),
     }
@@ -236,7 +256,8 @@ def test_loss_flags_are_exactly_loss_config_fields():
     assert {a.dest for a in group._group_actions} == fields
     for a in group._group_actions:
         assert a.option_strings[0] == "--" + a.dest.replace("_", "-") and a.help
-    assert "--cfg-prob" in next(a for a in group._group_actions if a.dest == "class_dropout_prob").option_strings
+    dropout = next(a for a in group._group_actions if a.dest == "class_dropout_prob")
+    assert "--cfg-prob" in dropout.option_strings
     # each loss flag sets its field
     defaults = train.parse_args([])
     for a in group._group_actions:
@@ -284,9 +305,10 @@ def test_defaults_are_the_release_recipe():
     from test_aliases import RELEASE_TRAIN
 
     plain, release = train.parse_args([]), train.parse_args(RELEASE_TRAIN)
-    differ = {k for k in vars(plain) if getattr(plain, k) != getattr(release, k) and not k.startswith("alias__")}
-    assert differ == {"mixed_precision", "epochs", "checkpoint_epochs", "resolution", "output_dir", "exp_name",
-                      "data_dir"}
+    differ = {k for k in vars(plain)
+              if getattr(plain, k) != getattr(release, k) and not k.startswith("alias__")}
+    assert differ == {"mixed_precision", "epochs", "checkpoint_epochs", "resolution", "output_dir",
+                      "exp_name", "data_dir"}
     assert train.teacher_mask_of(plain) and plain.align_target == "ema" and plain.mixed_precision == "bf16"
 
 
