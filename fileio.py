@@ -9,13 +9,15 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 
 @contextlib.contextmanager
-def atomic_path(path: str):
-    """Yield a temporary name next to `path`; rename it onto `path` on success (atomic), delete it on error."""
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary name next to `path`; rename it onto `path` on success (atomic), delete it on
+    error."""
     folder, name = os.path.split(path)
     os.makedirs(folder or ".", exist_ok=True)
     stem, ext = os.path.splitext(name)
@@ -55,7 +57,7 @@ def remove_stale_temporaries(folder: str) -> list[tuple[str, int]]:
     return removed
 
 
-def atomic_write_bytes(path: str, data: bytes, fsync: bool = False):
+def atomic_write_bytes(path: str, data: bytes, fsync: bool = False) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         if fsync:
@@ -63,27 +65,28 @@ def atomic_write_bytes(path: str, data: bytes, fsync: bool = False):
             os.fsync(f.fileno())
 
 
-def atomic_write_text(path: str, text: str):
+def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def atomic_write_json(path: str, obj, indent: int = 2):
+def atomic_write_json(path: str, obj: object, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
-def atomic_torch_save(obj, path: str):
+def atomic_torch_save(obj: object, path: str) -> None:
+    # torch only here: the evaluator and the metric code use this module without importing torch
     import torch
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
-def atomic_save_npy(path: str, array: np.ndarray):
+def atomic_save_npy(path: str, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, array)
     atomic_write_bytes(path, buf.getvalue(), fsync=True)
 
 
-def atomic_savez(path: str, **arrays):
+def atomic_savez(path: str, **arrays: np.ndarray) -> None:
     """np.savez (uncompressed, so arr_0 can be streamed back) to `path`, atomically."""
     if not path.endswith(".npz"):
         raise ValueError(f"npz output path must end with .npz, got {path!r}")
@@ -91,15 +94,16 @@ def atomic_savez(path: str, **arrays):
         np.savez(tmp, **arrays)
 
 
-def npy_header(dtype, shape) -> bytes:
+def npy_header(dtype: np.dtype | str | type, shape: tuple[int, ...]) -> bytes:
     """The .npy (version 1.0) header numpy writes for a C-ordered array of this dtype and shape."""
     buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)})
+    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": tuple(shape)})
     return buf.getvalue()
 
 
-def stream_npz(path: str, shape, chunks, dtype=np.uint8, extra: dict | None = None):
+def stream_npz(path: str, shape: tuple[int, ...], chunks: Iterable[np.ndarray],
+               dtype: np.dtype | type = np.uint8, extra: dict | None = None) -> None:
     """Write an uncompressed .npz (the ADM evaluator's format) whose `arr_0` of `shape` is the concatenation
     of `chunks` (arrays along axis 0), without holding it in memory; `extra` arrays are stored beside it.
     Atomic."""
@@ -111,7 +115,8 @@ def stream_npz(path: str, shape, chunks, dtype=np.uint8, extra: dict | None = No
                 for chunk in chunks:
                     chunk = np.ascontiguousarray(chunk, dtype=dtype)
                     if chunk.shape[1:] != tuple(shape[1:]):
-                        raise ValueError(f"{path}: chunk of shape {chunk.shape} does not fit arr_0 {tuple(shape)}")
+                        raise ValueError(f"{path}: chunk of shape {chunk.shape} does not fit "
+                                         f"arr_0 {tuple(shape)}")
                     f.write(chunk.tobytes())
                     written += len(chunk)
             if written != shape[0]:

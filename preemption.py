@@ -59,7 +59,7 @@ class StopSignals:
         if self.received is None:
             self.received = signal.Signals(signum).name
 
-    def restore(self):
+    def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
@@ -70,7 +70,9 @@ class RunControl:
 
     def __init__(self, signals: StopSignals, device: torch.device, world: int, is_main: bool,
                  checkpoint_minutes: float):
-        self.signals, self.world, self.is_main = signals, world, is_main
+        self.signals = signals
+        self.world = world
+        self.is_main = is_main
         self.interval = checkpoint_minutes * 60
         self.last_latest = time.monotonic()
         self.cuda = device.type == "cuda"
@@ -79,7 +81,7 @@ class RunControl:
             self.host = torch.zeros(2, dtype=torch.int32, pin_memory=self.cuda)
             self.event, self.pending = None, False
 
-    def latest_written(self):
+    def latest_written(self) -> None:
         """Restart the rolling checkpoint's clock (a checkpoint of any kind was just written)."""
         self.last_latest = time.monotonic()
 

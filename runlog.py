@@ -21,6 +21,7 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ def list_checkpoints(run_dir: str) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
-def prune_checkpoints(run_dir: str, keep_last: int, keep_every: int = 0):
+def prune_checkpoints(run_dir: str, keep_last: int, keep_every: int = 0) -> None:
     """Keep the newest `keep_last` checkpoints (0 = keep all), and every multiple of `keep_every` steps.
     Called right after a checkpoint was written: the newest one (the one --resume auto takes) is always kept.
     """
@@ -68,11 +69,14 @@ def file_step(path: str) -> int | None:
         return None
 
 
-def newest_resumable(run_dir: str, read, logger) -> tuple[str | None, dict | None]:
+def newest_resumable(run_dir: str, read: Callable[[str], dict],
+                     logger: logging.Logger) -> tuple[str | None, dict | None]:
     """--resume auto: the newest of the step checkpoints and the rolling one (by step; a step file wins a tie)
     that `read(path) -> state` accepts. Unreadable newer files are skipped, and the log says which and why."""
     candidates = [(int(os.path.basename(p)[:-3]), 1, p) for p in list_checkpoints(run_dir)]
-    rolling, rolling_state, skipped = rolling_path(run_dir), None, []
+    rolling = rolling_path(run_dir)
+    rolling_state = None
+    skipped = []
     if os.path.exists(rolling):
         try:
             rolling_state = read(rolling)
@@ -107,7 +111,7 @@ def last_good_checkpoint(run_dir: str) -> str:
     return max(files)[1] if files else "none (no checkpoint was written yet)"
 
 
-def set_aside(run_dir: str, step: int, logger) -> str | None:
+def set_aside(run_dir: str, step: int, logger: logging.Logger) -> str | None:
     """A run (re)starting at `step` moves what its folder holds beyond that step (checkpoints, the rolling
     file, metrics rows, previews: an abandoned branch) into RUN/abandoned/STAMP-after-NNNNNNN/, and drops a
     torn last line of metrics.jsonl. -> the folder, or None when nothing was beyond."""
@@ -140,11 +144,11 @@ def set_aside(run_dir: str, step: int, logger) -> str | None:
     return aside
 
 
-def write_rows(path: str, rows: list[dict]):
+def write_rows(path: str, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def read_metrics(path: str, logger=None) -> tuple[list[dict], int]:
+def read_metrics(path: str, logger: logging.Logger | None = None) -> tuple[list[dict], int]:
     """The rows of metrics.jsonl, skipping lines that are not JSON (a torn last line after a kill). -> (rows,
     the number of lines skipped)."""
     if not os.path.exists(path):
@@ -163,14 +167,14 @@ def read_metrics(path: str, logger=None) -> tuple[list[dict], int]:
     return rows, len(bad)
 
 
-def all_finite(tensors) -> torch.Tensor:
+def all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     """One boolean tensor on the tensors' device: every floating tensor in `tensors` is finite (no host sync).
     """
     flags = [t.isfinite().all() for t in tensors if torch.is_floating_point(t)]
     return torch.stack(flags).all() if flags else torch.tensor(True)
 
 
-def optimizer_tensors(opt) -> list[torch.Tensor]:
+def optimizer_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
 
 
@@ -195,7 +199,7 @@ def rng_state() -> dict:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def set_rng_state(state: dict):
+def set_rng_state(state: dict) -> None:
     random.setstate((state["python_pos"], tuple(state["python"]), None))
     n = state["numpy"]
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
@@ -226,7 +230,7 @@ def flag_changes(saved: dict, now: dict) -> str:
     return ", ".join(f"{k} {saved[k]} -> {now[k]}" for k in keys)
 
 
-def log_sums_from(ckpt: dict, rank: int, device) -> tuple[dict, dict]:
+def log_sums_from(ckpt: dict, rank: int, device: torch.device | str) -> tuple[dict, dict]:
     """This rank's running log sums and counts since the last log step, as saved at the checkpoint (so that
     the first row after a resume averages the same steps as the run that never stopped)."""
     saved = ckpt.get("log_sums")
@@ -242,12 +246,12 @@ class MetricsWriter:
     def __init__(self, run_dir: str):
         self.path = os.path.join(run_dir, "metrics.jsonl")
 
-    def write(self, row: dict):
+    def write(self, row: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
 
-def plot_loss_curves(run_dir: str):
+def plot_loss_curves(run_dir: str) -> None:
     """RUN/loss.png: every loss column of metrics.jsonl against the step."""
     rows, _ = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     keys = [k for k in ("loss", "loss_gen", "loss_align") if any(k in r for r in rows)]

@@ -8,12 +8,17 @@ at each start, a grid of decoded training latents (tag `samples/ground_truth`, a
 the cheap check that the latent scaling and the VAE are right. Grids of small images are enlarged (nearest
 neighbour) to at least PREVIEW_WIDTH pixels.
 """
+import argparse
 import os
 import uuid
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 PREVIEW_WIDTH = 512
 
@@ -31,7 +36,7 @@ def wandb_run_id(run_dir: str) -> str:
     return run_id
 
 
-def init_trackers(accelerator, args, run_dir: str):
+def init_trackers(accelerator: "Accelerator", args: argparse.Namespace, run_dir: str) -> None:
     """accelerate's trackers for --report-to; wandb resumes the run folder's run (same id, resume='allow')."""
     if args.report_to == "none":
         return
@@ -43,7 +48,7 @@ def init_trackers(accelerator, args, run_dir: str):
                               init_kwargs=init_kwargs)
 
 
-def log_image(accelerator, tag: str, image: np.ndarray, step: int, caption: str = ""):
+def log_image(accelerator: "Accelerator", tag: str, image: np.ndarray, step: int, caption: str = "") -> None:
     """One (H, W, 3) uint8 image to every tracker of the run (main process; nothing without trackers)."""
     if not accelerator.is_main_process:
         return

@@ -15,14 +15,14 @@ import json
 import os
 import sys
 
+from safetensors.torch import save_file
+
 from fileio import atomic_path
 from models.checkpoint import EXPORT_KEY, CONVENTIONS, CheckpointError, export_settings, read_checkpoint
 
 
 def export(ckpt: str, out: str, time_convention: str | None = None) -> dict:
     """Write `ckpt`'s EMA and settings to `out` (.safetensors) -> the settings written."""
-    from safetensors.torch import save_file
-
     if not out.endswith(".safetensors"):
         raise CheckpointError(f"{out}: the output must end with .safetensors")
     ck = read_checkpoint(ckpt)
@@ -38,7 +38,7 @@ def export(ckpt: str, out: str, time_convention: str | None = None) -> dict:
     return settings
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m models.export", description=__doc__.split("\n")[0])
     p.add_argument("ckpt", help="a checkpoint of this codebase, a REPA / SRA / SiT training file or a bare "
                    "state dict")

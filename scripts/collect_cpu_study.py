@@ -131,7 +131,7 @@ def load(root: str) -> list:
     return out
 
 
-def point_of(step: int, last: int):
+def point_of(step: int, last: int) -> str | None:
     for label, frac in (("1/8", 8), ("1/2", 2), ("1", 1)):
         if step * frac == last:
             return label
@@ -140,7 +140,7 @@ def point_of(step: int, last: int):
 
 # ---- statistics --------------------------------------------------------------------------------------------
 
-def mean_std(values):
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
     """(mean, sample standard deviation (ddof 1; None for one value), count); (None, None, 0) when empty."""
     values = [v for v in values if v is not None]
     if not values:
@@ -150,7 +150,7 @@ def mean_std(values):
     return mean, std, len(values)
 
 
-def paired(a: dict, b: dict):
+def paired(a: dict, b: dict) -> dict:
     """a, b: seed -> value. Paired differences a - b over the seeds both have: dict(mean, std, k, lo, hi)."""
     seeds = sorted(set(a) & set(b))
     diffs = [a[s] - b[s] for s in seeds if a[s] is not None and b[s] is not None]
@@ -179,17 +179,17 @@ def verdict(diff: dict, kind: str) -> str:
 
 # ---- the table ---------------------------------------------------------------------------------------------
 
-def fmt(v, digits):
+def fmt(v: float | None, digits: int) -> str:
     return DASH if v is None else f"{v:.{digits}f}"
 
 
-def fmt_ms(mean, std, digits):
+def fmt_ms(mean: float | None, std: float | None, digits: int) -> str:
     if mean is None:
         return DASH
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-def md_table(header, rows):
+def md_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
@@ -228,8 +228,10 @@ def summarise(records: list) -> dict:
     return dict(steps=steps, last=last, cells=cells, claims=claims, references=refs)
 
 
-def render(summary: dict, study: dict = None) -> str:
-    cells, steps, refs = summary["cells"], summary["steps"], summary["references"]
+def render(summary: dict, study: dict | None = None) -> str:
+    cells = summary["cells"]
+    steps = summary["steps"]
+    refs = summary["references"]
     seeds = sorted({s for st in cells.values() for p in st.values() for s in p["fd"]["per_seed"]})
     parts = ["# The paper's ablations at small scale: SiT-N/2 on the embedded digits", ""]
     if study:
@@ -299,12 +301,14 @@ def render(summary: dict, study: dict = None) -> str:
 
 # ---- the figure --------------------------------------------------------------------------------------------
 
-def plot(summary: dict, path: str):
+def plot(summary: dict, path: str) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells, steps, refs = summary["cells"], summary["steps"], summary["references"]
+    cells = summary["cells"]
+    steps = summary["steps"]
+    refs = summary["references"]
     fig, axes = plt.subplots(len(TABLES), len(METRICS), figsize=(4.2 * len(METRICS), 3.2 * len(TABLES)),
                              squeeze=False)
     for row, (title, settings) in enumerate(TABLES):
@@ -343,7 +347,7 @@ def plot(summary: dict, path: str):
     return path
 
 
-def collect(root: str, out: str):
+def collect(root: str, out: str) -> tuple[str, str, dict]:
     """-> (markdown, figure path, summary); writes cpu_study.md, cpu_study.png and cpu_study.json into
     `out`."""
     records = load(root)
@@ -364,7 +368,7 @@ def collect(root: str, out: str):
     return text, figure, summary
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", nargs="?", default="results/cpu-study", help="the study's RESULTS_DIR")
     p.add_argument("--out", help="where cpu_study.{md,png,json} go (default: the results folder)")

@@ -1,15 +1,16 @@
-"""Stand-ins for the tiny (CPU) mode of the launch scripts: small files in the place of ImageNet-sized inputs.
+"""Stand-ins for the tiny (CPU) mode of the launch scripts: small files in the place of ImageNet-sized
+inputs.
 
     python scripts/tiny_fixtures.py digits-reference OUT.npz [--count 256] [--resolution 16]
     python scripts/tiny_fixtures.py image-folder DIR [--classes 3] [--per-class 3]
     python scripts/tiny_fixtures.py vae DIR
 
-digits-reference  an ADM-format reference batch (arr_0 uint8 (N, R, R, 3), labels) of real embedded digits, for
-                  evaluations/evaluator.py in place of VIRTUAL_imagenet256_labeled.npz. No statistics are
-                  stored: the evaluator computes them from arr_0.
+digits-reference  an ADM-format reference batch (arr_0 uint8 (N, R, R, 3), labels) of real embedded digits,
+                  for evaluations/evaluator.py in place of VIRTUAL_imagenet256_labeled.npz. No statistics
+                  are stored: the evaluator computes them from arr_0.
 image-folder      an ImageNet train/ layout (one sub-folder per class) of small RGB JPEGs of varied sizes.
-vae               a diffusers AutoencoderKL folder with the SD-VAE layout (4 latent channels, /8) but narrow blocks
-                  and random weights, in place of sd-vae-ft-mse for `python -m preprocessing --vae`.
+vae               a diffusers AutoencoderKL folder with the SD-VAE layout (4 latent channels, /8) but narrow
+                  blocks and random weights, in place of sd-vae-ft-mse for `python -m preprocessing --vae`.
 Every file is written whole or not at all (temporary name, then rename), so the scripts can test for
 existence.
 """
@@ -19,16 +20,19 @@ import shutil
 import sys
 
 import numpy as np
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# the repository root is not on the path of scripts/
+from fileio import atomic_savez  # noqa: E402
 
 
-def digits_reference(out, count=256, resolution=16):
+def digits_reference(out: str, count: int = 256, resolution: int = 16) -> None:
+    # torch (and dataset, which imports it) only in the subcommands that need it: image-folder stays quick
     import torch
 
     from dataset import digits_images
-    from fileio import atomic_savez
 
     images, labels = digits_images(resolution)                          # (1797, 1, R, R) in [-1, 1], (1797,)
     if not 2 <= count <= len(images):
@@ -40,9 +44,7 @@ def digits_reference(out, count=256, resolution=16):
     print(f"wrote {out}: {count} real digits, {resolution}x{resolution}")
 
 
-def image_folder(folder, classes=3, per_class=3):
-    from PIL import Image
-
+def image_folder(folder: str, classes: int = 3, per_class: int = 3) -> None:
     rng = np.random.default_rng(0)
     tmp = folder.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -58,12 +60,14 @@ def image_folder(folder, classes=3, per_class=3):
     print(f"wrote {folder}: {classes} classes x {per_class} images")
 
 
-def tiny_vae(folder):
+def tiny_vae(folder: str) -> None:
+    # torch only here and in digits_reference (see there); diffusers is an optional heavy package
     import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16),
                         layers_per_block=1, norm_num_groups=8, sample_size=32)
     tmp = folder.rstrip("/") + ".tmp"
@@ -73,7 +77,7 @@ def tiny_vae(folder):
     print(f"wrote {folder}: random-weight AutoencoderKL with the SD-VAE layout, narrow blocks")
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
     d = sub.add_parser("digits-reference", help="ADM reference batch of real digits")

@@ -15,14 +15,28 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+import bench
+import sample_ddp
+import train
+from evaluations import evaluator, make_reference
+from models import SiT_models
+from preprocessing import encode, import_repa, repa_features
+from preprocessing.shards import ShardWriter, atomic_write_json, finalize, shard_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the scripts' folder is not a package: on the path for collect_results and tiny_fixtures
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import collect_results  # noqa: E402
+import tiny_fixtures  # noqa: E402
 
 TRAIN = ["--preset", "digits", "--batch-size", "16", "--log-every", "1", "--sample-steps", "0",
          "--eval-samples", "0", "--num-workers", "0", "--mixed-precision", "no", "--block-out-s", "1",
@@ -31,9 +45,8 @@ TRAIN = ["--preset", "digits", "--batch-size", "16", "--log-every", "1", "--samp
 
 # ------------------------------------------------------------------------------------------------ the inputs
 def _write_shards(out, counts=(24, 16), h=8, num_classes=5, seed=0, labels=None, poison=None):
-    """A shard-format dataset of random moments (preprocessing.shards, no VAE); poison (shard, row): a NaN."""
-    from preprocessing.shards import ShardWriter, atomic_write_json, finalize, shard_files
-
+    """A shard-format dataset of random moments (preprocessing.shards, no VAE); poison (shard, row): a
+    NaN."""
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(out, "shards"), exist_ok=True)
     for k, c in enumerate(counts):
@@ -56,15 +69,12 @@ def _write_shards(out, counts=(24, 16), h=8, num_classes=5, seed=0, labels=None,
 
 
 def _copy(src, dst):
-    import shutil
     shutil.copytree(src, dst)
     return dst
 
 
 def build_inputs(root):
     """Every file the table refers to, under `root`; returns {name: path} for the command-line templates."""
-    from PIL import Image
-
     p = {"root": root, "out": os.path.join(root, "runs"), "file": os.path.join(root, "a_file.txt")}
     with open(p["file"], "w") as f:
         f.write("not a folder\n")
@@ -121,19 +131,15 @@ def build_inputs(root):
         for i in range(3):
             Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
                 os.path.join(src, f"n{c:08d}", f"{i}.png"))
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import tiny_fixtures
     with contextlib.redirect_stdout(io.StringIO()):
         tiny_fixtures.tiny_vae(os.path.join(root, "vae"))
     p["vae"] = os.path.join(root, "vae")
-    from preprocessing.encode import main as encode_main
     p["done"] = os.path.join(root, "encoded")
     with contextlib.redirect_stdout(io.StringIO()):
-        assert encode_main([src, p["done"], "--resolution", "32", "--vae", p["vae"], "--batch-size", "4",
+        assert encode.main([src, p["done"], "--resolution", "32", "--vae", p["vae"], "--batch-size", "4",
                             "--shard-size", "4", "--workers", "0", "--device", "cpu", "--no-progress"]) == 0
 
     # a tiny pixel-space checkpoint for sample_ddp (SiT-T/2 on 8x8 one-channel images)
-    from models import SiT_models
     torch.manual_seed(0)
     sd = SiT_models["SiT-T/2"](input_size=8, in_channels=1, num_classes=10).state_dict()
     p["ckpt"] = os.path.join(root, "0000001.pt")
@@ -173,12 +179,10 @@ def build_inputs(root):
 
 # ------------------------------------------------------------------------------------------------ the table
 def _train(argv):
-    import train
     return train.main(TRAIN + argv)
 
 
 def _sample(argv):
-    import sample_ddp
     try:
         return sample_ddp.main(argv)
     except (FileNotFoundError, ValueError) as e:                      # what sample_ddp's __main__ prints
@@ -186,38 +190,30 @@ def _sample(argv):
 
 
 def _encode(argv):
-    from preprocessing.encode import main
-    return main(argv)
+    return encode.main(argv)
 
 
 def _import_repa(argv):
-    from preprocessing.import_repa import main
-    return main(argv)
+    return import_repa.main(argv)
 
 
 def _repa_features(argv):
-    from preprocessing.repa_features import main
-    return main(argv)
+    return repa_features.main(argv)
 
 
 def _evaluator(argv):
-    from evaluations.evaluator import main
-    return main(argv)
+    return evaluator.main(argv)
 
 
 def _make_reference(argv):
-    from evaluations.make_reference import main
-    return main(argv)
+    return make_reference.main(argv)
 
 
 def _collect(argv):
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import collect_results
     return collect_results.main(argv)
 
 
 def _bench(argv):
-    import bench
     return bench.main(["--model", "SiT-T/2", "--resolution", "32", "--batch-size", "2", "--device", "cpu",
                        "--steps", "1", "--warmup", "0", "--block-out-s", "1", "--block-out-t", "2"] + argv)
 

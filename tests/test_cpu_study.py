@@ -2,6 +2,7 @@
 own parsers (every setting, seed and evaluation point of the study), --tiny end to end (2 settings x 2 seeds,
 8 steps: train -> sample -> held-out digits metric -> table and figure), resuming after an interruption, and
 the table's statistics and verdicts on fixture records."""
+import importlib.util
 import json
 import math
 import os
@@ -22,7 +23,6 @@ SETTINGS = ["dual-full-r0.25", "dual-as-r0.25", "single-full-r0.25", "single-as-
 
 
 def load_collector():
-    import importlib.util
     path = os.path.join(SCRIPTS, "collect_cpu_study.py")
     spec = importlib.util.spec_from_file_location("collect_cpu_study", path)
     module = importlib.util.module_from_spec(spec)

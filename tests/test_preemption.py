@@ -1,6 +1,7 @@
 """Runs that survive the cluster: a signal stops the run with a checkpoint at the step in flight, the rolling
 checkpoint, kills during writes, non-finite checkpoints, resumes from an older step, flags that change on
 resume, the SLURM template, --grad-checkpointing, the trackers."""
+import argparse
 import json
 import os
 import random
@@ -8,11 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+from copy import deepcopy
 
+import psutil
 import pytest
 import torch
 
 import loss as loss_module
+import runlog
+import sampling
+import tracking
+from models import SiT_models
 from test_train import TINY, assert_same_state, load, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -242,7 +249,6 @@ def launch(cmd, **kw):
 
 def test_sigterm_to_accelerate_launch_stops_the_training_process(tmp_path):
     """The issue's orphan: SIGTERM to the `accelerate launch` parent must stop its training child too."""
-    import psutil
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "train.py", *TINY,
            "--log-every", "1", "--max-train-steps", "100000", "--checkpoint-steps", "100000",
@@ -286,9 +292,6 @@ def test_grad_checkpointing_gives_the_plain_gradients_and_saves_less():
     """CPU fp32, the paper's step (SRA + DTS + AS, EMA teacher): the same loss and bitwise the same gradients
     with every block recomputed in backward; fewer tensors kept for backward; the no_grad teacher is
     unaffected."""
-    from copy import deepcopy
-
-    from models import SiT_models
     torch.manual_seed(0)
     model = SiT_models["SiT-T/2"](input_size=8, in_channels=4, num_classes=10, align_head="ap_head")
     # a non-trivial network (adaLN-Zero is 0)
@@ -321,6 +324,7 @@ def test_grad_checkpointing_gives_the_plain_gradients_and_saves_less():
 
 
 def test_tensorboard_gets_the_scalars_the_previews_and_the_ground_truth(tmp_path):
+    # tensorboard is a dev requirement only, and its reader loads TensorFlow when that is installed
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     d = run(tmp_path, "tb", "--max-train-steps", "2", "--checkpoint-steps", "2", "--sample-steps", "2",
             "--preview-num-steps", "2", "--report-to", "tensorboard")
@@ -341,10 +345,6 @@ def test_tensorboard_gets_the_scalars_the_previews_and_the_ground_truth(tmp_path
 
 def test_wandb_resumes_the_run_folders_run(tmp_path):
     """wandb is not installed here: what accelerate is asked for, at a first start and at a restart."""
-    import argparse
-
-    import tracking
-
     class Accelerator:
         is_main_process = True
 
@@ -375,7 +375,6 @@ open(os.path.join(sys.argv[1], "checkpoint"), "w").write("written")
 def slurm_job(tmp_path, signal_it):
     """scripts/slurm.sbatch with stand-ins for srun and scontrol; the 'launch script' records its environment,
     runs a training stand-in that catches the stop signals, then an 'evaluation' stage."""
-    import psutil
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text('#!/bin/sh\nif [ "$1" = show ]; then printf "node-a\\nnode-b\\n"; '
@@ -429,8 +428,6 @@ def test_slurm_template_without_a_signal_runs_the_script_to_its_end(tmp_path):
 
 
 def test_a_signal_before_the_first_step_or_during_the_evaluation_ends_cleanly(tmp_path, monkeypatch):
-    import runlog
-    import sampling
     real_aside = runlog.set_aside
 
     def aside_then_signal(*a, **kw):                                    # during the setup, before step 1

@@ -45,7 +45,8 @@ def weights(encoder, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def featurized(image_folder, tiny_vae, weights, tmp_path_factory):  # noqa: F811
-    """11 readable images of 14 files, --flip (22 samples), shards of 4 files -> counts [8, 8, 2, 4]; then the CLI."""
+    """11 readable images of 14 files, --flip (22 samples), shards of 4 files -> counts [8, 8, 2, 4]; then
+    the CLI."""
     out = str(tmp_path_factory.mktemp("latents") / "data")
     encode_folder(image_folder, out, RES, vae=tiny_vae, batch_size=4, shard_size=4, workers=0, flip=True,
                   progress=False)
@@ -58,8 +59,8 @@ def _bytes(folder):
 
 
 def _sources(data):
-    return [(p, f == "1") for p, f in (line.split("\t") for line in open(os.path.join(data, "sources.txt")).read()
-                                       .splitlines())]
+    lines = open(os.path.join(data, "sources.txt")).read().splitlines()
+    return [(p, f == "1") for p, f in (line.split("\t") for line in lines)]
 
 
 def _crops(image_folder, data, rows):  # noqa: F811
@@ -77,7 +78,7 @@ def _all_features(data):
     return np.concatenate([np.load(os.path.join(folder, f)) for f in info["files"]])
 
 
-# ---------------------------------------------------------------------------------------------------- the files
+# ------------------------------------------------------------------------------------------------ the files
 def test_files_counts_and_shapes(featurized):
     info = json.load(open(os.path.join(featurized, "dataset.json")))
     feats = json.load(open(os.path.join(featurized, NAME, "features.json")))
@@ -87,8 +88,8 @@ def test_files_counts_and_shapes(featurized):
         assert name == f"features-{k:05d}.npy"
         arr = np.load(os.path.join(featurized, NAME, name), mmap_mode="r")
         assert arr.dtype == np.float16 and arr.shape == (count, TOKENS, DIM)
-    assert (feats["format"], feats["encoder"], feats["patch"], feats["tokens"], feats["tokens_side"], feats["dim"],
-            feats["dtype"], feats["input_resolution"]) == ("sit-repa-features", ENC, 2, 16, 4, DIM, "float16", 56)
+    keys = ("format", "encoder", "patch", "tokens", "tokens_side", "dim", "dtype", "input_resolution")
+    assert tuple(feats[k] for k in keys) == ("sit-repa-features", ENC, 2, 16, 4, DIM, "float16", 56)
     assert not [f for f in os.listdir(os.path.join(featurized, NAME)) if ".tmp" in f]
 
 
@@ -149,12 +150,15 @@ def test_cli_errors(featurized, tmp_path, capsys):
     fake = tmp_path / "imported"
     fake.mkdir()
     (fake / "dataset.json").write_text(json.dumps({"format": "sit-latent-shards", "vae": "imported"}))
-    assert rf.main([str(fake), *CLI]) == 2 and "imported from a REPA/SRA latent folder" in capsys.readouterr().err
+    assert rf.main([str(fake), *CLI]) == 2
+    assert "imported from a REPA/SRA latent folder" in capsys.readouterr().err
     assert rf.main([str(tmp_path / "nothing"), *CLI]) == 2
     assert "dataset.json not found" in capsys.readouterr().err
 
 
-def test_images_root_is_checked_and_can_be_moved(featurized, weights, image_folder, tmp_path, capsys):  # noqa: F811
+def test_images_root_is_checked_and_can_be_moved(featurized, weights,
+                                                 image_folder,  # noqa: F811
+                                                 tmp_path, capsys):
     copy = str(tmp_path / "copy")
     shutil.copytree(featurized, copy, ignore=shutil.ignore_patterns(NAME))
     assert rf.main([copy, "--enc-weights", weights, "--images-root", str(tmp_path / "gone"), *CLI]) == 2
@@ -194,8 +198,8 @@ def test_dataset_yields_aligned_triples(featurized, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- the loss
-def test_repa_loss_with_precomputed_features_equals_the_encoder_on_the_same_images(featurized, encoder,
-                                                                                   image_folder):  # noqa: F811
+def test_repa_loss_with_precomputed_features_equals_the_encoder_on_the_same_images(
+        featurized, encoder, image_folder):  # noqa: F811
     torch.manual_seed(0)
     model = SiT_models["SiT-T/2"](input_size=RES // 8, in_channels=4, num_classes=3, align_head="projector",
                                   z_dim=DIM)
@@ -227,7 +231,7 @@ def test_repa_loss_with_precomputed_features_equals_the_encoder_on_the_same_imag
         target(Draw(x0=x0, grid=4, features=None))
 
 
-# ----------------------------------------------------------------------------------------------------- train.py
+# ------------------------------------------------------------------------------------------------- train.py
 def test_train_with_precomputed_features_needs_no_encoder_or_vae(featurized, tmp_path, monkeypatch):
     def unavailable(*a, **k):
         raise AssertionError("not needed with --repa-features")
@@ -235,12 +239,14 @@ def test_train_with_precomputed_features_needs_no_encoder_or_vae(featurized, tmp
     monkeypatch.setattr(train, "load_vae_for", unavailable)
     monkeypatch.setattr("models.dinov2.load_dinov2", unavailable)
     seen, real = [], REPATarget.__call__
-    monkeypatch.setattr(REPATarget, "__call__", lambda self, d: seen.append(tuple(d.features.shape)) or real(self, d))
+    monkeypatch.setattr(REPATarget, "__call__",
+                        lambda self, d: seen.append(tuple(d.features.shape)) or real(self, d))
     args = ["--data-dir", featurized, "--model", "SiT-T/2", "--use-alignment-loss", "--align-target", "repa",
             "--mask-ratio", "0", "--no-dual-time-scheduling", "--no-attention-separation",
-            "--enc-type", ENC, "--repa-features", NAME, "--loss-type", "cos-token", "--block-out-s", "2", "--block-out-t", "2",
-            "--batch-size", "4", "--max-train-steps", "2", "--checkpoint-steps", "2", "--log-every", "1",
-            "--sample-steps", "0", "--num-workers", "0", "--mixed-precision", "no", "--output-dir", str(tmp_path)]
+            "--enc-type", ENC, "--repa-features", NAME, "--loss-type", "cos-token", "--block-out-s", "2",
+            "--block-out-t", "2", "--batch-size", "4", "--max-train-steps", "2", "--checkpoint-steps", "2",
+            "--log-every", "1", "--sample-steps", "0", "--num-workers", "0", "--mixed-precision", "no",
+            "--output-dir", str(tmp_path)]
     train.main(args + ["--exp-name", "pre"])
     assert seen == [(4, TOKENS, DIM)] * 2
     rows = [json.loads(line) for line in open(tmp_path / "pre" / "metrics.jsonl")]
@@ -259,7 +265,8 @@ def test_repa_on_latents_never_uses_reconstructions(featurized, tmp_path):
     args = ["--data-dir", featurized, "--model", "SiT-T/2", "--use-alignment-loss", "--align-target", "repa",
             "--mask-ratio", "0", "--no-dual-time-scheduling", "--no-attention-separation",
             "--enc-type", ENC, "--block-out-s", "2", "--batch-size", "4", "--max-train-steps", "1",
-            "--num-workers", "0", "--mixed-precision", "no", "--output-dir", str(tmp_path), "--exp-name", "recon"]
+            "--num-workers", "0", "--mixed-precision", "no", "--output-dir", str(tmp_path),
+            "--exp-name", "recon"]
     with pytest.raises(SystemExit, match="reads DINOv2 targets precomputed from the real images"):
         train.main(args)
     assert train.parse_args(args + ["--repa-features", "auto"]).repa_features == NAME
@@ -267,7 +274,9 @@ def test_repa_on_latents_never_uses_reconstructions(featurized, tmp_path):
     assert train.parse_args(args + ["--enc-type", "dinov2-vit-s"]).repa_features == NAME
 
 
-def test_imported_repa_folder_gets_its_targets_from_its_images(featurized, weights, image_folder, tmp_path):  # noqa: F811
+def test_imported_repa_folder_gets_its_targets_from_its_images(featurized, weights,
+                                                               image_folder,  # noqa: F811
+                                                               tmp_path):
     """A REPA folder (images/ + vae-sd/) through import-repa: repa-features reads images/ (the real images the
     latents came from), giving the features of the dataset encoded from the same crops."""
     from preprocessing.import_repa import import_repa
@@ -277,7 +286,8 @@ def test_imported_repa_folder_gets_its_targets_from_its_images(featurized, weigh
     crops = _crops(image_folder, featurized, range(len(ds)))
     root, entries = tmp_path / "repa", []
     for i in range(len(ds)):
-        img, lat = root / "images" / f"{i // 8:05d}" / f"img{i:08d}.png", f"{i // 8:05d}/img-mean-std-{i:08d}.npy"
+        img = root / "images" / f"{i // 8:05d}" / f"img{i:08d}.png"
+        lat = f"{i // 8:05d}/img-mean-std-{i:08d}.npy"
         img.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(crops[i]).save(img)
         (root / "vae-sd" / lat).parent.mkdir(parents=True, exist_ok=True)
@@ -288,8 +298,8 @@ def test_imported_repa_folder_gets_its_targets_from_its_images(featurized, weigh
     info = import_repa(str(root), out, shard_size=4, workers=0, progress=False)
     assert info["sources_are"] == "images"
     assert rf.main([out, "--enc-weights", weights, *CLI]) == 0
-    np.testing.assert_allclose(_all_features(out).astype(np.float32), _all_features(featurized).astype(np.float32),
-                               rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(_all_features(out).astype(np.float32),
+                               _all_features(featurized).astype(np.float32), rtol=2e-3, atol=2e-3)
     # without its images/ an imported folder has nothing to run DINOv2 on; a count mismatch is refused
     shutil.rmtree(root / "images" / "00002")
     with pytest.raises(ValueError, match="images for 22 latents"):

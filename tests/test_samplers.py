@@ -85,7 +85,9 @@ def test_time_grids_and_nfe():
     assert g.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
     s = samplers.sde_time_grid(5)
     assert len(s) == 6 and s[0] == 1.0 and abs(float(s[-2]) - 0.04) < 1e-12 and s[-1] == 0.0
-    flow, z, y = make_flow(), torch.randn(3, *D_SHAPE), torch.tensor([0, 1, 0])
+    flow = make_flow()
+    z = torch.randn(3, *D_SHAPE)
+    y = torch.tensor([0, 1, 0])
     for mode, heun, expected in [("ode", False, 7), ("ode", True, 13), ("sde", False, 7)]:
         flow.calls.clear()
         samplers.sample(flow, z, y, mode=mode, num_steps=7, heun=heun)
@@ -222,7 +224,9 @@ def test_trajectory_noise_blocks():
 
 @pytest.mark.parametrize("mode,heun", [("sde", False), ("ode", False), ("ode", True)])
 def test_cfg_only_inside_guidance_interval(mode, heun):
-    flow, low, high = make_flow(), 0.2, 0.7
+    flow = make_flow()
+    low = 0.2
+    high = 0.7
     z, y = torch.randn(4, *D_SHAPE), torch.tensor([0, 1, 1, 0])
     samplers.sample(flow, z, y, mode=mode, num_steps=20, heun=heun, cfg_scale=2.0, guidance_low=low,
                     guidance_high=high)
@@ -288,7 +292,9 @@ def test_learn_sigma_output_and_bf16():
 
 
 def test_bad_input_errors():
-    flow, z, y = make_flow(), torch.randn(2, *D_SHAPE), torch.tensor([0, 1])
+    flow = make_flow()
+    z = torch.randn(2, *D_SHAPE)
+    y = torch.tensor([0, 1])
     with pytest.raises(ValueError, match="mode"):
         samplers.sample(flow, z, y, mode="dopri5")
     with pytest.raises(ValueError, match="heun"):
