@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     return aliases.one_line_errors(p)
 
 
-def add_loss_flags(group) -> None:
+def add_loss_flags(group: argparse._ArgumentGroup) -> None:
     """One flag per loss.LossConfig field: --field-name, help / choices / nargs / type from its metadata,
     booleans as --x / --no-x; other spellings of a field from aliases.LOSS_SPELLINGS."""
     for f in dataclasses.fields(LossConfig):
