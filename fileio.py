@@ -36,7 +36,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:                                             # someone else's live process
+    # someone else's live process
+    except PermissionError:
         return True
     return True
 

@@ -52,7 +52,8 @@ class StopSignals:
         self._previous = {}
         for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
-            signal.siginterrupt(sig, False)                            # system calls resume after the handler
+            # system calls resume after the handler
+            signal.siginterrupt(sig, False)
 
     def _handle(self, signum, frame):
         self.count += 1
@@ -97,7 +98,8 @@ class RunControl:
         if self.world == 1:
             return bool(stop), bool(latest)
         agreed = (0, 0)
-        if self.pending:                                               # the previous step's reduction
+        # the previous step's reduction
+        if self.pending:
             if self.cuda:
                 self.event.synchronize()
             agreed = tuple(self.host.tolist())
@@ -105,7 +107,8 @@ class RunControl:
         self.flags[0].fill_(stop)
         self.flags[1].fill_(latest)
         dist.all_reduce(self.flags, op=dist.ReduceOp.MAX)
-        self.host.copy_(self.flags, non_blocking=self.cuda)            # gloo: the all-reduce already finished
+        # gloo: the all-reduce already finished
+        self.host.copy_(self.flags, non_blocking=self.cuda)
         if self.cuda:
             self.event = torch.cuda.Event()
             self.event.record()
@@ -127,8 +130,10 @@ def follow_launcher(sig: signal.Signals = signal.SIGTERM) -> bool:
     launchers = ("accelerate", "torchrun", "torch.distributed.run", "torch/distributed/run")
     if not any(name in parent for name in launchers):
         return False
-    if libc.prctl(1, int(sig), 0, 0, 0) != 0:                         # 1 = PR_SET_PDEATHSIG
+    # 1 = PR_SET_PDEATHSIG
+    if libc.prctl(1, int(sig), 0, 0, 0) != 0:
         return False
-    if os.getppid() != ppid:                                           # the launcher died before prctl
+    # the launcher died before prctl
+    if os.getppid() != ppid:
         os.kill(os.getpid(), sig)
     return True

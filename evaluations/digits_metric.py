@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
+# run as a script: python evaluations/<this file>.py
+if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import digits_images
 from evaluations.common import cache_dir, now_iso, versions
@@ -44,8 +45,10 @@ from evaluations.metrics import feature_stats, frechet_distance
 
 RECIPE = {"version": 1, "seed": 0, "epochs": 20, "batch_size": 128, "lr": 3e-3, "weight_decay": 1e-4,
           "max_shift_fraction": 0.125, "channels": (16, 32, 32), "feature_dim": 128, "threads": 1}
-REFERENCES = {"all": "all", "heldout": "train"}   # --reference -> the split the classifier trains on
-_MODELS = {}      # (resolution, reference) -> the classifier and the real digits' features, per process
+# --reference -> the split the classifier trains on
+REFERENCES = {"all": "all", "heldout": "train"}
+# (resolution, reference) -> the classifier and the real digits' features, per process
+_MODELS = {}
 
 
 class DigitsNet(nn.Module):
@@ -101,7 +104,8 @@ def train_classifier(resolution: int, recipe: dict = RECIPE, log: Callable[[str]
         torch.set_num_threads(threads)
 
 
-@torch.enable_grad()                                      # callers may sit inside torch.no_grad()
+# callers may sit inside torch.no_grad()
+@torch.enable_grad()
 def _train(resolution, recipe, log, data):
     x, y = data
     gen = torch.Generator().manual_seed(recipe["seed"])
@@ -142,7 +146,8 @@ def load_classifier(resolution: int, log: Callable[[str], None] = print, split: 
     if os.path.isfile(path):
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:                        # a corrupt cache file is rebuilt, not fatal
+        # a corrupt cache file is rebuilt, not fatal
+        except Exception as e:
             log(f"ignoring unreadable {path}: {e}")
             saved = None
         if saved is not None and saved.get("recipe") == RECIPE and saved.get("resolution") == resolution \

@@ -34,7 +34,8 @@ from typing import Callable
 
 import numpy as np
 
-if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
+# run as a script: python evaluations/<this file>.py
+if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluations import metrics
 from fileio import atomic_savez, atomic_write_json, unusable_folder

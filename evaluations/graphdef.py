@@ -38,7 +38,8 @@ class GraphDefError(ValueError):
 class Node:
     name: str
     op: str
-    inputs: list = field(default_factory=list)      # "node", "node:1", "^node" (control input)
+    # "node", "node:1", "^node" (control input)
+    inputs: list = field(default_factory=list)
     attrs: dict = field(default_factory=dict)
 
 
@@ -189,7 +190,8 @@ def _tensor(buf: bytes):
         return flat.reshape(shape)
     if flat.size == 0:
         return np.zeros(shape, dtype=np_dtype)
-    if flat.size < count:                     # TF writes a repeated last value only once
+    # TF writes a repeated last value only once
+    if flat.size < count:
         return np.concatenate([flat, np.full(count - flat.size, flat[-1], dtype=np_dtype)]).reshape(shape)
     raise GraphDefError(f"tensor has {flat.size} values for shape {shape}")
 

@@ -152,7 +152,8 @@ class TFInceptionNet(InceptionNet):
                 raise ValueError(f"{graph_path}: not a TensorFlow GraphDef ({e})") from None
         self.graph = tf.Graph()
         with self.graph.as_default():
-            self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="images")   # 0..255 NHWC
+            # 0..255 NHWC
+            self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="images")
             try:
                 pool, spatial, matmul = tf1.import_graph_def(
                     graph_def, input_map={INPUT_TENSOR: self.images},
@@ -177,7 +178,8 @@ class TFInceptionNet(InceptionNet):
         try:
             pool, spatial = self.session.run([self.pool, self.spatial],
                                              {self.images: images.astype(np.float32)})
-        except self._tf_errors.InvalidArgumentError as e:     # CheckNumerics: one line, not TF's stack trace
+        # CheckNumerics: one line, not TF's stack trace
+        except self._tf_errors.InvalidArgumentError as e:
             raise ValueError(f"TensorFlow: {e.message.splitlines()[0]}") from None
         return self._flatten(pool, spatial)
 

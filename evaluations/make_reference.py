@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
+# run as a script: python evaluations/<this file>.py
+if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluations import metrics
 from evaluations.common import NpzArrayReader, check_images_array, npz_keys
@@ -100,7 +101,8 @@ class _NpzSource:
             if i < self._pos:
                 raise ValueError("npz rows must be read in increasing order")
             if i > self._pos:
-                self.reader.read(i - self._pos)                   # skip unused rows
+                # skip unused rows
+                self.reader.read(i - self._pos)
             img = self.reader.read(1)[0]
             self._pos = i + 1
             if img.shape[-1] == 1:

@@ -11,8 +11,10 @@ Protocol: openai/guided-diffusion evaluations/evaluator.py (the "ADM evaluator")
 import numpy as np
 from scipy.special import xlogy
 
-IS_SPLIT_SIZE = 5000   # ADM: 10 splits at 50K samples, 2 at 10K
-NHOOD_SIZE = 3         # ADM: ManifoldEstimator(nhood_sizes=(3,))
+# ADM: 10 splits at 50K samples, 2 at 10K
+IS_SPLIT_SIZE = 5000
+# ADM: ManifoldEstimator(nhood_sizes=(3,))
+NHOOD_SIZE = 3
 FULL_SAMPLE_COUNT = 50000
 
 
@@ -69,7 +71,8 @@ class RunningStats:
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         if self.n < 2:
             raise ValueError(f"RunningStats needs at least 2 feature vectors, got {self.n}")
-        m = self.s1 / self.n                                      # mean of the shifted data
+        # mean of the shifted data
+        m = self.s1 / self.n
         sigma = (self.s2 - self.n * np.outer(m, m)) / (self.n - 1)
         return self.shift + m, sigma
 
@@ -185,7 +188,8 @@ class _Distances:
         """a, b: prepared tuples (possibly row-sliced).
         Returns the (len(a), len(b)) float32 distance block."""
         if self.half:
-            with np.errstate(over="ignore", invalid="ignore"):    # fp16 overflow -> inf/nan -> fp32 fallback
+            # fp16 overflow -> inf/nan -> fp32 fallback
+            with np.errstate(over="ignore", invalid="ignore"):
                 dot2 = _round16(2.0 * _round16(a[1] @ b[1].T))
                 d = _round16(_round16(a[2][:, None] - dot2) + b[2][None, :])
             if np.all(np.isfinite(d)):
@@ -233,8 +237,10 @@ def precision_recall(ref_features: np.ndarray, sample_features: np.ndarray, k: i
     dist = _Distances(dtype)
     ref, smp = dist.prepare(ref_features), dist.prepare(sample_features)
     n_ref, n_smp = len(ref_features), len(sample_features)
-    ref_inside = np.zeros(n_ref, dtype=bool)       # reference inside some sample ball  -> recall
-    smp_inside = np.zeros(n_smp, dtype=bool)       # sample inside some reference ball  -> precision
+    # reference inside some sample ball  -> recall
+    ref_inside = np.zeros(n_ref, dtype=bool)
+    # sample inside some reference ball  -> precision
+    smp_inside = np.zeros(n_smp, dtype=bool)
     rows = _block_rows(n_smp, block_entries)
     for i in range(0, n_ref, rows):
         block = dist(_rows(ref, i, i + rows), smp)                  # (rows, n_smp)

@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-if __package__ in (None, ""):                      # run as a script: python evaluations/<this file>.py
+# run as a script: python evaluations/<this file>.py
+if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluations import evaluator, metrics
 from evaluations.graphdef import Attr, encode_graph_def, encode_node
@@ -137,7 +138,8 @@ def _small(g: _Graph):
     g.head(x, -1)
 
 
-def _block_a(g, s, x, cin, pool_features):          # mixed, mixed_1, mixed_2: 35 x 35
+# mixed, mixed_1, mixed_2: 35 x 35
+def _block_a(g, s, x, cin, pool_features):
     b0 = g.conv(f"{s}/conv", x, cin, 64, 1)
     b1 = g.conv(f"{s}/tower/conv_1", g.conv(f"{s}/tower/conv", x, cin, 48, 1), 48, 64, 5)
     b2 = g.conv(f"{s}/tower_1/conv", x, cin, 64, 1)
@@ -147,7 +149,8 @@ def _block_a(g, s, x, cin, pool_features):          # mixed, mixed_1, mixed_2: 3
     return g.join(f"{s}/join", [b0, b1, b2, b3]), 224 + pool_features
 
 
-def _block_c(g, s, x, c7):                          # mixed_4 .. mixed_7: 17 x 17, 768 channels
+# mixed_4 .. mixed_7: 17 x 17, 768 channels
+def _block_c(g, s, x, c7):
     b0 = g.conv(f"{s}/conv", x, 768, 192, 1)
     b1 = g.conv(f"{s}/tower/conv", x, 768, c7, 1)
     b1 = g.conv(f"{s}/tower/conv_2", g.conv(f"{s}/tower/conv_1", b1, c7, c7, (1, 7)), c7, 192, (7, 1))
@@ -158,7 +161,8 @@ def _block_c(g, s, x, c7):                          # mixed_4 .. mixed_7: 17 x 1
     return g.join(f"{s}/join", [b0, b1, b2, b3])
 
 
-def _block_e(g, s, x, cin, pool_kind):              # mixed_9, mixed_10: 8 x 8, 2048 channels out
+# mixed_9, mixed_10: 8 x 8, 2048 channels out
+def _block_e(g, s, x, cin, pool_kind):
     b0 = g.conv(f"{s}/conv", x, cin, 320, 1)
     t = g.conv(f"{s}/tower/conv", x, cin, 384, 1)
     b1 = g.join(f"{s}/tower/mixed", [g.conv(f"{s}/tower/mixed/conv", t, 384, 384, (1, 3)),
@@ -188,7 +192,8 @@ def _full(g: _Graph):
     # 17 x 17 x 768
     x = g.join("mixed_3/join", [b0, b1, g.pool("mixed_3/pool", x, "MaxPool", 3, 2, "VALID")])
     for s, c7 in (("mixed_4", 128), ("mixed_5", 160), ("mixed_6", 160), ("mixed_7", 192)):
-        x = _block_c(g, s, x, c7)                                               # mixed_6/conv: 17 x 17 x 192
+        # mixed_6/conv: 17 x 17 x 192
+        x = _block_c(g, s, x, c7)
     b0 = g.conv("mixed_8/tower/conv_1", g.conv("mixed_8/tower/conv", x, 768, 192, 1), 192, 320, 3, stride=2,
                 padding="VALID")
     b1 = g.conv("mixed_8/tower_1/conv", x, 768, 192, 1)

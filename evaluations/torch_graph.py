@@ -145,7 +145,8 @@ class GraphExecutor:
                 raise ValueError(f"{path}: no tensor {text}; is it the ADM Inception graph?")
         self.plan, self.fed = self._order([name for name, _ in self.fetches])
         self._conv_bn, self._passthrough = {}, set()
-        self.values = {}                    # node name -> list of outputs, for nodes that need no feed
+        # node name -> list of outputs, for nodes that need no feed
+        self.values = {}
         self._filters = {}
         self._fold_constants()
         self._fuse_batch_norms()
@@ -228,7 +229,8 @@ class GraphExecutor:
         self._free_after = [[] for _ in self.dynamic]
         for step, name in enumerate(self.dynamic):
             if name not in keep:
-                self._free_after[last.get(name, step)].append(name)      # unread ones (CheckNumerics) at once
+                # unread ones (CheckNumerics) at once
+                self._free_after[last.get(name, step)].append(name)
 
     def _fuse_batch_norms(self):
         """A Conv2D whose only consumer is a batch norm of constants runs as one convolution with the folded
@@ -527,11 +529,13 @@ def _concat(values, axis):
     return torch.cat([logical(v) for v in values], axis)
 
 
-def _concat_v1(ex, node, inputs):        # Concat(concat_dim, values...): the 2015 graph's joins
+# Concat(concat_dim, values...): the 2015 graph's joins
+def _concat_v1(ex, node, inputs):
     return _concat(inputs[1:], int(ex._static(inputs[0], "concat_dim")))
 
 
-def _concat_v2(ex, node, inputs):        # ConcatV2(values..., axis)
+# ConcatV2(values..., axis)
+def _concat_v2(ex, node, inputs):
     return _concat(inputs[:-1], int(ex._static(inputs[-1], "axis")))
 
 

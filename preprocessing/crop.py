@@ -26,15 +26,19 @@ def center_crop_adm(pil_image: Image.Image, res: int) -> np.ndarray:
         raise ValueError(f"center_crop_adm expects an RGB image, got mode {pil_image.mode!r} "
                          f"(use load_rgb first)")
     img = pil_image
-    while min(img.size) >= 2 * res:                                   # step 1: BOX halving
+    # step 1: BOX halving
+    while min(img.size) >= 2 * res:
         img = img.resize((img.size[0] // 2, img.size[1] // 2), resample=Image.BOX)
-    scale = res / min(img.size)                                        # step 2: bicubic, short side -> res
+    # step 2: bicubic, short side -> res
+    scale = res / min(img.size)
     img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), resample=Image.BICUBIC)
     arr = np.asarray(img)                                              # (H, W, 3) uint8
-    top = (arr.shape[0] - res) // 2                                    # step 3: centre window
+    # step 3: centre window
+    top = (arr.shape[0] - res) // 2
     left = (arr.shape[1] - res) // 2
     out = arr[top:top + res, left:left + res]
-    if out.shape != (res, res, 3):                                     # cannot happen after step 2; be loud
+    # cannot happen after step 2; be loud
+    if out.shape != (res, res, 3):
         raise AssertionError(f"ADM crop produced {out.shape} from size {pil_image.size} at res {res}")
     return np.ascontiguousarray(out)
 
@@ -53,24 +57,29 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
         return _over_white(img)
-    if mode.startswith("I;16") or mode == "I":                        # 16/32-bit grey: keep the top 8 bits
+    # 16/32-bit grey: keep the top 8 bits
+    if mode.startswith("I;16") or mode == "I":
         arr = np.asarray(img).astype(np.float64)
         peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
         arr = np.clip(np.round(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
-    if mode == "F":                                                    # float grey, assume [0, 255]
+    # float grey, assume [0, 255]
+    if mode == "F":
         arr = np.clip(np.round(np.asarray(img)), 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
-    return img.convert("RGB")                                          # 1, L, P, CMYK, YCbCr, LAB, HSV
+    # 1, L, P, CMYK, YCbCr, LAB, HSV
+    return img.convert("RGB")
 
 
 def load_rgb(path: str, min_size: int = 8) -> tuple[Image.Image | None, str | None]:
     """Open an image file -> (RGB PIL image, None) or (None, reason). Never raises for a bad file."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")                            # palette/EXIF chatter from PIL
+            # palette/EXIF chatter from PIL
+            warnings.simplefilter("ignore")
             with Image.open(path) as img:
-                img.load()                                             # decode now: truncation shows up here
+                # decode now: truncation shows up here
+                img.load()
                 if img.size[0] < 1 or img.size[1] < 1:
                     return None, f"empty image {img.size}"
                 if min(img.size) < min_size:

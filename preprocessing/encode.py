@@ -228,7 +228,8 @@ def _encode_shard(out_dir, k, shard_size, n, items, stream: Iterator, vae, batch
     def flush():
         x = torch.from_numpy(np.stack([c for _, c in pending]))      # (B, res, res, 3) uint8
         if flip:
-            x = torch.cat([x, x.flip(2)])                              # (2B, ...): originals, then mirrors
+            # (2B, ...): originals, then mirrors
+            x = torch.cat([x, x.flip(2)])
         m = encode_moments(vae, x, precision).cpu()                    # (B or 2B, 8, h, w) float32
         if flip:
             # interleave
@@ -263,7 +264,8 @@ def _encode_shard(out_dir, k, shard_size, n, items, stream: Iterator, vae, batch
                 "count": writer.count,
                 "labels": labels, "sources": sources, "skipped": skipped, "reference_ranks": ref_ranks,
                 "stats": writer.stats}
-        atomic_write_json(files["meta"], meta, indent=None)          # meta first, the moments file last
+        # meta first, the moments file last
+        atomic_write_json(files["meta"], meta, indent=None)
         writer.close()
     except BaseException:
         writer.abort()
@@ -320,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                           reference_seed=args.reference_seed, min_size=args.min_size,
                           max_shards=args.max_shards, rank=rank, world_size=world_size,
                           progress=not args.no_progress)
-        except (FileNotFoundError, ValueError) as e:                    # incl. SettingsMismatch (a rerun)
+        # incl. SettingsMismatch (a rerun)
+        except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     return 0

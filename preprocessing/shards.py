@@ -130,7 +130,8 @@ class ShardWriter:
         hi = float(std.max())
         st["std_min"] = lo if st["std_min"] is None else min(st["std_min"], lo)
         st["std_max"] = hi if st["std_max"] is None else max(st["std_max"], hi)
-        if self.dtype == np.float16:                                 # what fp16 storage costs, in std units
+        # what fp16 storage costs, in std units
+        if self.dtype == np.float16:
             err = np.abs(stored[:, :c].astype(np.float64) - mean) / std
             st["fp16_err_max"] = max(st["fp16_err_max"], float(err.max()))
             st["fp16_err_sum"] += float(err.sum())
@@ -138,17 +139,20 @@ class ShardWriter:
     def close(self) -> None:
         """Trim to `count` samples, flush, and rename into place (atomic)."""
         self.mm.flush()
-        offset = self.mm.offset                                      # header length of the .npy
+        # header length of the .npy
+        offset = self.mm.offset
         del self.mm
         header = npy_header(self.dtype, (self.count,) + self.sample_shape)
         nbytes = self.count * int(np.prod(self.sample_shape)) * self.dtype.itemsize
-        if len(header) == offset:                                    # usual case: patch the shape in place
+        # usual case: patch the shape in place
+        if len(header) == offset:
             with open(self.tmp, "r+b") as f:
                 f.write(header)
                 f.truncate(offset + nbytes)
                 f.flush()
                 os.fsync(f.fileno())
-        else:                                                        # header size changed: copy the prefix
+        # header size changed: copy the prefix
+        else:
             src = np.load(self.tmp, mmap_mode="r")
             atomic_save_npy(self.tmp + "2", np.ascontiguousarray(src[:self.count]))
             del src
@@ -263,7 +267,8 @@ def finalize(out_dir: str, num_shards: int, header: dict, reference: dict | None
             by_shard.setdefault(k, []).append(row)
         write_reference_npz(out_dir, [(shard_files(out_dir, k)["reference"], sorted(rows))
                                       for k, rows in sorted(by_shard.items())])
-        for k in range(num_shards):                                  # the crops now live in the npz
+        # the crops now live in the npz
+        for k in range(num_shards):
             if os.path.isfile(shard_files(out_dir, k)["reference"]):
                 os.remove(shard_files(out_dir, k)["reference"])
         reference = {"file": "reference_batch.npz", "count": len(chosen), "requested": reference["count"],

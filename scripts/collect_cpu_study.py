@@ -40,7 +40,8 @@ from fileio import atomic_write_json, atomic_write_text  # noqa: E402
 DASH = "–"
 RUN_RE = re.compile(r"^cpu-(.+)-s(\d+)$")
 METRICS = [("fd", "digits FD", 2), ("accuracy", "accuracy", 3), ("memorisation", "memorisation", 3)]
-POINTS = ("1/8", "1/2", "1")                    # of the run: the paper's 100K / 400K / 800K of 800K
+# of the run: the paper's 100K / 400K / 800K of 800K
+POINTS = ("1/8", "1/2", "1")
 PAPER_STEPS = {"1/8": "100K", "1/2": "400K", "1": "800K"}
 
 # The paper's FID-10K (SiT-B/2, 800K steps), by setting and point; Table 4's FID-50K (XL/2, 4M steps, CFG).

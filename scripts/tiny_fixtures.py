@@ -34,7 +34,8 @@ def digits_reference(out: str, count: int = 256, resolution: int = 16) -> None:
 
     from dataset import digits_images
 
-    images, labels = digits_images(resolution)                          # (1797, 1, R, R) in [-1, 1], (1797,)
+    # (1797, 1, R, R) in [-1, 1], (1797,)
+    images, labels = digits_images(resolution)
     if not 2 <= count <= len(images):
         raise SystemExit(f"--count must lie in 2..{len(images)}, got {count}")
     pick = torch.from_numpy(np.random.default_rng(0).permutation(len(images))[:count])
@@ -52,7 +53,8 @@ def image_folder(folder: str, classes: int = 3, per_class: int = 3) -> None:
         os.makedirs(os.path.join(tmp, f"n{c:08d}"))
         for i in range(per_class):
             h, w = rng.integers(40, 96, size=2)
-            low = rng.uniform(0, 255, size=(4, 4, 3))                   # a smooth colour field, upsampled
+            # a smooth colour field, upsampled
+            low = rng.uniform(0, 255, size=(4, 4, 3))
             img = np.kron(low, np.ones((-(-h // 4), -(-w // 4), 1)))[:h, :w].astype(np.uint8)
             Image.fromarray(img).save(os.path.join(tmp, f"n{c:08d}", f"img_{i}.JPEG"), quality=90)
     os.makedirs(os.path.dirname(os.path.abspath(folder)), exist_ok=True)

@@ -89,7 +89,8 @@ def build_inputs(root):
     with open(os.path.join(p["lat_json"], "dataset.json"), "r+") as f:
         text = f.read()
         f.seek(0)
-        f.write(text[: len(text) // 2])                               # cut in the middle: not JSON
+        # cut in the middle: not JSON
+        f.write(text[: len(text) // 2])
         f.truncate()
     p["lat_json_key"] = _copy(lat, os.path.join(root, "lat_json_key"))
     info = json.load(open(os.path.join(lat, "dataset.json")))
@@ -185,7 +186,8 @@ def _train(argv):
 def _sample(argv):
     try:
         return sample_ddp.main(argv)
-    except (FileNotFoundError, ValueError) as e:                      # what sample_ddp's __main__ prints
+    # what sample_ddp's __main__ prints
+    except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"sample_ddp.py: error: {e}") from None
 
 
@@ -222,7 +224,8 @@ ENTRY = {"train": _train, "sample": _sample, "encode": _encode, "import-repa": _
          "repa-features": _repa_features, "evaluator": _evaluator, "make-reference": _make_reference,
          "collect": _collect, "bench": _bench}
 
-D = "--output-dir {out} --exp-name bad --data-dir"          # train.py on a dataset folder
+# train.py on a dataset folder
+D = "--output-dir {out} --exp-name bad --data-dir"
 SMP = "--ckpt {ckpt} --num-fid-samples 2 --per-proc-batch-size 2 --num-steps 1 --no-progress"
 ENC = "{images} {root}/enc_new --vae {vae} --device cpu --workers 0 --no-progress"
 EV = "{npz_good} {npz_good} --inception {graph} --no-progress"

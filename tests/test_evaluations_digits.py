@@ -37,8 +37,10 @@ def test_real_digits_own_numbers(real_numbers):
     full, half = real_numbers["real_vs_real"], real_numbers["real_half_vs_real"]
     print(f"\nreal vs real: {full}\nreal half vs real: {half}")
     assert full["n"] == 1797 and full["real_n"] == 1797 and full["resolution"] == RES
-    assert abs(full["fd"]) < 1e-6                     # the same features on both sides
-    assert full["accuracy"] >= 0.95                   # training set (measured: about 0.99)
+    # the same features on both sides
+    assert abs(full["fd"]) < 1e-6
+    # training set (measured: about 0.99)
+    assert full["accuracy"] >= 0.95
     assert half["accuracy"] >= 0.95 and 0.0 < half["fd"] < 20.0
 
 
@@ -49,7 +51,8 @@ def test_noise_gives_large_fd_and_chance_accuracy(real_numbers):
     r = dm.digits_metric(noise, labels)
     print(f"\nuniform noise: {r}")
     assert r["fd"] > 10 * real_numbers["real_half_vs_real"]["fd"]
-    assert r["accuracy"] < 0.3                        # chance is 0.1
+    # chance is 0.1
+    assert r["accuracy"] < 0.3
     blank = dm.digits_metric(-torch.ones(200, 1, RES, RES), torch.arange(200) % 10)
     assert blank["fd"] > 10 * real_numbers["real_half_vs_real"]["fd"] and blank["accuracy"] <= 0.2
 
@@ -62,7 +65,8 @@ def test_uint8_layouts_match_float_input(real):
     for arr in (u8, u8[:, 0].numpy(), u8.permute(0, 2, 3, 1).numpy(), nhwc_rgb):
         r = dm.digits_metric(arr, y)
         assert r["fd"] == pytest.approx(ref["fd"], abs=0.05) and abs(r["accuracy"] - ref["accuracy"]) < 0.01
-    assert dm.digits_metric(x[:, 0], None)["accuracy"] is None              # (N, R, R) float, no labels
+    # (N, R, R) float, no labels
+    assert dm.digits_metric(x[:, 0], None)["accuracy"] is None
 
 
 @pytest.mark.parametrize("images, match", [

@@ -19,7 +19,8 @@ from tf_support import quiet, require_tensorflow
 # one BLAS thread for the 2048-d eigendecompositions (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
-N = 96          # images per batch file
+# images per batch file
+N = 96
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,8 @@ def test_standin_graph_has_the_real_tensor_shapes(files):
         assert net.spatial.shape.as_list()[1:] == [17, 17, 7]
         assert net.graph.get_tensor_by_name("inception/mixed_6/conv:0").shape.as_list()[1:] == [17, 17, 192]
         assert net.softmax_weight.shape == (2048, 1008)
-        pool, spatial = net.features(np.zeros((3, 20, 30, 3), np.uint8))        # any input size
+        # any input size
+        pool, spatial = net.features(np.zeros((3, 20, 30, 3), np.uint8))
         assert pool.shape == (3, 2048) and spatial.shape == (3, 2023)
     finally:
         net.close()
@@ -64,7 +66,8 @@ def test_identical_images_give_zero_fid_and_full_precision_recall(files, capsys,
                     "--batch-size", "40", "--backend", backend])
     printed = capsys.readouterr().out
     for name in ("IS", "FID", "sFID", "Precision", "Recall"):
-        assert f"{name}-{N}: " in printed                          # fewer than 50K samples: labelled with N
+        # fewer than 50K samples: labelled with N
+        assert f"{name}-{N}: " in printed
     r = json.load(open(out))
     assert abs(r["fid"]) < 1e-6 and abs(r["sfid"]) < 1e-6
     assert r["precision"] == 1.0 and r["recall"] == 1.0
@@ -137,7 +140,8 @@ def test_graph_path_resolution_order(tmp_path, monkeypatch):
 ])
 def test_bad_sample_files_give_clear_errors(tmp_path, arrays, match):
     graph = tmp_path / "g.pb"
-    graph.write_bytes(b"x")                     # input checks run before the graph is read
+    # input checks run before the graph is read
+    graph.write_bytes(b"x")
     good, bad = str(tmp_path / "good.npz"), str(tmp_path / "bad.npz")
     np.savez(good, arr_0=np.zeros((4, 8, 8, 3), np.uint8))
     np.savez(bad, **arrays)
@@ -166,7 +170,8 @@ def test_npz_reader_streams_batches(tmp_path, compressed):
 
 def test_adm_center_crop():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(300, 500, 3), dtype=np.uint8))
-    out = make_reference.adm_center_crop(img, 64)       # 300x500 -> box 150x250 -> 75x125 -> bicubic 64x107
+    # 300x500 -> box 150x250 -> 75x125 -> bicubic 64x107
+    out = make_reference.adm_center_crop(img, 64)
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
     # A centred square image that needs no crop: a plain (BOX-halved, then bicubic) resize.
     flat = Image.fromarray(np.full((128, 128, 3), 77, np.uint8))

@@ -37,7 +37,8 @@ def test_fid_unequal_commuting_covariances_closed_form():
     d = 32
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
     a, b = rng.uniform(0.1, 4.0, d), rng.uniform(0.0, 4.0, d)
-    b[:3] = 0.0                                    # singular second covariance is fine
+    # singular second covariance is fine
+    b[:3] = 0.0
     s1, s2 = (q * a) @ q.T, (q * b) @ q.T
     mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
@@ -51,7 +52,8 @@ def test_fid_one_dimensional():
 @pytest.mark.parametrize("d", [2, 5, 12])
 def test_fid_matches_sqrtm_at_small_dimension(d):
     rng = np.random.default_rng(d)
-    s1, s2 = random_spd(rng, d), random_spd(rng, d, scale=3.0)   # non-commuting
+    # non-commuting
+    s1, s2 = random_spd(rng, d), random_spd(rng, d, scale=3.0)
     mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(sqrtm_fid(mu1, s1, mu2, s2), rel=1e-8)
 
@@ -126,8 +128,10 @@ def test_is_identical_predictions_is_one():
 def test_is_splits_of_5000_in_file_order_are_averaged():
     # 10,000 samples -> 2 splits (ADM's IS-10K); each split has its own closed form.
     c = 20
-    first = soft_onehot(np.arange(5000) % c, c, 0.3)           # IS = is_closed_form(20, 0.3)
-    second = soft_onehot(np.arange(5000) % 4, c, 0.0)          # four classes used -> IS = 4
+    # IS = is_closed_form(20, 0.3)
+    first = soft_onehot(np.arange(5000) % c, c, 0.3)
+    # four classes used -> IS = 4
+    second = soft_onehot(np.arange(5000) % 4, c, 0.0)
     p = np.concatenate([first, second])
     expected = (is_closed_form(c, 0.3) + 4.0) / 2
     assert inception_score(p) == pytest.approx(expected, rel=1e-10)

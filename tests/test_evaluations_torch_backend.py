@@ -221,7 +221,8 @@ def full_graph(tmp_path_factory):
 def test_full_standin_has_the_2015_graphs_layout(full_graph):
     g = read_graph_def(full_graph)
     ops = {n.name: n.op for n in g.nodes}
-    assert sum(op == "Conv2D" for op in ops.values()) == 94                  # Inception-v3's 94 convolutions
+    # Inception-v3's 94 convolutions
+    assert sum(op == "Conv2D" for op in ops.values()) == 94
     assert sum(op == "BatchNormWithGlobalNormalization" for op in ops.values()) == 94
     for name, op in (("DecodeJpeg", "DecodeJpeg"), ("Cast", "Cast"), ("ExpandDims", "ExpandDims"),
                      ("ResizeBilinear", "ResizeBilinear"), ("Sub", "Sub"), ("Mul", "Mul"),
@@ -282,7 +283,8 @@ def test_both_backends_give_the_same_metrics_on_the_small_standin(tf, small_file
            for b in ("torch", "tf")}
     t, f = rec["torch"], rec["tf"]
     assert t["backend"] == "torch" and f["backend"] == "tf" and t["device"] == "cpu"
-    assert t["fid"] > 1.0 and t["sfid"] > 1.0                       # different image sets: a real comparison
+    # different image sets: a real comparison
+    assert t["fid"] > 1.0 and t["sfid"] > 1.0
     assert t["fid"] == pytest.approx(f["fid"], rel=1e-3) and t["sfid"] == pytest.approx(f["sfid"], rel=1e-3)
     assert t["inception_score"] == pytest.approx(f["inception_score"], rel=1e-4)
     assert abs(t["precision"] - f["precision"]) <= 1e-3 and abs(t["recall"] - f["recall"]) <= 1e-3

@@ -72,7 +72,8 @@ def image_folder(tmp_path_factory):
     Image.fromarray(_noise(rng, 70, 100)).save(root / "n02_beta" / "b0.JPEG")
     Image.fromarray(_noise(rng, 40, 60, 4), mode="RGBA").convert("CMYK").save(root / "n02_beta" / "b1.jpg")
     rgba = _noise(rng, 45, 45, 4)
-    rgba[:10, :, 3] = 0                                                      # a transparent band
+    # a transparent band
+    rgba[:10, :, 3] = 0
     Image.fromarray(rgba, mode="RGBA").save(root / "n02_beta" / "b2.png")
     pal = Image.fromarray(_noise(rng, 40, 40)).convert("P", palette=Image.ADAPTIVE, colors=16)
     pal.save(root / "n02_beta" / "b3.png", transparency=0)
@@ -80,7 +81,8 @@ def image_folder(tmp_path_factory):
     Image.new("RGB", (1, 1), (10, 20, 30)).save(root / "n02_beta" / "b5.png")
     Image.fromarray(_noise(rng, 64, 64)).save(root / "n03_gamma" / "c0.JPEG", quality=95)
     data = (root / "n03_gamma" / "c0.JPEG").read_bytes()
-    (root / "n03_gamma" / "c0.JPEG").write_bytes(data[:int(len(data) * 0.6)])  # truncated
+    # truncated
+    (root / "n03_gamma" / "c0.JPEG").write_bytes(data[:int(len(data) * 0.6)])
     (root / "n03_gamma" / "c1.jpg").write_text("this is text, not a JPEG")
     Image.fromarray(_noise(rng, 64, 64)).save(root / "n03_gamma" / "c2.JPEG")
     Image.fromarray(_noise(rng, 77, 33)).save(root / "n03_gamma" / "c3.bmp")
@@ -99,13 +101,16 @@ def _pattern(w, h):
 
 
 @pytest.mark.parametrize("size,res,steps", [
-    ((600, 400), 256, [((384, 256), Image.BICUBIC)]),                         # no halving: 400 < 512
+    # no halving: 400 < 512
+    ((600, 400), 256, [((384, 256), Image.BICUBIC)]),
     ((600, 400), 128, [((300, 200), Image.BOX), ((192, 128), Image.BICUBIC)]),
     ((600, 400), 64, [((300, 200), Image.BOX), ((150, 100), Image.BOX), ((96, 64), Image.BICUBIC)]),
-    ((401, 601), 100, [((200, 300), Image.BOX), ((100, 150), Image.BOX),      # portrait, odd sizes floor,
-                       ((100, 150), Image.BICUBIC)]),                          # 200 >= 2*100 halves again
-    ((333, 200), 128, [((213, 128), Image.BICUBIC)]),                           # 333 * 0.64 = 213.12 -> 213
-    ((512, 512), 256, [((256, 256), Image.BOX), ((256, 256), Image.BICUBIC)]),  # exactly 2x: one halving
+    # portrait, odd sizes floor, 200 >= 2*100 halves again
+    ((401, 601), 100, [((200, 300), Image.BOX), ((100, 150), Image.BOX), ((100, 150), Image.BICUBIC)]),
+    # 333 * 0.64 = 213.12 -> 213
+    ((333, 200), 128, [((213, 128), Image.BICUBIC)]),
+    # exactly 2x: one halving
+    ((512, 512), 256, [((256, 256), Image.BOX), ((256, 256), Image.BICUBIC)]),
 ])
 def test_center_crop_adm_steps(monkeypatch, size, res, steps):
     img = _pattern(*size)
@@ -145,7 +150,8 @@ def test_load_rgb_odd_modes(image_folder):
         img, reason = load_rgb(os.path.join(image_folder, rel))
         assert reason is None and img.mode == "RGB", rel
     img, _ = load_rgb(os.path.join(image_folder, "n02_beta/b2.png"))
-    assert (np.asarray(img)[:10] == 255).all()                                 # transparent -> white
+    # transparent -> white
+    assert (np.asarray(img)[:10] == 255).all()
     for rel, why in BAD.items():
         img, reason = load_rgb(os.path.join(image_folder, rel))
         assert img is None and why in reason, (rel, reason)
@@ -177,11 +183,13 @@ def test_shards_labels_and_json_agree(image_folder, encoded):
     assert labels.dtype == np.int64 and labels.shape == (11,)
     assert [class_names.index(p.split("/")[0]) for p, _ in sources] == labels.tolist()
     good = [rel for rel, _ in items if rel not in BAD]
-    assert [p for p, _ in sources] == good                                    # file order, bad ones left out
+    # file order, bad ones left out
+    assert [p for p, _ in sources] == good
     skipped = dict(line.split("\t") for line in open(os.path.join(out, "skipped.txt")).read().splitlines())
     assert set(skipped) == set(BAD) and all(BAD[p] in r for p, r in skipped.items())
     assert not [f for f in os.listdir(os.path.join(out, "shards")) if f.endswith(".tmp")]
-    x, _ = LatentShardDataset(out).get_batch(range(11))                      # the recorded statistics
+    # the recorded statistics
+    x, _ = LatentShardDataset(out).get_batch(range(11))
     st = info["latent_stats"]
     np.testing.assert_allclose(st["channel_mean"], x[:, :4].double().mean((0, 2, 3)).numpy(), rtol=1e-6,
                                atol=1e-9)
@@ -217,7 +225,8 @@ def test_reference_batch(image_folder, encoded):
     assert ref.dtype == np.uint8 and ref.shape == (5, RES, RES, 3) and info["reference_batch"]["count"] == 5
     _, items, _ = scan_folder(image_folder)
     perm = np.random.default_rng(0).permutation(len(items))
-    chosen = sorted([i for i in perm if items[i][0] not in BAD][:5])           # first 5 readable, file order
+    # first 5 readable, file order
+    chosen = sorted([i for i in perm if items[i][0] not in BAD][:5])
     for row, i in zip(ref, chosen):
         image, _ = load_rgb(os.path.join(image_folder, items[i][0]))
         np.testing.assert_array_equal(row, center_crop_adm(image, RES))
@@ -256,9 +265,11 @@ def test_interrupted_runs_equal_an_uninterrupted_run(image_folder, tiny_vae, tmp
         encode_folder(image_folder, resumed, RES, **kw)
     monkeypatch.setattr(enc, "encode_moments", real)
     shards = sorted(os.listdir(os.path.join(resumed, "shards")))
-    assert not [f for f in shards if ".tmp" in f]                            # no half-written shard left
+    # no half-written shard left
+    assert not [f for f in shards if ".tmp" in f]
     assert "moments-00001.npy" in shards and "moments-00002.npy" not in shards
-    encode_folder(image_folder, resumed, RES, **kw)                          # finishes the rest
+    # finishes the rest
+    encode_folder(image_folder, resumed, RES, **kw)
     assert _all_bytes(resumed) == _all_bytes(straight)
 
     # 2 "ranks", run one after the other
@@ -267,7 +278,8 @@ def test_interrupted_runs_equal_an_uninterrupted_run(image_folder, tiny_vae, tmp
     encode_folder(image_folder, ranks, RES, rank=0, world_size=2, **kw)
     assert _all_bytes(ranks) == _all_bytes(straight)
 
-    with pytest.raises(RuntimeError, match="other input files or settings"):  # resuming with other settings
+    # resuming with other settings
+    with pytest.raises(RuntimeError, match="other input files or settings"):
         encode_folder(image_folder, resumed, RES, **dict(kw, batch_size=2, reference_batch=0, shard_size=5))
 
 
@@ -292,7 +304,8 @@ def test_flip_and_float16(image_folder, tiny_vae, tmp_path):
     crop = center_crop_adm(load_rgb(os.path.join(image_folder, sources[3][0]))[0], RES)
     assert sources[3][1] == "1"
     mirrored = encode_moments(tiny_vae, torch.from_numpy(np.ascontiguousarray(crop[:, ::-1]))[None])
-    torch.testing.assert_close(x[3:4], mirrored, atol=0, rtol=2 ** -10)       # the mirrored image, encoded
+    # the mirrored image, encoded
+    torch.testing.assert_close(x[3:4], mirrored, atol=0, rtol=2 ** -10)
     r = info["float16_rounding"]
     assert 0 < r["mean_abs_err_over_std"] <= r["max_abs_err_over_std"] < 0.01
 
@@ -304,7 +317,8 @@ def test_import_repa_round_trip(encoded, tmp_path):
     repa = tmp_path / "repa" / "vae-sd"
     entries = []
     for i in range(len(ds)):
-        rel = f"{i // 4:05d}/img-mean-std-{i:08d}.npy"                         # REPA's naming
+        # REPA's naming
+        rel = f"{i // 4:05d}/img-mean-std-{i:08d}.npy"
         (repa / rel).parent.mkdir(parents=True, exist_ok=True)
         np.save(repa / rel, ds[i][0].numpy())
         entries.append([rel, int(ds.labels[i])])
@@ -318,7 +332,8 @@ def test_import_repa_round_trip(encoded, tmp_path):
     assert imported.num_classes == 3 and imported.latent_size == RES // 8
     a, ya = imported.get_batch(range(len(ds)))
     b, yb = ds.get_batch(range(len(ds)))
-    assert torch.equal(a, b) and torch.equal(ya, yb)                         # bit for bit, same order
+    # bit for bit, same order
+    assert torch.equal(a, b) and torch.equal(ya, yb)
     assert import_repa(str(tmp_path / "repa"), out, shard_size=4, workers=0, progress=False) == info
 
 

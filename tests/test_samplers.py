@@ -16,7 +16,8 @@ import torch
 
 import samplers
 
-D_SHAPE = (2, 1, 1)          # (C, H, W): a 2-d Gaussian seen as a 2-channel 1x1 image
+# (C, H, W): a 2-d Gaussian seen as a 2-channel 1x1 image
+D_SHAPE = (2, 1, 1)
 
 
 def spd_sqrt(a):
@@ -36,7 +37,8 @@ class GaussianFlow:
     """Exact velocity of the path for x0 ~ N(mu[y], sigma); y == num_classes is the null label."""
 
     def __init__(self, mu, sigma, path_type="linear"):
-        self.mu, self.sigma = mu.double(), sigma.double()                   # (K + 1, D), (D, D)
+        # (K + 1, D), (D, D)
+        self.mu, self.sigma = mu.double(), sigma.double()
         self.num_classes = mu.shape[0] - 1
         self.path_type = path_type
         self.calls = []                                                     # (t, batch size, saw null label)
@@ -48,7 +50,8 @@ class GaussianFlow:
 
     def __call__(self, x, t, y):
         n, d = x.shape[0], self.sigma.shape[0]
-        tt = float(t[0])                                                    # samplers pass one t per call
+        # samplers pass one t per call
+        tt = float(t[0])
         assert torch.all(t == t[0])
         self.calls.append((tt, n, bool((y == self.num_classes).any())))
         eye = torch.eye(d, dtype=torch.float64)
@@ -70,7 +73,8 @@ class GaussianFlow:
 
 
 def make_flow(path_type="linear"):
-    mu = torch.tensor([[1.0, -0.5], [-1.0, 2.0], [0.0, 0.0]])              # classes 0, 1 and the null label 2
+    # classes 0, 1 and the null label 2
+    mu = torch.tensor([[1.0, -0.5], [-1.0, 2.0], [0.0, 0.0]])
     sigma = torch.tensor([[1.0, 0.6], [0.6, 0.8]])
     return GaussianFlow(mu, sigma, path_type)
 
@@ -92,8 +96,10 @@ def test_time_grids_and_nfe():
         flow.calls.clear()
         samplers.sample(flow, z, y, mode=mode, num_steps=7, heun=heun)
         assert len(flow.calls) == expected == samplers.num_function_evals(mode, 7, heun)
-        assert all(n == 3 for _, n, _ in flow.calls)                       # no CFG: never doubled
-        assert min(t for t, _, _ in flow.calls) > 0                          # t = 0 is never evaluated
+        # no CFG: never doubled
+        assert all(n == 3 for _, n, _ in flow.calls)
+        # t = 0 is never evaluated
+        assert min(t for t, _, _ in flow.calls) > 0
 
 
 @pytest.mark.parametrize("heun", [False, True])
@@ -105,10 +111,13 @@ def test_ode_lands_on_target(heun):
     x = samplers.sample(flow, z, y, mode="ode", num_steps=100, heun=heun)
     err = (x.double() - flow.exact_endpoint(z, y)).abs()
     if heun:
-        assert err.max() < 1e-3, err.max()                                  # second order: ~3e-4 at 100 steps
+        # second order: ~3e-4 at 100 steps
+        assert err.max() < 1e-3, err.max()
     else:
-        assert err.mean() < 2e-2, err.mean()                                # first order: ~1e-2 at 100 steps
-    for k in (0, 1):                                                        # per-class mean and covariance
+        # first order: ~1e-2 at 100 steps
+        assert err.mean() < 2e-2, err.mean()
+    # per-class mean and covariance
+    for k in (0, 1):
         m, c = stats(x[y == k])
         assert (m - flow.mu[k]).abs().max() < 0.04
         assert (c - flow.sigma).abs().max() < 0.06
@@ -127,10 +136,13 @@ def test_heun_converges_faster_than_euler():
     for steps in (8, 16, 32):
         euler_rate = math.log2(err[False, steps] / err[False, 2 * steps])
         heun_rate = math.log2(err[True, steps] / err[True, 2 * steps])
-        assert 0.7 < euler_rate < 1.3, (steps, euler_rate, err)               # first order
-        assert heun_rate > 1.7, (steps, heun_rate, err)                        # second order
+        # first order
+        assert 0.7 < euler_rate < 1.3, (steps, euler_rate, err)
+        # second order
+        assert heun_rate > 1.7, (steps, heun_rate, err)
         assert err[True, steps] < err[False, steps] / 4
-    assert err[True, 16] < err[False, 64]                                    # fewer steps, smaller error
+    # fewer steps, smaller error
+    assert err[True, 16] < err[False, 64]
 
 
 def test_sde_matches_target_statistics():
@@ -155,7 +167,8 @@ def test_score_from_velocity_is_the_gaussian_score(path_type):
         v = flow(x, torch.full((64,), tt, dtype=torch.float64), y)
         s = samplers.score_from_velocity(v, x, tt, path_type)
         assert torch.allclose(s, flow.score(x, tt, y), atol=1e-9, rtol=1e-9), (path_type, tt)
-    if path_type == "cosine":                                               # the two paths' scores differ
+    # the two paths' scores differ
+    if path_type == "cosine":
         v = flow(x, torch.full((64,), 0.5, dtype=torch.float64), y)
         wrong = samplers.score_from_velocity(v, x, 0.5, "linear")
         assert (wrong - flow.score(x, 0.5, y)).abs().max() > 0.1
@@ -184,7 +197,8 @@ def test_cosine_sde_matches_target_statistics_and_needs_its_score():
         assert (m - flow.mu[k]).abs().max() < 0.05, m
         assert (c - flow.sigma).abs().max() < 0.08, c
     errs = [float((stats(out["linear"][y == k])[1] - flow.sigma).abs().max()) for k in (0, 1)]
-    assert max(errs) > 0.3, errs                                            # the bug this guards against
+    # the bug this guards against
+    assert max(errs) > 0.3, errs
     with pytest.raises(ValueError, match="path_type"):
         samplers.sample(flow, z[:2], y[:2], path_type="cos")
 
@@ -195,7 +209,8 @@ def test_sde_noise_is_per_image():
     y, seeds = torch.tensor([0, 1, 0, 1, 1, 0]), [100 + i for i in range(n)]
     gens = samplers.per_image_generators(seeds, "cpu")
     z = samplers.per_image_randn(gens, D_SHAPE, "cpu")
-    full = samplers.sample(flow, z, y, mode="sde", num_steps=40, generators=gens)  # 39 draws: 3 blocks
+    # 39 draws: 3 blocks
+    full = samplers.sample(flow, z, y, mode="sde", num_steps=40, generators=gens)
     # other batch splits and orders: each image uses only its own generator
     parts = []
     for idx in ([4, 1], [0], [5, 3, 2]):
@@ -237,13 +252,15 @@ def test_cfg_only_inside_guidance_interval(mode, heun):
         assert saw_null == (n == 8)
     guided_t = {round(t, 6) for t, _, null in flow.calls if null}
     plain_t = {round(t, 6) for t, _, null in flow.calls if not null}
-    if heun:   # the Heun corrector at t_next follows the decision taken at t_cur
+    # the Heun corrector at t_next follows the decision taken at t_cur
+    if heun:
         assert {round(t, 6) for t in inside} <= guided_t
         assert all(low - 0.06 <= t <= high for t in guided_t)
     else:
         assert guided_t == {round(t, 6) for t in inside}
         assert plain_t == {round(t, 6) for t in grid if not low <= t <= high}
-    flow.calls.clear()                                                     # scale 1: guidance never runs
+    # scale 1: guidance never runs
+    flow.calls.clear()
     samplers.sample(flow, z, y, mode=mode, num_steps=5, heun=heun, cfg_scale=1.0)
     assert not any(null for _, _, null in flow.calls)
 
@@ -252,7 +269,8 @@ def test_cfg_combination_and_channels():
     class TwoValued:
         num_classes = 10
 
-        def __call__(self, x, t, y):                                       # v = 1 conditional, 0 for null
+        # v = 1 conditional, 0 for null
+        def __call__(self, x, t, y):
             return (y != 10).float()[:, None, None, None].expand_as(x).clone()
 
     x, y = torch.zeros(2, 4, 2, 2), torch.tensor([3, 4])
@@ -284,7 +302,8 @@ def test_learn_sigma_output_and_bf16():
 
     z, y = torch.randn(2, 3, 4, 4), torch.tensor([1, 2])
     x = samplers.sample(Sigma(), z, y, mode="ode", num_steps=4)
-    assert torch.allclose(x, z - 1, atol=1e-6)                              # x0 = x1 - integral of v dt
+    # x0 = x1 - integral of v dt
+    assert torch.allclose(x, z - 1, atol=1e-6)
     xb = samplers.sample(Sigma(), z, y, mode="ode", num_steps=4, bf16=True)
     assert xb.dtype == torch.float32 and torch.allclose(xb, x, atol=0.1)
     x32 = samplers.sample(Sigma(), z, y, mode="ode", num_steps=4, state_dtype=torch.float32)
