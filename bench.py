@@ -12,6 +12,7 @@ blocks 3 / 8 (B) or 8 / 20 (L, XL). `--method sit|sra|self-flow|repa|sra2|ours-m
 REPA's encoder (DINOv2-B, random weights) runs on images as if read from disk (no VAE decoding counted).
 """
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -20,9 +21,9 @@ from copy import deepcopy
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from loss import REPATarget, TrainingLoss, VAELatentTarget, student_head
-from models import SIZES, SiT_models, patch_size_of
-from presets import METHODS, resolve, teacher_mask
+from loss import LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_head
+from models import SIZES, ReferenceSiT, SiT_models, patch_size_of
+from presets import METHODS, resolve
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}       # dense, vendor datasheets
 
@@ -56,50 +57,58 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def setup(args):
-    """Model, EMA, loss and optimizer for `--method` at the preset's blocks for this model size."""
+def setup(args: argparse.Namespace, reference: bool = False):
+    """Model, EMA, loss and optimizer for `--method` at the preset's blocks for this model size.
+
+    reference: the loss runs the student and the EMA teacher at the release's costs (models/reference.py)."""
     dev = torch.device(args.device)
     scale = "xl2" if args.model.startswith(("SiT-XL", "SiT-L")) else "b2"
     preset = resolve(f"{args.method}-{scale}")
-    s, t = args.block_out_s or preset["block_out_s"], args.block_out_t or preset["block_out_t"]
-    align = preset["align_target"] != "none"
-    target = None                                          # the EMA teacher
-    if align and preset["align_target"] == "repa":        # DINOv2-B on images read from disk (REPA's setup)
+    values = {f.name: preset[f.name] for f in dataclasses.fields(LossConfig)}
+    values["block_out_s"] = args.block_out_s or preset["block_out_s"]
+    values["block_out_t"] = args.block_out_t or preset["block_out_t"]
+    if args.attention_separation is not None:
+        values["attention_separation"] = args.attention_separation
+    cfg = LossConfig(**values)
+    target = None
+    if cfg.align_target == "repa":
+        # DINOv2-B on images read from disk (REPA's setup)
         from models.dinov2 import build_dinov2
         encoder = build_dinov2("dinov2_vitb14").to(dev).requires_grad_(False).eval()
         images = torch.rand(args.batch_size, 3, args.resolution, args.resolution, device=dev) * 2 - 1
         target = REPATarget(encoder, to_images=lambda x0: images)
-    elif align and preset["align_target"] == "sra2":
+    elif cfg.align_target == "sra2":
         target = VAELatentTarget()
-    head, z_dim = student_head(target, patch_size_of(args.model), 4) if align else (None, None)
+    head = z_dim = None
+    if cfg.align_target != "none":
+        head, z_dim = student_head(target, patch_size_of(args.model), 4)
     model = SiT_models[args.model](input_size=args.resolution // 8, in_channels=4, num_classes=1000,
                                    align_head=head, z_dim=z_dim).to(dev)
-    keys = ("mask_ratio", "dual_time_scheduling", "attention_separation", "full_sample_prob", "teacher_t",
-            "loss_type", "align_weight")
-    recipe = {k: preset[k] for k in keys if k in preset}
-    recipe["teacher_mask"] = teacher_mask(preset)
-    if args.attention_separation is not None:
-        recipe["attention_separation"] = args.attention_separation
-    loss_fn = TrainingLoss(num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size, num_classes=1000,
-                           use_alignment_loss=align, block_out_s=s, block_out_t=t, target=target, **recipe)
     ema = deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=dev.type == "cuda")
     if args.compile:
         for block in model.blocks:
             block.compile()
-    return model, ema, loss_fn, opt, (s, t)
+    student = ReferenceSiT(model) if reference else model
+    teacher = ReferenceSiT(ema) if reference else ema
+    loss_fn = TrainingLoss(cfg, num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size,
+                           num_classes=1000, target=target, ema=teacher)
+    return student, ema, loss_fn, opt, (cfg.block_out_s, cfg.block_out_t)
 
 
-def make_step(args, model, ema, loss_fn, opt, reference):
+def make_step(args: argparse.Namespace, model: torch.nn.Module, ema: torch.nn.Module, loss_fn: TrainingLoss,
+              opt: torch.optim.Optimizer):
+    """One training step: loss (student and target), backward, clipping, AdamW, the EMA update."""
     dev = next(model.parameters()).device
-    params, ema_params = list(model.parameters()), list(ema.parameters())
+    params = list(model.parameters())
+    ema_params = list(ema.parameters())
     bf16 = args.mixed_precision == "bf16"
     x = torch.randn(args.batch_size, 4, args.resolution // 8, args.resolution // 8, device=dev)
     y = torch.randint(0, 1000, (args.batch_size,), device=dev)
 
     def step():
         with torch.autocast("cuda" if dev.type == "cuda" else "cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = loss_fn(model, x, y, ema=ema, reference=reference)
+            loss, _ = loss_fn(model, x, y)
         loss.mean().backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -126,8 +135,8 @@ def count_gflops_per_img(args, reference: bool) -> float:
     attention kernel counted (CPU's fused SDPA kernel has no FLOP formula, so counting on CPU would miss it)."""
     meta = argparse.Namespace(**{**vars(args), "device": "meta", "compile": False})
     with torch.device("meta"):
-        model, ema, loss_fn, opt, _ = setup(meta)
-        step = make_step(meta, model, ema, loss_fn, opt, reference)
+        model, ema, loss_fn, opt, _ = setup(meta, reference)
+        step = make_step(meta, model, ema, loss_fn, opt)
         with FlopCounterMode(display=False) as fc:
             step()
     return round(fc.get_total_flops() / 1e9 / args.batch_size, 2)
@@ -136,14 +145,15 @@ def count_gflops_per_img(args, reference: bool) -> float:
 def bench_one(args, reference: bool) -> dict:
     torch.manual_seed(0)
     with torch.device(args.device if args.device == "meta" else "cpu"):
-        model, ema, loss_fn, opt, (s, t) = setup(args)
+        model, ema, loss_fn, opt, (s, t) = setup(args, reference)
     dev = next(model.parameters()).device
-    step = make_step(args, model, ema, loss_fn, opt, reference)
+    step = make_step(args, model, ema, loss_fn, opt)
     out = dict(model=args.model, impl="reference" if reference else "ours", batch_size=args.batch_size,
                resolution=args.resolution, device=device_name(dev),
                torch=torch.__version__, mixed_precision=args.mixed_precision, compile=args.compile,
-               recipe=dict(method=args.method, groups=list(loss_fn.sizes), dts=loss_fn.dual_time_scheduling,
-                           attention_separation=loss_fn.attention_separation, block_out_s=s, block_out_t=t))
+               recipe=dict(method=args.method, groups=list(loss_fn.sizes), dts=loss_fn.cfg.dual_time_scheduling,
+                           attention_separation=loss_fn.cfg.attention_separation, block_out_s=s,
+                           block_out_t=t))
     if args.count_flops:
         out["gflops_per_img"] = count_gflops_per_img(args, reference)
     if dev.type == "meta":                                              # FLOPs only: nothing to time
@@ -195,7 +205,7 @@ def activation_memory(args) -> dict:
         hooks = [b.register_forward_pre_hook(lambda m, a: [keep(a[0])] and None) for b in model.blocks]
         with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16"):
-            loss, _ = loss_fn(model, x, y, ema=ema)
+            loss, _ = loss_fn(model, x, y)
         for h in hooks:
             h.remove()
         out["saved_bytes_grad_checkpointing" if recompute else "saved_bytes"] = sum(kept.values())
@@ -206,17 +216,6 @@ def activation_memory(args) -> dict:
     return out
 
 
-class ReferenceModel(torch.nn.Module):
-    """The release's sampling costs: the same network with per-token adaLN and non-fused attention."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.in_channels, self.num_classes = model, model.in_channels, model.num_classes
-
-    def forward(self, x, t, y):
-        return self.model(x, t, y, reference=True)
-
-
 @torch.no_grad()
 def bench_sampler(args, reference: bool) -> dict:
     """SDE sampling img/s (SiT sampler settings of the paper: CFG 1.8 on t <= 0.7), per-sample conditioning."""
@@ -224,7 +223,7 @@ def bench_sampler(args, reference: bool) -> dict:
     dev = torch.device(args.device)
     torch.manual_seed(0)
     model = SiT_models[args.model](input_size=args.resolution // 8, in_channels=4, num_classes=1000).to(dev).eval()
-    net = ReferenceModel(model) if reference else model
+    net = ReferenceSiT(model) if reference else model
     z = torch.randn(args.batch_size, 4, args.resolution // 8, args.resolution // 8, device=dev)
     y = torch.randint(0, 1000, (args.batch_size,), device=dev)
     kw = dict(mode="sde", num_steps=args.num_steps, cfg_scale=1.8, guidance_high=0.7,

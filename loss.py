@@ -1,7 +1,9 @@
-"""The training objective: flow matching + alignment, with DTS, AS and every teacher strategy of the paper and release.
+"""The training objective: flow matching + alignment, with DTS, AS and every teacher strategy of the paper
+and of its release.
 
-Equations are numbered as in "From SRA to Self-Flow: Data Augmentation or Self-Supervision?" (arXiv 2607.02508);
-METHOD.md is the one-page version, with each place where the paper and the public release disagree.
+Equations are numbered as in "From SRA to Self-Flow: Data Augmentation or Self-Supervision?"
+(arXiv 2607.02508); METHOD.md is the one-page version, with each place where the paper and the public release
+disagree.
 
     x_t = (1 - t) x0 + t eps,  target v = eps - x0                     (Eq. 1-2; t = 1 noise, t = 0 data)
     L = L_gen + lambda * L_align                                        (Eq. 3-4)
@@ -10,13 +12,14 @@ METHOD.md is the one-page version, with each place where the paper and the publi
     attention only within a group: A_ij = 1[g_i = g_j]                  (AS, Eq. 8-9)
 
 One call draws everything (t per group, token groups, eps, label dropout), runs the student once and the
-alignment target (EMA teacher up to block n, or an external target), and returns per-sample losses plus the scalars
-to log. Nothing here reads a value back to the host: the step stays asynchronous on the GPU.
+alignment target (EMA teacher up to block n, or an external target), and returns per-sample losses plus the
+scalars to log. Nothing here reads a value back to the host: the step stays asynchronous on the GPU.
 """
 import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -24,7 +27,7 @@ from models import SegmentLayout
 
 LOSS_TYPES = ("cos-token", "cos-channel", "sml1", "l1", "l2")
 TEACHER_T = ("sra", "self_flow", "same")
-# --align-weight-schedule: lambda(e) = align_weight * 0.1 ** (max(0, e - start) / period) for the 0-based epoch e.
+# --align-weight-schedule: lambda(e) = align_weight * 0.1 ** (max(0, e - start) / period), 0-based epoch e.
 # The original SiT-SRA recipe (smooth-L1, align_weight 0.2): at 256 px 0.2 up to epoch 149, then
 # 2 * 0.1 ** ((e - 149) / 1000 + 1); at 512 px the same with 99 and 800 (METHOD.md section 2).
 ALIGN_WEIGHT_SCHEDULES = {"constant": None, "sra-256": (149, 1000), "sra-512": (99, 800)}
@@ -33,7 +36,8 @@ ALIGN_WEIGHT_SCHEDULES = {"constant": None, "sra-256": (149, 1000), "sra-512": (
 def align_weight_at(schedule: str, align_weight: float, epoch: int) -> float:
     """The alignment weight lambda at 0-based `epoch` (a python number: no device work, no host sync)."""
     if schedule not in ALIGN_WEIGHT_SCHEDULES:
-        raise ValueError(f"--align-weight-schedule must be one of {sorted(ALIGN_WEIGHT_SCHEDULES)}, got {schedule!r}")
+        raise ValueError(f"--align-weight-schedule must be one of {sorted(ALIGN_WEIGHT_SCHEDULES)}, "
+                         f"got {schedule!r}")
     if ALIGN_WEIGHT_SCHEDULES[schedule] is None:
         return float(align_weight)
     start, period = ALIGN_WEIGHT_SCHEDULES[schedule]
@@ -102,18 +106,20 @@ class LossConfig:
 # Paths, timesteps and groups
 # ------------------------------------------------------------------------------------------------------------
 
-def interpolant(path_type: str, t: Tensor):
-    """(alpha, sigma, d alpha/dt, d sigma/dt) at t, so that x_t = alpha x0 + sigma eps and v = alpha' x0 + sigma' eps."""
+def interpolant(path_type: str, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(alpha, sigma, d alpha/dt, d sigma/dt) at t: x_t = alpha x0 + sigma eps, v = alpha' x0 + sigma' eps."""
     if path_type == "linear":
         return 1 - t, t, -torch.ones_like(t), torch.ones_like(t)
     if path_type == "cosine":
-        a, s = torch.cos(t * math.pi / 2), torch.sin(t * math.pi / 2)
+        a = torch.cos(t * math.pi / 2)
+        s = torch.sin(t * math.pi / 2)
         return a, s, -math.pi / 2 * s, math.pi / 2 * a
     raise ValueError(f"--path-type must be linear or cosine, got {path_type!r}")
 
 
-def sample_t(shape, weighting: str, path_type: str, device) -> Tensor:
-    """t ~ U(0, 1), or logit-normal: s = exp(0.847 + 0.8 n), t = s / (1 + s) (linear) or 2/pi atan(s) (cosine)."""
+def sample_t(shape: tuple[int, ...], weighting: str, path_type: str, device: torch.device) -> Tensor:
+    """t ~ U(0, 1), or logit-normal: s = exp(0.847 + 0.8 n), t = s / (1 + s) (linear) or 2/pi atan(s)
+    (cosine)."""
     if weighting == "uniform":
         return torch.rand(shape, device=device)
     if weighting == "lognormal":
@@ -122,8 +128,9 @@ def sample_t(shape, weighting: str, path_type: str, device) -> Tensor:
     raise ValueError(f"--weighting must be uniform or lognormal, got {weighting!r}")
 
 
-def group_ratios(mask_ratio) -> list[float]:
-    """--mask-ratio: one value r -> [r, 1 - r] (r <= 0 or >= 1 -> one group); several -> renormalised groups."""
+def group_ratios(mask_ratio: float | tuple[float, ...] | list[float]) -> list[float]:
+    """--mask-ratio: one value r -> [r, 1 - r] (r <= 0 or >= 1 -> one group); several -> renormalised
+    groups."""
     vals = [float(r) for r in ([mask_ratio] if isinstance(mask_ratio, (int, float)) else mask_ratio)]
     if len(vals) == 1:
         r = vals[0]
@@ -133,8 +140,9 @@ def group_ratios(mask_ratio) -> list[float]:
     return [v / sum(vals) for v in vals]
 
 
-def group_sizes(ratios, T: int) -> tuple:
-    """Exact token counts: floor(r T), the remainder one each to the largest fractional parts (0.25 -> 64, 192)."""
+def group_sizes(ratios: list[float], T: int) -> tuple[int, ...]:
+    """Exact token counts: floor(r T), the remainder one each to the largest fractional parts
+    (0.25 -> 64, 192)."""
     raw = [r * T for r in ratios]
     sizes = [int(math.floor(x)) for x in raw]
     for k in sorted(range(len(raw)), key=lambda k: raw[k] - sizes[k], reverse=True)[: T - sum(sizes)]:
@@ -145,16 +153,19 @@ def group_sizes(ratios, T: int) -> tuple:
 
 
 def per_token_map(tau: Tensor, grid: int, patch: int) -> Tensor:
-    """(N, T) raster-order per-token values -> (N, 1, H, W) image map (each patch filled with its token's value)."""
+    """(N, T) raster-order per-token values -> (N, 1, H, W) image map (each patch filled with its token's
+    value)."""
     N = tau.shape[0]
-    return tau.view(N, 1, grid, 1, grid, 1).expand(N, 1, grid, patch, grid, patch).reshape(N, 1, grid * patch, grid * patch)
+    side = grid * patch
+    return tau.view(N, 1, grid, 1, grid, 1).expand(N, 1, grid, patch, grid, patch).reshape(N, 1, side, side)
 
 
 def patch_tokens(x: Tensor, patch: int) -> Tensor:
     """(N, C, H, W) -> (N, T, p*p*C) raster-order patches, in the model's (p, q, c) order."""
     N, C, H, W = x.shape
     g = H // patch
-    return x.reshape(N, C, g, patch, g, patch).permute(0, 2, 4, 3, 5, 1).reshape(N, g * g, patch * patch * C)
+    x = x.reshape(N, C, g, patch, g, patch).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(N, g * g, patch * patch * C)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -162,8 +173,9 @@ def patch_tokens(x: Tensor, patch: int) -> Tensor:
 # ------------------------------------------------------------------------------------------------------------
 
 def alignment_distance(a: Tensor, b: Tensor, loss_type: str) -> Tensor:
-    """a, b (N, T, D) -> (N,). cos-token: 1 - cos over features per token, mean over tokens (the paper's Eq. 3/7);
-    cos-channel: 1 - cos over tokens per channel, mean over channels (the release's F.cosine_similarity dim=1)."""
+    """a, b (N, T, D) -> (N,). cos-token: 1 - cos over features per token, mean over tokens (the paper's
+    Eq. 3/7); cos-channel: 1 - cos over tokens per channel, mean over channels (the release's
+    F.cosine_similarity dim=1)."""
     a, b = a.float(), b.float()
     if loss_type == "cos-token":
         return (1 - F.cosine_similarity(a, b, dim=-1)).mean(dim=1)
@@ -179,86 +191,122 @@ def alignment_distance(a: Tensor, b: Tensor, loss_type: str) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Where the alignment target comes from. A target sees the drawn batch (`Draw`) and returns (N, T, D_target).
-# Adding a new target is one class with `head` (the student's head: ap_head or projector), `z_dim(patch, channels)`
-# (the head's output width; None = the model's own width) and `__call__(draw)`.
+# Where the alignment target comes from. A target reads the batch's draw (`Draw`) and returns
+# (N, T, D_target). A new target is one class with `head` (the student's head: ap_head or projector),
+# `z_dim(patch, channels)` (the head's output width; None = the model's own width) and `__call__(draw)`.
 # ------------------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True, kw_only=True)
 class Draw:
-    """Everything one loss call drew, handed to the alignment target."""
+    """What one loss call drew, as far as the alignment targets read it."""
+    # the clean batch x0 (N, C, H, W) and its noise eps (N, C, H, W)
+    x0: Tensor
+    eps: Tensor | None = None
+    # the interpolant's path (linear / cosine), for noising x0 at the teacher's time (mix)
+    path_type: str = "linear"
+    # t (N, G): one timestep per token group (DTS, Eq. 5); the first num_full rows are full-image samples
+    t: Tensor | None = None
+    num_full: int = 0
+    # the clean labels (N,) and those the student saw after label dropout
+    y: Tensor | None = None
+    y_dropped: Tensor | None = None
+    # the student's input x_t (N, C, H, W), its token layout and the (N, T) raster-order group of each token
+    # (layout and ids are None with one group)
+    x_t: Tensor | None = None
+    layout: SegmentLayout | None = None
+    ids: Tensor | None = None
+    # the model's tokens: grid x grid patches of patch x patch pixels
+    grid: int | None = None
+    patch: int | None = None
+    # the batch's precomputed alignment target (N, T, D) (REPA with --repa-features), else None
+    features: Tensor | None = None
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    def mix(self, tau: Tensor) -> Tensor:
+        """x_tau = alpha_tau x0 + sigma_tau eps (Eq. 1) for a time map tau (N, 1, H or 1, W or 1)."""
+        alpha, sigma, _, _ = interpolant(self.path_type, tau)
+        return alpha * self.x0 + sigma * self.eps
 
 
-def student_head(target, patch: int, channels: int):
-    """(align_head, z_dim) the SiT student needs for `target` (None = the EMA teacher: ap_head at the model width)."""
+def student_head(target, patch: int, channels: int) -> tuple[str, int | None]:
+    """(align_head, z_dim) the SiT student needs for `target` (None = the EMA teacher: ap_head at the model
+    width)."""
     return ("ap_head", None) if target is None else (target.head, target.z_dim(patch, channels))
 
 
 class EMATeacher:
-    """SRA / Self-Flow / ours: the EMA model's block-n hidden state on a less noisy input (Sec. 5 table)."""
-    needs_ema, head = True, "ap_head"
+    """SRA / Self-Flow / ours: the EMA model's block-n hidden state on a less noisy input (Sec. 5 table).
 
-    def __init__(self, block_out_t: int, teacher_t: str, teacher_mask: bool, teacher_labels: str,
-                 t_max: float = 0.2):
-        self.block_out_t, self.teacher_t = block_out_t, teacher_t
-        self.teacher_mask, self.teacher_labels = teacher_mask, teacher_labels
-        self.t_max = t_max                                              # sra: s = clamp(t - t_max U, 0, 1)
+    The EMA model is bound here, once: the training loop updates its weights in place."""
+    head = "ap_head"
 
-    def z_dim(self, patch: int, channels: int):
-        return None                                                     # the teacher's width = the student's
+    def __init__(self, ema: nn.Module, cfg: LossConfig, teacher_mask: bool):
+        self.ema = ema
+        self.block_out_t = cfg.block_out_t
+        self.teacher_t = cfg.teacher_t
+        self.teacher_labels = cfg.teacher_labels
+        # sra: s = clamp(t - t_max U, 0, 1)
+        self.t_max = cfg.t_max
+        # sra: the teacher runs on the student's token groups (TrainingLoss.teacher_mask)
+        self.teacher_mask = teacher_mask
+
+    def z_dim(self, patch: int, channels: int) -> None:
+        # the teacher's width is the student's
+        return None
 
     @torch.no_grad()
     def __call__(self, d: Draw) -> Tensor:
-        N, G = d.t.shape
         y = d.y if self.teacher_labels == "clean" else d.y_dropped
-        if self.teacher_t == "same":                                    # the student's own input and layout
-            s, x_in, layout = d.t, d.x_t, d.layout
-        elif self.teacher_t == "self_flow":                             # Eq. 7: whole image at t_lo = min_g t_g
-            s, layout = d.t.min(dim=1, keepdim=True).values, None
+        layout = None
+        if self.teacher_t == "same":
+            # the student's own input and layout
+            s = d.t
+            x_in = d.x_t
+            layout = d.layout
+        elif self.teacher_t == "self_flow":
+            # Eq. 7: the whole image at t_lo = min_g t_g
+            s = d.t.min(dim=1, keepdim=True).values
             x_in = d.mix(s[:, :, None, None])
-        else:                                                           # sra: s_g = clamp(t_g - t_max U_g, 0, 1)
-            u = torch.rand(N, G, device=d.t.device)
+        else:
+            # sra: s_g = clamp(t_g - t_max U_g, 0, 1)
+            u = torch.rand(d.t.shape, device=d.t.device)
             if d.num_full:
-                u[: d.num_full] = u[: d.num_full, :1]                   # a full-image row keeps one timestep
+                # a full-image row keeps one timestep
+                u[: d.num_full] = u[: d.num_full, :1]
             s = (d.t - self.t_max * u).clamp(0, 1)
-            layout = d.layout if self.teacher_mask else None
-            if layout is None:                                          # one group: plain SRA teacher
+            if self.teacher_mask:
+                # the student's groups, each at its own s_g
+                layout = d.layout
+                x_in = d.mix(per_token_map(s.gather(1, d.ids), d.grid, d.patch))
+            else:
+                # one group: the plain SRA teacher
                 s = s[:, :1]
                 x_in = d.mix(s[:, :, None, None])
-            else:
-                tau = per_token_map(s.gather(1, d.ids), d.grid, d.patch)
-                x_in = d.mix(tau)
         t_in = s[:, 0] if layout is None else s
-        kw = dict(groups=layout, separate=layout is not None and layout.separate)
-        if not d.reference:                                             # stop after block n
-            return d.ema.forward_features(x_in, t_in, y, layer=self.block_out_t, **kw)
-        got = {}                                                        # the release's cost: run every block
-        hook = d.ema.blocks[self.block_out_t - 1].register_forward_hook(lambda m, i, o: got.setdefault("h", o))
-        try:
-            d.ema(x_in, t_in, y, reference=True, **kw)
-        finally:
-            hook.remove()
-        return got["h"]
+        separate = layout is not None and layout.separate
+        return self.ema.forward_features(x_in, t_in, y, layer=self.block_out_t, groups=layout,
+                                         separate=separate)
 
 
 class REPATarget:
     """REPA (arXiv 2410.06940): a frozen external encoder's patch tokens on the real image (never a VAE
-    reconstruction), DINOv2's x_norm_patchtokens at 14 * grid pixels (224 for 16 x 16 SiT tokens, 448 for 32 x 32),
-    so tokens line up.
+    reconstruction), DINOv2's x_norm_patchtokens at 14 * grid pixels (224 for 16 x 16 SiT tokens, 448 for
+    32 x 32), so tokens line up.
 
-    Latent datasets: the targets are precomputed from the dataset's images (`python -m preprocessing repa-features`,
-    train.py --repa-features, the presets' default): the batch's features arrive on the draw (d.features,
-    (N, T, D_enc)) and are the target as they are; no encoder is needed (pass encoder=None and dim=D_enc).
-    Pixel datasets (the digits): the encoder runs on the fly on to_images(x0), the batch's images themselves."""
-    needs_ema, head = False, "projector"
+    Latent datasets: the targets are precomputed from the dataset's images (`python -m preprocessing
+    repa-features`, train.py --repa-features, the presets' default): the batch's features arrive on the draw
+    (d.features, (N, T, D_enc)) and are the target as they are; no encoder is needed (pass encoder=None and
+    dim=D_enc). Pixel datasets (the digits): the encoder runs on the fly on to_images(x0), the batch's images
+    themselves."""
+    head = "projector"
 
-    def __init__(self, encoder=None, to_images=None, dim: int = None):
+    def __init__(self, encoder: nn.Module | None = None, to_images=None, dim: int | None = None):
         if encoder is None and dim is None:
-            raise ValueError("REPATarget needs an encoder, or dim (the encoder width) for precomputed features")
-        self.encoder = encoder          # a frozen models.dinov2 encoder, eval mode (None: precomputed only)
-        self.to_images = to_images      # x0 (pixel data, N, C, H, W) -> images (N, 3 or 1, H, W) in [-1, 1]
+            raise ValueError("REPATarget needs an encoder, or dim (the encoder width) for precomputed "
+                             "features")
+        # a frozen models.dinov2 encoder, eval mode (None: precomputed features only)
+        self.encoder = encoder
+        # x0 (pixel data, N, C, H, W) -> images (N, 3 or 1, H, W) in [-1, 1]
+        self.to_images = to_images
         self.dim = encoder.embed_dim if encoder is not None else int(dim)
 
     def z_dim(self, patch: int, channels: int) -> int:
@@ -267,22 +315,24 @@ class REPATarget:
     @torch.no_grad()
     def __call__(self, d: Draw) -> Tensor:
         from models.dinov2 import dinov2_patch_tokens, dinov2_resolution, preprocess_for_dinov2
-        features = getattr(d, "features", None)
-        if features is not None:                                        # precomputed: (N, grid^2, D_enc)
+        if d.features is not None:
+            # precomputed: (N, grid^2, D_enc)
             want = (d.x0.shape[0], d.grid ** 2, self.dim)
-            if tuple(features.shape) != want:
-                raise ValueError(f"precomputed REPA features have shape {tuple(features.shape)}, expected {want} "
-                                 f"(batch, the model's {d.grid}x{d.grid} tokens, encoder width {self.dim}): were "
-                                 f"they written for another --enc-type or --patch-size?")
-            return features.float()
+            if tuple(d.features.shape) != want:
+                raise ValueError(f"precomputed REPA features have shape {tuple(d.features.shape)}, expected "
+                                 f"{want} (batch, the model's {d.grid}x{d.grid} tokens, encoder width "
+                                 f"{self.dim}): were they written for another --enc-type or --patch-size?")
+            return d.features.float()
         if self.encoder is None:
             raise ValueError("REPATarget has no encoder: pass the batch's precomputed features to the loss "
-                             "(TrainingLoss(..., features=...))")
+                             "(loss(model, x0, y, features=...))")
         images = self.to_images(d.x0).float()
-        if images.shape[1] == 1:                                        # grey (the embedded digits)
+        if images.shape[1] == 1:
+            # grey (the embedded digits)
             images = images.expand(-1, 3, -1, -1)
         x = preprocess_for_dinov2(images, resolution=dinov2_resolution(d.grid))
-        return dinov2_patch_tokens(self.encoder, x)                   # (N, grid^2, D_enc)
+        # (N, grid^2, D_enc)
+        return dinov2_patch_tokens(self.encoder, x)
 
 
 class VAELatentTarget:
@@ -290,7 +340,7 @@ class VAELatentTarget:
     the target is the clean latent x0 itself, exactly as the student denoises it this step (posterior sample,
     scaled by 0.18215), cut into the model's tokens: (N, T, p*p*C), in the model's (p, q, c) patch order, so
     token i of the target is the patch token i of the student embeds. 16-d per token for p = 2, C = 4."""
-    needs_ema, head = False, "ap_head"
+    head = "ap_head"
 
     def z_dim(self, patch: int, channels: int) -> int:
         return patch ** 2 * channels
@@ -303,139 +353,176 @@ class VAELatentTarget:
 # The loss
 # ------------------------------------------------------------------------------------------------------------
 
-class TrainingLoss:
-    """Flow matching + optional alignment. Call: loss(model, x0, y, ema=None, features=None) -> (per-sample loss (N,),
-    logs)."""
+def _check_config(cfg: LossConfig, sizes: tuple[int, ...]) -> None:
+    """Refuse settings that cannot be trained, in one line naming the flags."""
+    interpolant(cfg.path_type, torch.zeros(1))
+    align_weight_at(cfg.align_weight_schedule, cfg.align_weight, 0)
+    if not 0 <= cfg.t_max <= 1:
+        raise ValueError(f"--t-max must lie in [0, 1], got {cfg.t_max}")
+    if cfg.weighting not in ("uniform", "lognormal"):
+        raise ValueError(f"--weighting must be uniform or lognormal, got {cfg.weighting!r}")
+    if cfg.loss_type not in LOSS_TYPES:
+        raise ValueError(f"--loss-type must be one of {LOSS_TYPES}, got {cfg.loss_type!r}")
+    if cfg.teacher_t not in TEACHER_T:
+        raise ValueError(f"--teacher-t must be one of {TEACHER_T}, got {cfg.teacher_t!r}")
+    if cfg.teacher_labels not in ("clean", "dropped"):
+        raise ValueError(f"--teacher-labels must be clean or dropped, got {cfg.teacher_labels!r}")
+    if cfg.align_target not in ALIGN_TARGETS:
+        raise ValueError(f"--align-target must be one of {ALIGN_TARGETS}, got {cfg.align_target!r}")
+    if len(sizes) == 1:
+        grouped = (("--dual-time-scheduling", cfg.dual_time_scheduling),
+                   ("--attention-separation", cfg.attention_separation),
+                   ("--full-sample-prob", cfg.full_sample_prob > 0),
+                   ("--sorted-timesteps", cfg.sorted_timesteps))
+        bad = [flag for flag, on in grouped if on]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} need(s) token groups: {_ask_for_groups(cfg.mask_ratio)}")
+    if not 0 <= cfg.full_sample_prob <= 1:
+        raise ValueError(f"--full-sample-prob must lie in [0, 1], got {cfg.full_sample_prob}")
+    if cfg.full_sample_prob > 0 and len(sizes) != 2:
+        raise ValueError("--full-sample-prob needs exactly two groups (one --mask-ratio value)")
+    if cfg.full_sample_prob > 0 and not (cfg.attention_separation or cfg.dual_time_scheduling):
+        raise ValueError("--full-sample-prob mixes plain samples into DTS/AS batches: it needs "
+                         "--dual-time-scheduling or --attention-separation")
+    if cfg.align_target != "none" and not 1 <= cfg.block_out_s:
+        raise ValueError(f"--block-out-s must be >= 1, got {cfg.block_out_s}")
 
-    def __init__(self, *, num_tokens: int, grid: int, patch: int, num_classes: int, path_type="linear",
-                 weighting="uniform", class_dropout_prob=0.1, use_alignment_loss=False, align_weight=0.5,
-                 loss_type="cos-channel", block_out_s=3, block_out_t=8, mask_ratio=(0.0,),
-                 dual_time_scheduling=False, attention_separation=False, full_sample_prob=0.0, teacher_t="sra",
-                 teacher_mask=False, teacher_labels="clean", sorted_timesteps=False, target=None, t_max=0.2,
-                 align_weight_schedule="constant"):
-        interpolant(path_type, torch.zeros(1))                         # validates the name
-        align_weight_at(align_weight_schedule, align_weight, 0)        # validates the name
-        if not 0 <= t_max <= 1:
-            raise ValueError(f"--t-max must lie in [0, 1], got {t_max}")
-        if weighting not in ("uniform", "lognormal"):
-            raise ValueError(f"--weighting must be uniform or lognormal, got {weighting!r}")
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"--loss-type must be one of {LOSS_TYPES}, got {loss_type!r}")
-        if teacher_t not in TEACHER_T:
-            raise ValueError(f"--teacher-t must be one of {TEACHER_T}, got {teacher_t!r}")
-        if teacher_labels not in ("clean", "dropped"):
-            raise ValueError(f"--teacher-labels must be clean or dropped, got {teacher_labels!r}")
-        self.sizes = group_sizes(group_ratios(mask_ratio), num_tokens)
-        G = len(self.sizes)
-        if G == 1:
-            bad = [f for f, on in (("--dual-time-scheduling", dual_time_scheduling),
-                                   ("--attention-separation", attention_separation),
-                                   ("--teacher-mask", teacher_mask), ("--full-sample-prob", full_sample_prob > 0),
-                                   ("--sorted-timesteps", sorted_timesteps)) if on]
-            if bad:
-                raise ValueError(f"{', '.join(bad)} need(s) token groups: set --mask-ratio to a value in (0, 1) "
-                                 f"(got {list(mask_ratio) if not isinstance(mask_ratio, (int, float)) else mask_ratio})")
-        if not 0 <= full_sample_prob <= 1:
-            raise ValueError(f"--full-sample-prob must lie in [0, 1], got {full_sample_prob}")
-        if full_sample_prob > 0 and G != 2:
-            raise ValueError("--full-sample-prob needs exactly two groups (one --mask-ratio value)")
-        if full_sample_prob > 0 and not (attention_separation or dual_time_scheduling):
-            raise ValueError("--full-sample-prob mixes plain samples into DTS/AS batches: it needs "
-                             "--dual-time-scheduling or --attention-separation")
-        if use_alignment_loss:
-            if not 1 <= block_out_s:
-                raise ValueError(f"--block-out-s must be >= 1, got {block_out_s}")
-            if target is None:
-                target = EMATeacher(block_out_t, teacher_t, teacher_mask, teacher_labels, t_max)
-            if isinstance(target, EMATeacher) and G > 1:
-                if teacher_t == "self_flow" and teacher_mask:
-                    raise ValueError("--teacher-t self_flow feeds the teacher the whole image at t_lo (Eq. 7); "
-                                     "--teacher-mask does not apply to it")
-                if teacher_t in ("sra", "same") and not teacher_mask:
-                    raise ValueError(f"--teacher-t {teacher_t} with token groups runs the teacher on the student's "
-                                     "groups: add --teacher-mask (or use --teacher-t self_flow)")
-        self.num_tokens, self.grid, self.patch, self.num_classes = num_tokens, grid, patch, num_classes
-        self.path_type, self.weighting, self.class_dropout_prob = path_type, weighting, class_dropout_prob
-        self.align_weight, self.loss_type = align_weight, loss_type
-        self.align_weight_schedule = align_weight_schedule
-        self.block_out_s = block_out_s
-        self.dual_time_scheduling, self.attention_separation = dual_time_scheduling, attention_separation
-        self.full_sample_prob, self.sorted_timesteps = full_sample_prob, sorted_timesteps
-        self.target = target if use_alignment_loss else None
+
+def _ask_for_groups(mask_ratio) -> str:
+    got = list(mask_ratio) if not isinstance(mask_ratio, (int, float)) else mask_ratio
+    return f"set --mask-ratio to a value in (0, 1) (got {got})"
+
+
+def derive_teacher_mask(cfg: LossConfig, num_groups: int) -> bool:
+    """Whether the EMA teacher runs on the student's token groups: derived, not a setting. The sra and same
+    teachers do whenever there are groups; self_flow sees the whole image at t_lo (Eq. 7)."""
+    return num_groups > 1 and cfg.teacher_t in ("sra", "same")
+
+
+def check_teacher_mask(cfg: LossConfig, num_tokens: int, given: bool) -> None:
+    """The release's --teacher-mask against the derived value: a contradiction is refused, naming it."""
+    num_groups = len(group_sizes(group_ratios(cfg.mask_ratio), num_tokens))
+    if given and num_groups == 1:
+        raise ValueError(f"--teacher-mask need(s) token groups: {_ask_for_groups(cfg.mask_ratio)}")
+    if given == derive_teacher_mask(cfg, num_groups) or cfg.align_target != "ema":
+        return
+    if cfg.teacher_t == "self_flow":
+        raise ValueError("--teacher-t self_flow feeds the teacher the whole image at t_lo (Eq. 7); "
+                         "--teacher-mask does not apply to it")
+    raise ValueError(f"--teacher-t {cfg.teacher_t} with token groups runs the teacher on the student's groups: "
+                     "add --teacher-mask (or use --teacher-t self_flow)")
+
+
+class TrainingLoss:
+    """Flow matching + optional alignment (module docstring), configured by one LossConfig.
+
+    target: the alignment target object of --align-target repa / sra2 (REPATarget, VAELatentTarget);
+    ema: the EMA model, for --align-target ema (the teacher is built here and bound to it).
+    Call: loss(model, x0, y, features=None, epoch=0) -> (per-sample loss (N,), logs)."""
+
+    def __init__(self, cfg: LossConfig, *, num_tokens: int, grid: int, patch: int, num_classes: int,
+                 target=None, ema: nn.Module | None = None):
+        self.sizes = group_sizes(group_ratios(cfg.mask_ratio), num_tokens)
+        _check_config(cfg, self.sizes)
+        self.cfg = cfg
+        self.num_tokens = num_tokens
+        self.grid = grid
+        self.patch = patch
+        self.num_classes = num_classes
+        self.teacher_mask = derive_teacher_mask(cfg, len(self.sizes))
+        if cfg.align_target in ("none", "ema") and target is not None:
+            raise ValueError(f"--align-target {cfg.align_target} takes no target object (that is for repa "
+                             "/ sra2)")
+        if cfg.align_target == "ema":
+            if ema is None:
+                raise ValueError("--align-target ema needs the EMA model: TrainingLoss(..., ema=...)")
+            target = EMATeacher(ema, cfg, self.teacher_mask)
+        elif cfg.align_target != "none" and target is None:
+            raise ValueError(f"--align-target {cfg.align_target} needs its target object "
+                             f"(REPATarget / VAELatentTarget): TrainingLoss(..., target=...)")
+        self.target = target
         self._groups_cache = {}
 
-    def _rank_group(self, dev) -> Tensor:
-        """(T,) group of each rank in the random order: [0] * sizes[0] + [1] * sizes[1] + ... (cached per device)."""
+    def _rank_group(self, dev: torch.device) -> Tensor:
+        """(T,) group of each rank in the random order: [0] * sizes[0] + [1] * sizes[1] + ... (cached per
+        device)."""
         if dev not in self._groups_cache:
             ranks = [k for k, n in enumerate(self.sizes) for _ in range(n)]
             self._groups_cache[dev] = torch.tensor(ranks, device=dev)
         return self._groups_cache[dev]
 
-    def draw_timesteps(self, N: int, dev):
-        """-> (t (N, G), num_full): one timestep per group (DTS, Eq. 5) and the number of full-image rows (the first
-        num_full rows, one timestep for all their tokens). With --sorted-timesteps the groups' draws are sorted so
-        that t_hi is on the masked group; a full row is a plain sample, so it keeps one unsorted draw (group 1's, as
-        the release) and its t stays U(0, 1) (the smaller of two sorted draws would have mean 1/3)."""
+    def draw_timesteps(self, N: int, dev: torch.device) -> tuple[Tensor, int]:
+        """-> (t (N, G), num_full): one timestep per group (DTS, Eq. 5) and the number of full-image rows
+        (the first num_full rows, one timestep for all their tokens). With --sorted-timesteps the groups'
+        draws are sorted so that t_hi is on the masked group; a full row is a plain sample, so it keeps one
+        unsorted draw (group 1's, as the release) and its t stays U(0, 1) (the smaller of two sorted draws
+        would have mean 1/3)."""
+        cfg = self.cfg
         G = len(self.sizes)
-        drawn = sample_t((N, G if self.dual_time_scheduling else 1), self.weighting, self.path_type, dev).expand(N, G)
-        t = drawn.sort(dim=1, descending=True).values if self.sorted_timesteps else drawn
-        num_full = int(round(self.full_sample_prob * N)) if G > 1 else 0   # full-image mixing: exact count, no sync
+        columns = G if cfg.dual_time_scheduling else 1
+        drawn = sample_t((N, columns), cfg.weighting, cfg.path_type, dev).expand(N, G)
+        t = drawn.sort(dim=1, descending=True).values if cfg.sorted_timesteps else drawn
+        # full-image mixing: an exact count, no sync
+        num_full = int(round(cfg.full_sample_prob * N)) if G > 1 else 0
         if num_full:
-            t = torch.cat([drawn[:num_full, 1:2].expand(-1, G), t[num_full:]])   # full rows: one timestep
+            # full rows: one timestep
+            t = torch.cat([drawn[:num_full, 1:2].expand(-1, G), t[num_full:]])
         return t.contiguous(), num_full
 
-    @property
-    def needs_ema(self) -> bool:
-        return self.target is not None and self.target.needs_ema
-
-    def __call__(self, model, x0: Tensor, y: Tensor, ema=None, reference: bool = False, features: Tensor = None,
-                 epoch: int = 0):
-        """features: the batch's precomputed alignment target (N, T, D) when the target reads it (REPA), else None.
-        epoch: the 0-based epoch of this step (a python int), read by --align-weight-schedule."""
-        N, dev, G = x0.shape[0], x0.device, len(self.sizes)
+    def __call__(self, model: nn.Module, x0: Tensor, y: Tensor, features: Tensor | None = None,
+                 epoch: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
+        """features: the batch's precomputed alignment target (N, T, D) when the target reads it (REPA), else
+        None. epoch: the 0-based epoch of this step (a python int), read by --align-weight-schedule."""
+        cfg = self.cfg
+        N = x0.shape[0]
+        dev = x0.device
         eps = torch.randn_like(x0)
-        drop = torch.rand(N, device=dev) < self.class_dropout_prob       # label dropout for CFG (null = num_classes)
+        # label dropout for CFG (null class = num_classes)
+        drop = torch.rand(N, device=dev) < cfg.class_dropout_prob
         y_dropped = torch.where(drop, torch.full_like(y, self.num_classes), y)
 
         # ---- timesteps per group (DTS, Eq. 5) and exact-size token groups ----------------------------------
         t, num_full = self.draw_timesteps(N, dev)
-
-        def mix(tau):                                                      # x_tau for a (N, 1, H|1, W|1) time map
-            a, s, _, _ = interpolant(self.path_type, tau)
-            return a * x0 + s * eps
-
         layout = ids = None
-        if G == 1:
-            tau = t[:, :1, None, None]                                     # (N, 1, 1, 1)
+        if len(self.sizes) == 1:
+            tau = t[:, :1, None, None]                                         # (N, 1, 1, 1)
         else:
-            perm = torch.rand(N, self.num_tokens, device=dev).argsort(dim=1)   # random subset per sample
-            ids = torch.empty_like(perm).scatter_(1, perm, self._rank_group(dev).expand(N, -1))  # (N, T) group ids
-            layout = SegmentLayout.from_perm(perm, self.sizes, self.attention_separation, num_full)
-            tau = per_token_map(t.gather(1, ids), self.grid, self.patch)   # (N, 1, H, W) per-token timestep
-        alpha, sigma, d_alpha, d_sigma = interpolant(self.path_type, tau)
-        x_t = alpha * x0 + sigma * eps                                     # Eq. 1 per token (Eq. 6 under DTS)
-        target_v = d_alpha * x0 + d_sigma * eps                            # eps - x0 on the linear path
+            # one uniform noise value per token
+            noise = torch.rand(N, self.num_tokens, device=dev)                 # (N, T)
+            # ascending noise: perm[n, j] = the token of rank j, a uniform random order per sample
+            perm = noise.argsort(dim=1)                                        # (N, T)
+            # ranks [0, sizes[0]) form group 0, the next sizes[1] group 1, ...: each token takes its rank's
+            # group
+            ids = torch.empty_like(perm).scatter_(1, perm, self._rank_group(dev).expand(N, -1))   # (N, T)
+            # the student's layout: tokens in perm order, the first num_full rows attend fully
+            layout = SegmentLayout.from_perm(perm, self.sizes, cfg.attention_separation, num_full)
+            # each token's timestep t[n, ids[n, i]], painted on its patch
+            tau = per_token_map(t.gather(1, ids), self.grid, self.patch)      # (N, 1, H, W)
+        alpha, sigma, d_alpha, d_sigma = interpolant(cfg.path_type, tau)
+        # Eq. 1 per token (Eq. 6 under DTS); the target eps - x0 on the linear path
+        x_t = alpha * x0 + sigma * eps
+        target_v = d_alpha * x0 + d_sigma * eps
 
         # ---- student ---------------------------------------------------------------------------------------
-        align_layer = self.block_out_s if self.target is not None else None
-        kw = dict(align_layer=align_layer, reference=reference)
-        if G == 1:
-            out = model(x_t, t[:, 0], y_dropped, **kw)
+        align_layer = cfg.block_out_s if self.target is not None else None
+        if layout is None:
+            out = model(x_t, t[:, 0], y_dropped, align_layer=align_layer)
         else:
-            out = model(x_t, t, y_dropped, groups=layout, separate=self.attention_separation, **kw)
+            out = model(x_t, t, y_dropped, groups=layout, separate=cfg.attention_separation,
+                        align_layer=align_layer)
         v, feats = out if align_layer is not None else (out, None)
-        loss_gen = (v.float() - target_v.float()).pow(2).mean(dim=(1, 2, 3))   # (N,), Eq. 2
+        # (N,), Eq. 2
+        loss_gen = (v.float() - target_v.float()).pow(2).mean(dim=(1, 2, 3))
         logs = {"loss_gen": loss_gen.detach().mean()}
         if self.target is None:
             return loss_gen, logs
 
         # ---- alignment target and distance (Eq. 3-4, 7), fp32 ----------------------------------------------
-        draw = Draw(x0=x0, eps=eps, t=t, y=y, y_dropped=y_dropped, x_t=x_t, ids=ids, layout=layout, ema=ema,
-                    num_full=num_full, grid=self.grid, patch=self.patch, mix=mix, reference=reference,
-                    features=features)
+        draw = Draw(x0=x0, eps=eps, path_type=cfg.path_type, t=t, num_full=num_full, y=y, y_dropped=y_dropped,
+                    x_t=x_t, layout=layout, ids=ids, grid=self.grid, patch=self.patch, features=features)
         z = self.target(draw)
         with torch.autocast(device_type="cuda" if dev.type == "cuda" else "cpu", enabled=False):
-            loss_align = alignment_distance(feats, z, self.loss_type)     # (N,)
+            loss_align = alignment_distance(feats, z, cfg.loss_type)           # (N,)
         logs["loss_align"] = loss_align.detach().mean()
-        weight = align_weight_at(self.align_weight_schedule, self.align_weight, epoch)
+        weight = align_weight_at(cfg.align_weight_schedule, cfg.align_weight, epoch)
         return loss_gen + weight * loss_align, logs

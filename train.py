@@ -252,17 +252,12 @@ def build_target(args, dataset, device):
     return REPATarget(encoder, to_images=lambda x0: x0)                 # pixel data: x0 is the image
 
 
-def build_loss(args, model, dataset, target=None) -> TrainingLoss:
+def build_loss(args, model, dataset, target=None, ema=None) -> TrainingLoss:
+    """The loss of the LossConfig that args spell (one flag per field), its EMA teacher bound to `ema`."""
+    cfg = LossConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LossConfig)})
     try:
-        return TrainingLoss(
-            num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size, num_classes=dataset.num_classes,
-            path_type=args.path_type, weighting=args.weighting, class_dropout_prob=args.class_dropout_prob,
-            use_alignment_loss=args.align_target != "none", align_weight=args.align_weight, loss_type=args.loss_type,
-            block_out_s=args.block_out_s, block_out_t=args.block_out_t, mask_ratio=args.mask_ratio,
-            dual_time_scheduling=args.dual_time_scheduling, attention_separation=args.attention_separation,
-            full_sample_prob=args.full_sample_prob, teacher_t=args.teacher_t, teacher_mask=teacher_mask_of(args),
-            teacher_labels=args.teacher_labels, sorted_timesteps=args.sorted_timesteps, target=target,
-            t_max=args.t_max, align_weight_schedule=args.align_weight_schedule)
+        return TrainingLoss(cfg, num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size,
+                            num_classes=dataset.num_classes, target=target, ema=ema)
     except ValueError as e:
         raise SystemExit(f"invalid flags: {e}") from None
 
@@ -390,7 +385,7 @@ def train(args, signals: StopSignals, notes=()):
     model = build_model(args, dataset, target).to(device)
     model.grad_checkpointing = args.grad_checkpointing                 # the EMA teacher runs under no_grad
     ema = deepcopy(model).requires_grad_(False).eval()                  # teacher: starts as an exact copy (Sec. 3)
-    loss_fn = build_loss(args, model, dataset, target)
+    loss_fn = build_loss(args, model, dataset, target, ema)
     opt = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                             weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
                             fused=device.type == "cuda")
@@ -488,8 +483,7 @@ def train(args, signals: StopSignals, notes=()):
             x, y, extra = next(batches)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    loss, logs = loss_fn(model, x, y, ema=ema if loss_fn.needs_ema else None,
-                                         epoch=step // args.steps_per_epoch, **extra)
+                    loss, logs = loss_fn(model, x, y, epoch=step // args.steps_per_epoch, **extra)
                 loss = loss.mean()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:

@@ -91,7 +91,11 @@ class MaskLayout:
         return mod if mod.shape[1] == 1 else _gather_tokens(mod, self.ids)
 
 
-def plan_groups(ids: Tensor, num_groups: int, separate: bool):
+# what the model takes as `groups` once planned
+Layout = SegmentLayout | MaskLayout
+
+
+def plan_groups(ids: Tensor, num_groups: int, separate: bool) -> Layout:
     """Choose the layout for an (N, T) int64 group-id tensor (values in [0, num_groups)). One host sync."""
     if ids.ndim != 2 or ids.dtype != torch.long:
         raise ValueError(f"groups must be an int64 tensor of shape (N, T), got {tuple(ids.shape)} {ids.dtype}")

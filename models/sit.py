@@ -22,7 +22,7 @@ import torch.utils.checkpoint
 from torch import Tensor
 
 from .attention import Attention
-from .groups import MaskLayout, SegmentLayout, plan_groups
+from .groups import Layout, MaskLayout, SegmentLayout, plan_groups
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -122,16 +122,18 @@ class SiTBlock(nn.Module):
         self.mlp.add_module("fc2", nn.Linear(hidden, dim))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: Tensor, c: Tensor, layout=None, ref=None) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, layout: Layout | None = None) -> Tensor:
+        """x (N, T, D) in layout order; c (N, S, D): one conditioning row per segment (S = 1: per sample)."""
+        # segment lengths; None: the modulation rows broadcast over the tokens
         sizes = None if layout is None else layout.sizes
-        mod = self.adaLN_modulation(c)                       # (N, S, 6D): once per (sample, group)
+        mod = self.adaLN_modulation(c)                                      # (N, S, 6D): once per segment
         if layout is not None:
-            mod = layout.expand_mod(mod)
-        sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, dim=-1)
-        h = self.attn(_per_segment(_modulate, self.norm1(x), sh1, sc1, sizes=sizes), layout, ref)
-        x = x + _per_segment(_gated, h, g1, sizes=sizes)
-        h = self.mlp(_per_segment(_modulate, self.norm2(x), sh2, sc2, sizes=sizes))
-        return x + _per_segment(_gated, h, g2, sizes=sizes)
+            mod = layout.expand_mod(mod)                                    # (N, S, 6D) or (N, T, 6D)
+        sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, dim=-1)                   # 6 x (N, S, D)
+        h = _per_segment(_modulate, self.norm1(x), sh1, sc1, sizes=sizes)   # (N, T, D)
+        x = x + _per_segment(_gated, self.attn(h, layout), g1, sizes=sizes)  # (N, T, D)
+        h = _per_segment(_modulate, self.norm2(x), sh2, sc2, sizes=sizes)   # (N, T, D)
+        return x + _per_segment(_gated, self.mlp(h), g2, sizes=sizes)       # (N, T, D)
 
 
 class FinalLayer(nn.Module):
@@ -225,8 +227,10 @@ class SiT(nn.Module):
             nn.init.zeros_(layer.bias)
 
     # ---- input checks and embedding ------------------------------------------------------------------------
-    def _check(self, x: Tensor, t: Tensor, y: Tensor):
-        C, S = self.in_channels, self.input_size
+    def check_inputs(self, x: Tensor, t: Tensor, y: Tensor) -> None:
+        """Refuse inputs of the wrong shape with a message that says the expected one."""
+        C = self.in_channels
+        S = self.input_size
         if x.ndim != 4 or x.shape[1:] != (C, S, S):
             raise ValueError(f"x must be (N, {C}, {S}, {S}) for this model, got {tuple(x.shape)}")
         N = x.shape[0]
@@ -235,12 +239,9 @@ class SiT(nn.Module):
         if y.shape != (N,):
             raise ValueError(f"y must be (N,) = ({N},) class indices, got {tuple(y.shape)}")
 
-    def _embed(self, x, t, y, groups, separate, reference=False):
-        """-> tokens (N, T, D) in layout order, conditioning (N, S, D), layout, ref.
-
-        ref is None on the fast path; with reference=True it is (attention ids or None,): the release's costs
-        (conditioning and adaLN per token, dense attention with a materialised mask), kept for tests and bench."""
-        self._check(x, t, y)
+    def _embed(self, x: Tensor, t: Tensor, y: Tensor, groups, separate: bool):
+        """-> tokens (N, T, D) in layout order, conditioning (N, S, D) (S = 1 without groups), layout."""
+        self.check_inputs(x, t, y)
         h = self.x_embedder(x) + self.pos_embed                              # (N, T, D), raster order
         y_emb = self.y_embedder(y)                                           # (N, D)
         if t.ndim == 1:
@@ -251,42 +252,44 @@ class SiT(nn.Module):
                 raise ValueError(f"t has {K} columns (one per group) but no groups were given")
             if separate:
                 raise ValueError("separate=True needs groups")
-            c = self.t_embedder(t[:, 0])[:, None] + y_emb[:, None]              # (N, 1, D)
-            if reference:                                                    # the release: adaLN per token
-                return h, c.expand(-1, h.shape[1], -1), None, (None,)
-            return h, c, None, None
-        c = self.t_embedder(t.reshape(-1)).view(N, K, -1) + y_emb[:, None]   # (N, K, D): once per (sample, group)
-        if reference:                                                        # naive: conditioning per token
-            cond_ids, attn_ids = _reference_ids(groups, separate)
-            c_tok = c.gather(1, cond_ids[..., None].expand(-1, -1, c.shape[-1]))       # (N, T, D)
-            return h, c_tok, None, (attn_ids,)
+            return h, self.t_embedder(t[:, 0])[:, None] + y_emb[:, None], None       # c (N, 1, D)
+        # (N, K, D): once per (sample, group)
+        c = self.t_embedder(t.reshape(-1)).view(N, K, -1) + y_emb[:, None]
         layout = groups if isinstance(groups, (SegmentLayout, MaskLayout)) else plan_groups(groups, K, separate)
         if isinstance(layout, SegmentLayout) and layout.seg_cond is None and K not in (1, len(layout.sizes)):
             raise ValueError(f"t has {K} columns but the layout has {len(layout.sizes)} groups")
-        return layout.to_groups(h), layout.arrange_cond(c), layout, None
+        return layout.to_groups(h), layout.arrange_cond(c), layout
 
     # ---- forward -------------------------------------------------------------------------------------------
-    def unpatchify(self, tokens: Tensor) -> Tensor:          # (N, T, p*p*C) -> (N, C, H, W)
-        N, p, g, C = tokens.shape[0], self.patch_size, self.grid, self.out_channels
+    def unpatchify(self, tokens: Tensor) -> Tensor:
+        """(N, T, p*p*C) raster-order tokens -> (N, C, H, W)."""
+        N = tokens.shape[0]
+        p = self.patch_size
+        g = self.grid
+        C = self.out_channels
         x = tokens.reshape(N, g, g, p, p, C)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(N, C, g * p, g * p)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor, groups=None, separate: bool = False,
-                align_layer: int | None = None, reference: bool = False):
-        h, c, layout, ref = self._embed(x, t, y, groups, separate, reference)
-        feats = None
+    def forward(self, x: Tensor, t: Tensor, y: Tensor, groups: Tensor | Layout | None = None,
+                separate: bool = False, align_layer: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """x (N, C, H, W), t (N,) or (N, K), y (N,) -> velocity (N, C, H, W), or (velocity, head(h_m)) with
+        align_layer = m: the one call that runs the student, so DDP sees the head's parameters used."""
+        h, c, layout = self._embed(x, t, y, groups, separate)                # (N, T, D), (N, S, D)
+        feats = None                                                         # (N, T, D_head) once block m ran
         recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks, start=1):
-            if recompute:                                    # keeps only the block's inputs for backward
-                h = torch.utils.checkpoint.checkpoint(block, h, c, layout, ref, use_reentrant=False)
+            if recompute:
+                # keeps only the block's inputs for backward
+                h = torch.utils.checkpoint.checkpoint(block, h, c, layout, use_reentrant=False)  # (N, T, D)
             else:
-                h = block(h, c, layout, ref)
+                h = block(h, c, layout)                                      # (N, T, D)
             if i == align_layer:
-                feats = self.head(h if layout is None else layout.to_raster(h))
-        out = self.final_layer(h, c, layout)                               # (N, T, p*p*C_out), layout order
+                feats = self.head(h if layout is None else layout.to_raster(h))   # (N, T, D_head), raster
+        out = self.final_layer(h, c, layout)                                 # (N, T, p*p*C_out), layout order
         if layout is not None:
-            out = layout.to_raster(out)
-        v = self.unpatchify(out)[:, : self.in_channels]                   # learn_sigma: keep the velocity part
+            out = layout.to_raster(out)                                      # (N, T, p*p*C_out), raster
+        # learn_sigma: keep the velocity part
+        v = self.unpatchify(out)[:, : self.in_channels]                      # (N, C, H, W)
         if align_layer is None:
             return v
         if feats is None:
@@ -301,34 +304,15 @@ class SiT(nn.Module):
             return self.projectors[0](h)
         return h
 
-    def forward_features(self, x: Tensor, t: Tensor, y: Tensor, layer: int, groups=None,
-                         separate: bool = False, reference: bool = False) -> Tensor:
+    def forward_features(self, x: Tensor, t: Tensor, y: Tensor, layer: int,
+                         groups: Tensor | Layout | None = None, separate: bool = False) -> Tensor:
         """(N, T, D) hidden state after block `layer` (1-based), raster order; later blocks are not run."""
         if not 1 <= layer <= self.depth:
             raise ValueError(f"layer must be in 1..{self.depth}, got {layer}")
-        h, c, layout, ref = self._embed(x, t, y, groups, separate, reference)
+        h, c, layout = self._embed(x, t, y, groups, separate)
         for block in self.blocks[:layer]:
-            h = block(h, c, layout, ref)
+            h = block(h, c, layout)
         return h if layout is None else layout.to_raster(h)
-
-
-def _reference_ids(groups, separate: bool):
-    """Raster-order (timestep column, attention group) of every token, for the naive reference path."""
-    if torch.is_tensor(groups):
-        return groups, (groups if separate else None)
-    if isinstance(groups, MaskLayout):
-        return groups.ids, (groups.ids if separate else None)
-    dev = groups.perm.device
-    seg = torch.tensor([k for k, n in enumerate(groups.sizes) for _ in range(n)], device=dev)
-    seg = seg.expand_as(groups.perm)                                   # (N, T) segment of each group-order slot
-    cond = seg if groups.seg_cond is None else groups.seg_cond.gather(1, seg)
-    attn = None
-    if separate and groups.separate:
-        attn = seg.clone()
-        if groups.full_rows is not None:
-            attn[groups.full_rows] = 0                                 # full rows: one attention group
-    to_raster = lambda ids: ids.gather(1, groups.inv_perm)
-    return to_raster(cond), (None if attn is None else to_raster(attn))
 
 
 # ------------------------------------------------------------------------------------------------------------

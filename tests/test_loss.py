@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from loss import TrainingLoss, alignment_distance, group_ratios, group_sizes, patch_tokens
+from loss import LossConfig, TrainingLoss, alignment_distance, check_teacher_mask, group_ratios, group_sizes, patch_tokens
 from models import SiT_models
 
 
@@ -32,10 +32,16 @@ def tiny_pair(seed=0):
     return Recorder(m), Recorder(copy.deepcopy(m).requires_grad_(False))
 
 
-def make_loss(**kw):
-    base = dict(num_tokens=16, grid=4, patch=2, num_classes=10, use_alignment_loss=True, block_out_s=2,
-                block_out_t=4)
-    return TrainingLoss(**{**base, **kw})
+def make_loss(ema=None, use_alignment_loss=True, teacher_mask=None, **kw):
+    """The loss on 4 x 4 tokens, aligned to the EMA teacher's block 4 from block 2 (or no alignment).
+    ema: the teacher's model (a placeholder for losses that are only built); teacher_mask: the release's
+    flag, checked against the value the loss derives."""
+    settings = dict(align_target="ema" if use_alignment_loss else "none", block_out_s=2, block_out_t=4)
+    cfg = LossConfig(**{**settings, **kw})
+    if teacher_mask is not None:
+        check_teacher_mask(cfg, 16, teacher_mask)
+    return TrainingLoss(cfg, num_tokens=16, grid=4, patch=2, num_classes=10,
+                        ema=torch.nn.Module() if ema is None else ema)
 
 
 def per_token(img, patch=2):                     # (N, 1, 8, 8) -> (N, 16) value of each patch (constant per patch)
@@ -52,11 +58,11 @@ def test_group_sizes_and_ratios():
 
 def test_groups_exact_random_subsets_and_timesteps():
     student, ema = tiny_pair()
-    fn = make_loss(mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True, teacher_mask=True)
+    fn = make_loss(ema=ema, mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True, teacher_mask=True)
     torch.manual_seed(1)
     counts = torch.zeros(16)
     for _ in range(50):
-        fn(student, torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)), ema=ema)
+        fn(student, torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))
         call = student.calls[-1]
         layout, t = call["groups"], call["t"]
         ids = torch.empty_like(layout.perm).scatter_(1, layout.perm, torch.tensor([0] * 4 + [1] * 12).expand(8, -1))
@@ -74,15 +80,15 @@ def test_groups_exact_random_subsets_and_timesteps():
 def test_single_timestep_sorted_and_full_rows():
     student, ema = tiny_pair()
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    make_loss(mask_ratio=[0.25], attention_separation=True, teacher_mask=True)(student, x, y, ema=ema)
+    make_loss(ema=ema, mask_ratio=[0.25], attention_separation=True, teacher_mask=True)(student, x, y)
     t = student.calls[-1]["t"]
     assert torch.equal(t[:, 0], t[:, 1])                               # AS as augmentation: one timestep (Table 2)
-    make_loss(mask_ratio=[0.25], dual_time_scheduling=True, sorted_timesteps=True, attention_separation=True,
-              teacher_mask=True)(student, x, y, ema=ema)
+    make_loss(ema=ema, mask_ratio=[0.25], dual_time_scheduling=True, sorted_timesteps=True, attention_separation=True,
+              teacher_mask=True)(student, x, y)
     t = student.calls[-1]["t"]
     assert (t[:, 0] >= t[:, 1]).all()                                  # Eq. 5: t_hi on the masked group
-    make_loss(mask_ratio=[0.5], dual_time_scheduling=True, attention_separation=True, teacher_mask=True,
-              full_sample_prob=0.25)(student, x, y, ema=ema)
+    make_loss(ema=ema, mask_ratio=[0.5], dual_time_scheduling=True, attention_separation=True, teacher_mask=True,
+              full_sample_prob=0.25)(student, x, y)
     call = student.calls[-1]
     t, layout = call["t"], call["groups"]
     assert layout.full_rows.tolist() == [0, 1]                          # exactly round(0.25 * 8) plain rows
@@ -112,9 +118,9 @@ def test_teacher_inputs_follow_the_table(strategy):
     torch.manual_seed(3)
     x0, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
     mask = strategy != "self_flow"
-    fn = make_loss(mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True, teacher_t=strategy,
+    fn = make_loss(ema=ema, mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True, teacher_t=strategy,
                    teacher_mask=mask, class_dropout_prob=0.5)
-    fn(student, x0, y, ema=ema)
+    fn(student, x0, y)
     sc, tc = student.calls[-1], ema.feature_calls[-1]
     layout, t = sc["groups"], sc["t"]
     ids = torch.empty_like(layout.perm).scatter_(1, layout.perm, torch.tensor([0] * 4 + [1] * 12).expand(6, -1))
@@ -141,8 +147,8 @@ def test_teacher_inputs_follow_the_table(strategy):
 
 def test_teacher_sees_dropped_labels_when_asked():
     student, ema = tiny_pair()
-    fn = make_loss(mask_ratio=[0.0], class_dropout_prob=1.0, teacher_labels="dropped")
-    fn(student, torch.randn(4, 1, 8, 8), torch.tensor([1, 2, 3, 4]), ema=ema)
+    fn = make_loss(ema=ema, mask_ratio=[0.0], class_dropout_prob=1.0, teacher_labels="dropped")
+    fn(student, torch.randn(4, 1, 8, 8), torch.tensor([1, 2, 3, 4]))
     assert (student.calls[-1]["y"] == 10).all() and (ema.feature_calls[-1]["y"] == 10).all()
     s, t = ema.feature_calls[-1]["t"], student.calls[-1]["t"]
     assert s.shape == (4,) and (s <= t).all()                          # plain SRA: one less-noisy timestep
@@ -188,9 +194,9 @@ def test_total_loss_and_gradients_reach_only_the_student():
     with torch.no_grad():
         for p in student.m.blocks.parameters():
             p.normal_(0, 0.05)
-    fn = make_loss(mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True, teacher_mask=True,
+    fn = make_loss(ema=ema, mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True, teacher_mask=True,
                    align_weight=0.5)
-    loss, logs = fn(student, torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)), ema=ema)
+    loss, logs = fn(student, torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))
     torch.testing.assert_close(loss.mean(), logs["loss_gen"] + 0.5 * logs["loss_align"])
     loss.mean().backward()
     assert student.m.ap_head.linear1.weight.grad.abs().sum() > 0
@@ -221,9 +227,9 @@ def test_training_step_reads_nothing_back_to_the_host(kw, monkeypatch):
     """No .item() / .tolist() / bool(tensor) / .cpu() in the loss, backward, clipping and EMA update: on a GPU
     each of these would stall the launch queue once per step."""
     student, ema = tiny_pair()
-    fn = make_loss(**kw)
+    fn = make_loss(ema=ema, **kw)
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    fn(student, x, y, ema=ema)                                   # warm caches (the group table moves once)
+    fn(student, x, y)                                   # warm caches (the group table moves once)
 
     def forbidden(name):
         def f(self, *a, **k):
@@ -231,7 +237,7 @@ def test_training_step_reads_nothing_back_to_the_host(kw, monkeypatch):
         return f
     for name in ("item", "tolist", "__bool__", "cpu", "numpy", "__int__", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, forbidden(name))
-    loss, logs = fn(student, x, y, ema=ema)
+    loss, logs = fn(student, x, y)
     loss.mean().backward()
     torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
     torch._foreach_lerp_(list(ema.parameters()), list(student.parameters()), 1e-4)
@@ -262,15 +268,15 @@ def test_schedule_weights_the_alignment_term_and_t_max():
                             ("const", dict(align_weight=0.2 * 0.1 ** (251 / 1000)), 0),
                             ("zero", dict(align_weight=0.0), 0)):
         torch.manual_seed(7)
-        out[name] = make_loss(loss_type="sml1", **kw)(student, x, y, ema=ema, epoch=epoch)[0]
+        out[name] = make_loss(ema=ema, loss_type="sml1", **kw)(student, x, y, epoch=epoch)[0]
     torch.testing.assert_close(out["sched"], out["const"])
     assert (out["sched"] - out["zero"]).abs().min() > 0                   # the alignment term is really there
     torch.manual_seed(8)
-    make_loss(t_max=0.0)(student, x, y, ema=ema)                          # the teacher's offset: s = t - t_max U
+    make_loss(ema=ema, t_max=0.0)(student, x, y)                          # the teacher's offset: s = t - t_max U
     assert torch.equal(ema.feature_calls[-1]["t"], student.calls[-1]["t"])
     torch.manual_seed(8)
-    make_loss(t_max=0.5)(student, x, y, ema=ema)
+    make_loss(ema=ema, t_max=0.5)(student, x, y)
     s, t = ema.feature_calls[-1]["t"], student.calls[-1]["t"]
     assert ((t - s) >= 0).all() and ((t - s) <= 0.5 + 1e-7).all() and (t - s).max() > 0.2
     with pytest.raises(ValueError, match="--t-max"):
-        make_loss(t_max=1.5)
+        make_loss(ema=ema, t_max=1.5)

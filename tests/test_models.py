@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import (SegmentLayout, SiT_models, dense_masked_attention, load_checkpoint, load_state_dict_strict,
-                    plan_groups, separated_attention)
+from models import (ReferenceSiT, SegmentLayout, SiT_models, dense_masked_attention, load_checkpoint,
+                    load_state_dict_strict, plan_groups, separated_attention)
 
 
 def tiny(seed=0, **kw):
@@ -55,7 +55,7 @@ def test_separated_equals_reference_and_groups_alone(sizes, single):
     ids = random_groups(N, T, sizes, single)
     with torch.no_grad():
         fast = m(x, t, y, groups=ids, separate=True)
-        ref = m(x, t, y, groups=ids, separate=True, reference=True)
+        ref = ReferenceSiT(m)(x, t, y, groups=ids, separate=True)
         torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
         out = tokens(m, fast)
         for n in range(N):
@@ -77,7 +77,7 @@ def test_unequal_sizes_between_samples_fall_back_to_mask():
     x, t, y = torch.randn(4, 4, 8, 8), torch.rand(4, 2), torch.randint(0, 10, (4,))
     with torch.no_grad():
         torch.testing.assert_close(m(x, t, y, groups=ids, separate=True),
-                                   m(x, t, y, groups=ids, separate=True, reference=True), atol=1e-5, rtol=1e-5)
+                                   ReferenceSiT(m)(x, t, y, groups=ids, separate=True), atol=1e-5, rtol=1e-5)
 
 
 def test_layout_from_perm_matches_ids_and_full_rows():
@@ -94,9 +94,9 @@ def test_layout_from_perm_matches_ids_and_full_rows():
     ref_ids[:2] = 0                                          # the same thing said with ids: rows 0-1 one group
     with torch.no_grad():
         torch.testing.assert_close(m(x, t, y, groups=layout, separate=True),
-                                   m(x, t, y, groups=ref_ids, separate=True, reference=True), atol=1e-5, rtol=1e-5)
+                                   ReferenceSiT(m)(x, t, y, groups=ref_ids, separate=True), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(m(x, t, y, groups=layout, separate=True),
-                                   m(x, t, y, groups=layout, separate=True, reference=True), atol=1e-5, rtol=1e-5)
+                                   ReferenceSiT(m)(x, t, y, groups=layout, separate=True), atol=1e-5, rtol=1e-5)
 
 
 def test_separated_attention_kernel_vs_dense():
@@ -129,7 +129,7 @@ def test_per_group_conditioning_equals_per_token():
     ids = random_groups(3, 16, (4, 12))
     x, t, y = torch.randn(3, 4, 8, 8), torch.rand(3, 2), torch.randint(0, 10, (3,))
     with torch.no_grad():
-        torch.testing.assert_close(m(x, t, y, groups=ids), m(x, t, y, groups=ids, reference=True),
+        torch.testing.assert_close(m(x, t, y, groups=ids), ReferenceSiT(m)(x, t, y, groups=ids),
                                    atol=1e-5, rtol=1e-5)
         # one timestep everywhere == the plain SiT call
         t1 = t[:, :1].expand(-1, 2)
@@ -297,7 +297,7 @@ def test_flops_xl2_plain_vs_dual_timestep_separated():
         perm = torch.arange(256)[None]
         layout = SegmentLayout.from_perm(perm, (64, 192), separate=True)
         dual = forward_gflops(lambda: m(x, torch.rand(1, 2), y, groups=layout, separate=True))
-        release = forward_gflops(lambda: m(x, torch.rand(1), y, reference=True))
+        release = forward_gflops(lambda: ReferenceSiT(m)(x, torch.rand(1), y))
     assert 230 < plain < 245, plain                           # 2 x 118.6 GMACs
     assert dual <= 1.02 * plain, (dual, plain)
     assert 340 < release < 360, release                       # per-token adaLN, as the public release

@@ -299,10 +299,10 @@ def test_grad_checkpointing_gives_the_plain_gradients_and_saves_less():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
     ema = deepcopy(model).requires_grad_(False)
-    loss_fn = loss_module.TrainingLoss(
-        num_tokens=model.num_tokens, grid=model.grid, patch=2, num_classes=10, use_alignment_loss=True,
-        block_out_s=2, block_out_t=4, mask_ratio=[0.25], dual_time_scheduling=True, attention_separation=True,
-        teacher_mask=True)
+    cfg = loss_module.LossConfig(align_target="ema", block_out_s=2, block_out_t=4, mask_ratio=[0.25],
+                                 dual_time_scheduling=True, attention_separation=True)
+    loss_fn = loss_module.TrainingLoss(cfg, num_tokens=model.num_tokens, grid=model.grid, patch=2, num_classes=10,
+                                       ema=ema)
     x, y = torch.randn(4, 4, 8, 8), torch.randint(0, 10, (4,))
 
     def step(recompute):
@@ -311,7 +311,7 @@ def test_grad_checkpointing_gives_the_plain_gradients_and_saves_less():
         torch.manual_seed(1)
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-            loss, _ = loss_fn(model, x, y, ema=ema)
+            loss, _ = loss_fn(model, x, y)
         loss.mean().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return loss.detach(), grads, saved

@@ -15,7 +15,7 @@ import torch
 
 import train
 from dataset import LatentShardDataset, build_dataset, sample_posterior
-from loss import Draw, REPATarget, TrainingLoss
+from loss import Draw, LossConfig, REPATarget, TrainingLoss
 from models import SiT_models
 from models.dinov2 import build_dinov2, dinov2_patch_tokens, preprocess_for_dinov2
 from preprocessing.crop import center_crop_adm, load_rgb
@@ -211,10 +211,10 @@ def test_repa_loss_with_precomputed_features_equals_the_encoder_on_the_same_imag
     moments, y, feats = LatentShardDataset(featurized, features=NAME).get_batch(idx)
     x0 = sample_posterior(moments, generator=torch.Generator().manual_seed(0))
     images = torch.from_numpy(_crops(image_folder, featurized, idx)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    kw = dict(num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size, num_classes=3,
-              use_alignment_loss=True, block_out_s=2, loss_type="cos-token", align_weight=0.5)
-    on_the_fly = TrainingLoss(target=REPATarget(encoder, to_images=lambda x: images), **kw)
-    precomputed = TrainingLoss(target=REPATarget(dim=DIM), **kw)
+    kw = dict(num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size, num_classes=3)
+    cfg = LossConfig(align_target="repa", block_out_s=2, loss_type="cos-token", align_weight=0.5)
+    on_the_fly = TrainingLoss(cfg, target=REPATarget(encoder, to_images=lambda x: images), **kw)
+    precomputed = TrainingLoss(cfg, target=REPATarget(dim=DIM), **kw)
     torch.manual_seed(1)
     a, logs_a = on_the_fly(model, x0, y)
     torch.manual_seed(1)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from loss import Draw, REPATarget, TrainingLoss, VAELatentTarget, patch_tokens
+from loss import Draw, LossConfig, REPATarget, TrainingLoss, VAELatentTarget, patch_tokens
 from models import SiT_models
 from models.dinov2 import build_dinov2
 
@@ -19,8 +19,9 @@ def spy_forward(model) -> dict:
 
 
 def loss_for(model, target, **kw):
-    return TrainingLoss(num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size, num_classes=10,
-                        use_alignment_loss=True, block_out_s=2, target=target, **kw)
+    align_target = "repa" if isinstance(target, REPATarget) else "sra2"
+    return TrainingLoss(LossConfig(align_target=align_target, block_out_s=2, **kw), num_tokens=model.num_tokens,
+                        grid=model.grid, patch=model.patch_size, num_classes=10, target=target)
 
 
 @pytest.mark.parametrize("name,res,tokens", [("dinov2_vitb14", 256, 256), ("dinov2_vits14", 512, 1024)])
