@@ -1,21 +1,24 @@
-"""The training step in isolation: N real steps (this loss, this model, random latents) -> one JSON line per run.
+"""The training step in isolation: N real steps (this loss, this model, random latents) -> one JSON line per
+run.
 
-    python bench.py --model SiT-B/2 --batch-size 2 --device cpu --count-flops           # FLOPs per image
-    python bench.py --model SiT-XL/2 --batch-size 32 --compare --compile                  # ours vs the release's costs
-    python bench.py --model SiT-XL/2 --batch-size 2 --device cpu --activation-memory      # activations kept
+    python bench.py --model SiT-B/2 --batch-size 2 --device cpu --count-flops        # FLOPs per image
+    python bench.py --model SiT-XL/2 --batch-size 32 --compare --compile              # ours vs the release
+    python bench.py --model SiT-XL/2 --batch-size 2 --device cpu --activation-memory  # activations kept
 
---reference-impl runs the public release's costs with the same math: conditioning and adaLN per token, dense
-attention with a materialised T x T mask, and the EMA teacher running every block. --compare runs ours, then the
-reference, in one process and prints both lines plus a line of ratios. The recipe is the release's unless flags say
-otherwise (`--method ours`): SRA + DTS + AS, mask ratio 0.25, teacher sra with the mask, student / teacher
-blocks 3 / 8 (B) or 8 / 20 (L, XL). `--method sit|sra|self-flow|repa|sra2|ours-mix` measures the other recipes;
-REPA's encoder (DINOv2-B, random weights) runs on images as if read from disk (no VAE decoding counted).
+--reference-impl runs the public release's costs with the same math (models/reference.py): conditioning and
+adaLN per token, dense attention with a materialised T x T mask, and the EMA teacher running every block.
+--compare runs ours, then the reference, in one process and prints both lines plus a line of ratios. The
+recipe is the release's unless flags say otherwise (`--method ours`): SRA + DTS + AS, mask ratio 0.25,
+teacher sra on the student's groups, student / teacher blocks 3 / 8 (B) or 8 / 20 (L, XL).
+`--method sit|sra|self-flow|repa|sra2|ours-mix` measures the other recipes; REPA's encoder (DINOv2-B, random
+weights) runs on images as if read from disk (no VAE decoding counted).
 """
 import argparse
 import dataclasses
 import json
 import platform
 import time
+from collections.abc import Callable
 from copy import deepcopy
 
 import torch
@@ -25,10 +28,11 @@ from loss import LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_
 from models import SIZES, ReferenceSiT, SiT_models, patch_size_of
 from presets import METHODS, resolve
 
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}       # dense, vendor datasheets
+# dense, vendor datasheets
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     B = argparse.BooleanOptionalAction
     p.add_argument("--model", default="SiT-B/2", choices=sorted(SiT_models))
@@ -37,7 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cuda, cpu, or meta (with --count-flops: FLOPs without computing anything)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on GPU, 2 on CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 on GPU, 1 on CPU)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps first (default 5 on GPU, 1 on CPU)")
     p.add_argument("--mixed-precision", choices=["bf16", "no"], default=None, help="default bf16 on GPU")
     p.add_argument("--compile", action=B, default=False)
     p.add_argument("--count-flops", action=B, default=False, help="FlopCounterMode over one step")
@@ -53,11 +58,12 @@ def parse_args(argv=None):
     p.add_argument("--activation-memory", action=B, default=False,
                    help="bytes the training forward keeps for backward, without and with "
                         "--grad-checkpointing (CPU: saved tensors counted once per storage, no parameters)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="for MFU (default: by device name, bf16 dense)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="for MFU (default: by device name, bf16 dense)")
     return p.parse_args(argv)
 
 
-def setup(args: argparse.Namespace, reference: bool = False):
+def setup(args: argparse.Namespace, reference: bool = False) -> tuple:
     """Model, EMA, loss and optimizer for `--method` at the preset's blocks for this model size.
 
     reference: the loss runs the student and the EMA teacher at the release's costs (models/reference.py)."""
@@ -97,7 +103,7 @@ def setup(args: argparse.Namespace, reference: bool = False):
 
 
 def make_step(args: argparse.Namespace, model: torch.nn.Module, ema: torch.nn.Module, loss_fn: TrainingLoss,
-              opt: torch.optim.Optimizer):
+              opt: torch.optim.Optimizer) -> Callable[[], None]:
     """One training step: loss (student and target), backward, clipping, AdamW, the EMA update."""
     dev = next(model.parameters()).device
     params = list(model.parameters())
@@ -106,7 +112,7 @@ def make_step(args: argparse.Namespace, model: torch.nn.Module, ema: torch.nn.Mo
     x = torch.randn(args.batch_size, 4, args.resolution // 8, args.resolution // 8, device=dev)
     y = torch.randint(0, 1000, (args.batch_size,), device=dev)
 
-    def step():
+    def step() -> None:
         with torch.autocast("cuda" if dev.type == "cuda" else "cpu", dtype=torch.bfloat16, enabled=bf16):
             loss, _ = loss_fn(model, x, y)
         loss.mean().backward()
@@ -117,7 +123,7 @@ def make_step(args: argparse.Namespace, model: torch.nn.Module, ema: torch.nn.Mo
     return step
 
 
-def device_name(dev) -> str:
+def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     if dev.type == "meta":
@@ -125,14 +131,15 @@ def device_name(dev) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def sync(dev):
+def sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize()
 
 
-def count_gflops_per_img(args, reference: bool) -> float:
+def count_gflops_per_img(args: argparse.Namespace, reference: bool) -> float:
     """FlopCounterMode over one step built on the meta device: the same code path, nothing computed, and every
-    attention kernel counted (CPU's fused SDPA kernel has no FLOP formula, so counting on CPU would miss it)."""
+    attention kernel counted (CPU's fused SDPA kernel has no FLOP formula, so counting on CPU would miss
+    it)."""
     meta = argparse.Namespace(**{**vars(args), "device": "meta", "compile": False})
     with torch.device("meta"):
         model, ema, loss_fn, opt, _ = setup(meta, reference)
@@ -142,7 +149,7 @@ def count_gflops_per_img(args, reference: bool) -> float:
     return round(fc.get_total_flops() / 1e9 / args.batch_size, 2)
 
 
-def bench_one(args, reference: bool) -> dict:
+def bench_one(args: argparse.Namespace, reference: bool) -> dict:
     torch.manual_seed(0)
     with torch.device(args.device if args.device == "meta" else "cpu"):
         model, ema, loss_fn, opt, (s, t) = setup(args, reference)
@@ -151,12 +158,14 @@ def bench_one(args, reference: bool) -> dict:
     out = dict(model=args.model, impl="reference" if reference else "ours", batch_size=args.batch_size,
                resolution=args.resolution, device=device_name(dev),
                torch=torch.__version__, mixed_precision=args.mixed_precision, compile=args.compile,
-               recipe=dict(method=args.method, groups=list(loss_fn.sizes), dts=loss_fn.cfg.dual_time_scheduling,
+               recipe=dict(method=args.method, groups=list(loss_fn.sizes),
+                           dts=loss_fn.cfg.dual_time_scheduling,
                            attention_separation=loss_fn.cfg.attention_separation, block_out_s=s,
                            block_out_t=t))
     if args.count_flops:
         out["gflops_per_img"] = count_gflops_per_img(args, reference)
-    if dev.type == "meta":                                              # FLOPs only: nothing to time
+    if dev.type == "meta":
+        # FLOPs only: nothing to time
         return out
     for _ in range(args.warmup):
         step()
@@ -177,7 +186,7 @@ def bench_one(args, reference: bool) -> dict:
     return out
 
 
-def activation_memory(args) -> dict:
+def activation_memory(args: argparse.Namespace) -> dict:
     """The bytes one training forward (student, EMA teacher, loss) keeps alive for backward, plain and with
     every student block recomputed in backward: each storage saved for backward once (autograd's saved-tensor
     hooks), parameters excluded, plus the block inputs that recomputation keeps. CPU (real storages), fp32 or
@@ -217,29 +226,33 @@ def activation_memory(args) -> dict:
 
 
 @torch.no_grad()
-def bench_sampler(args, reference: bool) -> dict:
-    """SDE sampling img/s (SiT sampler settings of the paper: CFG 1.8 on t <= 0.7), per-sample conditioning."""
+def bench_sampler(args: argparse.Namespace, reference: bool) -> dict:
+    """SDE sampling img/s (SiT sampler settings of the paper: CFG 1.8 on t <= 0.7), per-sample
+    conditioning."""
     from samplers import sample
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    model = SiT_models[args.model](input_size=args.resolution // 8, in_channels=4, num_classes=1000).to(dev).eval()
+    model = SiT_models[args.model](input_size=args.resolution // 8, in_channels=4, num_classes=1000)
+    model = model.to(dev).eval()
     net = ReferenceSiT(model) if reference else model
     z = torch.randn(args.batch_size, 4, args.resolution // 8, args.resolution // 8, device=dev)
     y = torch.randint(0, 1000, (args.batch_size,), device=dev)
     kw = dict(mode="sde", num_steps=args.num_steps, cfg_scale=1.8, guidance_high=0.7,
               bf16=args.mixed_precision == "bf16")
-    sample(net, z[:2], y[:2], **{**kw, "num_steps": 2})                 # warm-up
+    # warm-up
+    sample(net, z[:2], y[:2], **{**kw, "num_steps": 2})
     sync(dev)
     t0 = time.perf_counter()
     sample(net, z, y, **kw)
     sync(dev)
     dt = time.perf_counter() - t0
-    return dict(model=args.model, impl="reference" if reference else "ours", mode="sampler", batch_size=args.batch_size,
-                num_steps=args.num_steps, device=device_name(dev), torch=torch.__version__,
-                mixed_precision=args.mixed_precision, seconds=round(dt, 2), img_per_s=round(args.batch_size / dt, 3))
+    return dict(model=args.model, impl="reference" if reference else "ours", mode="sampler",
+                batch_size=args.batch_size, num_steps=args.num_steps, device=device_name(dev),
+                torch=torch.__version__, mixed_precision=args.mixed_precision, seconds=round(dt, 2),
+                img_per_s=round(args.batch_size / dt, 3))
 
 
-def check_args(args):
+def check_args(args: argparse.Namespace) -> None:
     """Flag values that would crash inside torch, refused in one line naming the flag."""
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--steps", args.steps, 1),
                              ("--warmup", args.warmup, 0), ("--num-steps", args.num_steps, 1)):
@@ -247,7 +260,8 @@ def check_args(args):
             raise SystemExit(f"{flag} must be >= {low}, got {value}")
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         raise SystemExit(f"--peak-tflops must be > 0, got {args.peak_tflops}")
-    step = 8 * patch_size_of(args.model)                        # VAE factor x patch: whole patches of latent
+    # VAE factor x patch: whole patches of latent
+    step = 8 * patch_size_of(args.model)
     if args.resolution < step or args.resolution % step:
         raise SystemExit(f"--resolution {args.resolution}: {args.model} needs a positive multiple of {step} "
                          f"(latent side resolution / 8 in whole patches of {patch_size_of(args.model)})")
@@ -270,7 +284,7 @@ def check_args(args):
             raise SystemExit(f"{flag} {block}{given} is outside {args.model}'s blocks 1..{depth}")
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     check_args(args)
     gpu = args.device.startswith("cuda")

@@ -409,8 +409,8 @@ def check_teacher_mask(cfg: LossConfig, num_tokens: int, given: bool) -> None:
     if cfg.teacher_t == "self_flow":
         raise ValueError("--teacher-t self_flow feeds the teacher the whole image at t_lo (Eq. 7); "
                          "--teacher-mask does not apply to it")
-    raise ValueError(f"--teacher-t {cfg.teacher_t} with token groups runs the teacher on the student's groups: "
-                     "add --teacher-mask (or use --teacher-t self_flow)")
+    raise ValueError(f"--teacher-t {cfg.teacher_t} with token groups runs the teacher on the student's "
+                     "groups: add --teacher-mask (or use --teacher-t self_flow)")
 
 
 class TrainingLoss:

@@ -1,7 +1,8 @@
 """Multi-head self-attention with Attention Separation (paper Eq. 8-9); models/reference.py has the dense
 masked attention it is tested against.
 
-Key names (`qkv`, `proj`, `q_norm`, `k_norm`) match timm's Attention, so public SiT / REPA / SRA checkpoints load.
+Key names (`qkv`, `proj`, `q_norm`, `k_norm`) match timm's Attention, so public SiT / REPA / SRA checkpoints
+load.
 """
 import torch
 import torch.nn as nn
@@ -28,7 +29,7 @@ def separated_attention(q: Tensor, k: Tensor, v: Tensor, layout: Layout | None) 
         # one fused, unmasked SDPA per contiguous group [start, start + n)
         out.append(F.scaled_dot_product_attention(*(u[:, :, start:start + n] for u in qkv)))
         start += n
-    sep = torch.cat(out, dim=2)                              # (N_sep, H, T, hd)
+    sep = torch.cat(out, dim=2)                                          # (N_sep, H, T, hd)
     if rows is None:
         return sep
     # full-image rows: plain full attention
@@ -41,7 +42,8 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False):
         super().__init__()
         assert dim % num_heads == 0, f"width {dim} is not divisible by {num_heads} heads"
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()

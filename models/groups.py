@@ -1,21 +1,22 @@
 """Token groups for dual-timestep scheduling (DTS) and Attention Separation (AS), paper Eq. 5-9.
 
-A sample's T tokens are split into groups; group k is noised at its own timestep t[:, k] (DTS) and, under AS,
-attends only to tokens of its own group (A_ij = 1[g_i = g_j], Eq. 8-9). Two layouts describe this to the model:
+A sample's T tokens are split into groups; group k is noised at its own timestep t[:, k] (DTS) and, under
+AS, attends only to tokens of its own group (A_ij = 1[g_i = g_j], Eq. 8-9). Two layouts describe this to the
+model:
 
-SegmentLayout (the fast path). Every separated sample has the same group sizes (the loss draws exact counts), so
-each sample's tokens are permuted once into group-contiguous order right after the patch embedding (positional
-embeddings travel with the tokens). Inside that order a group is a contiguous segment [a, b): conditioning is
-broadcast per segment (adaLN runs on (N, S) vectors, never per token) and attention is plain fused SDPA on each
-segment, with no mask. "Full" rows (full-image mixing, or samples whose tokens are all in one group) attend across
-all T tokens. The output is un-permuted once at the end.
+SegmentLayout (the fast path). Every separated sample has the same group sizes (the loss draws exact counts),
+so each sample's tokens are permuted once into group-contiguous order right after the patch embedding
+(positional embeddings travel with the tokens). Inside that order a group is a contiguous segment [a, b):
+conditioning is broadcast per segment (adaLN runs on (N, S) vectors, never per token) and attention is plain
+fused SDPA on each segment, with no mask. "Full" rows (full-image mixing, or samples whose tokens are all in
+one group) attend across all T tokens. The output is un-permuted once at the end.
 
 MaskLayout (the fallback). Group sizes differ between samples: tokens stay in raster order, the (N, K)
 modulation is gathered per token, and attention is SDPA with a boolean (N, 1, T, T) mask.
 
-`plan_groups(ids, K, separate)` turns an (N, T) int64 group-id tensor into one of these; it reads the group sizes
-back to the host (one sync). The training loss builds a SegmentLayout directly with `SegmentLayout.from_perm` and
-never syncs.
+`plan_groups(ids, K, separate)` turns an (N, T) int64 group-id tensor into one of these; it reads the group
+sizes back to the host (one sync). The training loss builds a SegmentLayout directly with
+`SegmentLayout.from_perm` and never syncs.
 """
 from dataclasses import dataclass
 
@@ -36,13 +37,20 @@ def _gather_tokens(x: Tensor, index: Tensor) -> Tensor:
 
 @dataclass
 class SegmentLayout:
-    perm: Tensor                 # (N, T) token order: perm[n, j] = raster index of the j-th token in group order
-    inv_perm: Tensor             # (N, T) inverse of perm
-    sizes: tuple                 # (S,) python ints: segment lengths, identical for every row
-    seg_cond: Tensor | None      # (N, S) which of the K timesteps each segment uses; None = segment s uses t[:, s]
-    separate: bool               # AS on: separated rows attend within their segments only
-    full_rows: Tensor | None     # (F,) rows attending across all tokens although separate=True (None: no such row)
-    sep_rows: Tensor | None      # (N - F,) the other rows (None when F == 0)
+    # (N, T) token order: perm[n, j] = the raster index of the j-th token in group order
+    perm: Tensor
+    # (N, T) the inverse of perm
+    inv_perm: Tensor
+    # (S,) python ints: the segment lengths, the same for every row
+    sizes: tuple
+    # (N, S) which of the K timesteps each segment uses; None: segment s uses t[:, s]
+    seg_cond: Tensor | None
+    # AS on: separated rows attend within their segments only
+    separate: bool
+    # (F,) rows attending across all tokens although separate=True (None: no such row)
+    full_rows: Tensor | None
+    # (N - F,) the other rows (None when F == 0)
+    sep_rows: Tensor | None
 
     @staticmethod
     def from_perm(perm: Tensor, sizes, separate: bool, num_full: int = 0) -> "SegmentLayout":
@@ -67,7 +75,8 @@ class SegmentLayout:
     def arrange_cond(self, c: Tensor) -> Tensor:       # (N, K, D) per-timestep -> (N, S, D) per segment
         return c if self.seg_cond is None else _gather_tokens(c, self.seg_cond)
 
-    def expand_mod(self, mod: Tensor) -> Tensor:       # segment mode: modulation stays per segment
+    def expand_mod(self, mod: Tensor) -> Tensor:
+        # segment mode: modulation stays per segment
         return mod
 
 
@@ -98,29 +107,36 @@ Layout = SegmentLayout | MaskLayout
 def plan_groups(ids: Tensor, num_groups: int, separate: bool) -> Layout:
     """Choose the layout for an (N, T) int64 group-id tensor (values in [0, num_groups)). One host sync."""
     if ids.ndim != 2 or ids.dtype != torch.long:
-        raise ValueError(f"groups must be an int64 tensor of shape (N, T), got {tuple(ids.shape)} {ids.dtype}")
+        raise ValueError(f"groups must be an int64 tensor of shape (N, T), "
+                         f"got {tuple(ids.shape)} {ids.dtype}")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_groups):
         raise ValueError(f"group ids must lie in [0, {num_groups}) (t has {num_groups} columns), "
                          f"got [{int(ids.min())}, {int(ids.max())}]")
     N, T = ids.shape
     counts = torch.zeros(N, num_groups, dtype=torch.long, device=ids.device)
     counts.scatter_add_(1, ids, torch.ones_like(ids))
-    counts_h = counts.tolist()                                        # the one host sync
+    # the one host sync
+    counts_h = counts.tolist()
     single = [sum(c > 0 for c in row) == 1 for row in counts_h]
     patterns = {tuple(row) for row, s in zip(counts_h, single) if not s}
-    if len(patterns) > 1:                                             # sizes differ between samples
+    if len(patterns) > 1:
+        # sizes differ between samples
         mask = (ids[:, None, :, None] == ids[:, None, None, :]) if separate else None
         return MaskLayout(ids, mask, separate)
-    if patterns:                                                      # one common split: segment per group
+    if patterns:
+        # one common split: segment per group
         pattern = patterns.pop()
         present = [k for k, n in enumerate(pattern) if n > 0]
         sizes = tuple(pattern[k] for k in present)
-    else:                                                             # every row is a single group
+    else:
+        # every row is a single group
         present, sizes = [0], (T,)
-    perm = torch.argsort(ids, dim=1, stable=True)                     # group-contiguous order
+    # group-contiguous order
+    perm = torch.argsort(ids, dim=1, stable=True)
     seg_cond = torch.tensor(present, device=ids.device).expand(N, -1).clone()
     single_t = torch.tensor(single, device=ids.device)
-    if single_t.any():                                                # full rows: one group everywhere
+    if single_t.any():
+        # full rows: one group everywhere
         perm[single_t] = torch.arange(T, device=ids.device)
         seg_cond[single_t] = ids[single_t, :1]
     full = sep = None

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .groups import MaskLayout, SegmentLayout
+from .groups import Layout, MaskLayout
 from .sit import FinalLayer, SiT, SiTBlock
 
 
@@ -31,7 +31,7 @@ def dense_masked_attention(q: Tensor, k: Tensor, v: Tensor, ids: Tensor | None =
     return scores.softmax(dim=-1) @ v
 
 
-def reference_ids(groups: Tensor | SegmentLayout | MaskLayout, separate: bool) -> tuple[Tensor, Tensor | None]:
+def reference_ids(groups: Tensor | Layout, separate: bool) -> tuple[Tensor, Tensor | None]:
     """Raster-order (N, T) timestep column and attention group of every token (None: full attention)."""
     if torch.is_tensor(groups):
         return groups, (groups if separate else None)

@@ -1,17 +1,20 @@
 """SiT (Scalable Interpolant Transformers) with per-group timesteps and Attention Separation.
 
 Time convention (METHOD.md section 1): t = 1 is pure noise, t = 0 is data; the network predicts v = eps - x0.
-State-dict keys and shapes match the public SiT / REPA / SRA checkpoints (tests/test_models.py checks the key tables).
+State-dict keys and shapes match the public SiT / REPA / SRA checkpoints (tests/test_models.py checks the key
+tables).
 
 Calls:
-    model(x, t, y)                                   t (N,): the plain SiT call -> velocity shaped like x
-    model(x, t, y, groups=g, separate=True)          t (N, K), g (N, T) int64 in [0, K) or a SegmentLayout:
-                                                     token i is conditioned on t[n, g[n, i]] (DTS, Eq. 5-6) and,
-                                                     if separate, attends within its group only (AS, Eq. 8-9)
-    model(..., align_layer=m)                        -> (velocity, head(h_m)): the student's alignment features
-    model.forward_features(x, t, y, layer=k, ...)    -> (N, T, D) hidden state after block k (1-based), raster order
-Label dropout is not done here: the loss drops labels (so the teacher can see either version) and passes the null
-class index `num_classes` explicitly.
+    model(x, t, y)                                t (N,): the plain SiT call -> velocity shaped like x
+    model(x, t, y, groups=g, separate=True)       t (N, K), g (N, T) int64 in [0, K) or a SegmentLayout: token
+                                                  i is conditioned on t[n, g[n, i]] (DTS, Eq. 5-6) and, if
+                                                  separate, attends within its group only (AS, Eq. 8-9)
+    model(..., align_layer=m)                     -> (velocity, head(h_m)): the student's alignment features
+    model.forward_features(x, t, y, layer=k, ...) -> (N, T, D) hidden state after block k (1-based), raster
+                                                  order
+Label dropout is not done here: the loss drops labels (so the teacher can see either version) and passes the
+null class index `num_classes` explicitly. models/reference.py runs the same math at the public release's
+costs, for tests and bench.py.
 """
 import math
 
@@ -22,7 +25,7 @@ import torch.utils.checkpoint
 from torch import Tensor
 
 from .attention import Attention
-from .groups import Layout, MaskLayout, SegmentLayout, plan_groups
+from .groups import Layout, SegmentLayout, plan_groups
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -36,7 +39,8 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
     w_k = 10000^(-k / (dim/4)) (the MAE table SiT uses)."""
     assert dim % 4 == 0, f"pos-embed width {dim} must be divisible by 4"
     omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))      # (dim/4,)
-    rows, cols = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
+    axis = np.arange(grid, dtype=np.float64)
+    rows, cols = np.meshgrid(axis, axis, indexing="ij")
 
     def half(pos):                                                                   # (grid*grid, dim/2)
         out = pos.reshape(-1)[:, None] * omega[None]
@@ -57,8 +61,8 @@ class PatchEmbed(nn.Module):
 class TimestepEmbedder(nn.Module):
     """t in [0, 1] (no x1000) -> 256-d [cos, sin] sinusoid (max period 10000) -> MLP(256 -> D -> D).
 
-    The sinusoid is computed in fp32 and cast to the MLP's dtype, so a model run in fp64 or fp16 without autocast
-    gets its own dtype back (under autocast the MLP casts as usual)."""
+    The sinusoid is computed in fp32 and cast to the MLP's dtype, so a model run in fp64 or fp16 without
+    autocast gets its own dtype back (under autocast the MLP casts as usual)."""
 
     def __init__(self, dim: int, freq_dim: int = 256):
         super().__init__()
@@ -77,8 +81,8 @@ class LabelEmbedder(nn.Module):
     """Class table with one extra row (index num_classes) for the null class of classifier-free guidance.
 
     The row exists whatever the label-dropout rate (the loss drops labels): a model trained with
-    --class-dropout-prob 0 still takes the null label at sampling time, and its file still says its class count
-    (rows - 1, as the public SiT / REPA / SRA files with their 1001 rows)."""
+    --class-dropout-prob 0 still takes the null label at sampling time, and its file still says its class
+    count (rows - 1, as the public SiT / REPA / SRA files with their 1001 rows)."""
 
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
@@ -116,7 +120,8 @@ class SiTBlock(nn.Module):
         self.attn = Attention(dim, num_heads, qk_norm=qk_norm)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential()                           # keys mlp.fc1 / mlp.fc2 as timm's Mlp
+        # keys mlp.fc1 / mlp.fc2, as timm's Mlp
+        self.mlp = nn.Sequential()
         self.mlp.add_module("fc1", nn.Linear(dim, hidden))
         self.mlp.add_module("act", nn.GELU(approximate="tanh"))
         self.mlp.add_module("fc2", nn.Linear(hidden, dim))
@@ -143,7 +148,8 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
-    def forward(self, x: Tensor, c: Tensor, layout=None) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, layout: Layout | None = None) -> Tensor:
+        """x (N, T, D), c (N, S, D) -> (N, T, p*p*C_out), in layout order."""
         mod = self.adaLN_modulation(c)
         if layout is not None:
             mod = layout.expand_mod(mod)
@@ -157,7 +163,9 @@ class SimpleHead(nn.Module):
 
     def __init__(self, dim: int, out_dim: int):
         super().__init__()
-        self.linear1, self.act, self.linear2 = nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, out_dim)
+        self.linear1 = nn.Linear(dim, 2 * dim)
+        self.act = nn.SiLU()
+        self.linear2 = nn.Linear(2 * dim, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear2(self.act(self.linear1(x)))
@@ -174,18 +182,26 @@ def repa_projector(dim: int, z_dim: int, hidden: int = 2048) -> nn.Sequential:
 # ------------------------------------------------------------------------------------------------------------
 
 class SiT(nn.Module):
-    def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
-                 mlp_ratio=4.0, num_classes=1000, learn_sigma=False, qk_norm=False,
-                 align_head=None, z_dim=None):
+    def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 4,
+                 hidden_size: int = 1152, depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0,
+                 num_classes: int = 1000,
+                 learn_sigma: bool = False, qk_norm: bool = False, align_head: str | None = None,
+                 z_dim: int | None = None):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch size {patch_size}")
         if align_head not in (None, "ap_head", "projector"):
-            raise ValueError(f"align_head must be None, 'ap_head' (SRA) or 'projector' (REPA), got {align_head!r}")
-        self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
+            raise ValueError(f"align_head must be None, 'ap_head' (SRA) or 'projector' (REPA), "
+                             f"got {align_head!r}")
+        self.input_size = input_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
-        self.learn_sigma, self.num_classes, self.num_heads = learn_sigma, num_classes, num_heads
-        self.hidden_size, self.depth = hidden_size, depth
+        self.learn_sigma = learn_sigma
+        self.num_classes = num_classes
+        self.num_heads = num_heads
+        self.hidden_size = hidden_size
+        self.depth = depth
         # recompute each block in backward (train.py flag)
         self.grad_checkpointing = False
         self.grid = input_size // patch_size
@@ -195,7 +211,8 @@ class SiT(nn.Module):
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, hidden_size), requires_grad=False)
-        self.blocks = nn.ModuleList([SiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth)])
+        self.blocks = nn.ModuleList([SiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm)
+                                     for _ in range(depth)])
         self.align_head = align_head
         if align_head == "ap_head":
             self.ap_head = SimpleHead(hidden_size, z_dim or hidden_size)
@@ -204,10 +221,10 @@ class SiT(nn.Module):
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
-    def initialize_weights(self):
+    def initialize_weights(self) -> None:
         """SiT's initialisation: xavier-uniform linears with zero bias, frozen sin-cos pos_embed, xavier patch
-        embedding on its flattened (D, C*p*p) view, N(0, 0.02) label table and t-MLP, adaLN-Zero blocks and a zero
-        final layer (the initial output is exactly 0)."""
+        embedding on its flattened (D, C*p*p) view, N(0, 0.02) label table and t-MLP, adaLN-Zero blocks and a
+        zero final layer (the initial output is exactly 0)."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -255,7 +272,7 @@ class SiT(nn.Module):
             return h, self.t_embedder(t[:, 0])[:, None] + y_emb[:, None], None       # c (N, 1, D)
         # (N, K, D): once per (sample, group)
         c = self.t_embedder(t.reshape(-1)).view(N, K, -1) + y_emb[:, None]
-        layout = groups if isinstance(groups, (SegmentLayout, MaskLayout)) else plan_groups(groups, K, separate)
+        layout = groups if isinstance(groups, Layout) else plan_groups(groups, K, separate)
         if isinstance(layout, SegmentLayout) and layout.seg_cond is None and K not in (1, len(layout.sizes)):
             raise ValueError(f"t has {K} columns but the layout has {len(layout.sizes)} groups")
         return layout.to_groups(h), layout.arrange_cond(c), layout

@@ -13,7 +13,9 @@ class Recorder(torch.nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.m, self.calls, self.feature_calls = model, [], []
+        self.m = model
+        self.calls = []
+        self.feature_calls = []
         self.hidden_size, self.depth = model.hidden_size, model.depth
 
     def forward(self, x, t, y, **kw):

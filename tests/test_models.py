@@ -40,7 +40,10 @@ def run_group_alone(m, x, t, y, ids, n, k):
 
 def tokens(m, v):
     """(N, C, H, W) -> (N, T, p*p*C) in the model's patch order."""
-    N, C, p, g = v.shape[0], v.shape[1], m.patch_size, m.grid
+    N = v.shape[0]
+    C = v.shape[1]
+    p = m.patch_size
+    g = m.grid
     return v.reshape(N, C, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(N, g * g, p * p * C)
 
 
@@ -50,8 +53,12 @@ CASES = [((4, 12), ()), ((8, 8), (1,)), ((3, 5, 8), ()), ((2, 6, 8), (0, 3))]
 @pytest.mark.parametrize("sizes,single", CASES)
 def test_separated_equals_reference_and_groups_alone(sizes, single):
     m = tiny()
-    N, T, K = 4, 16, len(sizes)
-    x, t, y = torch.randn(N, 4, 8, 8), torch.rand(N, K), torch.randint(0, 11, (N,))
+    N = 4
+    T = 16
+    K = len(sizes)
+    x = torch.randn(N, 4, 8, 8)
+    t = torch.rand(N, K)
+    y = torch.randint(0, 11, (N,))
     ids = random_groups(N, T, sizes, single)
     with torch.no_grad():
         fast = m(x, t, y, groups=ids, separate=True)
@@ -74,7 +81,9 @@ def test_unequal_sizes_between_samples_fall_back_to_mask():
     ids = torch.cat([random_groups(2, 16, (4, 12)), random_groups(2, 16, (10, 6), seed=1)])
     layout = plan_groups(ids, 2, separate=True)
     assert layout.mask is not None and layout.mask.shape == (4, 1, 16, 16)
-    x, t, y = torch.randn(4, 4, 8, 8), torch.rand(4, 2), torch.randint(0, 10, (4,))
+    x = torch.randn(4, 4, 8, 8)
+    t = torch.rand(4, 2)
+    y = torch.randint(0, 10, (4,))
     with torch.no_grad():
         torch.testing.assert_close(m(x, t, y, groups=ids, separate=True),
                                    ReferenceSiT(m)(x, t, y, groups=ids, separate=True), atol=1e-5, rtol=1e-5)
@@ -83,7 +92,9 @@ def test_unequal_sizes_between_samples_fall_back_to_mask():
 def test_layout_from_perm_matches_ids_and_full_rows():
     """The loss's sync-free layout (perm + sizes + leading full rows) == the generic path on the same ids."""
     m = tiny()
-    N, T, sizes = 5, 16, (4, 12)
+    N = 5
+    T = 16
+    sizes = (4, 12)
     perm = torch.rand(N, T).argsort(1)
     ids = torch.empty(N, T, dtype=torch.long).scatter_(1, perm, torch.repeat_interleave(torch.arange(2), torch.tensor(sizes)).expand(N, -1))
     x, y = torch.randn(N, 4, 8, 8), torch.randint(0, 10, (N,))
@@ -127,7 +138,9 @@ def test_gradient_across_groups(separate):
 def test_per_group_conditioning_equals_per_token():
     m = tiny()
     ids = random_groups(3, 16, (4, 12))
-    x, t, y = torch.randn(3, 4, 8, 8), torch.rand(3, 2), torch.randint(0, 10, (3,))
+    x = torch.randn(3, 4, 8, 8)
+    t = torch.rand(3, 2)
+    y = torch.randint(0, 10, (3,))
     with torch.no_grad():
         torch.testing.assert_close(m(x, t, y, groups=ids), ReferenceSiT(m)(x, t, y, groups=ids),
                                    atol=1e-5, rtol=1e-5)
@@ -139,7 +152,9 @@ def test_per_group_conditioning_equals_per_token():
 def test_forward_features_and_early_exit():
     m = tiny()
     ids = random_groups(2, 16, (4, 12))
-    x, t, y = torch.randn(2, 4, 8, 8), torch.rand(2, 2), torch.randint(0, 10, (2,))
+    x = torch.randn(2, 4, 8, 8)
+    t = torch.rand(2, 2)
+    y = torch.randint(0, 10, (2,))
     seen, ran = {}, []
     hooks = [b.register_forward_hook(lambda mod, i, o, k=k: seen.__setitem__(k, o)) for k, b in enumerate(m.blocks, 1)]
     with torch.no_grad():
@@ -222,7 +237,9 @@ def test_load_checkpoint_files_and_time_convention(tmp_path):
         load_checkpoint(str(raw))
     flipped, info = load_checkpoint(str(raw), time_convention="sit")
     assert info["model_name"] == "SiT-T/2" and info["learn_sigma"] and info["time_convention"] == "sit"
-    x, t, y = torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([1, 2])
+    x = torch.randn(2, 4, 8, 8)
+    t = torch.rand(2)
+    y = torch.tensor([1, 2])
     with torch.no_grad():
         torch.testing.assert_close(flipped(x, t, y), -m(x, 1 - t, y))        # v_ours(x, t) = -v_sit(x, 1 - t)
     ours = tmp_path / "ours.pt"
@@ -244,7 +261,9 @@ def test_null_class_row_without_label_dropout(tmp_path):
     from train import build_model, parse_args
 
     class Data:
-        latent_size, latent_channels, num_classes = 8, 4, 10
+        latent_size = 8
+        latent_channels = 4
+        num_classes = 10
     m = build_model(parse_args(["--model", "SiT-T/2", "--class-dropout-prob", "0"]), Data())
     assert m.y_embedder.embedding_table.weight.shape[0] == 11
     torch.save({"ema": m.state_dict(), "model": m.state_dict(), "steps": 1, "time_convention": "ours"},
@@ -259,7 +278,9 @@ def test_null_class_row_without_label_dropout(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_forward_in_the_model_dtype_without_autocast(dtype):
     m = tiny()
-    x, t, y = torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([1, 2])
+    x = torch.randn(2, 4, 8, 8)
+    t = torch.rand(2)
+    y = torch.tensor([1, 2])
     with torch.no_grad():
         ref = m(x, t, y).double()
         m = m.to(dtype)
