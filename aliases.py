@@ -57,6 +57,8 @@ import os
 import re
 import sys
 
+import loss
+
 REPA_ENCODERS = {f"dinov2-vit-{s}": f"dinov2_vit{s}14" for s in "sblg"}
 REPA_DEFAULTS = dict(block_out_s=8, align_weight=0.5, enc_type="dinov2_vitb14")
 # REPA's train.py without a preset: one token group and its step counts (train.py's own defaults are the SRA
@@ -239,16 +241,11 @@ def check_teacher_mask(args: argparse.Namespace, derived: bool) -> str:
     if said == derived:
         runs = "runs" if said else "does not run"
         return f"{flag}: agrees with the flags (the teacher {runs} on the groups)"
-    if said and args.align_target != "ema":
-        why = f"--align-target {args.align_target} has no EMA teacher"
-    elif said and args.teacher_t == "self_flow":
-        why = "--teacher-t self_flow feeds the teacher the whole image at t_lo (Eq. 7); it does not apply"
-    elif said:
-        why = f"it needs token groups: set --mask-ratio to a value in (0, 1) (got {args.mask_ratio})"
-    else:
-        why = (f"--teacher-t {args.teacher_t} with token groups runs the teacher on the student's groups "
-               f"(use --teacher-t self_flow for a teacher on the whole image)")
-    raise SystemExit(f"invalid flags: {flag}: {why}")
+    try:
+        loss.check_teacher_mask(said, args.align_target, args.teacher_t, args.mask_ratio)
+    except ValueError as e:
+        raise SystemExit(f"invalid flags: {e}") from None
+    return ""
 
 
 def saved_train_args(saved: dict) -> dict:

@@ -70,7 +70,8 @@ def setup(args: argparse.Namespace, reference: bool = False) -> tuple:
     dev = torch.device(args.device)
     scale = "xl2" if args.model.startswith(("SiT-XL", "SiT-L")) else "b2"
     preset = resolve(f"{args.method}-{scale}")
-    values = {f.name: preset[f.name] for f in dataclasses.fields(LossConfig)}
+    # the preset's loss settings; a LossConfig field it does not name keeps the field's default
+    values = {f.name: preset[f.name] for f in dataclasses.fields(LossConfig) if f.name in preset}
     values["block_out_s"] = args.block_out_s or preset["block_out_s"]
     values["block_out_t"] = args.block_out_t or preset["block_out_t"]
     if args.attention_separation is not None:

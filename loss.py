@@ -393,24 +393,31 @@ def _ask_for_groups(mask_ratio) -> str:
     return f"set --mask-ratio to a value in (0, 1) (got {got})"
 
 
-def derive_teacher_mask(cfg: LossConfig, num_groups: int) -> bool:
+def derive_teacher_mask(teacher_t: str, num_groups: int) -> bool:
     """Whether the EMA teacher runs on the student's token groups: derived, not a setting. The sra and same
-    teachers do whenever there are groups; self_flow sees the whole image at t_lo (Eq. 7)."""
-    return num_groups > 1 and cfg.teacher_t in ("sra", "same")
+    teachers do whenever there are groups (s_g per group, Sec. 5 table); self_flow sees the whole image at
+    t_lo (Eq. 7)."""
+    return num_groups > 1 and teacher_t in ("sra", "same")
 
 
-def check_teacher_mask(cfg: LossConfig, num_tokens: int, given: bool) -> None:
-    """The release's --teacher-mask against the derived value: a contradiction is refused, naming it."""
-    num_groups = len(group_sizes(group_ratios(cfg.mask_ratio), num_tokens))
-    if given and num_groups == 1:
-        raise ValueError(f"--teacher-mask need(s) token groups: {_ask_for_groups(cfg.mask_ratio)}")
-    if given == derive_teacher_mask(cfg, num_groups) or cfg.align_target != "ema":
+def check_teacher_mask(given: bool, align_target: str, teacher_t: str, mask_ratio) -> None:
+    """The release's --[no-]teacher-mask against the value the other settings derive: a contradiction is
+    refused in one line naming the flags."""
+    derived = align_target == "ema" and derive_teacher_mask(teacher_t, len(group_ratios(mask_ratio)))
+    if given == derived:
         return
-    if cfg.teacher_t == "self_flow":
-        raise ValueError("--teacher-t self_flow feeds the teacher the whole image at t_lo (Eq. 7); "
-                         "--teacher-mask does not apply to it")
-    raise ValueError(f"--teacher-t {cfg.teacher_t} with token groups runs the teacher on the student's "
-                     "groups: add --teacher-mask (or use --teacher-t self_flow)")
+    flag = "--teacher-mask" if given else "--no-teacher-mask"
+    if given and align_target != "ema":
+        why = f"--align-target {align_target} has no EMA teacher"
+    elif given and teacher_t == "self_flow":
+        why = ("--teacher-t self_flow feeds the teacher the whole image at t_lo (Eq. 7); --teacher-mask does "
+               "not apply to it")
+    elif given:
+        why = f"it needs token groups: {_ask_for_groups(mask_ratio)}"
+    else:
+        why = (f"--teacher-t {teacher_t} with token groups runs the teacher on the student's groups: add "
+               "--teacher-mask (or use --teacher-t self_flow for a teacher on the whole image)")
+    raise ValueError(f"{flag}: {why}")
 
 
 class TrainingLoss:
@@ -429,7 +436,7 @@ class TrainingLoss:
         self.grid = grid
         self.patch = patch
         self.num_classes = num_classes
-        self.teacher_mask = derive_teacher_mask(cfg, len(self.sizes))
+        self.teacher_mask = derive_teacher_mask(cfg.teacher_t, len(self.sizes))
         if cfg.align_target in ("none", "ema") and target is not None:
             raise ValueError(f"--align-target {cfg.align_target} takes no target object (that is for repa "
                              "/ sra2)")

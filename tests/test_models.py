@@ -8,7 +8,8 @@ from models import (ReferenceSiT, SegmentLayout, SiT_models, dense_masked_attent
 
 
 def tiny(seed=0, **kw):
-    """SiT-T/2 on 8x8x4 inputs (16 tokens) with every weight random (the SiT init zeroes adaLN and the output)."""
+    """SiT-T/2 on 8x8x4 inputs (16 tokens) with every weight random (the SiT init zeroes adaLN and the
+    output)."""
     torch.manual_seed(seed)
     kw = {"input_size": 8, "in_channels": 4, "num_classes": 10, **kw}
     m = SiT_models["SiT-T/2"](**kw).eval()
@@ -20,7 +21,8 @@ def tiny(seed=0, **kw):
 
 
 def random_groups(N, T, sizes, single_rows=(), seed=0):
-    """(N, T) ids: each row a random subset of exactly sizes[k] tokens per group; rows in single_rows one group."""
+    """(N, T) ids: each row a random subset of exactly sizes[k] tokens per group; rows in single_rows one
+    group."""
     g = torch.Generator().manual_seed(seed)
     base = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
     ids = torch.stack([base[torch.randperm(T, generator=g)] for _ in range(N)])
@@ -30,7 +32,8 @@ def random_groups(N, T, sizes, single_rows=(), seed=0):
 
 
 def run_group_alone(m, x, t, y, ids, n, k):
-    """Group k of sample n as its own sequence: its tokens (with their positional embeddings), its timestep."""
+    """Group k of sample n as its own sequence: its tokens (with their positional embeddings), its
+    timestep."""
     h = (m.x_embedder(x[n:n + 1]) + m.pos_embed)[:, ids[n] == k]                     # (1, T_k, D)
     c = (m.t_embedder(t[n:n + 1, k]) + m.y_embedder(y[n:n + 1]))[:, None]          # (1, 1, D)
     for block in m.blocks:
@@ -67,7 +70,8 @@ def test_separated_equals_reference_and_groups_alone(sizes, single):
         out = tokens(m, fast)
         for n in range(N):
             present = ids[n].unique().tolist()
-            if len(present) == 1:                    # a single-group sample attends fully, at its own timestep
+            if len(present) == 1:
+                # a single-group sample attends fully, at its own timestep
                 alone = m(x[n:n + 1], t[n:n + 1, present[0]], y[n:n + 1])
                 torch.testing.assert_close(fast[n:n + 1], alone, atol=1e-5, rtol=1e-5)
                 continue
@@ -96,18 +100,23 @@ def test_layout_from_perm_matches_ids_and_full_rows():
     T = 16
     sizes = (4, 12)
     perm = torch.rand(N, T).argsort(1)
-    ids = torch.empty(N, T, dtype=torch.long).scatter_(1, perm, torch.repeat_interleave(torch.arange(2), torch.tensor(sizes)).expand(N, -1))
+    rank_group = torch.repeat_interleave(torch.arange(2), torch.tensor(sizes)).expand(N, -1)
+    ids = torch.empty(N, T, dtype=torch.long).scatter_(1, perm, rank_group)
     x, y = torch.randn(N, 4, 8, 8), torch.randint(0, 10, (N,))
     t = torch.rand(N, 2)
-    t[:2, 1] = t[:2, 0]                                      # full rows carry one timestep
+    # full rows carry one timestep
+    t[:2, 1] = t[:2, 0]
     layout = SegmentLayout.from_perm(perm, sizes, separate=True, num_full=2)
     ref_ids = ids.clone()
-    ref_ids[:2] = 0                                          # the same thing said with ids: rows 0-1 one group
+    # the same thing said with ids: rows 0-1 one group
+    ref_ids[:2] = 0
     with torch.no_grad():
         torch.testing.assert_close(m(x, t, y, groups=layout, separate=True),
-                                   ReferenceSiT(m)(x, t, y, groups=ref_ids, separate=True), atol=1e-5, rtol=1e-5)
+                                   ReferenceSiT(m)(x, t, y, groups=ref_ids, separate=True),
+                                   atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(m(x, t, y, groups=layout, separate=True),
-                                   ReferenceSiT(m)(x, t, y, groups=layout, separate=True), atol=1e-5, rtol=1e-5)
+                                   ReferenceSiT(m)(x, t, y, groups=layout, separate=True),
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_separated_attention_kernel_vs_dense():
@@ -128,8 +137,10 @@ def test_gradient_across_groups(separate):
     ids = random_groups(1, 16, (4, 12))
     x = torch.randn(1, 4, 8, 8, requires_grad=True)
     out = tokens(m, m(x, torch.rand(1, 2), torch.tensor([3]), groups=ids, separate=separate))
-    out[0, ids[0] == 0].sum().backward()                     # outputs of group A ...
-    grad_tokens = tokens(m, x.grad)[0]                       # ... w.r.t. the inputs of group B
+    # outputs of group A ...
+    out[0, ids[0] == 0].sum().backward()
+    # ... w.r.t. the inputs of group B
+    grad_tokens = tokens(m, x.grad)[0]
     cross = grad_tokens[ids[0] == 1].abs().max()
     assert (cross == 0) if separate else (cross > 0)
     assert grad_tokens[ids[0] == 0].abs().max() > 0
@@ -156,20 +167,49 @@ def test_forward_features_and_early_exit():
     t = torch.rand(2, 2)
     y = torch.randint(0, 10, (2,))
     seen, ran = {}, []
-    hooks = [b.register_forward_hook(lambda mod, i, o, k=k: seen.__setitem__(k, o)) for k, b in enumerate(m.blocks, 1)]
+    hooks = [b.register_forward_hook(lambda mod, i, o, k=k: seen.__setitem__(k, o))
+             for k, b in enumerate(m.blocks, 1)]
     with torch.no_grad():
         layout = plan_groups(ids, 2, separate=True)
         m(x, t, y, groups=layout, separate=True)
         full = {k: layout.to_raster(v) for k, v in seen.items()}
-        hooks += [b.register_forward_pre_hook(lambda mod, i, k=k: ran.append(k)) for k, b in enumerate(m.blocks, 1)]
+        hooks += [b.register_forward_pre_hook(lambda mod, i, k=k: ran.append(k))
+                  for k, b in enumerate(m.blocks, 1)]
         h3 = m.forward_features(x, t, y, layer=3, groups=ids, separate=True)
-    assert ran == [1, 2, 3]                                  # blocks after 3 are not executed
+    # blocks after 3 are not executed
+    assert ran == [1, 2, 3]
     torch.testing.assert_close(h3, full[3])
     with torch.no_grad():
         v, z = m(x, t[:, 0], y, align_layer=2)
-        torch.testing.assert_close(z, m.forward_features(x, t[:, 0], y, layer=2))   # no head: raw features
+        # no head: raw features
+        torch.testing.assert_close(z, m.forward_features(x, t[:, 0], y, layer=2))
     with pytest.raises(ValueError, match="layer must be in 1..6"):
         m.forward_features(x, t, y, layer=7)
+
+
+def test_reference_features_run_every_block_and_equal_the_fast_path():
+    """ReferenceSiT (the release's costs): block k's output as SiT.forward_features gives it, with every block
+    run (the release's EMA teacher), and the same (velocity, head(h_m)) pair as the student call."""
+    m = tiny(align_head="ap_head")
+    ids = random_groups(2, 16, (4, 12))
+    x = torch.randn(2, 4, 8, 8)
+    t = torch.rand(2, 2)
+    y = torch.randint(0, 10, (2,))
+    ran = []
+    ref = ReferenceSiT(m)
+    with torch.no_grad():
+        fast = m.forward_features(x, t, y, layer=3, groups=ids, separate=True)
+        hooks = [b.adaLN_modulation.register_forward_hook(lambda mod, i, o, k=k: ran.append(k))
+                 for k, b in enumerate(m.blocks, 1)]
+        slow = ref.forward_features(x, t, y, layer=3, groups=ids, separate=True)
+        for h in hooks:
+            h.remove()
+        v, z = m(x, t, y, groups=ids, separate=True, align_layer=2)
+        v_ref, z_ref = ref(x, t, y, groups=ids, separate=True, align_layer=2)
+    assert ran == [1, 2, 3, 4, 5, 6]
+    torch.testing.assert_close(slow, fast, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v_ref, v, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z_ref, z, atol=1e-5, rtol=1e-5)
 
 
 def test_initialisation_as_sit():
@@ -181,26 +221,32 @@ def test_initialisation_as_sit():
     assert abs(m.y_embedder.embedding_table.weight.std().item() - 0.02) < 0.003
     assert m.blocks[0].attn.qkv.bias.abs().max() == 0
     out = m(torch.randn(2, 4, 16, 16), torch.rand(2), torch.tensor([1, 10]))
-    assert out.abs().max() == 0                               # adaLN-Zero: the initial output is exactly 0
-    pe = m.pos_embed[0]                                       # sin-cos: channel 0 = sin(col * 1) -> row-invariant
+    # adaLN-Zero: the initial output is exactly 0
+    assert out.abs().max() == 0
+    # sin-cos: channel 0 = sin(col * 1) -> row-invariant
+    pe = m.pos_embed[0]
     assert pe[1, 0] == pytest.approx(torch.sin(torch.tensor(1.0)).item(), abs=1e-6)
-    assert pe[4, 0] == pytest.approx(0.0, abs=1e-6) and pe[4, 192] == pytest.approx(torch.sin(torch.tensor(1.0)).item(), abs=1e-6)
+    assert pe[4, 0] == pytest.approx(0.0, abs=1e-6) and pe[4, 192] == pytest.approx(
+        torch.sin(torch.tensor(1.0)).item(), abs=1e-6)
 
 
 # ---- public checkpoint key tables (SiT and REPA train.py state dicts, the SRA release's ap_head) -----------
 
 def public_keys(depth, D, out, head=None, z=768):
     keys = {"pos_embed": (1, 256, D), "x_embedder.proj.weight": (D, 4, 2, 2), "x_embedder.proj.bias": (D,),
-            "t_embedder.mlp.0.weight": (D, 256), "t_embedder.mlp.0.bias": (D,), "t_embedder.mlp.2.weight": (D, D),
+            "t_embedder.mlp.0.weight": (D, 256), "t_embedder.mlp.0.bias": (D,),
+            "t_embedder.mlp.2.weight": (D, D),
             "t_embedder.mlp.2.bias": (D,), "y_embedder.embedding_table.weight": (1001, D),
             "final_layer.linear.weight": (out, D), "final_layer.linear.bias": (out,),
-            "final_layer.adaLN_modulation.1.weight": (2 * D, D), "final_layer.adaLN_modulation.1.bias": (2 * D,)}
+            "final_layer.adaLN_modulation.1.weight": (2 * D, D),
+            "final_layer.adaLN_modulation.1.bias": (2 * D,)}
     for i in range(depth):
         keys.update({f"blocks.{i}.attn.qkv.weight": (3 * D, D), f"blocks.{i}.attn.qkv.bias": (3 * D,),
                      f"blocks.{i}.attn.proj.weight": (D, D), f"blocks.{i}.attn.proj.bias": (D,),
                      f"blocks.{i}.mlp.fc1.weight": (4 * D, D), f"blocks.{i}.mlp.fc1.bias": (4 * D,),
                      f"blocks.{i}.mlp.fc2.weight": (D, 4 * D), f"blocks.{i}.mlp.fc2.bias": (D,),
-                     f"blocks.{i}.adaLN_modulation.1.weight": (6 * D, D), f"blocks.{i}.adaLN_modulation.1.bias": (6 * D,)})
+                     f"blocks.{i}.adaLN_modulation.1.weight": (6 * D, D),
+                     f"blocks.{i}.adaLN_modulation.1.bias": (6 * D,)})
     if head == "ap_head":
         keys.update({"ap_head.linear1.weight": (2 * D, D), "ap_head.linear1.bias": (2 * D,),
                      "ap_head.linear2.weight": (D, 2 * D), "ap_head.linear2.bias": (D,)})
@@ -212,9 +258,12 @@ def public_keys(depth, D, out, head=None, z=768):
 
 
 @pytest.mark.parametrize("name,kw,table,count", [
-    ("SiT-XL/2", dict(learn_sigma=True), public_keys(28, 1152, 32), 292),                          # public SiT
-    ("SiT-XL/2", dict(align_head="projector", z_dim=768), public_keys(28, 1152, 16, "projector"), 298),  # REPA
-    ("SiT-B/2", dict(align_head="ap_head"), public_keys(12, 768, 16, "ap_head"), 136),               # SRA
+    # public SiT
+    ("SiT-XL/2", dict(learn_sigma=True), public_keys(28, 1152, 32), 292),
+    # REPA
+    ("SiT-XL/2", dict(align_head="projector", z_dim=768), public_keys(28, 1152, 16, "projector"), 298),
+    # SRA
+    ("SiT-B/2", dict(align_head="ap_head"), public_keys(12, 768, 16, "ap_head"), 136),
 ])
 def test_public_state_dicts_load_strict(name, kw, table, count):
     assert len(table) == count
@@ -225,7 +274,8 @@ def test_public_state_dicts_load_strict(name, kw, table, count):
     load_state_dict_strict(m, sd)
     bad = dict(sd)
     bad["blocks.0.attn.qkv.weightx"] = bad.pop("blocks.0.attn.qkv.weight")
-    with pytest.raises(ValueError, match=r"missing keys \(1\): blocks.0.attn.qkv.weight(.|\n)*unexpected keys \(1\)"):
+    with pytest.raises(ValueError,
+                       match=r"missing keys \(1\): blocks.0.attn.qkv.weight(.|\n)*unexpected keys \(1\)"):
         load_state_dict_strict(m, bad)
 
 
@@ -241,7 +291,8 @@ def test_load_checkpoint_files_and_time_convention(tmp_path):
     t = torch.rand(2)
     y = torch.tensor([1, 2])
     with torch.no_grad():
-        torch.testing.assert_close(flipped(x, t, y), -m(x, 1 - t, y))        # v_ours(x, t) = -v_sit(x, 1 - t)
+        # v_ours(x, t) = -v_sit(x, 1 - t)
+        torch.testing.assert_close(flipped(x, t, y), -m(x, 1 - t, y))
     ours = tmp_path / "ours.pt"
     torch.save({"model": m.state_dict(), "ema": m.state_dict(), "steps": 7, "time_convention": "ours",
                 "args": {"model": "SiT-T/2"}}, ours)
@@ -256,7 +307,8 @@ def test_load_checkpoint_files_and_time_convention(tmp_path):
 
 
 def test_null_class_row_without_label_dropout(tmp_path):
-    """A model trained with --class-dropout-prob 0 still has the null row: CFG runs and the file reads 10 classes."""
+    """A model trained with --class-dropout-prob 0 still has the null row: CFG runs and the file reads 10
+    classes."""
     import samplers
     from train import build_model, parse_args
 
@@ -264,7 +316,8 @@ def test_null_class_row_without_label_dropout(tmp_path):
         latent_size = 8
         latent_channels = 4
         num_classes = 10
-    m = build_model(parse_args(["--model", "SiT-T/2", "--class-dropout-prob", "0"]), Data())
+    args = parse_args(["--model", "SiT-T/2", "--class-dropout-prob", "0", "--align-target", "none"])
+    m = build_model(args, Data())
     assert m.y_embedder.embedding_table.weight.shape[0] == 11
     torch.save({"ema": m.state_dict(), "model": m.state_dict(), "steps": 1, "time_convention": "ours"},
                tmp_path / "p0.pt")
@@ -285,9 +338,11 @@ def test_forward_in_the_model_dtype_without_autocast(dtype):
         ref = m(x, t, y).double()
         m = m.to(dtype)
         out = m(x.to(dtype), t.to(dtype), y)
-        feats = m.t_embedder(t)                                           # fp32 t into a fp64/fp16 model
+        # fp32 t into a fp64/fp16 model
+        feats = m.t_embedder(t)
     assert out.dtype == dtype and feats.dtype == dtype
-    tol = 1e-4 if dtype == torch.float64 else 0.1                       # ref is the fp32 forward
+    # ref is the fp32 forward
+    tol = 1e-4 if dtype == torch.float64 else 0.1
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=10 * tol)
 
 
@@ -319,6 +374,8 @@ def test_flops_xl2_plain_vs_dual_timestep_separated():
         layout = SegmentLayout.from_perm(perm, (64, 192), separate=True)
         dual = forward_gflops(lambda: m(x, torch.rand(1, 2), y, groups=layout, separate=True))
         release = forward_gflops(lambda: ReferenceSiT(m)(x, torch.rand(1), y))
-    assert 230 < plain < 245, plain                           # 2 x 118.6 GMACs
+    # 2 x 118.6 GMACs
+    assert 230 < plain < 245, plain
     assert dual <= 1.02 * plain, (dual, plain)
-    assert 340 < release < 360, release                       # per-token adaLN, as the public release
+    # per-token adaLN, as the public release
+    assert 340 < release < 360, release

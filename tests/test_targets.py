@@ -20,15 +20,17 @@ def spy_forward(model) -> dict:
 
 def loss_for(model, target, **kw):
     align_target = "repa" if isinstance(target, REPATarget) else "sra2"
-    return TrainingLoss(LossConfig(align_target=align_target, block_out_s=2, **kw), num_tokens=model.num_tokens,
-                        grid=model.grid, patch=model.patch_size, num_classes=10, target=target)
+    cfg = LossConfig(align_target=align_target, block_out_s=2, **kw)
+    return TrainingLoss(cfg, num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size,
+                        num_classes=10, target=target)
 
 
 @pytest.mark.parametrize("name,res,tokens", [("dinov2_vitb14", 256, 256), ("dinov2_vits14", 512, 1024)])
 def test_repa_target_shapes_and_token_counts(name, res, tokens):
     torch.manual_seed(0)
     enc = build_dinov2(name).eval().requires_grad_(False)
-    grid = res // 8 // 2                                              # SiT/2 tokens per side on res/8 latents
+    # SiT/2 tokens per side on res/8 latents
+    grid = res // 8 // 2
     images = torch.rand(1, 3, res, res) * 2 - 1
     target = REPATarget(enc, to_images=lambda x0: images)
     with torch.no_grad():
@@ -49,7 +51,8 @@ def test_repa_loss_by_hand_and_gradients_reach_only_student_and_projector():
     x0, y = torch.rand(2, 1, 8, 8) * 2 - 1, torch.tensor([1, 2])
     seen = spy_forward(model)
     loss, logs = fn(model, x0, y)
-    feats = seen["out"][1]                                            # projector(h_2), (N, 16, 384)
+    # projector(h_2), (N, 16, 384)
+    feats = seen["out"][1]
     from models.dinov2 import dinov2_patch_tokens, preprocess_for_dinov2
     with torch.no_grad():
         ref = dinov2_patch_tokens(enc, preprocess_for_dinov2(x0.expand(-1, 3, -1, -1), 56))
@@ -57,20 +60,26 @@ def test_repa_loss_by_hand_and_gradients_reach_only_student_and_projector():
     torch.testing.assert_close(logs["loss_align"], (1 - cos).mean(), rtol=1e-5, atol=1e-6)
     loss.mean().backward()
     assert all(p.grad is None for p in enc.parameters())
-    assert model.projectors[0][0].weight.grad.abs().sum() > 0 and model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
-    assert model.blocks[-1].attn.qkv.weight.grad.abs().sum() > 0     # the flow-matching loss reaches every block
+    assert (model.projectors[0][0].weight.grad.abs().sum() > 0
+            and model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0)
+    # the flow-matching loss reaches every block
+    assert model.blocks[-1].attn.qkv.weight.grad.abs().sum() > 0
 
 
 def test_sra2_target_patches_line_up_with_the_model_tokens():
     model = SiT_models["SiT-T/2"](input_size=8, in_channels=4, num_classes=10)
     x0 = torch.zeros(1, 4, 8, 8)
-    x0[0, :, 2:4, 6:8] = 1.0                                          # one bright patch: row 1, column 3
+    # one bright patch: row 1, column 3
+    x0[0, :, 2:4, 6:8] = 1.0
     z = VAELatentTarget()(Draw(x0=x0, patch=2))
     assert z.shape == (1, 16, 16) and VAELatentTarget().z_dim(2, 4) == 16
     bright = (z.abs().sum(-1) > 0).nonzero()[:, 1].tolist()
-    assert bright == [1 * 4 + 3]                                      # raster token index row * grid + col
-    torch.testing.assert_close(model.unpatchify(patch_tokens(x0, 2)), x0)   # the model's own token order
-    with torch.no_grad():                                             # and the patch embedding sees it there too
+    # raster token index row * grid + col
+    assert bright == [1 * 4 + 3]
+    # the model's own token order
+    torch.testing.assert_close(model.unpatchify(patch_tokens(x0, 2)), x0)
+    with torch.no_grad():
+        # and the patch embedding sees it there too
         emb = model.x_embedder(x0) - model.x_embedder(torch.zeros_like(x0))
     assert (emb.abs().sum(-1) > 0).nonzero()[:, 1].tolist() == bright
 
@@ -82,7 +91,8 @@ def test_sra2_loss_is_smooth_l1_to_the_clean_patches():
     x0 = torch.randn(2, 4, 8, 8)
     seen = spy_forward(model)
     loss, logs = fn(model, x0, torch.tensor([1, 2]))
-    diff = (seen["out"][1] - patch_tokens(x0, 2)).abs()              # head(h_2) vs the clean patches
+    # head(h_2) vs the clean patches
+    diff = (seen["out"][1] - patch_tokens(x0, 2)).abs()
     by_hand = torch.where(diff < 0.05, 0.5 * diff ** 2 / 0.05, diff - 0.025).mean()
     torch.testing.assert_close(logs["loss_align"], by_hand)
     torch.testing.assert_close(loss.mean(), logs["loss_gen"] + logs["loss_align"])
