@@ -5,14 +5,14 @@ sigma = sin(pi t / 2), `--path-type cosine`).
 The network predicts the velocity v(x_t, t, y) ~= E[alpha' x0 + sigma' eps | x_t] (eps - x0 on the linear
 path). Three integrators from t = 1 to t = 0:
 
-- Euler ODE    grid linspace(1, 0, S + 1); x <- x + (t_next - t_cur) v.                                NFE = S
+- Euler ODE    grid linspace(1, 0, S + 1); x <- x + (t_next - t_cur) v.                           NFE = S
 - Heun ODE     same grid; second evaluation at t_next, x <- x + dt (v + v') / 2, skipped on the last
-               step (t_next = 0).                                                                     NFE = 2S - 1
+               step (t_next = 0).                                                                NFE = 2S - 1
 - Euler-Maruyama SDE (the REPA / SRA release sampler)
                grid [linspace(1, 0.04, S), 0]; diffusion g^2 = 2t on both paths (as the releases); the
                path's score s from the velocity (below); drift d = v - g^2 s / 2;
                x <- x + d dt + sqrt(g^2) sqrt(|dt|) eps for the first S - 1 intervals, then one
-               deterministic (mean) step 0.04 -> 0 with the same drift.                               NFE = S
+               deterministic (mean) step 0.04 -> 0 with the same drift.                          NFE = S
 
 The score. E[x0 | x] = (x - sigma E[eps | x]) / alpha, so
 v = (alpha' / alpha) x + (sigma' - alpha' sigma / alpha) E[eps | x]; solving for E[eps | x] and using
@@ -45,15 +45,21 @@ of the definition of the noise stream: changing it changes the samples.
 """
 import contextlib
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 
-SDE_T_END = 0.04   # last grid point of the stochastic part (SiT's last_step_size, REPA/SRA's 0.04)
-NOISE_BLOCK = 16   # SDE steps drawn at once per image generator (part of the noise-stream definition)
+# Last grid point of the stochastic part (SiT's last_step_size, REPA/SRA's 0.04).
+SDE_T_END = 0.04
+# SDE steps drawn at once per image generator (part of the noise-stream definition).
+NOISE_BLOCK = 16
 PATH_TYPES = ("linear", "cosine")
+# What the samplers call: model(x (N, C, H, W), t (N,), y (N,)) -> v (N, C, H, W) or (N, 2C, H, W); an
+# nn.Module or any callable (a `num_classes` attribute names the null label for CFG).
+VelocityModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def path_coefficients(path_type, t):
+def path_coefficients(path_type: str, t: float) -> tuple[float, float, float, float]:
     """(alpha, sigma, d alpha / dt, d sigma / dt) of the path at a python float t (loss.py's interpolant)."""
     if path_type == "linear":
         return 1.0 - t, t, -1.0, 1.0
@@ -63,35 +69,37 @@ def path_coefficients(path_type, t):
     raise ValueError(f"path_type must be one of {PATH_TYPES}, got {path_type!r}")
 
 
-def score_from_velocity(v, x, t, path_type="linear"):
+def score_from_velocity(v: torch.Tensor, x: torch.Tensor, t: float,
+                        path_type: str = "linear") -> torch.Tensor:
     """grad log p_t(x) at a float t > 0 from the velocity v (see the module docstring)."""
     alpha, sigma, d_alpha, d_sigma = path_coefficients(path_type, t)
     return -(alpha * v - d_alpha * x) / (sigma * (alpha * d_sigma - d_alpha * sigma))
 
 
-def ode_time_grid(num_steps, dtype=torch.float64):
+def ode_time_grid(num_steps: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """linspace(1, 0, num_steps + 1): (num_steps + 1,)."""
     return torch.linspace(1.0, 0.0, num_steps + 1, dtype=dtype)
 
 
-def sde_time_grid(num_steps, dtype=torch.float64):
+def sde_time_grid(num_steps: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """[linspace(1, 0.04, num_steps), 0]: (num_steps + 1,). The last interval is the deterministic one."""
     return torch.cat([torch.linspace(1.0, SDE_T_END, num_steps, dtype=dtype), torch.zeros(1, dtype=dtype)])
 
 
-def num_function_evals(mode, num_steps, heun=False):
+def num_function_evals(mode: str, num_steps: int, heun: bool = False) -> int:
     """Network evaluations per sample, not counting the CFG doubling."""
     if mode == "ode" and heun:
         return 2 * num_steps - 1
     return num_steps
 
 
-def per_image_generators(seeds, device):
+def per_image_generators(seeds: Sequence[int], device: torch.device | str) -> list[torch.Generator]:
     """One torch.Generator per image, seeded with its own seed (e.g. global_seed + index)."""
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
-def per_image_randn(generators, shape, device, dtype=torch.float32):
+def per_image_randn(generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device | str,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Stack one draw of `shape` from each generator: (N, *shape). Used for the initial noise z."""
     return torch.stack([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in generators])
 
@@ -103,14 +111,17 @@ class TrajectoryNoise:
     block is shorter); without, each step draws from the global RNG (torch.randn, as the releases).
     """
 
-    def __init__(self, shape, num_draws, device, generators=None):
-        self.shape, self.device, self.generators = tuple(shape), device, generators  # shape (N, C, H, W)
+    def __init__(self, shape: Sequence[int], num_draws: int, device: torch.device | str,
+                 generators: Sequence[torch.Generator] | None = None):
+        self.shape = tuple(shape)                                                   # (N, C, H, W)
+        self.device = device
+        self.generators = generators
         self.remaining = num_draws
         self.buffer, self.pos = None, 0                                             # (N, B, C, H, W)
         if generators is not None and len(generators) != shape[0]:
             raise ValueError(f"got {len(generators)} generators for a batch of {shape[0]} images")
 
-    def next(self):
+    def next(self) -> torch.Tensor:
         if self.remaining <= 0:
             raise RuntimeError("TrajectoryNoise: more draws requested than the trajectory has steps")
         if self.generators is None:
@@ -130,11 +141,13 @@ def _null_class(model, null_class):
     if null_class is not None:
         return int(null_class)
     if not hasattr(model, "num_classes"):
-        raise ValueError("CFG needs the null label: pass null_class= or use a model with a num_classes attribute")
+        raise ValueError("CFG needs the null label: pass null_class= or use a model with a num_classes "
+                         "attribute")
     return int(model.num_classes)
 
 
-def model_velocity(model, x, t, y, bf16=False):
+def model_velocity(model: VelocityModel, x: torch.Tensor, t: float, y: torch.Tensor,
+                   bf16: bool = False) -> torch.Tensor:
     """Call the network once. x (N, C, H, W) any float dtype, t python float, y (N,) -> v (N, C, H, W) fp32.
 
     A learn_sigma network returns 2C channels; the velocity is the first C (as SiT's forward does).
@@ -151,7 +164,9 @@ def model_velocity(model, x, t, y, bf16=False):
     return out.float()
 
 
-def guided_velocity(model, x, t, y, cfg_scale=1.0, use_cfg=False, cfg_channels=None, null_class=None, bf16=False):
+def guided_velocity(model: VelocityModel, x: torch.Tensor, t: float, y: torch.Tensor, cfg_scale: float = 1.0,
+                    use_cfg: bool = False, cfg_channels: int | None = None, null_class: int | None = None,
+                    bf16: bool = False) -> torch.Tensor:
     """v with classifier-free guidance when use_cfg: v_u + w (v_c - v_u) on channels [:cfg_channels] (all
     channels when None); other channels keep the conditional value. Returns (N, C, H, W) fp32."""
     if not use_cfg:
@@ -175,7 +190,8 @@ def _check(z, y, num_steps, cfg_scale, guidance_low, guidance_high, cfg_channels
     if cfg_scale < 0:
         raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
     if not 0.0 <= guidance_low <= guidance_high <= 1.0:
-        raise ValueError(f"need 0 <= guidance_low <= guidance_high <= 1, got [{guidance_low}, {guidance_high}]")
+        raise ValueError(f"need 0 <= guidance_low <= guidance_high <= 1, "
+                         f"got [{guidance_low}, {guidance_high}]")
     if cfg_channels is not None and not 1 <= int(cfg_channels) <= z.shape[1]:
         raise ValueError(f"cfg_channels must be in 1..{z.shape[1]} (or None for all), got {cfg_channels}")
     if generators is not None and len(generators) != z.shape[0]:
@@ -183,9 +199,11 @@ def _check(z, y, num_steps, cfg_scale, guidance_low, guidance_high, cfg_channels
 
 
 @torch.no_grad()
-def sample(model, z, y, mode="sde", num_steps=50, heun=False, cfg_scale=1.0, guidance_low=0.0, guidance_high=1.0,
-           cfg_channels=None, null_class=None, generators=None, bf16=False, state_dtype=torch.float64,
-           path_type="linear"):
+def sample(model: VelocityModel, z: torch.Tensor, y: torch.Tensor, mode: str = "sde", num_steps: int = 50,
+           heun: bool = False, cfg_scale: float = 1.0, guidance_low: float = 0.0, guidance_high: float = 1.0,
+           cfg_channels: int | None = None, null_class: int | None = None,
+           generators: Sequence[torch.Generator] | None = None, bf16: bool = False,
+           state_dtype: torch.dtype = torch.float64, path_type: str = "linear") -> torch.Tensor:
     """Integrate from t = 1 (z, pure noise) to t = 0. z (N, C, H, W), y (N,) int64 -> x0 (N, C, H, W) fp32.
 
     mode 'ode' (Euler, or Heun with heun=True) or 'sde' (Euler-Maruyama, the release sampler).
@@ -193,7 +211,8 @@ def sample(model, z, y, mode="sde", num_steps=50, heun=False, cfg_scale=1.0, gui
     generators: None (global RNG) or one torch.Generator per image for the SDE noise (the ODE draws none).
     """
     _check(z, y, num_steps, cfg_scale, guidance_low, guidance_high, cfg_channels, generators)
-    path_coefficients(path_type, 0.5)                         # validates the name
+    # Validates the name.
+    path_coefficients(path_type, 0.5)
     if mode not in ("ode", "sde"):
         raise ValueError(f"mode must be 'ode' or 'sde', got {mode!r}")
     if heun and mode != "ode":
@@ -222,12 +241,15 @@ def sample(model, z, y, mode="sde", num_steps=50, heun=False, cfg_scale=1.0, gui
     noise = TrajectoryNoise(z.shape, num_steps - 1, z.device, generators)
     for i in range(num_steps):
         t_cur, t_next = t_steps[i], t_steps[i + 1]
-        dt = t_next - t_cur                                   # < 0
+        # dt < 0.
+        dt = t_next - t_cur
         v = velocity(x, t_cur, t_cur).to(state_dtype)
-        g2 = 2.0 * t_cur                                      # diffusion^2, REPA/SRA compute_diffusion
+        # diffusion^2, REPA/SRA compute_diffusion
+        g2 = 2.0 * t_cur
         score = score_from_velocity(v, x, t_cur, path_type)
         drift = v - 0.5 * g2 * score
         x = x + drift * dt
-        if i < num_steps - 1:                                 # the last interval is the mean step
+        # The last interval is the mean step.
+        if i < num_steps - 1:
             x = x + (g2 ** 0.5) * (abs(dt) ** 0.5) * noise.next().to(state_dtype)
     return x.float()
