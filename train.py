@@ -8,16 +8,19 @@ in loss.py. The defaults are the release's recipe (presets.RELEASE); a preset is
 """
 import argparse
 import dataclasses
+import logging
 import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from copy import deepcopy
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 import aliases
@@ -28,12 +31,15 @@ from fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
 from dataset import DataError, EpochOrder, build_dataset, train_batches
 from evaluations.fid_proxy import FidProxy, log_fid_proxy
 from loss import LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_head
-from models import (CheckpointError, SiT_models, init_from_checkpoint, load_state_dict_strict, patch_size_of,
-                    read_training_state)
+from models import (CheckpointError, SiT, SiT_models, init_from_checkpoint, load_state_dict_strict,
+                    patch_size_of, read_training_state)
 from models.dinov2 import DINOV2_DIMS
 from models.vae import LATENT_SCALE, decode_latents, load_vae_spec
 from preemption import RunControl, StopSignals, follow_launcher, parse_signals
 from presets import PRESETS, RELEASE, teacher_mask
+
+# The alignment target objects of --align-target repa / sra2 (loss.py); None is the EMA teacher.
+AlignTarget = REPATarget | VAELatentTarget
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -165,7 +171,7 @@ def repa_features_for(args: argparse.Namespace) -> str | None:
     return features_folder_name(args.enc_type, patch_size_of(args.model))
 
 
-def _out_of_range(flag: str, value, low, high, closed_high=True) -> str:
+def _out_of_range(flag: str, value: float, low: float, high: float, closed_high: bool = True) -> str:
     """The message for a value outside [low, high] (or [low, high)), or "" when inside (NaN: outside)."""
     inside = low <= value <= high if closed_high else low <= value < high
     return "" if inside else f"{flag} must lie in [{low}, {high}{']' if closed_high else ')'}, got {value}"
@@ -226,33 +232,38 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
 # Pieces of the loop
 # ------------------------------------------------------------------------------------------------------------
 
-def build_target(args, dataset, device):
+def build_target(args: argparse.Namespace, dataset: Dataset, device: torch.device) -> AlignTarget | None:
     """The alignment target (loss.py): None = the EMA teacher, built by the loss itself."""
     if args.align_target in ("none", "ema"):
         return None
     if args.align_target == "sra2":
         return VAELatentTarget()
-    if args.repa_features:                                              # targets come with the batches
+    # The targets come with the batches.
+    if args.repa_features:
         info = dataset.features_info
         tokens = (dataset.latent_size // patch_size_of(args.model)) ** 2
         if info["encoder"] != args.enc_type or info["tokens"] != tokens:
             raise SystemExit(f"--repa-features {args.repa_features}: written for {info['encoder']} with "
-                             f"{info['tokens']} tokens, this run has --enc-type {args.enc_type} and {args.model} "
-                             f"with {tokens} tokens")
+                             f"{info['tokens']} tokens, this run has --enc-type {args.enc_type} and "
+                             f"{args.model} with {tokens} tokens")
         return REPATarget(dim=DINOV2_DIMS[args.enc_type])
-    if dataset.is_latent:                          # never DINOv2 on VAE reconstructions: REPA sees the real images
-        raise SystemExit(f"REPA on latents ({args.data_dir}) reads DINOv2 targets precomputed from the real images: "
-                         f"run `python -m preprocessing repa-features {args.data_dir} --enc-type {args.enc_type} "
-                         f"--patch-size {patch_size_of(args.model)}` and pass --repa-features auto (the presets do)")
+    # Never DINOv2 on VAE reconstructions: REPA sees the real images.
+    if dataset.is_latent:
+        raise SystemExit(f"REPA on latents ({args.data_dir}) reads DINOv2 targets precomputed from the real "
+                         f"images: run `python -m preprocessing repa-features {args.data_dir} --enc-type "
+                         f"{args.enc_type} --patch-size {patch_size_of(args.model)}` and pass "
+                         f"--repa-features auto (the presets do)")
     from models.dinov2 import load_dinov2
     try:
         encoder = load_dinov2(args.enc_type, path=args.enc_weights).to(device)
     except (FileNotFoundError, RuntimeError) as e:
         raise SystemExit(f"--enc-weights: {e}") from None
-    return REPATarget(encoder, to_images=lambda x0: x0)                 # pixel data: x0 is the image
+    # Pixel data: x0 is the image.
+    return REPATarget(encoder, to_images=lambda x0: x0)
 
 
-def build_loss(args, model, dataset, target=None, ema=None) -> TrainingLoss:
+def build_loss(args: argparse.Namespace, model: SiT, dataset: Dataset, target: AlignTarget | None = None,
+               ema: torch.nn.Module | None = None) -> TrainingLoss:
     """The loss of the LossConfig that args spell (one flag per field), its EMA teacher bound to `ema`."""
     cfg = LossConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LossConfig)})
     try:
@@ -262,8 +273,9 @@ def build_loss(args, model, dataset, target=None, ema=None) -> TrainingLoss:
         raise SystemExit(f"invalid flags: {e}") from None
 
 
-def build_model(args, dataset, target=None):
-    """SiT with the alignment head the target asks for (target None: the EMA teacher's, at the model's width)."""
+def build_model(args: argparse.Namespace, dataset: Dataset, target: AlignTarget | None = None) -> SiT:
+    """SiT with the alignment head the target asks for (target None: the EMA teacher's, at the model's
+    width)."""
     head, z_dim = student_head(target, patch_size_of(args.model), dataset.latent_channels) \
         if args.align_target != "none" else (None, None)
     model = SiT_models[args.model](input_size=dataset.latent_size, in_channels=dataset.latent_channels,
@@ -276,8 +288,9 @@ def build_model(args, dataset, target=None):
 
 
 @torch.no_grad()
-def save_preview(accelerator: Accelerator, ema: torch.nn.Module, args: argparse.Namespace, dataset,
-                 run_dir: str, step: int, device: torch.device, logger, vae: torch.nn.Module | None = None):
+def save_preview(accelerator: Accelerator, ema: torch.nn.Module, args: argparse.Namespace, dataset: Dataset,
+                 run_dir: str, step: int, device: torch.device, logger: logging.Logger,
+                 vae: torch.nn.Module | None = None) -> None:
     """EMA samples from fixed per-image seeds and labels -> samples/NNNNNNN.png (decoded with `vae` for
     latents; none without it) and the trackers; the log line names the sampler."""
     if dataset.is_latent and vae is None:
@@ -296,8 +309,8 @@ def save_preview(accelerator: Accelerator, ema: torch.nn.Module, args: argparse.
 
 
 @torch.no_grad()
-def save_ground_truth(accelerator: Accelerator, dataset, run_dir: str, step: int, device: torch.device,
-                      vae: torch.nn.Module | None = None):
+def save_ground_truth(accelerator: Accelerator, dataset: Dataset, run_dir: str, step: int,
+                      device: torch.device, vae: torch.nn.Module | None = None) -> None:
     """Decoded training items (posterior means for latents) -> samples/ground_truth.png and the trackers: what
     the previews should look like (checks the latent scaling and the VAE). Latents need `vae`."""
     if dataset.is_latent and vae is None:
@@ -314,7 +327,8 @@ def save_ground_truth(accelerator: Accelerator, dataset, run_dir: str, step: int
     tracking.log_image(accelerator, "samples/ground_truth", grid, step, caption="decoded training data")
 
 
-def load_vae_for(args: argparse.Namespace, device: torch.device, logger) -> torch.nn.Module | None:
+def load_vae_for(args: argparse.Namespace, device: torch.device,
+                 logger: logging.Logger) -> torch.nn.Module | None:
     """The SD-VAE (--vae: ema | mse from the HF cache, or a folder) that decodes latent previews and fid_proxy
     samples; None, said in the log, when its weights are not on disk (those are then skipped)."""
     try:
@@ -328,17 +342,19 @@ def load_vae_for(args: argparse.Namespace, device: torch.device, logger) -> torc
 # Main
 # ------------------------------------------------------------------------------------------------------------
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     notes = []
     args = parse_args(argv, notes)
-    if args.print_config:                                               # no data, no weights, no run folder
+    # No data, no weights, no run folder.
+    if args.print_config:
         aliases.print_config(args, notes, drop=("print_config",))
         return None
     try:
         signals = StopSignals(parse_signals(args.stop_signals))
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    follow_launcher()                                                   # the launcher's death stops this rank
+    # The launcher's death stops this rank.
+    follow_launcher()
     try:
         return train(args, signals, notes)
     # a damaged dataset file, named (dataset.py), met while training
@@ -348,10 +364,11 @@ def main(argv=None):
         signals.restore()
 
 
-def train(args, signals: StopSignals, notes=()):
+def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] = ()) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),      # CPU: gloo when launched with torchrun
+    # CPU: gloo when launched with torchrun.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
                               mixed_precision=args.mixed_precision,
                               log_with=None if args.report_to == "none" else args.report_to,
@@ -378,17 +395,22 @@ def train(args, signals: StopSignals, notes=()):
         raise SystemExit(f"--data-dir{' / --repa-features' if args.repa_features else ''}: {e}") from None
     aliases.check_train_data(args, dataset)
     notes = list(notes) + aliases.apply_epochs(args, len(dataset), world)
-    for note in notes:                                                  # the release's / REPA's flags met
+    # The release's / REPA's flags met.
+    for note in notes:
         logger.info(note)
-    target = build_target(args, dataset, device)                        # None: the EMA teacher
-    set_seed(args.seed)                                                 # same initial weights on every rank
+    # None: the EMA teacher.
+    target = build_target(args, dataset, device)
+    # The same initial weights on every rank.
+    set_seed(args.seed)
     model = build_model(args, dataset, target).to(device)
-    model.grad_checkpointing = args.grad_checkpointing                 # the EMA teacher runs under no_grad
-    ema = deepcopy(model).requires_grad_(False).eval()                  # teacher: starts as an exact copy (Sec. 3)
+    # The EMA teacher runs under no_grad.
+    model.grad_checkpointing = args.grad_checkpointing
+    # The teacher starts as an exact copy (Sec. 3).
+    ema = deepcopy(model).requires_grad_(False).eval()
     loss_fn = build_loss(args, model, dataset, target, ema)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                            weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
-                            fused=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.learning_rate,
+                            betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
+                            eps=args.adam_epsilon, fused=device.type == "cuda")
     if args.compile:
         for block in model.blocks:
             block.compile()
@@ -400,7 +422,8 @@ def train(args, signals: StopSignals, notes=()):
     # ---- resume --------------------------------------------------------------------------------------------
     step = 0
     resume, ckpt = args.resume, None
-    if resume == "auto":                                                # the newest readable of all
+    # The newest readable of all.
+    if resume == "auto":
         resume, ckpt = runlog.newest_resumable(run_dir, read_resume, logger)
     if resume:
         # models/checkpoint.py: one-line errors
@@ -416,10 +439,11 @@ def train(args, signals: StopSignals, notes=()):
         changed = [k for k in ("model", "batch_size", "seed", "data_dir", "gradient_accumulation_steps")
                    if ckpt.get("args", {}).get(k) != getattr(args, k)]
         if changed:
-            logger.warning(f"--resume: {', '.join(changed)} differ from the checkpoint's run: the data order and "
-                           "random draws will not continue exactly")
+            logger.warning(f"--resume: {', '.join(changed)} differ from the checkpoint's run: the data order "
+                           "and random draws will not continue exactly")
         opt.load_state_dict(ckpt["opt"])
-        for group in opt.param_groups:                                  # this run's flags, not the file's
+        # This run's flags, not the file's.
+        for group in opt.param_groups:
             group.update(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                          weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
         changes = runlog.flag_changes(aliases.saved_train_args(ckpt.get("args", {})), vars(args))
@@ -441,15 +465,18 @@ def train(args, signals: StopSignals, notes=()):
                          f"({len(dataset)} items): one global batch must fit in the dataset")
     order = EpochOrder(len(dataset), local_batch, seed=args.seed, rank=rank, world_size=world)
     batches = train_batches(dataset, order, step * args.gradient_accumulation_steps, device, args.num_workers)
-    set_seed(args.seed + rank + 1)                                      # per-rank draws (t, eps, groups, dropout)
-    sums, counts = {}, {}                                               # log averages since the last log step
+    # Per-rank draws (t, eps, groups, dropout).
+    set_seed(args.seed + rank + 1)
+    # Log averages since the last log step.
+    sums = {}
+    counts = {}
     if ckpt is not None:
         if len(ckpt["rng"]) == world:
             runlog.set_rng_state(ckpt["rng"][rank])
             sums, counts = runlog.log_sums_from(ckpt, rank, device)
         else:
-            logger.warning(f"checkpoint has RNG states of {len(ckpt['rng'])} processes, this run has {world}: "
-                           "random draws are reseeded, the data order still continues exactly")
+            logger.warning(f"checkpoint has RNG states of {len(ckpt['rng'])} processes, this run has "
+                           f"{world}: random draws are reseeded, the data order still continues exactly")
         logger.info(f"resumed from {resume} at step {step}")
     # the checkpoint is memory-mapped: release the file's pages once everything is copied out
     del ckpt
@@ -459,10 +486,12 @@ def train(args, signals: StopSignals, notes=()):
         # a later, abandoned branch is kept aside
         runlog.set_aside(run_dir, step, logger)
         metrics = runlog.MetricsWriter(run_dir)
-    fid_proxy = FidProxy.from_args(args, device) if (args.fid_every or args.fid_ref) and accelerator.is_main_process \
-        else None
+    fid_proxy = None
+    if (args.fid_every or args.fid_ref) and accelerator.is_main_process:
+        fid_proxy = FidProxy.from_args(args, device)
     control = RunControl(signals, device, world, accelerator.is_main_process, args.checkpoint_minutes)
-    tracking.init_trackers(accelerator, args, run_dir)                  # wandb: the run folder's id, resumed
+    # wandb: the run folder's id, resumed.
+    tracking.init_trackers(accelerator, args, run_dir)
     # the ground-truth grid is the previews' yardstick: none without previews (--sample-steps 0 needs no VAE)
     # the SD-VAE decodes latent previews and fid_proxy samples on the main process (None: pixels, no weights)
     vae = None
@@ -470,11 +499,14 @@ def train(args, signals: StopSignals, notes=()):
         vae = load_vae_for(args, device, logger)
     if accelerator.is_main_process and args.sample_steps:
         save_ground_truth(accelerator, dataset, run_dir, step, device, vae)
-    logger.info(f"{args.model}: {sum(p.numel() for p in raw.parameters() if p.requires_grad) / 1e6:.2f}M params, "
-                f"{len(dataset)} items, global batch {args.batch_size}, {world} process(es), run folder {run_dir}")
+    trainable = sum(p.numel() for p in raw.parameters() if p.requires_grad)
+    logger.info(f"{args.model}: {trainable / 1e6:.2f}M params, {len(dataset)} items, global batch "
+                f"{args.batch_size}, {world} process(es), run folder {run_dir}")
 
     # ---- the loop ------------------------------------------------------------------------------------------
-    t_log, step_log, stopped = time.time(), step, False
+    t_log = time.time()
+    step_log = step
+    stopped = False
     bar = tqdm(total=args.max_train_steps, initial=step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="train")
     model.train()
@@ -491,36 +523,46 @@ def train(args, signals: StopSignals, notes=()):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             logs["loss"] = loss.detach()
-            for k, v in logs.items():                                   # device-side sums: no host sync here
+            # Device-side sums: no host sync here.
+            for k, v in logs.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
                 counts[k] = counts.get(k, 0) + 1
-        torch._foreach_lerp_(ema_params, params, 1 - args.ema_decay)   # EMA teacher, every optimizer step
+        # The EMA teacher, every optimizer step.
+        torch._foreach_lerp_(ema_params, params, 1 - args.ema_decay)
         step += 1
         bar.update(1)
 
         if step % args.log_every == 0 or step == args.max_train_steps:
             keys = sorted(sums)
-            vals = accelerator.reduce(torch.stack([sums[k] / counts[k] for k in keys]), reduction="mean").tolist()
+            means = torch.stack([sums[k] / counts[k] for k in keys])
+            vals = accelerator.reduce(means, reduction="mean").tolist()
             row = dict(zip(keys, vals))
             dt = time.time() - t_log
             row.update(step=step, steps_per_s=(step - step_log) / dt,
                        img_per_s=(step - step_log) * args.batch_size / dt, lr=opt.param_groups[0]["lr"])
             if device.type == "cuda":
                 row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-            sums, counts, t_log, step_log = {}, {}, time.time(), step
+            sums = {}
+            counts = {}
+            t_log = time.time()
+            step_log = step
             if not all(math.isfinite(row[k]) for k in keys):
-                raise SystemExit(f"non-finite loss at step {step}: {row}. Stopping; the last good checkpoint is "
-                                 f"kept: {runlog.last_good_checkpoint(run_dir)} (resume with --resume auto).")
+                raise SystemExit(f"non-finite loss at step {step}: {row}. Stopping; the last good checkpoint "
+                                 f"is kept: {runlog.last_good_checkpoint(run_dir)} (resume with --resume "
+                                 f"auto).")
             bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "loss_gen", "loss_align") if k in row}
                             | {"img/s": f"{row['img_per_s']:.0f}"})
             if accelerator.is_main_process:
                 metrics.write(row)
-                logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+                logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in row.items()))
             if args.report_to != "none":
                 accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
 
-        stop, rolling = control.poll()                                  # the same on every rank
-        by_epoch = args.checkpoint_epoch_steps and step % args.checkpoint_epoch_steps == 0   # --checkpoint-epochs
+        # The same on every rank.
+        stop, rolling = control.poll()
+        # --checkpoint-epochs
+        by_epoch = args.checkpoint_epoch_steps and step % args.checkpoint_epoch_steps == 0
         numbered = step % args.checkpoint_steps == 0 or by_epoch or step == args.max_train_steps
         if numbered or stop or rolling:
             path = save_checkpoint(run_dir, args, raw, ema, opt, accelerator, order, step, sums, counts,
@@ -560,11 +602,14 @@ def read_resume(path: str) -> dict:
         raise SystemExit(f"--resume: {e}") from None
 
 
-def save_checkpoint(run_dir, args, raw, ema, opt, accelerator, order, step, sums, counts, rolling) -> str:
+def save_checkpoint(run_dir: str, args: argparse.Namespace, raw: torch.nn.Module, ema: torch.nn.Module,
+                    opt: torch.optim.Optimizer, accelerator: Accelerator, order: EpochOrder, step: int,
+                    sums: dict[str, torch.Tensor], counts: dict[str, int], rolling: bool) -> str:
     """Every rank: refuse a non-finite state (checked on the device, here only), gather the per-rank RNG and
     log sums; rank 0 writes checkpoints/NNNNNNN.pt, or the rolling latest.pt. -> the path."""
     finite = runlog.all_finite([*raw.parameters(), *ema.parameters(), *runlog.optimizer_tensors(opt)])
-    if not finite.item():                                               # identical weights on every rank
+    # Identical weights on every rank.
+    if not finite.item():
         raise SystemExit(f"non-finite values in the model, EMA or optimizer state at step {step}: no "
                          f"checkpoint written. Stopping; the last good checkpoint is kept: "
                          f"{runlog.last_good_checkpoint(run_dir)} (resume with --resume auto).")
@@ -584,8 +629,8 @@ def save_checkpoint(run_dir, args, raw, ema, opt, accelerator, order, step, sums
     return path or os.path.join(run_dir, "checkpoints", f"{step:07d}.pt")
 
 
-def evaluate_digits(ema: torch.nn.Module, args: argparse.Namespace, dataset, run_dir: str, step: int,
-                    device: torch.device, logger, signals: StopSignals):
+def evaluate_digits(ema: torch.nn.Module, args: argparse.Namespace, dataset: Dataset, run_dir: str, step: int,
+                    device: torch.device, logger: logging.Logger, signals: StopSignals) -> None:
     """The embedded metric on class-balanced EMA samples (evaluations/digits_metric.py) -> eval_digits.json.
     A stop signal ends it between sample batches, without a result (the checkpoint is already written)."""
     from evaluations.digits_metric import digits_metric
