@@ -1,19 +1,22 @@
 """Precomputed REPA targets: the frozen DINOv2's patch tokens of every sample of a latent-shard dataset.
 
-    python -m preprocessing repa-features DATA_DIR [--enc-type dinov2_vitb14] [--enc-weights PATH] [--patch-size 2]
-        [--batch-size 64] [--precision fp32|bf16] [--workers N] [--images-root DIR] [--device cuda|cpu]
-    torchrun --nproc_per_node 8 -m preprocessing repa-features DATA_DIR ...   # rank k: shards k, k + world, ...
+    python -m preprocessing repa-features DATA_DIR [--enc-type dinov2_vitb14] [--enc-weights PATH]
+        [--patch-size 2] [--batch-size 64] [--precision fp32|bf16] [--workers N] [--images-root DIR]
+        [--device cuda|cpu]
+    # rank k: shards k, k + world, ...
+    torchrun --nproc_per_node 8 -m preprocessing repa-features DATA_DIR ...
 
-DATA_DIR is a dataset written by `python -m preprocessing` (format in preprocessing/__init__.py). Sample i of the
-moments shards is line i of sources.txt ("path<TAB>flip"); its image is re-read from the images root (default:
-dataset.json's source_dir, the SRC_DIR the latents came from; --images-root replaces it), cropped with the same ADM
-centre crop at the dataset's resolution, mirrored when flip is 1, and fed to DINOv2 exactly as loss.REPATarget
-does: preprocess_for_dinov2(images, dinov2_resolution(tokens_side)), tokens_side = resolution / 8 / patch_size.
-The features (x_norm_patchtokens, float16) go to DATA_DIR/repa-<enc_type>-p<patch>/features-KKKKK.npy, one file
-per moments shard with the same counts. Resumable: a shard is written under a temporary name and renamed when
-complete (fileio.atomic_path), its features-KKKKK.json (settings fingerprint) first; finished shards are skipped.
-Deterministic for a fixed device and batch size (batches never cross a shard), so a resumed run writes the same
-bytes. features.json is written last, by rank 0, once every shard is there.
+DATA_DIR is a dataset written by `python -m preprocessing` (format in preprocessing/__init__.py). Sample i of
+the moments shards is line i of sources.txt ("path<TAB>flip"); its image is re-read from the images root
+(default: dataset.json's source_dir, the SRC_DIR the latents came from; --images-root replaces it), cropped
+with the same ADM centre crop at the dataset's resolution, mirrored when flip is 1, and fed to DINOv2 exactly
+as loss.REPATarget does: preprocess_for_dinov2(images, dinov2_resolution(tokens_side)), tokens_side =
+resolution / 8 / patch_size. The features (x_norm_patchtokens, float16) go to
+DATA_DIR/repa-<enc_type>-p<patch>/features-KKKKK.npy, one file per moments shard with the same counts.
+Resumable: a shard is written under a temporary name and renamed when complete (fileio.atomic_path), its
+features-KKKKK.json (settings fingerprint) first; finished shards are skipped. Deterministic for a fixed
+device and batch size (batches never cross a shard), so a resumed run writes the same bytes. features.json is
+written last, by rank 0, once every shard is there.
 """
 import argparse
 import json
@@ -49,38 +52,45 @@ def feature_files(folder: str, k: int):
 
 
 def read_dataset(data_dir: str):
-    """dataset.json, sources [(path, flipped)], shard offsets (num_shards + 1,) of a finished shard dataset."""
+    """dataset.json, sources [(path, flipped)], shard offsets (num_shards + 1,) of a finished shard
+    dataset."""
     path = os.path.join(data_dir, "dataset.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: run `python -m preprocessing SRC_DIR {data_dir} ...` first "
-                                f"(repa-features reads a finished latent-shard dataset)")
+        raise FileNotFoundError(f"{path} not found: run `python -m preprocessing SRC_DIR {data_dir} ...` "
+                                f"first (repa-features reads a finished latent-shard dataset)")
     info = read_json(path)
     if info.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a {FORMAT_NAME!r} dataset (format={info.get('format')!r})")
     if info.get("vae") == "imported" and info.get("sources_are") != "images":
         raise ValueError(f"{data_dir} was imported from a REPA/SRA latent folder without its images/: its "
-                         f"sources.txt names latent files, not images, so there is nothing to run DINOv2 on. Import "
-                         f"the folder with its images/ next to vae-sd/, or encode the image folder with "
-                         f"`python -m preprocessing SRC_DIR OUT_DIR`")
+                         f"sources.txt names latent files, not images, so there is nothing to run DINOv2 on. "
+                         f"Import the folder with its images/ next to vae-sd/, or encode the image folder "
+                         f"with `python -m preprocessing SRC_DIR OUT_DIR`")
     with open(os.path.join(data_dir, info["sources"])) as f:
         sources = []
         for n, line in enumerate(f.read().splitlines()):
             rel, _, flag = line.rpartition("\t")
             if not rel or flag not in ("0", "1"):
-                raise ValueError(f"{data_dir}/sources.txt line {n + 1}: expected 'path<TAB>0|1', got {line!r}")
+                raise ValueError(f"{data_dir}/sources.txt line {n + 1}: expected 'path<TAB>0|1', "
+                                 f"got {line!r}")
             sources.append((rel, flag == "1"))
     counts = [int(s["count"]) for s in info["shards"]]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     if len(sources) != offsets[-1]:
-        raise ValueError(f"{data_dir}: sources.txt has {len(sources)} lines, the shards hold {offsets[-1]} samples")
+        raise ValueError(f"{data_dir}: sources.txt has {len(sources)} lines, the shards hold "
+                         f"{offsets[-1]} samples")
     return info, sources, offsets
 
 
 class _Crops(torch.utils.data.Dataset):
-    """Group g of consecutive samples reading the same file -> (first sample, uint8 (m, res, res, 3) crops)."""
+    """Group g of consecutive samples reading the same file -> (first sample, uint8 (m, res, res, 3)
+    crops)."""
 
     def __init__(self, root, sources, groups, resolution):
-        self.root, self.sources, self.groups, self.resolution = root, sources, groups, resolution
+        self.root = root
+        self.sources = sources
+        self.groups = groups
+        self.resolution = resolution
 
     def __len__(self):
         return len(self.groups)
@@ -90,10 +100,12 @@ class _Crops(torch.utils.data.Dataset):
         rel = self.sources[first][0]
         img, reason = load_rgb(os.path.join(self.root, rel), min_size=1)
         if img is None:
-            raise RuntimeError(f"{os.path.join(self.root, rel)} (sample {first}) cannot be read any more ({reason}): "
-                               f"the images changed since the latents were encoded, or --images-root is wrong")
+            raise RuntimeError(f"{os.path.join(self.root, rel)} (sample {first}) cannot be read any more "
+                               f"({reason}): the images changed since the latents were encoded, or "
+                               f"--images-root is wrong")
         crop = center_crop_adm(img, self.resolution)
-        out = [np.ascontiguousarray(crop[:, ::-1]) if self.sources[i][1] else crop for i in range(first, first + m)]
+        out = [np.ascontiguousarray(crop[:, ::-1]) if self.sources[i][1] else crop
+               for i in range(first, first + m)]
         return first, np.stack(out)
 
 
@@ -113,22 +125,25 @@ def _groups(sources, lo, hi):
 
 
 @torch.no_grad()
-def encode_features(encoder, crops_uint8: torch.Tensor, tokens_side: int, precision: str = "fp32") -> torch.Tensor:
-    """uint8 (N, H, W, 3) crops -> float32 (N, tokens_side^2, D) x_norm_patchtokens on the encoder's device."""
+def encode_features(encoder, crops_uint8: torch.Tensor, tokens_side: int,
+                    precision: str = "fp32") -> torch.Tensor:
+    """uint8 (N, H, W, 3) crops -> float32 (N, tokens_side^2, D) x_norm_patchtokens on the encoder's
+    device."""
     device = next(encoder.parameters()).device
     x = crops_uint8.to(device).permute(0, 3, 1, 2)                        # (N, 3, H, W) uint8
-    x = preprocess_for_dinov2(x, dinov2_resolution(tokens_side))          # fp32, ImageNet-normalised, resized
+    # fp32, ImageNet-normalised, resized
+    x = preprocess_for_dinov2(x, dinov2_resolution(tokens_side))
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         tokens = dinov2_patch_tokens(encoder, x)
     return tokens.float()
 
 
 def repa_features(data_dir, enc_type="dinov2_vitb14", enc_weights=None, patch_size=2, batch_size=64,
-                  precision="fp32", workers=4, images_root=None, device=None, encoder=None, rank=0, world_size=1,
-                  progress=True):
-    """Write DATA_DIR/repa-<enc_type>-p<patch>/. `encoder` may be passed directly (tests); otherwise it is loaded
-    with models.dinov2.load_dinov2 from `enc_weights` (a local file; $DINOV2_WEIGHTS / the torch hub cache).
-    Returns features.json's content when this call finished the folder (rank 0), else None."""
+                  precision="fp32", workers=4, images_root=None, device=None, encoder=None, rank=0,
+                  world_size=1, progress=True):
+    """Write DATA_DIR/repa-<enc_type>-p<patch>/. `encoder` may be passed directly (tests); otherwise it is
+    loaded with models.dinov2.load_dinov2 from `enc_weights` (a local file; $DINOV2_WEIGHTS / the torch hub
+    cache). Returns features.json's content when this call finished the folder (rank 0), else None."""
     if enc_type not in DINOV2_DIMS:
         raise ValueError(f"--enc-type must be one of {sorted(DINOV2_DIMS)}, got {enc_type!r}")
     if precision not in FEATURE_PRECISIONS:
@@ -147,7 +162,8 @@ def repa_features(data_dir, enc_type="dinov2_vitb14", enc_weights=None, patch_si
     weights = "in-memory"
     if encoder is None:
         from models.dinov2 import resolve_dinov2_weights
-        weights = os.path.abspath(resolve_dinov2_weights(enc_type, enc_weights))   # clear error when absent
+        # A clear error when absent.
+        weights = os.path.abspath(resolve_dinov2_weights(enc_type, enc_weights))
     settings = {"encoder": enc_type, "patch": patch_size, "resolution": resolution, "precision": precision,
                 "tokens": tokens, "dim": dim, "dtype": "float16", "crop": info.get("crop")}
 
@@ -166,29 +182,33 @@ def repa_features(data_dir, enc_type="dinov2_vitb14", enc_weights=None, patch_si
     if todo:
         root = images_root if images_root is not None else info.get("source_dir")
         if not root or not os.path.isdir(root):
-            raise FileNotFoundError(f"images root {root!r} is not a folder: pass --images-root, the SRC_DIR the "
-                                    f"latents were encoded from (the sources.txt paths are relative to it)")
+            raise FileNotFoundError(f"images root {root!r} is not a folder: pass --images-root, the SRC_DIR "
+                                    f"the latents were encoded from (the sources.txt paths are relative to "
+                                    f"it)")
         if encoder is None:
             encoder = load_dinov2(enc_type, path=weights)
         encoder = encoder.to(device).eval().requires_grad_(False)
-        torch.backends.cuda.matmul.allow_tf32 = False                    # fp32 means fp32 (as in the encoder)
+        # fp32 means fp32 (as in the encoder).
+        torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         groups = [g for k in todo for g in _groups(sources, int(offsets[k]), int(offsets[k + 1]))]
         loader = torch.utils.data.DataLoader(
             _Crops(root, sources, groups, resolution), batch_size=8, shuffle=False, num_workers=workers,
             collate_fn=_collate, prefetch_factor=4 if workers > 0 else None)
-        stream = ((first + j, crop) for chunk in loader for first, crops in chunk for j, crop in enumerate(crops))
+        stream = ((first + j, crop)
+                  for chunk in loader for first, crops in chunk for j, crop in enumerate(crops))
         n_todo = sum(int(offsets[k + 1] - offsets[k]) for k in todo)
         bar = tqdm(total=n_todo, unit="img", desc=f"rank {rank}", position=rank, disable=not progress,
                    dynamic_ncols=True)
         t0 = time.time()
         for k in todo:
-            _write_shard(folder, k, int(offsets[k]), int(offsets[k + 1]), stream, encoder, side, dim, batch_size,
-                         precision, shard_fingerprint(k), bar)
+            _write_shard(folder, k, int(offsets[k]), int(offsets[k + 1]), stream, encoder, side, dim,
+                         batch_size, precision, shard_fingerprint(k), bar)
         bar.close()
         if progress:
             dt = max(time.time() - t0, 1e-9)
-            print(f"[repa-features] rank {rank}: {n_todo} samples in {dt:.1f}s ({n_todo / dt:.1f} img/s)", flush=True)
+            print(f"[repa-features] rank {rank}: {n_todo} samples in {dt:.1f}s ({n_todo / dt:.1f} img/s)",
+                  flush=True)
         del stream, loader
 
     if world_size > 1 and torch.distributed.is_initialized():
@@ -196,16 +216,18 @@ def repa_features(data_dir, enc_type="dinov2_vitb14", enc_weights=None, patch_si
     if rank != 0:
         return None
     missing = [k for k in range(num_shards) if not os.path.isfile(feature_files(folder, k)["features"])]
-    if missing:                                                          # another rank (run separately) has work left
-        print(f"[repa-features] {len(missing)} shards still missing (e.g. {missing[:3]}): rerun the other ranks",
-              flush=True)
+    # Another rank (run separately) has work left.
+    if missing:
+        print(f"[repa-features] {len(missing)} shards still missing (e.g. {missing[:3]}): rerun the other "
+              f"ranks", flush=True)
         return None
     out = {"format": FEATURES_FORMAT, "version": FEATURES_VERSION, **settings, "tokens_side": side,
            "input_resolution": dinov2_resolution(side), "feature": "x_norm_patchtokens", "pos_interp": "repa",
            "weights": weights, "num_samples": int(offsets[-1]),
            "counts": [int(offsets[k + 1] - offsets[k]) for k in range(num_shards)],
            "files": [os.path.basename(feature_files(folder, k)["features"]) for k in range(num_shards)],
-           "layout": "features-KKKKK.npy (count_K, tokens, dim) float16: row i = sample i of shards/moments-KKKKK.npy",
+           "layout": "features-KKKKK.npy (count_K, tokens, dim) float16: row i = sample i of "
+                     "shards/moments-KKKKK.npy",
            "created_by": "python -m preprocessing repa-features"}
     for k, name in enumerate(out["files"]):
         shape = np.load(os.path.join(folder, name), mmap_mode="r").shape
@@ -234,10 +256,12 @@ def _write_shard(folder, k, lo, hi, stream, encoder, side, dim, batch_size, prec
     files = feature_files(folder, k)
     shape = (hi - lo, side * side, dim)
     atomic_write_json(files["meta"], {"fingerprint": fp, "shard": k, "count": hi - lo}, indent=None)
-    if hi == lo:                                                          # every image of the shard was skipped
+    # Every image of the shard was skipped.
+    if hi == lo:
         atomic_save_npy(files["features"], np.zeros(shape, np.float16))
         return
-    with atomic_path(files["features"]) as tmp:                           # renamed into place when complete
+    # Renamed into place when complete.
+    with atomic_path(files["features"]) as tmp:
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
         for a in range(lo, hi, batch_size):
             batch = []
@@ -255,17 +279,21 @@ def _write_shard(folder, k, lo, hi, stream, encoder, side, dim, batch_size, prec
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m preprocessing repa-features", description=__doc__.split("\n\n")[0],
-                                epilog="Resume: rerun the same command. Multi-GPU: torchrun --nproc_per_node N -m "
-                                       "preprocessing repa-features DATA_DIR ...; then train with --repa-features "
-                                       "repa-<enc_type>-p<patch>.")
-    p.add_argument("data_dir", help="a dataset written by `python -m preprocessing` (dataset.json, sources.txt)")
+    p = argparse.ArgumentParser(prog="python -m preprocessing repa-features",
+                                description=__doc__.split("\n\n")[0],
+                                epilog="Resume: rerun the same command. Multi-GPU: torchrun "
+                                       "--nproc_per_node N -m preprocessing repa-features DATA_DIR ...; then "
+                                       "train with --repa-features repa-<enc_type>-p<patch>.")
+    p.add_argument("data_dir",
+                   help="a dataset written by `python -m preprocessing` (dataset.json, sources.txt)")
     p.add_argument("--enc-type", choices=sorted(DINOV2_DIMS), default="dinov2_vitb14")
     p.add_argument("--enc-weights", default=None, help="local DINOv2 weights file (<enc_type>_pretrain.pth); "
                                                        "default $DINOV2_WEIGHTS, then the torch hub cache")
-    p.add_argument("--patch-size", type=int, default=2, help="SiT patch size: tokens per side = resolution/8/patch")
+    p.add_argument("--patch-size", type=int, default=2,
+                   help="SiT patch size: tokens per side = resolution/8/patch")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
-    p.add_argument("--precision", choices=FEATURE_PRECISIONS, default="fp32", help="encoder arithmetic: fp32 (TF32 off, default) or bf16 autocast")
+    p.add_argument("--precision", choices=FEATURE_PRECISIONS, default="fp32",
+                   help="encoder arithmetic: fp32 (TF32 off, default) or bf16 autocast")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding processes per rank (default: CPU cores / ranks, at most 8)")
     p.add_argument("--images-root", default=None, help="folder the sources.txt paths are relative to "
