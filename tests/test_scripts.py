@@ -1,6 +1,6 @@
-"""scripts/: every dry run prints commands that the target programs' own argument parsers accept, with the settings
-the paper asks for; the tiny chain (train -> sample -> evaluate -> collect) runs end to end on the CPU;
-collect_results.py builds Tables 1-5 and Figures 4-5 from records.
+"""scripts/: every dry run prints commands that the target programs' own argument parsers accept, with the
+settings the paper asks for; the tiny chain (train -> sample -> evaluate -> collect) runs end to end on the
+CPU; collect_results.py builds Tables 1-5 and Figures 4-5 from records.
 
 The launchers are parsed with their own parsers too (torch.distributed.run, accelerate launch). Programs whose
 parser lives inside main() are parsed by letting main() build its parser and stopping right after parse_args.
@@ -19,14 +19,17 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
-SHELL_SCRIPTS = ["preprocess_imagenet.sh", "ablations_b2.sh", "train_system.sh", "sample_eval.sh", "eval_run.sh"]
+SHELL_SCRIPTS = ["preprocess_imagenet.sh", "ablations_b2.sh", "train_system.sh", "sample_eval.sh",
+                 "eval_run.sh"]
 ABLATIONS = ["dual-full-r0.25", "dual-as-r0.25", "single-full-r0.25", "single-as-r0.25", "dual-full-r0.35",
              "dual-as-r0.35", "dual-full-r0.5", "dual-as-r0.5", "dual-as-r0.5-rho0.25"]
-PLAIN_COMMANDS = {"mkdir", "cp"}                     # shell helpers the scripts may print besides Python programs
+# Shell helpers the scripts may print besides Python programs.
+PLAIN_COMMANDS = {"mkdir", "cp"}
 
 
 def load_collect_results():
-    spec = importlib.util.spec_from_file_location("collect_results", os.path.join(SCRIPTS, "collect_results.py"))
+    spec = importlib.util.spec_from_file_location("collect_results",
+                                                  os.path.join(SCRIPTS, "collect_results.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -39,8 +42,9 @@ collect_results = load_collect_results()
 
 def script_env(**env):
     """The caller's environment without the scripts' own variables, plus `env` (values as strings)."""
-    own = {"DRY_RUN", "TINY", "NNODES", "NODE_RANK", "GPUS_PER_NODE", "LAUNCHER", "SLURM_NNODES", "SLURM_NODEID",
-           "STEPS", "EVAL_STEPS", "PROTOCOL", "METRICS", "TRAIN", "EVAL", "RES", "TRAIN_ARGS", "SAMPLE_ARGS"}
+    own = {"DRY_RUN", "TINY", "NNODES", "NODE_RANK", "GPUS_PER_NODE", "LAUNCHER", "SLURM_NNODES",
+           "SLURM_NODEID", "STEPS", "EVAL_STEPS", "PROTOCOL", "METRICS", "TRAIN", "EVAL", "RES", "TRAIN_ARGS",
+           "SAMPLE_ARGS"}
     base = {k: v for k, v in os.environ.items() if k not in own}
     base.update({k: str(v) for k, v in env.items()})
     return base
@@ -104,7 +108,8 @@ def parse_program(program, args, monkeypatch):
     if program == "sample_ddp.py":
         import sample_ddp
         return sample_ddp.parse_args(args)
-    if program == "-m preprocessing":                   # routed by its first word as preprocessing/__main__.py does
+    # Routed by its first word, as preprocessing/__main__.py does.
+    if program == "-m preprocessing":
         if args[:1] == ["repa-features"]:
             from preprocessing import repa_features
             return repa_features.parse_args(args[1:])
@@ -124,7 +129,8 @@ def parse_program(program, args, monkeypatch):
 
 
 def parse_all(commands, monkeypatch):
-    """[(launcher, launcher options, program, namespace)] for every printed command; shell helpers pass through."""
+    """[(launcher, launcher options, program, namespace)] for every printed command; shell helpers pass
+    through."""
     out = []
     for argv in commands:
         launcher, opts, program, args = split_launcher(argv)
@@ -257,12 +263,15 @@ def test_sample_eval_and_eval_run_dry_run(monkeypatch):
                                NUM_SAMPLES=10000, INCEPTION="/g/pool.pb", SAMPLE_ARGS="--bf16",
                                EVAL_BACKEND="tf"), monkeypatch)
     (*_, s), = of(parsed, "sample_ddp.py")
-    assert (s.num_fid_samples, s.cfg_scale, s.guidance_high, s.bf16, s.npz_only) == (10_000, 1.8, 0.7, True, True)
+    assert ((s.num_fid_samples, s.cfg_scale, s.guidance_high, s.bf16, s.npz_only)
+            == (10_000, 1.8, 0.7, True, True))
     (*_, e), = of(parsed, "-m evaluations.evaluator")
     assert e.inception == "/g/pool.pb" and e.out == "results/x/0200000-n10000-sde250-cfg1.8-gh0.7/adm.json"
     assert e.backend == "tf"
-    parsed = parse_all(dry_run("eval_run.sh", "runs/y", STEPS="100000 400000", METRICS="adm digits"), monkeypatch)
-    assert [os.path.basename(ns.ckpt) for *_, ns in of(parsed, "sample_ddp.py")] == ["0100000.pt", "0400000.pt"]
+    parsed = parse_all(dry_run("eval_run.sh", "runs/y", STEPS="100000 400000", METRICS="adm digits"),
+                       monkeypatch)
+    ckpts = [os.path.basename(ns.ckpt) for *_, ns in of(parsed, "sample_ddp.py")]
+    assert ckpts == ["0100000.pt", "0400000.pt"]
     assert len(of(parsed, "-m evaluations.digits_metric")) == 2
 
 
@@ -282,14 +291,16 @@ def test_preprocessing_dry_run(monkeypatch):
 
 
 @pytest.mark.parametrize("name,args", [("preprocess_imagenet.sh", []), ("ablations_b2.sh", []),
-                                       ("train_system.sh", []), ("sample_eval.sh", ["runs/t/checkpoints/0000004.pt"]),
+                                       ("train_system.sh", []),
+                                       ("sample_eval.sh", ["runs/t/checkpoints/0000004.pt"]),
                                        ("eval_run.sh", ["runs/t"])])
 def test_tiny_dry_run(name, args, monkeypatch, tmp_path):
     """--tiny: plain python, one process; training is the preset's method at SiT-T/2 scale on the digits."""
     parsed = parse_all(dry_run(name, "--tiny", *args, TINY_ROOT=tmp_path, STEPS="4"), monkeypatch)
     assert all(p[0] == "python" for p in parsed)
     for *_, ns in of(parsed, "train.py"):
-        assert (ns.model, ns.data_dir, ns.max_train_steps, ns.mixed_precision) == ("SiT-T/2", "digits", 4, "no")
+        assert ((ns.model, ns.data_dir, ns.max_train_steps, ns.mixed_precision)
+                == ("SiT-T/2", "digits", 4, "no"))
     for *_, ns in of(parsed, "sample_ddp.py"):
         assert ns.num_fid_samples == 20 and ns.num_steps == 10
 
@@ -320,8 +331,8 @@ def test_missing_inputs_fail_before_launching(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_chain(tmp_path_factory):
     """Two B/2 ablation settings and the XL/2 'ours' system run at tiny scale: train 4 steps (checkpoints at 2
-    and 4), sample 20 images per checkpoint, evaluate (digits metric; ADM evaluator with the stand-in graph for the
-    system run), then collect. Prints the tables and the wall time."""
+    and 4), sample 20 images per checkpoint, evaluate (digits metric; ADM evaluator with the stand-in graph
+    for the system run), then collect. Prints the tables and the wall time."""
     root = tmp_path_factory.mktemp("tiny")
     t0 = time.time()
     for script, args, metrics in (("ablations_b2.sh", ["dual-full-r0.25", "dual-as-r0.25"], "digits"),
@@ -340,7 +351,8 @@ def test_tiny_chain_records(tiny_chain):
     root, _ = tiny_chain
     for exp, steps in (("b2-dual-full-r0.25", (2, 4)), ("b2-dual-as-r0.25", (2, 4)), ("ours-xl2", (4,))):
         for step in steps:
-            folders = [f for f in os.listdir(root / "results" / exp) if f.startswith(f"{step:07d}-n20-sde10-")]
+            folders = [f for f in os.listdir(root / "results" / exp)
+                       if f.startswith(f"{step:07d}-n20-sde10-")]
             assert len(folders) == 1, os.listdir(root / "results" / exp)
             with open(root / "results" / exp / folders[0] / "digits.json") as f:
                 rec = json.load(f)
@@ -356,7 +368,8 @@ def test_tiny_chain_tables_and_figures(tiny_chain):
     digits_t1 = lines.index("### Table 1: SiT-B/2, dual timesteps, mask ratio 0.25: digits FD")
     header, _, full, as_row = lines[digits_t1 + 2:digits_t1 + 6]
     assert header.startswith("| setting | 2 | 4 | 100K | 400K | 800K |")
-    for row in (full, as_row):                                       # numbers at steps 2 and 4, "–" at the paper's
+    # Numbers at steps 2 and 4, "–" at the paper's.
+    for row in (full, as_row):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert all(c.replace(".", "").isdigit() for c in cells[1:3]) and cells[3:6] == ["–"] * 3
     adm_t4 = lines.index("### Table 4: SiT-XL/2, ImageNet 256, 4M steps")
@@ -368,7 +381,8 @@ def test_tiny_chain_tables_and_figures(tiny_chain):
 
 
 def test_tiny_preprocessing(tmp_path):
-    """Generated images -> stand-in VAE -> latent shards a training run can read, and an ADM reference batch."""
+    """Generated images -> stand-in VAE -> latent shards a training run can read, and an ADM reference
+    batch."""
     res = run_script("preprocess_imagenet.sh", "--tiny", TINY_ROOT=tmp_path, RESOLUTIONS="32", timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     from dataset import build_dataset
