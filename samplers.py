@@ -219,7 +219,7 @@ def sample(model: VelocityModel, z: torch.Tensor, y: torch.Tensor, mode: str = "
         raise ValueError("heun=True is an ODE option; the SDE sampler is Euler-Maruyama only")
     null_class = _null_class(model, null_class) if cfg_scale > 1.0 else null_class
 
-    def velocity(x, t_cur, t_eval):
+    def velocity(x: torch.Tensor, t_cur: float, t_eval: float) -> torch.Tensor:
         use_cfg = cfg_scale > 1.0 and guidance_low <= t_cur <= guidance_high
         return guided_velocity(model, x, t_eval, y, cfg_scale, use_cfg, cfg_channels, null_class, bf16)
 
