@@ -301,8 +301,8 @@ def test_grad_checkpointing_gives_the_plain_gradients_and_saves_less():
     ema = deepcopy(model).requires_grad_(False)
     cfg = loss_module.LossConfig(align_target="ema", block_out_s=2, block_out_t=4, mask_ratio=[0.25],
                                  dual_time_scheduling=True, attention_separation=True)
-    loss_fn = loss_module.TrainingLoss(cfg, num_tokens=model.num_tokens, grid=model.grid, patch=2, num_classes=10,
-                                       ema=ema)
+    loss_fn = loss_module.TrainingLoss(cfg, num_tokens=model.num_tokens, grid=model.grid, patch=2,
+                                       num_classes=10, ema=ema)
     x, y = torch.randn(4, 4, 8, 8), torch.randint(0, 10, (4,))
 
     def step(recompute):
