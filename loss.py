@@ -400,11 +400,15 @@ def derive_teacher_mask(teacher_t: str, num_groups: int) -> bool:
     return num_groups > 1 and teacher_t in ("sra", "same")
 
 
+def teacher_on_groups(align_target: str, teacher_t: str, mask_ratio) -> bool:
+    """derive_teacher_mask from the flags: only the EMA target has a teacher; --mask-ratio makes groups."""
+    return align_target == "ema" and derive_teacher_mask(teacher_t, len(group_ratios(mask_ratio)))
+
+
 def check_teacher_mask(given: bool, align_target: str, teacher_t: str, mask_ratio) -> None:
     """The release's --[no-]teacher-mask against the value the other settings derive: a contradiction is
     refused in one line naming the flags."""
-    derived = align_target == "ema" and derive_teacher_mask(teacher_t, len(group_ratios(mask_ratio)))
-    if given == derived:
+    if given == teacher_on_groups(align_target, teacher_t, mask_ratio):
         return
     flag = "--teacher-mask" if given else "--no-teacher-mask"
     if given and align_target != "ema":

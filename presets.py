@@ -35,7 +35,7 @@ the paper unless said otherwise):
 """
 from collections.abc import Mapping
 
-from loss import derive_teacher_mask, group_ratios
+from loss import teacher_on_groups
 
 
 # train.py's defaults: the release's recipe (SiT-SRA_DTS_AS/scripts/train.sh: SiT-B/2, global batch 256, lr
@@ -108,8 +108,7 @@ def teacher_mask(settings: Mapping) -> bool:
     """Whether the EMA teacher runs on the student's token groups: with groups and teacher_t sra / same (s_g
     per group, Sec. 5 table); self_flow puts the whole image at t_lo (Eq. 7); other targets have no teacher.
     Derived, never a setting (train.py checks the release's --teacher-mask against it)."""
-    num_groups = len(group_ratios(settings["mask_ratio"]))
-    return settings["align_target"] == "ema" and derive_teacher_mask(settings["teacher_t"], num_groups)
+    return teacher_on_groups(settings["align_target"], settings["teacher_t"], settings["mask_ratio"])
 
 
 def resolve(name: str) -> dict:
