@@ -59,19 +59,35 @@ import sys
 
 import loss
 
+# prefix of the dests that resolve_* consume
+_ALIAS = "alias__"
 REPA_ENCODERS = {f"dinov2-vit-{s}": f"dinov2_vit{s}14" for s in "sblg"}
 REPA_DEFAULTS = dict(block_out_s=8, align_weight=0.5, enc_type="dinov2_vitb14")
 # REPA's train.py without a preset: one token group and its step counts (train.py's own defaults are the SRA
 # release's recipe)
 REPA_RUN = dict(mask_ratio=[0.0], dual_time_scheduling=False, attention_separation=False,
                 full_sample_prob=0.0, max_train_steps=400_000, checkpoint_steps=50_000, sample_steps=10_000)
+# The original SiT-SRA's train.py (SiT-SRA/train.py, the SRA paper's XL/2 README command): --t-max and
+# --data-dir-train are its flags (DTS_AS fixes t_max at 0.2). A command with one of them, no preset and none
+# of the token-group / teacher flags below is that folder's: one token group, the teacher on the student's
+# dropped labels, its checkpoint / preview / epoch counts, and --batch-size per process (global in DTS_AS and
+# here).
+SIT_SRA_FLAGS = {"--t-max": "t_max", "--data-dir-train": _ALIAS + "data_dir"}
+SIT_SRA_RUN = dict(mask_ratio=[0.0], dual_time_scheduling=False, attention_separation=False,
+                   full_sample_prob=0.0, teacher_labels="dropped", checkpoint_steps=50_000,
+                   sample_steps=100_000, epochs=801)
+# SiT-SRA/train.py's default per-process batch
+SIT_SRA_BATCH = 32
+# flags that only DTS_AS (or this codebase) has: with one of them, --t-max is this codebase's --t-max
+GROUP_FLAGS = ("mask_ratio", "dual_time_scheduling", "attention_separation", "teacher_t", "full_sample_prob",
+               "sorted_timesteps", "align_target", _ALIAS + "use_alignment_loss",
+               _ALIAS + "teacher_mask")
 # loss.LossConfig field -> its other spellings (train.py adds them to the field's flag)
 LOSS_SPELLINGS = {"class_dropout_prob": ("--cfg-prob",)}
 # their flag -> our dest, same meaning (train.py)
 TRAIN_RENAMES = {"--checkpointing-steps": "checkpoint_steps", "--sampling-steps": "sample_steps",
-                 "--resume-ckpt": "resume", "--proj-coeff": "align_weight", "--encoder-depth": "block_out_s"}
-# prefix of the dests that resolve_* consume
-_ALIAS = "alias__"
+                 "--resume-ckpt": "resume", "--proj-coeff": "align_weight", "--encoder-depth": "block_out_s",
+                 "--data-dir-train": "data_dir"}
 
 
 def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -160,6 +176,8 @@ def add_train_aliases(parser: argparse.ArgumentParser) -> None:
 def resolve_train_aliases(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set) -> list:
     """Turn the release's / REPA's flags in `args` into ours, in place. -> notes (one per such flag)."""
     notes = []
+    if _sit_sra_flags(given) and args.preset is None and not given & set(GROUP_FLAGS):
+        _sit_sra_command(args, given, notes)
     _alignment_switch(parser, args, given, notes)
     for flag, dest in TRAIN_RENAMES.items():
         value = getattr(args, _ALIAS + dest)
@@ -231,6 +249,32 @@ def _alignment_switch(parser, args, given, notes):
     notes.append(f"--{'' if on else 'no-'}use-alignment-loss -> --align-target {args.align_target}")
 
 
+def one_token_group(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set,
+                    notes: list) -> None:
+    """--mask-ratio 0 (or 1) is one token group: plain SRA, as the release runs it. Token-group settings that
+    came from the defaults or a preset are turned off (with a note); given on the command line, they are
+    refused with the two ways out."""
+    if len(loss.group_ratios(args.mask_ratio)) > 1:
+        return
+    on = [dest for dest in ("dual_time_scheduling", "attention_separation", "full_sample_prob",
+                            "sorted_timesteps") if getattr(args, dest)]
+    flags = " ".join(f"--{dest.replace('_', '-')}" for dest in on)
+    ratio = " ".join(f"{r:g}" for r in args.mask_ratio)
+    said = [dest for dest in on if dest in given]
+    if said:
+        flags = " ".join(f"--{dest.replace('_', '-')}" for dest in said)
+        parser.error(f"--mask-ratio {ratio} is one token group, so {flags} cannot apply: for plain SRA drop "
+                     f"them (or add --no-dual-time-scheduling --no-attention-separation), for token groups "
+                     f"set --mask-ratio to a value in (0, 1)")
+    if not on:
+        return
+    for dest in on:
+        setattr(args, dest, type(getattr(args, dest))(0))
+    source = f"--preset {args.preset}" if args.preset else "the defaults (the release recipe)"
+    notes.append(f"--mask-ratio {ratio}: one token group, so {flags} of {source} are off: plain SRA, as the "
+                 f"release runs --mask-ratio 0")
+
+
 def check_teacher_mask(args: argparse.Namespace, derived: bool) -> str:
     """The release's --[no-]teacher-mask against the derived value (train.teacher_mask_of): one line (a note)
     when they agree, SystemExit when they contradict."""
@@ -257,6 +301,34 @@ def saved_train_args(saved: dict) -> dict:
         out["align_target"] = "none"
     out.pop("teacher_mask", None)
     return out
+
+
+def _sit_sra_flags(given: set) -> list[str]:
+    """The original SiT-SRA folder's own flags on the command line."""
+    return [flag for flag, dest in SIT_SRA_FLAGS.items() if dest in given]
+
+
+def _sit_sra_command(args: argparse.Namespace, given: set, notes: list) -> None:
+    """SiT-SRA/train.py's meaning (SIT_SRA_RUN): one group, dropped labels for the teacher, its counts, and a
+    per-process --batch-size made global with the launch's WORLD_SIZE. Its loss: cos (constant 0.5), or
+    another distance with the epoch decay of lambda (0.2, then down: METHOD.md section 2)."""
+    for dest, value in SIT_SRA_RUN.items():
+        if dest not in given:
+            setattr(args, dest, value)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    per_process = args.batch_size if "batch_size" in given else SIT_SRA_BATCH
+    args.batch_size = per_process * world
+    if args.loss_type not in ("cos", "cos-channel") and "align_weight" not in given:
+        args.align_weight = 0.2
+        if "align_weight_schedule" not in given:
+            args.align_weight_schedule = "sra-512" if args.resolution == 512 else "sra-256"
+    notes.append(f"{' '.join(_sit_sra_flags(given))} without a preset or a token-group flag: the original "
+                 f"SiT-SRA command (SiT-SRA/train.py): one token group, teacher on the dropped labels, "
+                 f"--batch-size {per_process} per process x {world} process(es) = --batch-size "
+                 f"{args.batch_size} (global here), --epochs {args.epochs}, --checkpoint-steps "
+                 f"{args.checkpoint_steps}, --sample-steps {args.sample_steps}, --loss-type {args.loss_type} "
+                 f"with lambda {args.align_weight} ({args.align_weight_schedule}); add --preset ours-b2 (or "
+                 f"any token-group flag) for the DTS_AS release recipe instead")
 
 
 def _imply_repa(parser, args, given, flags, notes):

@@ -25,9 +25,13 @@ Training order: EpochOrder(num_items, batch_size, seed, rank, world_size) (see i
 train_batches(dataset, order, start, device) yields the model inputs in that order from batch `start` on.
 digits_images() is also the shared source of the embedded dataset for evaluations/ (keep its behaviour).
 """
+import ctypes
+import functools
 import json
+import multiprocessing
 import os
-from collections.abc import Iterator
+import signal
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -245,7 +249,11 @@ class LatentShardDataset(torch.utils.data.Dataset):
 
     def _check_features(self, name: str, counts):
         folder = os.path.join(self.data_dir, name)
-        how = f"`python -m preprocessing repa-features {self.data_dir} ...`"
+        # repa-<enc_type>-p<patch> names the command's flags
+        encoder, _, patch = name.removeprefix("repa-").rpartition("-p")
+        flags = f"--enc-type {encoder} --patch-size {patch}" if encoder and patch.isdigit() else \
+            "--enc-type ENC --patch-size P"
+        how = f"`python -m preprocessing repa-features {self.data_dir} {flags} --enc-weights WEIGHTS`"
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"precomputed features {folder} not found: write them with {how} (the "
                                     f"folder is repa-<enc_type>-p<patch>, e.g. repa-dinov2_vitb14-p2)")
@@ -557,8 +565,42 @@ class EpochOrder:
             raise ValueError(f"EpochOrder position {self.position} outside 0..{self.batches_per_epoch}")
 
 
+def _worker_init(ignore: tuple[int, ...], worker_id: int) -> None:
+    """A DataLoader worker ignores the run's stop signals: launchers and SLURM signal the whole process
+    group, and the training process decides when to stop (a worker killed by the signal would take the run
+    down before its checkpoint). It dies with the training process (Linux: PR_SET_PDEATHSIG)."""
+    for sig in ignore:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, ignore)
+    try:
+        # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _start_workers(loader: torch.utils.data.DataLoader, ignore: tuple[int, ...]) -> Iterator:
+    """iter(loader), with `ignore` blocked while the workers are forked: a signal in that window waits in the
+    training process (delivered when unblocked) and is discarded in the workers (_worker_init)."""
+    if not ignore or loader.num_workers == 0:
+        return iter(loader)
+    signal.pthread_sigmask(signal.SIG_BLOCK, ignore)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, ignore)
+
+
+def loader_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of the DataLoader of (run seed, rank, epoch): it draws its workers' base seed from its own
+    generator, never from the global one that the loss draws from (a resumed run builds its loader at
+    another point of that stream)."""
+    return int(np.random.SeedSequence([seed, rank, epoch, 1]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def train_batches(dataset: torch.utils.data.Dataset, order: EpochOrder, start: int, device: torch.device,
-                  num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+                  num_workers: int = 0, ignore_signals: Sequence[int] = ()
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
     """Yields this rank's training batches (x, y, extra) forever, from batch `start` (batches consumed since
     epoch 0, i.e. optimizer steps x gradient accumulation) on: the order depends only on (seed, batch index),
     so a resumed run continues exactly. x is the model input (a posterior sample z for latents), extra the
@@ -566,7 +608,9 @@ def train_batches(dataset: torch.utils.data.Dataset, order: EpochOrder, start: i
     {}.
 
     The digits live on the device and are indexed there; latents come through a DataLoader with `order` as
-    its batch sampler (which runs ahead of the loop, so a checkpoint's `order` state is informative only)."""
+    its batch sampler (which runs ahead of the loop, so a checkpoint's `order` state is informative only),
+    its own generator (loader_seed) and workers that ignore `ignore_signals` (the run's stop signals): close()
+    the generator when done (it shuts the workers down)."""
     order.seek(start)
     if not dataset.is_latent:
         images = dataset.images.to(device)
@@ -575,13 +619,22 @@ def train_batches(dataset: torch.utils.data.Dataset, order: EpochOrder, start: i
             for idx in order:
                 idx = idx.to(device)
                 yield images[idx], labels[idx], {}
-    while True:
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=num_workers,
-                                             pin_memory=device.type == "cuda")
-        # (moments, labels[, features])
-        for x, y, *feats in loader:
-            extra = {"features": feats[0].to(device, non_blocking=True)} if feats else {}
-            # z = (mean + std n) * 0.18215
-            z = sample_posterior(x.to(device, non_blocking=True))
-            yield z, y.to(device, non_blocking=True), extra
-
+    ignore = tuple(int(s) for s in ignore_signals)
+    try:
+        while True:
+            generator = torch.Generator().manual_seed(loader_seed(order.seed, order.rank, order.epoch))
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=num_workers,
+                                                 pin_memory=device.type == "cuda", generator=generator,
+                                                 worker_init_fn=functools.partial(_worker_init, ignore))
+            # (moments, labels[, features])
+            for x, y, *feats in _start_workers(loader, ignore):
+                extra = {"features": feats[0].to(device, non_blocking=True)} if feats else {}
+                # z = (mean + std n) * 0.18215
+                z = sample_posterior(x.to(device, non_blocking=True))
+                yield z, y.to(device, non_blocking=True), extra
+    finally:
+        # close() of this generator: the loader's iterator is freed and asks its workers to exit; one that did
+        # not within the loader's 5 s ignores the SIGTERM the loader (and Python at exit) would end it with
+        for worker in multiprocessing.active_children():
+            if worker.daemon:
+                worker.kill()

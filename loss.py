@@ -390,7 +390,8 @@ def _check_config(cfg: LossConfig, sizes: tuple[int, ...]) -> None:
 
 def _ask_for_groups(mask_ratio) -> str:
     got = list(mask_ratio) if not isinstance(mask_ratio, (int, float)) else mask_ratio
-    return f"set --mask-ratio to a value in (0, 1) (got {got})"
+    return (f"--mask-ratio {got} is one group (plain SRA: drop the flag, or --no-dual-time-scheduling "
+            f"--no-attention-separation); for token groups set --mask-ratio to a value in (0, 1)")
 
 
 def derive_teacher_mask(teacher_t: str, num_groups: int) -> bool:
@@ -429,7 +430,10 @@ class TrainingLoss:
 
     target: the alignment target object of --align-target repa / sra2 (REPATarget, VAELatentTarget);
     ema: the EMA model, for --align-target ema (the teacher is built here and bound to it).
-    Call: loss(model, x0, y, features=None, epoch=0) -> (per-sample loss (N,), logs)."""
+    Call: loss(model, x0, y, features=None, epoch=0) -> (per-sample loss (N,), logs).
+
+    Logged: loss_gen, the flow-matching MSE (Eq. 2); loss_align, the distance d before lambda (1 - cos for
+    the cosines, as the release logs it; REPA logs -cos, so its proj_loss curve is ours minus 1)."""
 
     def __init__(self, cfg: LossConfig, *, num_tokens: int, grid: int, patch: int, num_classes: int,
                  target=None, ema: nn.Module | None = None):

@@ -47,6 +47,8 @@ class StopSignals:
     process."""
 
     def __init__(self, signals: list[signal.Signals]):
+        # the signals caught (DataLoader workers ignore them: dataset.train_batches)
+        self.signals = tuple(signals)
         self.received = None
         self.count = 0
         self._previous = {}

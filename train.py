@@ -145,7 +145,9 @@ def parse_args(argv: list[str] | None = None, notes: list[str] | None = None) ->
     args = parser.parse_args(argv)
     if args.exp_name is None:
         args.exp_name = args.preset or args.model.replace("/", "-")
-    found = aliases.resolve_train_aliases(parser, args, aliases.given_dests(parser, argv))
+    given = aliases.given_dests(parser, argv)
+    found = aliases.resolve_train_aliases(parser, args, given)
+    aliases.one_token_group(parser, args, given, found)
     note = aliases.check_teacher_mask(args, teacher_mask_of(args))
     found += [note] if note else []
     if args.repa_features == "auto":
@@ -281,8 +283,10 @@ def build_model(args: argparse.Namespace, dataset: Dataset, target: AlignTarget 
     model = SiT_models[args.model](input_size=dataset.latent_size, in_channels=dataset.latent_channels,
                                    num_classes=dataset.num_classes, qk_norm=args.qk_norm, align_head=head,
                                    z_dim=z_dim)
-    for flag, block in (("--block-out-s", args.block_out_s), ("--block-out-t", args.block_out_t)):
-        if args.align_target != "none" and not 1 <= block <= model.depth:
+    # the student's block for every target; the teacher's only for the EMA teacher
+    blocks = {"none": (), "ema": (("--block-out-s", args.block_out_s), ("--block-out-t", args.block_out_t))}
+    for flag, block in blocks.get(args.align_target, (("--block-out-s", args.block_out_s),)):
+        if not 1 <= block <= model.depth:
             raise SystemExit(f"{flag} {block} is outside {args.model}'s blocks 1..{model.depth}")
     return model
 
@@ -464,7 +468,8 @@ def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] =
         raise SystemExit(f"--batch-size {args.batch_size} is larger than --data-dir {args.data_dir} "
                          f"({len(dataset)} items): one global batch must fit in the dataset")
     order = EpochOrder(len(dataset), local_batch, seed=args.seed, rank=rank, world_size=world)
-    batches = train_batches(dataset, order, step * args.gradient_accumulation_steps, device, args.num_workers)
+    batches = train_batches(dataset, order, step * args.gradient_accumulation_steps, device, args.num_workers,
+                            ignore_signals=signals.signals)
     # Per-rank draws (t, eps, groups, dropout).
     set_seed(args.seed + rank + 1)
     # Log averages since the last log step.
@@ -510,80 +515,85 @@ def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] =
     bar = tqdm(total=args.max_train_steps, initial=step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="train")
     model.train()
-    while step < args.max_train_steps:
-        for _ in range(args.gradient_accumulation_steps):
-            x, y, extra = next(batches)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss, logs = loss_fn(model, x, y, epoch=step // args.steps_per_epoch, **extra)
-                loss = loss.mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    logs["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            logs["loss"] = loss.detach()
-            # Device-side sums: no host sync here.
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0) + v.detach().float()
-                counts[k] = counts.get(k, 0) + 1
-        # The EMA teacher, every optimizer step.
-        torch._foreach_lerp_(ema_params, params, 1 - args.ema_decay)
-        step += 1
-        bar.update(1)
+    try:
+        while step < args.max_train_steps:
+            for _ in range(args.gradient_accumulation_steps):
+                x, y, extra = next(batches)
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        loss, logs = loss_fn(model, x, y, epoch=step // args.steps_per_epoch, **extra)
+                    loss = loss.mean()
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        logs["grad_norm"] = norm
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                logs["loss"] = loss.detach()
+                # Device-side sums: no host sync here.
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0) + v.detach().float()
+                    counts[k] = counts.get(k, 0) + 1
+            # The EMA teacher, every optimizer step.
+            torch._foreach_lerp_(ema_params, params, 1 - args.ema_decay)
+            step += 1
+            bar.update(1)
 
-        if step % args.log_every == 0 or step == args.max_train_steps:
-            keys = sorted(sums)
-            means = torch.stack([sums[k] / counts[k] for k in keys])
-            vals = accelerator.reduce(means, reduction="mean").tolist()
-            row = dict(zip(keys, vals))
-            dt = time.time() - t_log
-            row.update(step=step, steps_per_s=(step - step_log) / dt,
-                       img_per_s=(step - step_log) * args.batch_size / dt, lr=opt.param_groups[0]["lr"])
-            if device.type == "cuda":
-                row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-            sums = {}
-            counts = {}
-            t_log = time.time()
-            step_log = step
-            if not all(math.isfinite(row[k]) for k in keys):
-                raise SystemExit(f"non-finite loss at step {step}: {row}. Stopping; the last good checkpoint "
-                                 f"is kept: {runlog.last_good_checkpoint(run_dir)} (resume with --resume "
-                                 f"auto).")
-            bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "loss_gen", "loss_align") if k in row}
-                            | {"img/s": f"{row['img_per_s']:.0f}"})
-            if accelerator.is_main_process:
-                metrics.write(row)
-                logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                     for k, v in row.items()))
-            if args.report_to != "none":
-                accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
+            if step % args.log_every == 0 or step == args.max_train_steps:
+                keys = sorted(sums)
+                means = torch.stack([sums[k] / counts[k] for k in keys])
+                vals = accelerator.reduce(means, reduction="mean").tolist()
+                row = dict(zip(keys, vals))
+                dt = time.time() - t_log
+                row.update(step=step, steps_per_s=(step - step_log) / dt,
+                           img_per_s=(step - step_log) * args.batch_size / dt, lr=opt.param_groups[0]["lr"])
+                if device.type == "cuda":
+                    row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+                sums = {}
+                counts = {}
+                t_log = time.time()
+                step_log = step
+                if not all(math.isfinite(row[k]) for k in keys):
+                    raise SystemExit(f"non-finite loss at step {step}: {row}. Stopping; the last good "
+                                     f"checkpoint is kept: {runlog.last_good_checkpoint(run_dir)} (resume "
+                                     f"with --resume auto).")
+                bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "loss_gen", "loss_align") if k in row}
+                                | {"img/s": f"{row['img_per_s']:.0f}"})
+                if accelerator.is_main_process:
+                    metrics.write(row)
+                    logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in row.items()))
+                if args.report_to != "none":
+                    accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
 
-        # The same on every rank.
-        stop, rolling = control.poll()
-        # --checkpoint-epochs
-        by_epoch = args.checkpoint_epoch_steps and step % args.checkpoint_epoch_steps == 0
-        numbered = step % args.checkpoint_steps == 0 or by_epoch or step == args.max_train_steps
-        if numbered or stop or rolling:
-            path = save_checkpoint(run_dir, args, raw, ema, opt, accelerator, order, step, sums, counts,
-                                   rolling=not numbered)
-            control.latest_written()
-        if stop:
-            logger.info(f"stopping on {signals.received} after step {step}: {path} holds this step; continue "
-                        f"with --resume auto")
-            stopped = True
-            break
+            # The same on every rank.
+            stop, rolling = control.poll()
+            # --checkpoint-epochs
+            by_epoch = args.checkpoint_epoch_steps and step % args.checkpoint_epoch_steps == 0
+            numbered = step % args.checkpoint_steps == 0 or by_epoch or step == args.max_train_steps
+            if numbered or stop or rolling:
+                path = save_checkpoint(run_dir, args, raw, ema, opt, accelerator, order, step, sums, counts,
+                                       rolling=not numbered)
+                control.latest_written()
+            if stop:
+                logger.info(f"stopping on {signals.received} after step {step}: {path} holds this step; "
+                            f"continue with --resume auto")
+                stopped = True
+                break
 
-        if args.sample_steps and (step % args.sample_steps == 0 or step == args.max_train_steps):
-            if accelerator.is_main_process:
-                save_preview(accelerator, ema, args, dataset, run_dir, step, device, logger, vae)
-            accelerator.wait_for_everyone()
+            if args.sample_steps and (step % args.sample_steps == 0 or step == args.max_train_steps):
+                if accelerator.is_main_process:
+                    save_preview(accelerator, ema, args, dataset, run_dir, step, device, logger, vae)
+                accelerator.wait_for_everyone()
 
-        if args.fid_every and step % args.fid_every == 0:
-            if fid_proxy is not None:
-                log_fid_proxy(fid_proxy, ema, dataset.num_classes, step, metrics, logger,
-                              vae=vae, latent=dataset.is_latent)
-            accelerator.wait_for_everyone()
+            if args.fid_every and step % args.fid_every == 0:
+                if fid_proxy is not None:
+                    log_fid_proxy(fid_proxy, ema, dataset.num_classes, step, metrics, logger,
+                                  vae=vae, latent=dataset.is_latent)
+                accelerator.wait_for_everyone()
+    finally:
+        # the data loader's workers end with it
+        batches.close()
     bar.close()
 
     # ---- the embedded metric (digits) ----------------------------------------------------------------------

@@ -32,7 +32,7 @@ from evaluations import metrics
 from evaluations.common import NpzArrayReader, check_images_array, npz_keys
 from evaluations.inception import load_network, resolve_graph_path
 from fileio import atomic_savez, unusable_folder
-from preprocessing.crop import IMAGE_EXTENSIONS, center_crop_adm, to_rgb
+from preprocessing.crop import IMAGE_EXTENSIONS, center_crop_adm, load_rgb, to_rgb
 
 def adm_center_crop(image: Image.Image, resolution: int) -> np.ndarray:
     """ADM's centre crop (preprocessing/crop.py) of any PIL image -> uint8 (R, R, 3)."""
@@ -60,19 +60,30 @@ def list_images(folder: str) -> tuple[list[str], np.ndarray | None]:
 
 
 class _FolderSource:
+    """Image files, ADM-cropped; a file that cannot be read is skipped and listed (as preprocessing does)."""
+
     def __init__(self, folder, resolution):
         self.paths, self.labels = list_images(folder)
         self.resolution = resolution
+        # [path, reason] of each skipped file
+        self.skipped = []
 
     def __len__(self):
         return len(self.paths)
 
     def batch(self, indices):
+        """-> (uint8 (B', R, R, 3) of the readable files, bool (B,): which of `indices` were read)."""
         out = []
+        ok = []
         for i in indices:
-            with Image.open(self.paths[i]) as im:
-                out.append(adm_center_crop(im, self.resolution))
-        return np.stack(out)
+            image, reason = load_rgb(self.paths[i], min_size=1)
+            if reason is not None:
+                self.skipped.append([self.paths[i], reason])
+            else:
+                out.append(center_crop_adm(image, self.resolution))
+            ok.append(reason is None)
+        empty = np.empty((0, self.resolution, self.resolution, 3), dtype=np.uint8)
+        return (np.stack(out) if out else empty), np.array(ok, dtype=bool)
 
 
 class _NpzSource:
@@ -110,7 +121,7 @@ class _NpzSource:
             if img.shape[:2] != (self.resolution, self.resolution):
                 img = adm_center_crop(Image.fromarray(img), self.resolution)
             rows.append(img)
-        return np.stack(rows)
+        return np.stack(rows), np.ones(len(rows), dtype=bool)
 
     def close(self):
         self.reader.close()
@@ -151,19 +162,30 @@ def make_reference(out: str, images: str | None = None, npz: str | None = None, 
         spatial_stats = metrics.RunningStats()
     res = source.resolution
     arr = np.empty((len(ref_pos), res, res, 3), dtype=np.uint8)
+    # which reference rows were read (a skipped file leaves none)
+    ref_read = np.zeros(len(used), dtype=bool)
     filled = 0
     bar = tqdm(total=len(used), desc="reference images", unit="img", disable=not progress)
     for start in range(0, len(used), batch_size):
-        batch = source.batch(used[start:start + batch_size])       # uint8 (B, R, R, 3)
-        if net is not None:
+        # uint8 (B', R, R, 3): the readable ones of this batch's B files
+        batch, ok = source.batch(used[start:start + batch_size])
+        if net is not None and len(batch):
             pool, spatial = net.features(batch)
             pool_stats.update(pool)
             spatial_stats.update(spatial)
-        keep = batch[is_ref[start:start + batch_size]]
+        ref = is_ref[start:start + batch_size]
+        keep = batch[ref[ok]]
         arr[filled:filled + len(keep)] = keep
+        ref_read[start:start + batch_size] = ref & ok
         filled += len(keep)
-        bar.update(len(batch))
+        bar.update(len(ok))
     bar.close()
+    skipped = getattr(source, "skipped", [])
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if len(skipped) == len(used):
+        raise ValueError(f"--images {images}: none of the {len(used)} files could be read")
+    arr = arr[:filled]
     if hasattr(source, "close"):
         source.close()
     result = {"arr_0": arr}
@@ -172,10 +194,11 @@ def make_reference(out: str, images: str | None = None, npz: str | None = None, 
         result["mu"], result["sigma"] = pool_stats.stats()
         result["mu_s"], result["sigma_s"] = spatial_stats.stats()
     if source.labels is not None:
-        result["labels"] = source.labels[used[ref_pos]]
+        result["labels"] = source.labels[used[ref_read]]
     atomic_savez(out, **result)
-    return {"out": out, "images_used": int(len(used)), "ref_images": int(len(ref_pos)), "resolution": res,
-            "stats": bool(stats), "labels": source.labels is not None, "backend": backend if stats else None}
+    return {"out": out, "images_used": int(len(used) - len(skipped)), "ref_images": int(filled),
+            "resolution": res, "stats": bool(stats), "labels": source.labels is not None,
+            "backend": backend if stats else None, "skipped": skipped}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -41,6 +41,12 @@ REPA_TRAIN = [
     "--data-dir=[YOUR_DATA_PATH]"]
 REPA_TRAIN_512 = REPA_TRAIN[:-2] + ['--exp-name=linear-dinov2-b-enc8-in512', "--resolution=512",
                                     "--data-dir=[YOUR_DATA_PATH]"]
+# vvvvvjdy/SRA @ 1723f85, README.md 5.1 "Training with SiT + SRA" (cd SiT-SRA; accelerate launch with its
+# 8-GPU configs/default.yaml)
+SIT_SRA_TRAIN = [
+    '--mixed-precision=fp16', "--seed=0", '--path-type=linear', '--prediction=v', "--resolution=256",
+    "--batch-size=32", '--weighting=uniform', '--model=SiT-XL/2', "--block-out-s=8", "--block-out-t=20",
+    "--t-max=0.2", '--output-dir=exps', '--exp-name=sitxl-ab820-t0.2-res256', "--data-dir=[YOUR_DATA_PATH]"]
 REPA_GENERATE = [
     "--model", "SiT-XL/2", "--num-fid-samples", "50000", "--ckpt", "YOUR_CHECKPOINT_PATH",
     "--path-type=linear", "--encoder-depth=8", "--projector-embed-dims=768", "--per-proc-batch-size=64",
@@ -228,3 +234,57 @@ def test_sample_flags_checked_against_the_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--projector-embed-dims 768,1024 but .*repa.pt has one REPA "
                                          "projector, of width 768"):
         sample_ddp.main(base[:1] + [repa] + base[2:] + ["--projector-embed-dims", "768,1024"])
+
+
+def test_sit_sra_readme_command_is_told_apart(capsys, monkeypatch):
+    """--t-max is the original SiT-SRA folder's flag: its README command trains as its train.py does (one
+    group, teacher on the dropped labels) and its --batch-size 32 is per process: 256 on its 8 processes."""
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    cfg, notes = print_config("train.py", SIT_SRA_TRAIN, capsys)
+    want = dict(model="SiT-XL/2", batch_size=256, block_out_s=8, block_out_t=20, t_max=0.2,
+                align_target="ema", mask_ratio=[0.0], dual_time_scheduling=False, attention_separation=False,
+                full_sample_prob=0.0, teacher_labels="dropped", loss_type="cos-channel", align_weight=0.5,
+                align_weight_schedule="constant", epochs=801, checkpoint_steps=50_000, sample_steps=100_000,
+                mixed_precision="fp16", resolution=256)
+    assert {k: cfg[k] for k in want} == want
+    assert "the original SiT-SRA command" in notes and "32 per process x 8 process(es)" in notes
+    # its legacy smooth-L1 takes its lambda decay; one process: the batch stays 32
+    monkeypatch.delenv("WORLD_SIZE")
+    a = train.parse_args(SIT_SRA_TRAIN + ["--loss-type", "sml1"])
+    assert (a.batch_size, a.align_weight, a.align_weight_schedule) == (32, 0.2, "sra-256")
+    # a token-group flag, or a preset, makes --t-max this codebase's own flag on the release recipe
+    a = train.parse_args(SIT_SRA_TRAIN + ["--teacher-t", "sra"])
+    assert (a.batch_size, a.mask_ratio, a.attention_separation) == (32, [0.25], True)
+    assert a.teacher_labels == "clean"
+    a = train.parse_args(["--preset", "ours-b2", "--t-max", "0.3"])
+    assert (a.t_max, a.mask_ratio, a.batch_size) == (0.3, [0.25], 256)
+
+
+def test_mask_ratio_zero_is_plain_sra(capsys):
+    """--mask-ratio 0 is one token group, as in the release: the recipe's DTS / AS are turned off with a note;
+    given on the command line they are refused with the flags that fix it."""
+    cfg, notes = print_config("train.py", ["--mask-ratio", "0"], capsys)
+    assert (cfg["dual_time_scheduling"], cfg["attention_separation"]) == (False, False)
+    assert cfg["align_target"] == "ema"
+    assert "one token group" in notes and "plain SRA" in notes
+    assert train.teacher_mask_of(train.parse_args(["--mask-ratio", "0"])) is False
+    a = train.parse_args(["--preset", "ours-mix-b2", "--mask-ratio", "0"])
+    assert (a.full_sample_prob, a.attention_separation) == (0.0, False)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--mask-ratio", "0", "--attention-separation", "--print-config"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--no-dual-time-scheduling --no-attention-separation" in err
+    assert "--mask-ratio 0 is one token group, so --attention-separation cannot apply" in err
+
+
+def test_repa_on_a_model_shallower_than_the_teacher_block():
+    """REPA has no EMA teacher: --block-out-t (default 8) is not checked against a 6-block model."""
+    from dataset import build_dataset
+
+    args = train.parse_args(["--preset", "repa-b2", "--model", "SiT-T/2", "--block-out-s", "2",
+                             "--data-dir", "digits:8"])
+    model = train.build_model(args, build_dataset("digits:8"), train.REPATarget(dim=384))
+    assert model.depth == 6 < args.block_out_t
+    args = train.parse_args(["--model", "SiT-T/2", "--data-dir", "digits:8"])
+    with pytest.raises(SystemExit, match="--block-out-t 8 is outside SiT-T/2's blocks 1..6"):
+        train.build_model(args, build_dataset("digits:8"))

@@ -236,3 +236,13 @@ def test_epoch_order_as_batch_sampler():
     first = [y for _, y in loader]
     assert len(first) == len(ds) // 16 and order.epoch == 1 and order.position == 0
     assert torch.equal(first[0], ds.labels[order.epoch_batches(0)[0]])
+
+
+def test_missing_repa_features_name_the_whole_command(tmp_path):
+    out = str(tmp_path / "d")
+    write_shards(out, [3])
+    with pytest.raises(FileNotFoundError) as e:
+        build_dataset(out, features="repa-dinov2_vitb14-p2")
+    command = f"python -m preprocessing repa-features {out} --enc-type dinov2_vitb14 --patch-size 2"
+    assert command in str(e.value)
+    assert "..." not in str(e.value)
