@@ -254,6 +254,8 @@ def one_token_group(parser: argparse.ArgumentParser, args: argparse.Namespace, g
     """--mask-ratio 0 (or 1) is one token group: plain SRA, as the release runs it. Token-group settings that
     came from the defaults or a preset are turned off (with a note); given on the command line, they are
     refused with the two ways out."""
+    if len(args.mask_ratio) == 1 and not 0 <= args.mask_ratio[0] < 1:
+        parser.error(f"--mask-ratio must lie in [0, 1) (0: one token group), got {args.mask_ratio[0]:g}")
     if len(loss.group_ratios(args.mask_ratio)) > 1:
         return
     on = [dest for dest in ("dual_time_scheduling", "attention_separation", "full_sample_prob",
