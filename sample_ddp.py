@@ -38,12 +38,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-import aliases
 import samplers
-from distributed import barrier, setup_distributed, teardown
-from fileio import atomic_path, atomic_write_json, stream_npz, unusable_folder
+from infra import flags
+from infra.distributed import barrier, setup_distributed, teardown
+from infra.fileio import atomic_path, atomic_write_json, save_grid, save_png, stream_npz, unusable_folder
 from models.vae import load_vae_spec
-from sampling import QUANTIZE_OFFSET, sample_images, save_grid, save_png
+from samplers import QUANTIZE_OFFSET, sample_images
 
 PNG_RE = re.compile(r"^(\d{6,})\.png$")
 CHUNK_RE = re.compile(r"^chunk-(\d{6,})\.npz$")
@@ -143,9 +143,9 @@ def write_npz(path: str, n: int, store, labels):
 # ------------------------------------------------------------------------------------------------------------
 
 def parse_args(argv: list | None = None, notes: list | None = None) -> argparse.Namespace:
-    """Flags -> args; the release's / REPA's generate.py spellings are checked or accepted (aliases.py).
+    """Flags -> args; the release's / REPA's generate.py spellings are checked or accepted (flags.py).
     notes: a list that receives one line per such flag."""
-    p = aliases.one_line_errors(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    p = flags.one_line_errors(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     p.add_argument("--ckpt", required=True,
                    help="checkpoint of this codebase, or a public SiT / REPA / SRA file")
     p.add_argument("--which", choices=["ema", "model"], default="ema", help="weights to load (default: EMA)")
@@ -183,9 +183,9 @@ def parse_args(argv: list | None = None, notes: list | None = None) -> argparse.
                    "dit = floor(127.5 x + 128)")
     p.add_argument("--path-type", choices=list(samplers.PATH_TYPES), default=None,
                    help="the path the model was trained on (default: what the checkpoint says, else linear)")
-    aliases.add_sample_aliases(p)
+    flags.add_sample_aliases(p)
     args = p.parse_args(argv)
-    found = aliases.resolve_sample_aliases(p, args)
+    found = flags.resolve_sample_aliases(p, args)
     if notes is not None:
         notes.extend(found)
     if args.num_steps < 1:
@@ -288,7 +288,7 @@ def main(argv: list | None = None) -> str | None:
     args = parse_args(argv, notes)
     # reads no weights
     if args.print_config:
-        aliases.print_config(args, notes, drop=("print_config", "local_rank"))
+        flags.print_config(args, notes, drop=("print_config", "local_rank"))
         return None
     rank, world, device = setup_distributed(local_rank=args.local_rank)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
@@ -298,7 +298,7 @@ def main(argv: list | None = None) -> str | None:
     model, info = load_checkpoint(args.ckpt, which=args.which, model_name=args.model,
                                   time_convention=args.time_convention)
     model = model.to(device).eval()
-    aliases.check_sample_checkpoint(args, info)
+    flags.check_sample_checkpoint(args, info)
     s = settings_of(args, info, device)
     vae = None if s["vae"] == "none" else load_vae_spec(args.vae if args.vae != "auto" else "ema", device)
     kw = dict(mode=args.mode, num_steps=args.num_steps, heun=args.heun, cfg_scale=args.cfg_scale,

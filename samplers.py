@@ -47,7 +47,10 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
+
+from models.vae import decode_latents
 
 # Last grid point of the stochastic part (SiT's last_step_size, REPA/SRA's 0.04).
 SDE_T_END = 0.04
@@ -253,3 +256,42 @@ def sample(model: VelocityModel, z: torch.Tensor, y: torch.Tensor, mode: str = "
         if i < num_steps - 1:
             x = x + (g2 ** 0.5) * (abs(dt) ** 0.5) * noise.next().to(state_dtype)
     return x.float()
+
+# ------------------------------------------------------------------------------------------------------------
+# Images from a model: per-image seeds and labels -> uint8 images (sample_ddp.py, train.py's previews and the
+# digits metric, evaluations/fid_proxy.py). Image k of a call is made from its own torch.Generator seeded with
+# seeds[k]: its initial noise and all its SDE noise, so an image does not depend on the batch it shares.
+# The uint8 rule (`quantize`): `release` (default) = floor(clamp(127.5 x + 127.5, 0, 255)), as the SRA
+# release's and REPA's generate.py, so FIDs compare with the paper's; `dit` = floor(clamp(127.5 x + 128, 0,
+# 255)), as DiT / SiT's sample_ddp (half a grey level brighter). Grey images are repeated to 3 channels.
+# ------------------------------------------------------------------------------------------------------------
+
+# uint8 = floor(clamp(127.5 x + offset, 0, 255))
+QUANTIZE_OFFSET = {"release": 127.5, "dit": 128.0}
+
+
+def to_uint8(x: torch.Tensor, quantize: str = "release") -> np.ndarray:
+    """(N, C, H, W) float in [-1, 1], C in {1, 3} -> (N, H, W, 3) uint8 numpy, floor(clamp(127.5 x + offset)):
+    offset 127.5 for quantize='release' (SRA / REPA generate.py), 128 for 'dit' (DiT / SiT sample_ddp)."""
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(x.shape)}")
+    if quantize not in QUANTIZE_OFFSET:
+        raise ValueError(f"quantize must be one of {sorted(QUANTIZE_OFFSET)}, got {quantize!r}")
+    # the cast truncates, which is floor on the clamped (non-negative) values
+    u8 = (127.5 * x.float() + QUANTIZE_OFFSET[quantize]).clamp(0, 255).to(torch.uint8)
+    if u8.shape[1] == 1:
+        u8 = u8.expand(-1, 3, -1, -1)
+    return u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+
+def sample_images(model: torch.nn.Module, seeds, labels, device: torch.device | str, vae=None,
+                  quantize: str = "release", **sampler_kwargs) -> np.ndarray:
+    """Images from per-image seeds (one generator each) and labels -> (N, H, W, 3) uint8 numpy (to_uint8).
+    vae: the SD-VAE that decodes latents (None: the model makes pixels). sampler_kwargs go to samplers.sample
+    (mode, num_steps, heun, cfg_scale, guidance_low, path_type, ...)."""
+    gens = per_image_generators(seeds, device)
+    z = per_image_randn(gens, (model.in_channels, model.input_size, model.input_size), device)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device)
+    x = sample(model, z, y, generators=gens, **sampler_kwargs)
+    return to_uint8(decode_latents(vae, x), quantize)

@@ -23,19 +23,24 @@ from accelerate.utils import gather_object, set_seed
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-import aliases
-import runlog
-import sampling
-import tracking
-from fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
+import samplers
 from dataset import DataError, EpochOrder, build_dataset, train_batches
 from evaluations.fid_proxy import FidProxy, log_fid_proxy
+from infra import fileio, flags, runlog, tracking
+from infra.fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
+from infra.preemption import RunControl, StopSignals, follow_launcher, parse_signals
 from loss import LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_head
-from models import (CheckpointError, SiT, SiT_models, init_from_checkpoint, load_state_dict_strict,
-                    patch_size_of, read_training_state)
+from models import (
+    CheckpointError,
+    SiT,
+    SiT_models,
+    init_from_checkpoint,
+    load_state_dict_strict,
+    patch_size_of,
+    read_training_state,
+)
 from models.dinov2 import DINOV2_DIMS
 from models.vae import LATENT_SCALE, decode_latents, load_vae_spec
-from preemption import RunControl, StopSignals, follow_launcher, parse_signals
 from presets import PRESETS, RELEASE, teacher_mask
 
 # The alignment target objects of --align-target repa / sra2 (loss.py); None is the EMA teacher.
@@ -117,15 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder on latents, none on the pixel digits (DINOv2 on the images); needs "
                         "--align-target repa")
     p.set_defaults(**RELEASE)
-    aliases.add_train_aliases(p)
-    return aliases.one_line_errors(p)
+    flags.add_train_aliases(p)
+    return flags.one_line_errors(p)
 
 
 def add_loss_flags(group: argparse._ArgumentGroup) -> None:
     """One flag per loss.LossConfig field: --field-name, help / choices / nargs / type from its metadata,
-    booleans as --x / --no-x; other spellings of a field from aliases.LOSS_SPELLINGS."""
+    booleans as --x / --no-x; other spellings of a field from flags.LOSS_SPELLINGS."""
     for f in dataclasses.fields(LossConfig):
-        names = ["--" + f.name.replace("_", "-"), *aliases.LOSS_SPELLINGS.get(f.name, ())]
+        names = ["--" + f.name.replace("_", "-"), *flags.LOSS_SPELLINGS.get(f.name, ())]
         kw = dict(f.metadata)
         if f.type is bool:
             kw["action"] = argparse.BooleanOptionalAction
@@ -136,7 +141,7 @@ def add_loss_flags(group: argparse._ArgumentGroup) -> None:
 
 def parse_args(argv: list[str] | None = None, notes: list[str] | None = None) -> argparse.Namespace:
     """Flags -> args (the preset fills the defaults; the release's / REPA's spellings are converted,
-    aliases.py). notes: a list that receives one line per release / REPA flag met."""
+    flags.py). notes: a list that receives one line per release / REPA flag met."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     known, _ = parser.parse_known_args(argv)
@@ -145,10 +150,10 @@ def parse_args(argv: list[str] | None = None, notes: list[str] | None = None) ->
     args = parser.parse_args(argv)
     if args.exp_name is None:
         args.exp_name = args.preset or args.model.replace("/", "-")
-    given = aliases.given_dests(parser, argv)
-    found = aliases.resolve_train_aliases(parser, args, given)
-    aliases.one_token_group(parser, args, given, found)
-    note = aliases.check_teacher_mask(args, teacher_mask_of(args))
+    given = flags.given_dests(parser, argv)
+    found = flags.resolve_train_aliases(parser, args, given)
+    flags.one_token_group(parser, args, given, found)
+    note = flags.check_teacher_mask(args, teacher_mask_of(args))
     found += [note] if note else []
     if args.repa_features == "auto":
         args.repa_features = repa_features_for(args)
@@ -225,7 +230,7 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
                          f"--use-alignment-loss --align-target repa (or --align-target repa alone; e.g. "
                          f"--preset repa-b2)")
     for flag in ("max_train_steps", "checkpoint_steps", "log_every"):
-        # None: set from --epochs once the data is read (aliases.apply_epochs)
+        # None: set from --epochs once the data is read (flags.apply_epochs)
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
 
@@ -301,11 +306,11 @@ def save_preview(accelerator: Accelerator, ema: torch.nn.Module, args: argparse.
         return
     n = 64 if not dataset.is_latent else 16
     labels = [i % dataset.num_classes for i in range(n)]
-    img = sampling.sample_images(ema, range(args.seed, args.seed + n), labels, device, vae=vae, mode="sde",
+    img = samplers.sample_images(ema, range(args.seed, args.seed + n), labels, device, vae=vae, mode="sde",
                                  num_steps=args.preview_num_steps, cfg_scale=args.preview_cfg_scale,
                                  path_type=args.path_type)
     path = os.path.join(run_dir, "samples", f"{step:07d}.png")
-    grid = sampling.save_grid(img, path, nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
+    grid = fileio.save_grid(img, path, nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
     settings = (f"EMA at step {step}, SDE {args.preview_num_steps} steps, CFG {args.preview_cfg_scale}, "
                 f"seeds {args.seed}..{args.seed + n - 1}, label of image i = i mod {dataset.num_classes}")
     tracking.log_image(accelerator, "samples/ema", grid, step, caption=settings)
@@ -326,8 +331,8 @@ def save_ground_truth(accelerator: Accelerator, dataset: Dataset, run_dir: str, 
         # the posterior mean, model-space
         x = x.float().chunk(2, dim=1)[0] * LATENT_SCALE
     path = os.path.join(run_dir, "samples", "ground_truth.png")
-    images = sampling.to_uint8(decode_latents(vae, x.to(device)))
-    grid = sampling.save_grid(images, path, nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
+    images = samplers.to_uint8(decode_latents(vae, x.to(device)))
+    grid = fileio.save_grid(images, path, nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
     tracking.log_image(accelerator, "samples/ground_truth", grid, step, caption="decoded training data")
 
 
@@ -351,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv, notes)
     # No data, no weights, no run folder.
     if args.print_config:
-        aliases.print_config(args, notes, drop=("print_config",))
+        flags.print_config(args, notes, drop=("print_config",))
         return None
     try:
         signals = StopSignals(parse_signals(args.stop_signals))
@@ -397,8 +402,8 @@ def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] =
         dataset = build_dataset(args.data_dir, features=args.repa_features)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"--data-dir{' / --repa-features' if args.repa_features else ''}: {e}") from None
-    aliases.check_train_data(args, dataset)
-    notes = list(notes) + aliases.apply_epochs(args, len(dataset), world)
+    flags.check_train_data(args, dataset)
+    notes = list(notes) + flags.apply_epochs(args, len(dataset), world)
     # The release's / REPA's flags met.
     for note in notes:
         logger.info(note)
@@ -450,7 +455,7 @@ def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] =
         for group in opt.param_groups:
             group.update(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                          weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-        changes = runlog.flag_changes(aliases.saved_train_args(ckpt.get("args", {})), vars(args))
+        changes = runlog.flag_changes(flags.saved_train_args(ckpt.get("args", {})), vars(args))
         if changes:
             logger.info(f"--resume: flags that differ from the checkpoint's run apply from step "
                         f"{ckpt['steps']}: {changes}")
@@ -651,7 +656,7 @@ def evaluate_digits(ema: torch.nn.Module, args: argparse.Namespace, dataset: Dat
     # far from the preview seeds
     seeds = range(10 ** 6 + args.seed, 10 ** 6 + args.seed + n)
     for a in tqdm(range(0, n, 250), desc="eval samples"):
-        images.append(sampling.sample_images(ema, seeds[a:a + 250], labels[a:a + 250], device, mode="sde",
+        images.append(samplers.sample_images(ema, seeds[a:a + 250], labels[a:a + 250], device, mode="sde",
                                              num_steps=args.preview_num_steps, path_type=args.path_type))
         if signals.received:
             logger.warning(f"evaluation stopped on {signals.received}: no eval_digits.json; --resume auto "

@@ -40,8 +40,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import digits_images
 from evaluations.common import cache_dir, now_iso, versions
-from fileio import atomic_torch_save, atomic_write_json
 from evaluations.metrics import feature_stats, frechet_distance
+from infra.fileio import atomic_torch_save, atomic_write_json
 
 RECIPE = {"version": 1, "seed": 0, "epochs": 20, "batch_size": 128, "lr": 3e-3, "weight_decay": 1e-4,
           "max_shift_fraction": 0.125, "channels": (16, 32, 32), "feature_dim": 128, "threads": 1}

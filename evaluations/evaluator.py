@@ -38,11 +38,17 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluations import metrics
-from fileio import atomic_savez, atomic_write_json, unusable_folder
-from evaluations.common import (NpzArrayReader, cache_dir, check_images_array, npz_keys, now_iso,
-                                versions)
-from evaluations.inception import (BACKENDS, POOL_DIM, SPATIAL_DIM, InceptionNet, load_network,
-                                   read_activations, resolve_graph_path)
+from evaluations.common import NpzArrayReader, cache_dir, check_images_array, now_iso, npz_keys, versions
+from evaluations.inception import (
+    BACKENDS,
+    POOL_DIM,
+    SPATIAL_DIM,
+    InceptionNet,
+    load_network,
+    read_activations,
+    resolve_graph_path,
+)
+from infra.fileio import atomic_savez, atomic_write_json, unusable_folder
 
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 METRIC_KEYS = ("inception_score", "fid", "sfid", "precision", "recall")

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-import sampling
+import samplers
 from evaluations import metrics
 
 SEED_OFFSET = 2 * 10 ** 6           # far from the preview and digits-metric seeds
@@ -69,7 +69,7 @@ class FidProxy:
         pools = []
         for a in range(0, n, self.batch_size):
             batch = slice(a, a + self.batch_size)
-            images = sampling.sample_images(ema, seeds[batch], labels[batch], next(ema.parameters()).device,
+            images = samplers.sample_images(ema, seeds[batch], labels[batch], next(ema.parameters()).device,
                                             vae=vae, **self.sampler_kwargs)
             pools.append(self.net.features(images)[0])
         return metrics.frechet_distance(*metrics.feature_stats(np.concatenate(pools)), self.mu, self.sigma)

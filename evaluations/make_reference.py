@@ -31,8 +31,9 @@ if __package__ in (None, ""):
 from evaluations import metrics
 from evaluations.common import NpzArrayReader, check_images_array, npz_keys
 from evaluations.inception import load_network, resolve_graph_path
-from fileio import atomic_savez, unusable_folder
+from infra.fileio import atomic_savez, unusable_folder
 from preprocessing.crop import IMAGE_EXTENSIONS, center_crop_adm, load_rgb, to_rgb
+
 
 def adm_center_crop(image: Image.Image, resolution: int) -> np.ndarray:
     """ADM's centre crop (preprocessing/crop.py) of any PIL image -> uint8 (R, R, 3)."""

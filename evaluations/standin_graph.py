@@ -32,7 +32,7 @@ if __package__ in (None, ""):
 from evaluations import evaluator, metrics
 from evaluations.graphdef import Attr, encode_graph_def, encode_node
 from evaluations.inception import load_network, read_activations
-from fileio import atomic_savez, atomic_write_bytes, atomic_write_json
+from infra.fileio import atomic_savez, atomic_write_bytes, atomic_write_json
 
 # GraphDef producer version: BatchNormWithGlobalNormalization is refused by TensorFlow from version 9 on
 PRODUCER = 8

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluations.graphdef import DTYPES, DTYPE_NAMES, GraphDef
+from evaluations.graphdef import DTYPE_NAMES, DTYPES, GraphDef
 
 
 class NonFiniteActivation(ValueError):

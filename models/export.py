@@ -17,8 +17,8 @@ import sys
 
 from safetensors.torch import save_file
 
-from fileio import atomic_path
-from models.checkpoint import EXPORT_KEY, CONVENTIONS, CheckpointError, export_settings, read_checkpoint
+from infra.fileio import atomic_path
+from models.checkpoint import CONVENTIONS, EXPORT_KEY, CheckpointError, export_settings, read_checkpoint
 
 
 def export(ckpt: str, out: str, time_convention: str | None = None) -> dict:

@@ -24,12 +24,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .crop import IMAGE_EXTENSIONS, center_crop_adm, load_rgb
-from .shards import (DTYPES, ShardWriter, atomic_save_npy, atomic_write_json, finalize, fingerprint,
-                     shard_files, shard_is_done)
-from .launch import check_launch_flags, rank_environment
-from fileio import unusable_folder
+from infra.fileio import unusable_folder
 from models.vae import DEFAULT_VAE_ID, PRECISIONS, configure_precision, encode_moments, load_vae
+
+from .crop import IMAGE_EXTENSIONS, center_crop_adm, load_rgb
+from .launch import check_launch_flags, rank_environment
+from .shards import (
+    DTYPES,
+    ShardWriter,
+    atomic_save_npy,
+    atomic_write_json,
+    finalize,
+    fingerprint,
+    shard_files,
+    shard_is_done,
+)
 
 # VAE factor 8 x the smallest SiT patch (2): the latent side must split into whole patches
 RESOLUTION_STEP = 16

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 # the one reader of the REPA layout
 from dataset import RepaLatentDataset
-from fileio import unusable_folder
+from infra.fileio import unusable_folder
+
 from .shards import DTYPES, ShardWriter, atomic_write_json, finalize, fingerprint, shard_files, shard_is_done
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from distributed import setup_distributed, teardown
+from infra.distributed import setup_distributed, teardown
 
 
 @contextlib.contextmanager

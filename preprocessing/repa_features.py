@@ -29,9 +29,15 @@ import torch
 from tqdm import tqdm
 
 from dataset import read_json
-from fileio import atomic_path, atomic_save_npy, atomic_write_json
-from models.dinov2 import (DINOV2_DIMS, dinov2_patch_tokens, dinov2_resolution, load_dinov2,
-                           preprocess_for_dinov2)
+from infra.fileio import atomic_path, atomic_save_npy, atomic_write_json
+from models.dinov2 import (
+    DINOV2_DIMS,
+    dinov2_patch_tokens,
+    dinov2_resolution,
+    load_dinov2,
+    preprocess_for_dinov2,
+)
+
 from .crop import center_crop_adm, load_rgb
 from .launch import check_launch_flags, rank_environment
 from .shards import FORMAT_NAME, SettingsMismatch, fingerprint

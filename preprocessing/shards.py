@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from fileio import atomic_save_npy, atomic_write_bytes, atomic_write_json, npy_header, stream_npz
+from infra.fileio import atomic_save_npy, atomic_write_bytes, atomic_write_json, npy_header, stream_npz
 
 FORMAT_NAME = "sit-latent-shards"
 FORMAT_VERSION = 1

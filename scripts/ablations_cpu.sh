@@ -174,7 +174,7 @@ STUDY_SETTINGS="${SETTINGS[*]}" STUDY_FAILED="${failed[*]}" STUDY_WALL=$wall \
   NUM_SAMPLES=$NUM_SAMPLES NUM_STEPS=$NUM_STEPS JOBS=$JOBS \
   "$PYTHON" -c '
 import os, sys
-from fileio import atomic_write_json
+from infra.fileio import atomic_write_json
 e = os.environ
 steps = int(e["STEPS"])
 atomic_write_json(sys.argv[1], dict(

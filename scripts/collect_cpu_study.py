@@ -35,7 +35,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # the repository root is not on the path of scripts/
-from fileio import atomic_write_json, atomic_write_text  # noqa: E402
+from infra.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
 DASH = "–"
 RUN_RE = re.compile(r"^cpu-(.+)-s(\d+)$")

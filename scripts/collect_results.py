@@ -37,7 +37,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # E402: the repository root is not on the path of scripts/ until the line above
-from fileio import atomic_write_text, unusable_folder  # noqa: E402
+from infra.fileio import atomic_write_text, unusable_folder  # noqa: E402
 
 DASH = "–"
 

@@ -25,7 +25,7 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # the repository root is not on the path of scripts/
-from fileio import atomic_savez  # noqa: E402
+from infra.fileio import atomic_savez  # noqa: E402
 
 
 def digits_reference(out: str, count: int = 256, resolution: int = 16) -> None:

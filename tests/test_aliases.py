@@ -1,4 +1,4 @@
-"""The published command lines of the SRA release and REPA, replayed through --print-config (aliases.py).
+"""The published command lines of the SRA release and REPA, replayed through --print-config (flags.py).
 
 Anchors (flags and values copied from the files, the launcher part dropped):
     vvvvvjdy/SRA @ 1723f85, SiT-SRA_DTS_AS/scripts/train.sh and SiT-SRA_DTS_AS/scripts/gen.sh
@@ -15,8 +15,8 @@ import sys
 import pytest
 import torch
 
-import aliases
 import train
+from infra import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,7 +89,7 @@ def test_release_train_sh(capsys):
     assert "--prediction v: no-op" in notes and "--loss-type cos -> cos-channel" in notes
     # the epochs, as the release counts them on ImageNet-1k (1,281,167 images) with 8 processes x 32
     args = train.parse_args(RELEASE_TRAIN)
-    aliases.apply_epochs(args, 1_281_167, 8)
+    flags.apply_epochs(args, 1_281_167, 8)
     # the release's 5004 steps per epoch
     assert args.steps_per_epoch == 5004
     # 801 epochs end before 4.1M steps
@@ -176,12 +176,12 @@ def test_train_conversions():
     # --epochs alone sets the step count from the data; both: the first bound reached
     a = train.parse_args(["--epochs", "2", "--batch-size", "64"])
     assert a.max_train_steps is None
-    aliases.apply_epochs(a, 1000, 2)
+    flags.apply_epochs(a, 1000, 2)
     assert (a.steps_per_epoch, a.max_train_steps) == (15, 30)
     a = train.parse_args(["--epochs", "2", "--max-train-steps", "20", "--batch-size", "64",
                           "--gradient-accumulation-steps", "2"])
     # 31 batches of 32 -> 16 steps
-    aliases.apply_epochs(a, 1000, 1)
+    flags.apply_epochs(a, 1000, 1)
     assert (a.steps_per_epoch, a.max_train_steps) == (16, 20)
 
 

@@ -7,14 +7,20 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from tf_support import quiet, require_tensorflow
 
 from evaluations import evaluator, make_reference, metrics
 from evaluations.common import NpzArrayReader
-from fileio import atomic_savez
-from evaluations.inception import (GRAPH_ENV, GRAPH_FILE, TFInceptionNet, TorchInceptionNet, read_activations,
-                                   resolve_graph_path)
+from evaluations.inception import (
+    GRAPH_ENV,
+    GRAPH_FILE,
+    TFInceptionNet,
+    TorchInceptionNet,
+    read_activations,
+    resolve_graph_path,
+)
 from evaluations.standin_graph import build_standin_graph, smooth_images
-from tf_support import quiet, require_tensorflow
+from infra.fileio import atomic_savez
 
 # one BLAS thread for the 2048-d eigendecompositions (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_blas_thread")

@@ -4,8 +4,15 @@ import pytest
 import scipy.linalg
 
 from evaluations import metrics
-from evaluations.metrics import (RunningStats, count_suffix, feature_stats, frechet_distance, inception_score,
-                                 knn_radii, precision_recall)
+from evaluations.metrics import (
+    RunningStats,
+    count_suffix,
+    feature_stats,
+    frechet_distance,
+    inception_score,
+    knn_radii,
+    precision_recall,
+)
 
 
 def random_spd(rng, d, scale=1.0):

@@ -9,15 +9,14 @@ import sys
 
 import numpy as np
 import pytest
+from tf_support import quiet, require_tensorflow
 
 from evaluations import evaluator
-from evaluations.graphdef import parse_graph_def, read_graph_def
+from evaluations.graphdef import Attr, parse_graph_def, read_graph_def
 from evaluations.inception import TorchInceptionNet, read_activations
 from evaluations.standin_graph import _Graph, build_standin_graph, smooth_images
 from evaluations.torch_graph import SUPPORTED_OPS, GraphExecutor
-from evaluations.graphdef import Attr
-from fileio import atomic_savez
-from tf_support import quiet, require_tensorflow
+from infra.fileio import atomic_savez
 
 # one BLAS thread for the 2048-d eigendecompositions (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
@@ -395,7 +394,7 @@ sys.path.insert(0, os.getcwd())
 import numpy as np
 from evaluations import evaluator, make_reference
 from evaluations.standin_graph import build_standin_graph, smooth_images
-from fileio import atomic_savez
+from infra.fileio import atomic_savez
 d = sys.argv[1]
 graph = build_standin_graph(os.path.join(d, "g.pb"))
 for name, seed in (("ref", 1), ("samples", 2)):

@@ -13,7 +13,7 @@ from evaluations import metrics
 from evaluations.fid_proxy import SEED_OFFSET
 from evaluations.inception import TorchInceptionNet
 from evaluations.standin_graph import build_standin_graph
-from fileio import atomic_savez
+from infra.fileio import atomic_savez
 
 # one BLAS thread for the 2048-d eigendecompositions (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
@@ -26,8 +26,9 @@ TINY = ["--preset", "digits", "--data-dir", "digits:8", "--batch-size", "16", "-
 
 @pytest.fixture(scope="module")
 def fid_files(tmp_path_factory):
+    from samplers import to_uint8
+
     from dataset import digits_images
-    from sampling import to_uint8
     d = tmp_path_factory.mktemp("fid")
     images, _ = digits_images(8)
     ref = str(d / "digits_ref.npz")
@@ -59,7 +60,7 @@ def test_fid_proxy_is_logged_and_leaves_training_unchanged(tmp_path, fid_files, 
             assert torch.equal(a[key][k], b[key][k]), f"{key}.{k}: the hook changed training"
 
     # the step-4 value from the saved EMA, computed here: same seeds and labels, the torch backend, metrics.py
-    from sampling import sample_images
+    from samplers import sample_images
     args = train.parse_args(TINY)
     from dataset import build_dataset
     ema = train.build_model(args, build_dataset("digits:8")).eval()

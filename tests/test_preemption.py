@@ -14,13 +14,12 @@ from copy import deepcopy
 import psutil
 import pytest
 import torch
+from test_train import TINY, assert_same_state, load, run
 
 import loss as loss_module
-import runlog
-import sampling
-import tracking
+import samplers
+from infra import runlog, tracking
 from models import SiT_models
-from test_train import TINY, assert_same_state, load, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_KEYS = ("loss", "loss_gen", "loss_align", "grad_norm")
@@ -439,13 +438,13 @@ def test_a_signal_before_the_first_step_or_during_the_evaluation_ends_cleanly(tm
     assert os.listdir(f"{d}/checkpoints") == ["latest.pt"]
     assert load(f"{d}/checkpoints/latest.pt")["steps"] == 1
     monkeypatch.undo()
-    real_sample = sampling.sample_images
+    real_sample = samplers.sample_images
 
     def sample_then_signal(*a, **kw):
         os.kill(os.getpid(), signal.SIGTERM)
         return real_sample(*a, **kw)
 
-    monkeypatch.setattr(sampling, "sample_images", sample_then_signal)
+    monkeypatch.setattr(samplers, "sample_images", sample_then_signal)
     run(tmp_path, "early", "--max-train-steps", "4", "--checkpoint-steps", "4", "--resume", "auto",
         "--eval-samples", "20", "--preview-num-steps", "2")
     assert load(f"{d}/checkpoints/0000004.pt")["steps"] == 4 and not os.path.exists(f"{d}/eval_digits.json")

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 import sample_ddp
-import sampling
+import samplers
+from infra import fileio
 from models import SiT_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,16 +160,16 @@ def test_killed_run_resumes_without_gaps_or_duplicates(ckpt, reference, tmp_path
 def test_to_uint8_rounds_half_up_and_grid(tmp_path):
     x = torch.tensor([-1.0, -0.9961, 0.0, 1 / 255, 0.99, 1.0, 1.5]).view(1, 1, 1, 7)
     # floor(127.5 x + 128)
-    u = sampling.to_uint8(x, "dit")
+    u = samplers.to_uint8(x, "dit")
     assert u.shape == (1, 1, 7, 3) and u.dtype == np.uint8
     assert u[0, 0, :, 0].tolist() == [0, 0, 128, 128, 254, 255, 255]
     # default: floor(127.5 x + 127.5)
-    r = sampling.to_uint8(x)
+    r = samplers.to_uint8(x)
     assert r[0, 0, :, 0].tolist() == [0, 0, 127, 128, 253, 255, 255]
     with pytest.raises(ValueError, match="quantize"):
-        sampling.to_uint8(x, "round")
+        samplers.to_uint8(x, "round")
     imgs = np.random.default_rng(0).integers(0, 256, (5, 4, 6, 3), dtype=np.uint8)
-    sampling.save_grid(imgs, str(tmp_path / "g.png"), nrow=3, pad=1)
+    fileio.save_grid(imgs, str(tmp_path / "g.png"), nrow=3, pad=1)
     g = np.asarray(Image.open(tmp_path / "g.png"))
     assert g.shape == (2 * 5 + 1, 3 * 7 + 1, 3)
     assert np.array_equal(g[6:10, 8:14], imgs[4])
@@ -204,7 +205,7 @@ def test_path_type_from_the_checkpoint(ckpt, tmp_path):
     from models import load_checkpoint
     model, _ = load_checkpoint(cos)
     labels = sample_ddp.image_labels(range(2), 10, 3)
-    want = {path: sampling.sample_images(model, [3, 4], labels, "cpu", mode="sde", num_steps=4,
+    want = {path: samplers.sample_images(model, [3, 4], labels, "cpu", mode="sde", num_steps=4,
                                          path_type=path)
             for path in samplers.PATH_TYPES}
     with np.load(p) as z:

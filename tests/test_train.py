@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import loss as loss_module
+import samplers
 import train
 
 TINY = ["--preset", "digits", "--data-dir", "digits:8", "--batch-size", "16", "--log-every", "2",
@@ -126,7 +127,7 @@ def test_two_processes_on_cpu(tmp_path):
 
 
 def test_keep_last_and_keep_every(tmp_path):
-    import runlog
+    from infra import runlog
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     for step in (100, 200, 300, 400, 500):
@@ -141,10 +142,8 @@ def test_keep_last_and_keep_every(tmp_path):
 def test_previews_and_digits_metric_sample_with_the_run_path(tmp_path, monkeypatch):
     """The SDE score depends on --path-type: previews and the embedded metric pass the run's path to the
     sampler."""
-    import sampling
-
-    seen, real = [], sampling.sample_images
-    monkeypatch.setattr(sampling, "sample_images",
+    seen, real = [], samplers.sample_images
+    monkeypatch.setattr(samplers, "sample_images",
                         lambda *a, **k: (seen.append(k["path_type"]), real(*a, **k))[1])
     run(tmp_path, "cos", "--max-train-steps", "1", "--path-type", "cosine", "--sample-steps", "1",
         "--eval-samples", "4", "--preview-num-steps", "2")
@@ -155,10 +154,8 @@ def test_previews_and_digits_metric_sample_with_the_run_path(tmp_path, monkeypat
 def test_preview_cfg_scale_keep_every_and_compile_reach_the_run(tmp_path, monkeypatch):
     """--preview-cfg-scale goes to the preview sampler; --keep-every keeps multiples next to --keep-last;
     --compile compiles each block of the student."""
-    import sampling
-
-    seen, real = [], sampling.sample_images
-    monkeypatch.setattr(sampling, "sample_images",
+    seen, real = [], samplers.sample_images
+    monkeypatch.setattr(samplers, "sample_images",
                         lambda *a, **k: (seen.append(k["cfg_scale"]), real(*a, **k))[1])
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile",
@@ -248,6 +245,7 @@ def _old_presets() -> dict:
 
 def test_loss_flags_are_exactly_loss_config_fields():
     import dataclasses
+
     import presets
 
     fields = {f.name for f in dataclasses.fields(loss_module.LossConfig)}
@@ -352,15 +350,15 @@ def test_teacher_mask_agreeing_is_accepted_with_a_note():
 
 def test_old_saved_args_are_read_in_todays_names():
     """Run folders written before --align-target none saved use_alignment_loss and teacher_mask."""
-    import aliases
+    from infra import flags
 
     old_sit = dict(use_alignment_loss=False, align_target="ema", teacher_mask=False, mask_ratio=[0.0])
-    assert aliases.saved_train_args(old_sit) == dict(align_target="none", mask_ratio=[0.0])
+    assert flags.saved_train_args(old_sit) == dict(align_target="none", mask_ratio=[0.0])
     old_ours = dict(use_alignment_loss=True, align_target="ema", teacher_mask=True, mask_ratio=[0.25])
-    assert aliases.saved_train_args(old_ours) == dict(align_target="ema", mask_ratio=[0.25])
+    assert flags.saved_train_args(old_ours) == dict(align_target="ema", mask_ratio=[0.25])
     now = vars(train.parse_args(["--preset", "sit-b2"]))
-    import runlog
-    assert runlog.flag_changes(aliases.saved_train_args(dict(old_sit, mask_ratio=[0.0])), now) == ""
+    from infra import runlog
+    assert runlog.flag_changes(flags.saved_train_args(dict(old_sit, mask_ratio=[0.0])), now) == ""
 
 
 def test_resume_from_a_run_saved_with_the_old_flags(tmp_path):

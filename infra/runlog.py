@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from fileio import atomic_path, atomic_torch_save, atomic_write_text
+from infra.fileio import atomic_path, atomic_torch_save, atomic_write_text
 from models.checkpoint import CheckpointError, read_checkpoint
 
 ROLLING = "latest.pt"

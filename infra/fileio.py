@@ -1,4 +1,5 @@
-"""Writing files so that a killed process never leaves half of one: every writer goes through `atomic_path`.
+"""Writing files so that a killed process never leaves half of one: every writer goes through `atomic_path`
+(arrays, JSON, checkpoints, PNGs and sample grids).
 
     with atomic_path("out/x.npz") as tmp:      # tmp = out/.x.tmp-PID.npz (same folder, same extension)
         np.savez(tmp, ...)                      # renamed to out/x.npz only if the block finishes
@@ -12,6 +13,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+from PIL import Image
 
 
 @contextlib.contextmanager
@@ -140,3 +142,30 @@ def unusable_folder(path: str, what: str) -> str:
     if not os.path.isdir(parent):
         return f"{what} {path}: {parent} is a file, not a folder"
     return "" if os.access(parent, os.W_OK | os.X_OK) else f"{what} {path}: {parent} is not writable"
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+    """One (H, W, 3) uint8 image, written atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def save_grid(images: np.ndarray, path: str, nrow: int, pad: int = 2, min_width: int = 0) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> one PNG, nrow images per row, pad pixels of black between them; each image is
+    enlarged by an integer factor (nearest neighbour) until the grid is at least `min_width` pixels wide. ->
+    the grid."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"save_grid wants (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
+    scale = max(1, -(-(min_width - pad * (nrow + 1)) // (nrow * images.shape[2])))
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    n, h, w, _ = images.shape
+    rows = -(-n // nrow)
+    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), dtype=np.uint8)
+    for k in range(n):
+        r, c = divmod(k, nrow)
+        top = pad + r * (h + pad)
+        left = pad + c * (w + pad)
+        grid[top:top + h, left:left + w] = images[k]
+    save_png(grid, path)
+    return grid

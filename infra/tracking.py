@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fileio import atomic_write_text
+from infra.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

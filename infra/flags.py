@@ -147,7 +147,7 @@ def add_train_aliases(parser: argparse.ArgumentParser) -> None:
     _action(parser, "loss_type").choices = list(_action(parser, "loss_type").choices) + ["cos"]
     _action(parser, "enc_type").choices = list(_action(parser, "enc_type").choices) + sorted(REPA_ENCODERS)
     _action(parser, "mask_ratio").type = mask_ratio_values
-    g = parser.add_argument_group("the release's / REPA's spellings (aliases.py)")
+    g = parser.add_argument_group("the release's / REPA's spellings (flags.py)")
     for flag, dest in TRAIN_RENAMES.items():
         g.add_argument(flag, dest=_ALIAS + dest, type=_action(parser, dest).type, default=None,
                        help=f"= --{dest.replace('_', '-')}")
@@ -402,7 +402,7 @@ def check_train_data(args: argparse.Namespace, dataset) -> None:
 def add_sample_aliases(parser: argparse.ArgumentParser) -> None:
     """The release's and REPA's generate.py flags that are not ours (see the module docstring)."""
     B = argparse.BooleanOptionalAction
-    g = parser.add_argument_group("the release's / REPA's generate.py spellings (aliases.py)")
+    g = parser.add_argument_group("the release's / REPA's generate.py spellings (flags.py)")
     g.add_argument("--resolution", type=int, default=None, help="checked against the checkpoint")
     g.add_argument("--num-classes", type=int, default=None, help="checked against the checkpoint")
     g.add_argument("--qk-norm", action=B, default=None,
