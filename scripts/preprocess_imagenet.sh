@@ -41,9 +41,9 @@ INCEPTION=${INCEPTION:-$(tiny_or "" "$fixtures/standin_inception.pb")}
 ENC_WEIGHTS=${ENC_WEIGHTS:-}
 
 if [ "$TINY" = 1 ]; then                            # stand-ins: an image folder, a VAE, an Inception graph
-  [ -d "$IMAGENET_TRAIN" ] || run "$PYTHON" scripts/tiny_fixtures.py image-folder "$IMAGENET_TRAIN"
-  [ -f "$VAE/config.json" ] || run "$PYTHON" scripts/tiny_fixtures.py vae "$VAE"
-  [ -f "$INCEPTION" ] || run "$PYTHON" -m evaluations.standin_graph "$INCEPTION"
+  [ -d "$IMAGENET_TRAIN" ] || run "$PYTHON" -m fixtures.tiny image-folder "$IMAGENET_TRAIN"
+  [ -f "$VAE/config.json" ] || run "$PYTHON" -m fixtures.tiny vae "$VAE"
+  [ -f "$INCEPTION" ] || run "$PYTHON" -m fixtures.standin_graph "$INCEPTION"
 fi
 
 for res in $RESOLUTIONS; do

@@ -97,8 +97,8 @@ run mkdir -p "$records"
 run cp "$(dirname "$npz")/sampling.json" "$records/sampling.json"
 
 if [ "$TINY" = 1 ]; then                            # stand-ins for the ImageNet reference and the Inception graph
-  [ -f "$REF_BATCH" ] || run "$PYTHON" scripts/tiny_fixtures.py digits-reference "$REF_BATCH"
-  [ -f "$INCEPTION" ] || run "$PYTHON" -m evaluations.standin_graph "$INCEPTION"
+  [ -f "$REF_BATCH" ] || run "$PYTHON" -m fixtures.tiny digits-reference "$REF_BATCH"
+  [ -f "$INCEPTION" ] || run "$PYTHON" -m fixtures.standin_graph "$INCEPTION"
 fi
 for metric in $METRICS; do
   if [ "$metric" = adm ]; then

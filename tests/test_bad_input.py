@@ -28,15 +28,15 @@ import bench
 import sample_ddp
 import train
 from evaluations import evaluator, make_reference
+from fixtures import tiny
 from models import SiT_models
 from preprocessing import encode, import_repa, repa_features
 from preprocessing.shards import ShardWriter, atomic_write_json, finalize, shard_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# the scripts' folder is not a package: on the path for collect_results and tiny_fixtures
+# the scripts' folder is not a package: on the path for collect_results
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import collect_results  # noqa: E402
-import tiny_fixtures  # noqa: E402
 
 TRAIN = ["--preset", "digits", "--batch-size", "16", "--log-every", "1", "--sample-steps", "0",
          "--eval-samples", "0", "--num-workers", "0", "--mixed-precision", "no", "--block-out-s", "1",
@@ -133,7 +133,7 @@ def build_inputs(root):
             Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
                 os.path.join(src, f"n{c:08d}", f"{i}.png"))
     with contextlib.redirect_stdout(io.StringIO()):
-        tiny_fixtures.tiny_vae(os.path.join(root, "vae"))
+        tiny.tiny_vae(os.path.join(root, "vae"))
     p["vae"] = os.path.join(root, "vae")
     p["done"] = os.path.join(root, "encoded")
     with contextlib.redirect_stdout(io.StringIO()):

@@ -19,7 +19,7 @@ from evaluations.inception import (
     read_activations,
     resolve_graph_path,
 )
-from evaluations.standin_graph import build_standin_graph, smooth_images
+from fixtures.standin_graph import build_standin_graph, smooth_images
 from infra.fileio import atomic_savez
 
 # one BLAS thread for the 2048-d eigendecompositions (tests/conftest.py)

@@ -14,8 +14,8 @@ from tf_support import quiet, require_tensorflow
 from evaluations import evaluator
 from evaluations.graphdef import Attr, parse_graph_def, read_graph_def
 from evaluations.inception import TorchInceptionNet, read_activations
-from evaluations.standin_graph import _Graph, build_standin_graph, smooth_images
 from evaluations.torch_graph import SUPPORTED_OPS, GraphExecutor
+from fixtures.standin_graph import _Graph, build_standin_graph, smooth_images
 from infra.fileio import atomic_savez
 
 # one BLAS thread for the 2048-d eigendecompositions (tests/conftest.py)
@@ -393,7 +393,7 @@ sys.modules["tensorflow"] = None                    # import tensorflow -> Impor
 sys.path.insert(0, os.getcwd())
 import numpy as np
 from evaluations import evaluator, make_reference
-from evaluations.standin_graph import build_standin_graph, smooth_images
+from fixtures.standin_graph import build_standin_graph, smooth_images
 from infra.fileio import atomic_savez
 d = sys.argv[1]
 graph = build_standin_graph(os.path.join(d, "g.pb"))

@@ -12,7 +12,7 @@ import train
 from evaluations import metrics
 from evaluations.fid_proxy import SEED_OFFSET
 from evaluations.inception import TorchInceptionNet
-from evaluations.standin_graph import build_standin_graph
+from fixtures.standin_graph import build_standin_graph
 from infra.fileio import atomic_savez
 
 # one BLAS thread for the 2048-d eigendecompositions (tests/conftest.py)

@@ -14,14 +14,13 @@ import sys
 import numpy as np
 import pytest
 
-from evaluations.standin_graph import build_standin_graph
+from fixtures import tiny
+from fixtures.standin_graph import build_standin_graph
 from preprocessing.encode import main as encode_main
 from test_preemption import assert_same_rows, rows, wait_for_row
 from test_train import assert_same_state, load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import tiny_fixtures  # noqa: E402
 
 # 4 classes x 8 images at 64 px: 8 x 8 latents, 16 tokens of SiT-T/2; 32 items: 4 steps per epoch at batch 8
 STEPS = 16
@@ -39,11 +38,11 @@ def imagenet(tmp_path_factory):
     """The image folder (with one truncated JPEG), the stand-in SD-VAE and the latent shards encoded from
     them."""
     d = tmp_path_factory.mktemp("imagenet")
-    tiny_fixtures.image_folder(str(d / "train"), classes=4, per_class=8)
+    tiny.image_folder(str(d / "train"), classes=4, per_class=8)
     good = open(d / "train" / "n00000001" / "img_0.JPEG", "rb").read()
     with open(d / "train" / "n00000001" / "img_9.JPEG", "wb") as f:
         f.write(good[: len(good) // 2])
-    tiny_fixtures.tiny_vae(str(d / "vae"))
+    tiny.tiny_vae(str(d / "vae"))
     rc = encode_main([str(d / "train"), str(d / "latents"), "--resolution", "64", "--vae", str(d / "vae"),
                       "--batch-size", "8", "--workers", "1", "--device", "cpu", "--no-progress"])
     assert rc == 0

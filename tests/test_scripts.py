@@ -115,14 +115,11 @@ def parse_program(program, args, monkeypatch):
             return repa_features.parse_args(args[1:])
         from preprocessing import encode
         return encode.parse_args(args)
-    if program == "scripts/tiny_fixtures.py":
-        monkeypatch.syspath_prepend(SCRIPTS)
-        import tiny_fixtures
-        return parse_through_main(tiny_fixtures.main, args, monkeypatch)
     modules = {"-m evaluations.evaluator": "evaluations.evaluator",
                "-m evaluations.digits_metric": "evaluations.digits_metric",
                "-m evaluations.make_reference": "evaluations.make_reference",
-               "-m evaluations.standin_graph": "evaluations.standin_graph"}
+               "-m fixtures.tiny": "fixtures.tiny",
+               "-m fixtures.standin_graph": "fixtures.standin_graph"}
     assert program in modules, f"unexpected program {program!r}"
     module = importlib.import_module(modules[program])
     return parse_through_main(module.main, args, monkeypatch)
