@@ -12,13 +12,14 @@ gives the checkpoint (runs/RUN/checkpoints/NNNNNNN.pt -> run name and step) and 
 CFG scale).
 The run's setting comes from the flags it saved, runs/RUN/args.json (train.py writes it; both spellings of the
 alignment flags are read: --align-target {none,ema,repa,sra2}, or the older --use-alignment-loss with
---align-target); the name of the run is only shown:
+--align-target), else from a copy of it in the results folder of the run, RESULTS_DIR/RUN/args.json (records
+kept without their run folder); the name of the run is only shown:
   scale b2 (--preset *-b2, or SiT-B/2), the EMA teacher at t - t_max U: the ablations of Tables 1-3 and
       Figures 4-5, told apart by --dual-time-scheduling, --attention-separation, --mask-ratio and
       --full-sample-prob
   scale xl2 / xl2-512 (--preset *-xl2[-512], or SiT-XL/2): the system runs of Tables 4-5, one row per method
       (sit, sra, self-flow, repa, sra2, ours, ours-mix; the presets of presets.py)
-Records whose run folder has no args.json are listed in the last table only.
+Records whose run has no args.json in either place are listed in the last table only.
 Ablation tables use samples without CFG (scale 1), system tables samples with CFG (scale > 1), as in the
 paper.
 Where several records fit one cell, the one with the most samples wins. Missing cells are "–". The paper's
@@ -85,7 +86,8 @@ VIEWS = {
                    suffix="_digits",
                    system=[("fd", "digits FD"), ("accuracy", "digits accuracy")]),
 }
-DIGITS = {"fid": 2, "sfid": 2, "inception_score": 1, "precision": 2, "recall": 2, "fd": 2, "accuracy": 3}
+DIGITS = {"fid": 2, "sfid": 2, "inception_score": 1, "precision": 2, "recall": 2, "fd": 2, "accuracy": 3,
+          "memorisation": 3}
 
 # the scales of presets.py, longest first (a preset is METHOD-SCALE); a run without a preset: by its model
 SCALES = ("xl2-512", "xl2", "b2")
@@ -128,9 +130,22 @@ def run_name(checkpoint: str) -> str:
     return os.path.splitext(os.path.basename(checkpoint))[0]
 
 
-def read_run_args(checkpoint: str, record_path: str) -> dict | None:
-    """runs/RUN/checkpoints/NNNNNNN.pt -> the flags in runs/RUN/args.json (None, said, when there is none)."""
+def run_args_path(checkpoint: str, record_path: str) -> str:
+    """Where the flags of a record's run are: runs/RUN/args.json next to the checkpoints, else the copy in the
+    record's results folder of the run (RESULTS_DIR/RUN/STEP-TAG/record.json -> RESULTS_DIR/RUN/args.json);
+    the first when neither exists."""
     path = os.path.join(os.path.dirname(os.path.dirname(checkpoint)), "args.json")
+    results_run = os.path.dirname(os.path.dirname(os.path.abspath(record_path)))
+    if os.path.isfile(path) or os.path.basename(results_run) != run_name(checkpoint):
+        return path
+    copy = os.path.join(results_run, "args.json")
+    return copy if os.path.isfile(copy) else path
+
+
+def read_run_args(checkpoint: str, record_path: str) -> dict | None:
+    """runs/RUN/checkpoints/NNNNNNN.pt -> the flags in runs/RUN/args.json or in its copy beside the records
+    (run_args_path; None, said, when there is none)."""
+    path = run_args_path(checkpoint, record_path)
     if not os.path.isfile(path):
         print(f"{record_path}: no {path}, so its run's setting is unknown: listed in the last table only",
               file=sys.stderr)
@@ -196,7 +211,8 @@ def system_method(args: dict) -> str | None:
 
 def load_records(roots: list) -> list[dict]:
     """Every evaluation record under `roots`, as flat dicts: run, step, n, sampler, cfg, kind, values, path,
-    and the run's setting (ablation tuple), scale and method from its args.json (None when unknown)."""
+    the record as read (record), the run's flags (args, {} when unknown) and its setting (ablation tuple),
+    scale and method from them (None when unknown)."""
     records, unreadable = [], []
     for root in roots:
         if not os.path.isdir(root):
@@ -232,7 +248,8 @@ def load_records(roots: list) -> list[dict]:
                 n=int(sampling.get("num_fid_samples") or rec.get("num_samples") or rec.get("n") or 0),
                 sampler=f"{s.get('mode')}-{s.get('num_steps')}", cfg=float(s.get("cfg_scale", 1.0)),
                 guidance=(float(s.get("guidance_low", 0.0)), float(s.get("guidance_high", 1.0))),
-                values={m: rec[m] for m, _ in metrics if rec.get(m) is not None}, path=path))
+                values={m: rec[m] for m, _ in metrics if rec.get(m) is not None}, path=path, record=rec,
+                args=args))
     if not records and unreadable:
         raise SystemExit(f"error: no evaluation records under {', '.join(roots)}: {len(unreadable)} JSON "
                          f"file(s) cannot be read, e.g. {unreadable[0]} (cut short?)")
@@ -265,10 +282,11 @@ def step_label(step: int | None) -> str:
     return str(step)
 
 
-def setting_label(setting: tuple) -> str:
+def setting_label(setting: tuple, ratio_name: str = "ratio") -> str:
+    """('dual', 'as', 0.5, 0.25) -> 'dual t, AS, ratio 0.5, rho 0.25' (the mask ratio called `ratio_name`)."""
     timesteps, attention, ratio, rho = setting
     steps = "dual" if timesteps == "dual" else "single"
-    text = f"{steps} t, {'AS' if attention == 'as' else 'full attn'}, ratio {ratio:g}"
+    text = f"{steps} t, {'AS' if attention == 'as' else 'full attn'}, {ratio_name} {ratio:g}"
     return text + (f", rho {rho:g}" if rho else "")
 
 

@@ -1,6 +1,7 @@
-# Shared by the launch scripts in scripts/ (sourced, never run on its own): the common flags, the environment
-# defaults, the launcher and the dry-run `run`. Each calling script defines USAGE before sourcing this file with
-# its arguments (`source common.sh "$@"`) and continues with `set -- "${ARGS[@]}"`.
+# Shared by the launch scripts in scripts/ and studies/cpu-ablations/run.sh (sourced, never run on its own):
+# the common flags, the environment defaults, the launcher and the dry-run `run`. Each calling script defines
+# USAGE before sourcing this file with its arguments (`source common.sh "$@"`) and continues with
+# `set -- "${ARGS[@]}"`.
 #
 # Flags understood by every script:
 #   -h, --help     print the script's USAGE and exit

@@ -1,7 +1,7 @@
-"""scripts/ablations_cpu.sh and scripts/collect_cpu_study.py: the dry run's commands parsed by the programs'
-own parsers (every setting, seed and evaluation point of the study), --tiny end to end (2 settings x 2 seeds,
-8 steps: train -> sample -> held-out digits metric -> table and figure), resuming after an interruption, and
-the table's statistics and verdicts on fixture records."""
+"""studies/cpu-ablations/run.sh and collect.py: the dry run's commands parsed by the programs' own parsers
+(every setting, seed and evaluation point of the study), --tiny end to end (2 settings x 2 seeds, 8 steps:
+train -> sample -> held-out digits metric -> table and figure), resuming after an interruption, the table's
+statistics and verdicts on fixture records, and the study's committed records read again."""
 import importlib.util
 import json
 import math
@@ -12,19 +12,19 @@ import sys
 
 import pytest
 
-from test_scripts import ablation_of_name, parse_all, run_script
+from test_scripts import ablation_of_name, parse_all, script_env
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = os.path.join(ROOT, "scripts")
+STUDY = os.path.join(ROOT, "studies", "cpu-ablations")
 SETTINGS = ["dual-full-r0.25", "dual-as-r0.25", "single-full-r0.25", "single-as-r0.25", "dual-full-r0.5",
             "dual-as-r0.5", "dual-as-r0.5-rho0.25", "dual-full-r0.35", "dual-as-r0.35", "sit", "sra",
             "self-flow"]
 
 
 def load_collector():
-    path = os.path.join(SCRIPTS, "collect_cpu_study.py")
-    spec = importlib.util.spec_from_file_location("collect_cpu_study", path)
+    path = os.path.join(STUDY, "collect.py")
+    spec = importlib.util.spec_from_file_location("cpu_ablations_collect", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,16 +33,22 @@ def load_collector():
 study = load_collector()
 
 
+def run_study(*args, timeout=120, **env):
+    """studies/cpu-ablations/run.sh ARGS, from the repository root as test_scripts.run_script runs them."""
+    return subprocess.run(["bash", os.path.join(STUDY, "run.sh"), *args], cwd=ROOT, env=script_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def test_help():
-    res = run_script("ablations_cpu.sh", "--help")
-    assert res.returncode == 0 and "usage: scripts/ablations_cpu.sh" in res.stdout
+    res = run_study("--help")
+    assert res.returncode == 0 and "usage: studies/cpu-ablations/run.sh" in res.stdout
     assert "Environment" in res.stdout
 
 
 def test_dry_run_is_the_whole_study(monkeypatch):
     """12 settings x 3 seeds (seed by seed), 64 tokens per image, train split only; 3 evaluations per run
     against the held-out digits at 1/8, 1/2 and 1 of the run."""
-    res = run_script("ablations_cpu.sh", "--dry-run")
+    res = run_study("--dry-run")
     assert res.returncode == 0, res.stderr
     parsed = parse_all([shlex.split(line) for line in res.stdout.splitlines()], monkeypatch)
     trains = [ns for _, _, program, ns in parsed if program == "train.py"]
@@ -81,7 +87,7 @@ def test_dry_run_is_the_whole_study(monkeypatch):
                                               ([], dict(SEEDS="a"), "SEEDS"),
                                               ([], dict(JOBS="0"), "JOBS")])
 def test_bad_input(args, env, message):
-    res = run_script("ablations_cpu.sh", "--dry-run", *args, **env)
+    res = run_study("--dry-run", *args, **env)
     assert res.returncode == 2 and message in res.stderr and not res.stdout
 
 
@@ -91,7 +97,7 @@ def test_bad_input(args, env, message):
 def tiny_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("cpu-study")
     env = dict(TINY_ROOT=root, SIT_SRA_CACHE=root / "cache")
-    res = run_script("ablations_cpu.sh", "--tiny", "dual-full-r0.25", "dual-as-r0.25", timeout=900, **env)
+    res = run_study("--tiny", "dual-full-r0.25", "dual-as-r0.25", timeout=900, **env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return root, env
 
@@ -113,7 +119,7 @@ def test_tiny_records(tiny_study):
 
 def test_tiny_table_and_figure(tiny_study):
     root, _ = tiny_study
-    collector = os.path.join(SCRIPTS, "collect_cpu_study.py")
+    collector = os.path.join(STUDY, "collect.py")
     res = subprocess.run([sys.executable, collector, str(root / "results")], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -131,7 +137,7 @@ def test_tiny_resume(tiny_study):
     """A finished study is skipped; a run cut short (last checkpoint and one record gone) resumes from its
     newest checkpoint and recomputes only the missing record."""
     root, env = tiny_study
-    res = run_script("ablations_cpu.sh", "--tiny", "dual-full-r0.25", "dual-as-r0.25", timeout=300, **env)
+    res = run_study("--tiny", "dual-full-r0.25", "dual-as-r0.25", timeout=300, **env)
     assert res.returncode == 0 and res.stderr.count("finished, skipped") == 4 and "started" not in res.stderr
     run = root / "runs" / "cpu-dual-as-r0.25-s1"
     (run / "checkpoints" / "0000008.pt").unlink()
@@ -139,7 +145,7 @@ def test_tiny_resume(tiny_study):
     kept = root / "results" / "cpu-dual-as-r0.25-s1" / "0000004-n20-sde5-cfg1.0-gh1.0" / "digits.json"
     before = kept.stat().st_mtime_ns
     record.unlink()
-    res = run_script("ablations_cpu.sh", "--tiny", "dual-full-r0.25", "dual-as-r0.25", timeout=300, **env)
+    res = run_study("--tiny", "dual-full-r0.25", "dual-as-r0.25", timeout=300, **env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stderr.count("finished, skipped") == 3
     log = (root / "results" / "logs" / "cpu-dual-as-r0.25-s1.log").read_text()
@@ -149,9 +155,23 @@ def test_tiny_resume(tiny_study):
 
 # ---- the collector on fixture records ----------------------------------------------------------------------
 
+def study_args(setting, seed):
+    """The flags train.py saves (args.json) for the study's run cpu-SETTING-sSEED of an ablation setting."""
+    timesteps, attention, ratio, rho = ablation_of_name(f"b2-{setting}")
+    argv = ["--preset", "ours-b2", "--model", "SiT-N/2", "--mask-ratio", str(ratio), "--full-sample-prob",
+            str(rho), "--dual-time-scheduling" if timesteps == "dual" else "--no-dual-time-scheduling",
+            "--attention-separation" if attention == "as" else "--no-attention-separation",
+            "--seed", str(seed), "--exp-name", f"cpu-{setting}-s{seed}"]
+    return vars(train.parse_args(argv))
+
+
 def write(root, setting, seed, step, fd, accuracy=0.5, memorisation=0.7):
-    folder = root / f"cpu-{setting}-s{seed}" / f"{step:07d}-n500-sde25-cfg1.0-gh1.0"
+    run = root / f"cpu-{setting}-s{seed}"
+    folder = run / f"{step:07d}-n500-sde25-cfg1.0-gh1.0"
     folder.mkdir(parents=True)
+    # the copy of the run's flags that run.sh keeps beside the records (the run folder is not there)
+    if not (run / "args.json").exists():
+        (run / "args.json").write_text(json.dumps(study_args(setting, seed)))
     (folder / "sampling.json").write_text(json.dumps(dict(
         checkpoint=f"/x/runs/cpu-{setting}-s{seed}/checkpoints/{step:07d}.pt", settings=dict(steps=step))))
     (folder / "digits.json").write_text(json.dumps(dict(
@@ -204,3 +224,18 @@ def test_collector_without_records(tmp_path):
         study.collect(str(tmp_path), str(tmp_path))
     with pytest.raises(SystemExit, match="not found"):
         study.collect(str(tmp_path / "nope"), str(tmp_path))
+
+
+def test_collector_on_the_committed_records(tmp_path):
+    """The committed records (each run's args.json rebuilt from the study's commands, see the README) give the
+    committed table and summary again; study.json aside (the committed one is the first batch's)."""
+    study.collect(STUDY, str(tmp_path))
+    made = json.loads((tmp_path / "cpu_study.json").read_text())
+    committed = json.loads(open(os.path.join(STUDY, "cpu_study.json")).read())
+    made.pop("study")
+    committed.pop("study")
+    assert made == committed
+    made = (tmp_path / "cpu_study.md").read_text().splitlines()
+    committed = open(os.path.join(STUDY, "cpu_study.md")).read().splitlines()
+    assert [k for k, line in enumerate(committed) if line.startswith("Study: ")] == [2]
+    assert made[:2] + made[3:] == committed[:2] + committed[3:]

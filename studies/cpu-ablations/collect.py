@@ -1,13 +1,16 @@
-"""The CPU ablation study's table and figure (scripts/ablations_cpu.sh): mean and spread over seeds, paired
-differences for each of the paper's claims with a verdict, the paper's numbers beside.
+"""The CPU ablation study's table and figure (studies/cpu-ablations/run.sh): mean and spread over seeds,
+paired differences for each of the paper's claims with a verdict, the paper's numbers beside.
 
-    python scripts/collect_cpu_study.py [RESULTS_DIR] [--out DIR]       # default results/cpu-study
+    python studies/cpu-ablations/collect.py [RESULTS_DIR] [--out DIR]       # default results/cpu-study
 
-Reads RESULTS_DIR/cpu-SETTING-sSEED/STEP-TAG/digits.json (evaluations/digits_metric.py --reference heldout)
-and the sampling.json next to it (checkpoint -> run, step), and RESULTS_DIR/study.json when present (the
-study's size and wall time). Writes OUT/cpu_study.md (also printed), OUT/cpu_study.png (digits FD, accuracy
-and memorisation against training steps, one line per setting, the band = mean +- one standard deviation over
-seeds) and OUT/cpu_study.json (every number of the table).
+Reads the records with scripts/collect_results.py's reader (load_records): every digits.json under
+RESULTS_DIR scored against the held-out digits (evaluations/digits_metric.py --reference heldout), the
+sampling.json next to it (checkpoint -> run, step) and the flags of its run (runs/RUN/args.json, or the copy
+run.sh keeps in RESULTS_DIR/RUN/args.json), which give the run's setting (one of the study's, see run.sh
+--help) and its seed; and RESULTS_DIR/study.json when present (the study's size and wall time). Writes
+OUT/cpu_study.md (also printed), OUT/cpu_study.png (digits FD, accuracy and memorisation against training
+steps, one line per setting, the band = mean +- one standard deviation over seeds) and OUT/cpu_study.json
+(every number of the table).
 
 Points: the run's steps S/8, S/2, S stand for the paper's 100K, 400K, 800K of 800K. The metric: fd = Frechet
 distance of the samples to the held-out digits in the classifier's features (lower is better, the FID
@@ -25,38 +28,39 @@ run:
                            the claim but no evidence either way at this scale).
 """
 import argparse
-import glob
 import json
 import math
 import os
-import re
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-# the repository root is not on the path of scripts/
+# scripts/ is not a package: on the path for collect_results
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+# E402: neither folder is on the path of studies/ until the lines above
+import collect_results  # noqa: E402
 from infra.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
-DASH = "–"
-RUN_RE = re.compile(r"^cpu-(.+)-s(\d+)$")
-METRICS = [("fd", "digits FD", 2), ("accuracy", "accuracy", 3), ("memorisation", "memorisation", 3)]
-# of the run: the paper's 100K / 400K / 800K of 800K
+DASH = collect_results.DASH
+# the study's metrics (digits-metric record keys), with their labels; collect_results.fmt knows their digits
+METRICS = [("fd", "digits FD"), ("accuracy", "accuracy"), ("memorisation", "memorisation")]
+# of the run -> the paper's step it stands for: 100K / 400K / 800K of 800K
 POINTS = ("1/8", "1/2", "1")
-PAPER_STEPS = {"1/8": "100K", "1/2": "400K", "1": "800K"}
+PAPER_POINTS = dict(zip(POINTS, collect_results.PAPER_STEPS))
 
-# The paper's FID-10K (SiT-B/2, 800K steps), by setting and point; Table 4's FID-50K (XL/2, 4M steps, CFG).
-PAPER = {
-    "dual-full-r0.25": {"1/8": 58.16, "1/2": 30.20, "1": 25.19},
-    "dual-as-r0.25": {"1/8": 58.57, "1/2": 29.89, "1": 25.06},
-    "single-full-r0.25": {"1/8": 62.95, "1/2": 32.10, "1": 26.34},
-    "single-as-r0.25": {"1/8": 62.39, "1/2": 32.45, "1": 25.81},
-    "dual-full-r0.35": {"1": 24.87},
-    "dual-as-r0.35": {"1": 27.50},
-    "dual-full-r0.5": {"1": 24.39},
-    "dual-as-r0.5": {"1": 38.19},
-    "dual-as-r0.5-rho0.25": {"1": 24.15},
-}
-PAPER_SYSTEM = {"sra": 1.58, "self-flow": 1.47, "ours": 1.44}
+
+def ablation_name(setting: tuple) -> str:
+    """collect_results' ablation setting -> the study's name, e.g. ('dual', 'as', 0.5, 0.25) ->
+    'dual-as-r0.5-rho0.25' (runs are named cpu-NAME-sSEED)."""
+    timesteps, attention, ratio, rho = setting
+    return f"{timesteps}-{attention}-r{ratio:g}" + (f"-rho{rho:g}" if rho else "")
+
+
+# The study's settings: the B/2 ablations of Tables 1-3 (ours-b2 with one factor changed), by name, and the
+# baselines, by the method collect_results reads from a run's flags.
+ABLATIONS = {ablation_name(s): s
+             for s in collect_results.TABLE1 + collect_results.TABLE2 + collect_results.TABLE3}
+BASELINES = ("sit", "sra", "self-flow")
 # the method (SRA + DTS + AS, alpha 0.25) is this ablation run
 OURS = "dual-as-r0.25"
 
@@ -95,40 +99,55 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 def setting_name(setting: str) -> str:
     if setting in NAMES:
         return NAMES[setting]
-    m = re.match(r"^(dual|single)-(full|as)-r([0-9.]+)(?:-rho([0-9.]+))?$", setting)
-    if not m:
-        return setting
-    text = f"{m.group(1)} t, {'AS' if m.group(2) == 'as' else 'full attn'}, alpha {float(m.group(3)):g}"
-    return text + (f", rho {float(m.group(4)):g}" if m.group(4) else "")
+    if setting in ABLATIONS:
+        return collect_results.setting_label(ABLATIONS[setting], ratio_name="alpha")
+    return setting
+
+
+def paper_fid(setting: str) -> dict:
+    """The paper's FID-10K of an ablation setting (SiT-B/2, 800K steps) by point (METHOD.md section 9)."""
+    fids = collect_results.PAPER_ABLATION_FID.get(ABLATIONS.get(setting), {})
+    return {p: fids[step] for p, step in PAPER_POINTS.items() if step in fids}
+
+
+def system_fid(method: str) -> float | None:
+    """The paper's Table 4 FID-50K of a method (SiT-XL/2, 4M steps, CFG); None when it has none."""
+    return collect_results.PAPER_SYSTEM.get(f"{method}-xl2", {}).get("fid")
+
+
+def paper_step(point: str) -> str:
+    return collect_results.step_label(PAPER_POINTS[point])
 
 
 # ---- reading -----------------------------------------------------------------------------------------------
 
+def study_setting(record: dict) -> str | None:
+    """The study's name of a record's setting, from its run's flags as collect_results reads them: sit, sra or
+    self-flow for the baselines, else the ablation's name; None for runs of no setting of the study."""
+    if record["method"] in BASELINES:
+        return record["method"]
+    if record["setting"] in ABLATIONS.values():
+        return ablation_name(record["setting"])
+    return None
+
+
 def load(root: str) -> list:
-    """Every digits record of the study: dicts with setting, seed, step, and the metric values."""
-    if not os.path.isdir(root):
-        raise SystemExit(f"error: results folder not found: {root}")
+    """Every digits record of the study, read by collect_results.load_records: dicts with setting, seed (the
+    run's --seed), step, n and the metric values."""
     out = []
-    for path in sorted(glob.glob(os.path.join(root, "cpu-*", "*", "digits.json"))):
-        sampling = os.path.join(os.path.dirname(path), "sampling.json")
-        try:
-            with open(path) as f:
-                rec = json.load(f)
-            with open(sampling) as f:
-                s = json.load(f)
-        except (OSError, ValueError) as e:
-            print(f"skipping {path}: {e}", file=sys.stderr)
+    for r in collect_results.load_records([root]):
+        if r["kind"] != "digits":
             continue
-        ckpt = s["checkpoint"]
-        m = RUN_RE.match(os.path.basename(os.path.dirname(os.path.dirname(ckpt))))
-        if not m or rec.get("reference") != "heldout":
-            print(f"skipping {path}: not a cpu-SETTING-sSEED run scored against the held-out digits",
-                  file=sys.stderr)
+        rec = r["record"]
+        setting = study_setting(r)
+        seed = r["args"].get("seed")
+        if setting is None or seed is None or r["step"] is None or rec.get("reference") != "heldout":
+            print(f"skipping {r['path']}: not a run of the study's settings scored against the held-out "
+                  f"digits", file=sys.stderr)
             continue
-        out.append(dict(setting=m.group(1), seed=int(m.group(2)), step=int(s["settings"]["steps"]),
-                        n=int(rec["n"]), memorisation_real=rec.get("memorisation_real"),
-                        fd_floor=rec.get("fd_train_same_n"), heldout_accuracy=rec.get("heldout_accuracy"),
-                        **{k: rec.get(k) for k, _, _ in METRICS}))
+        out.append(dict(setting=setting, seed=int(seed), step=int(r["step"]), n=r["n"],
+                        memorisation_real=rec.get("memorisation_real"), fd_floor=rec.get("fd_train_same_n"),
+                        heldout_accuracy=rec.get("heldout_accuracy"), **{k: rec.get(k) for k, _ in METRICS}))
     return out
 
 
@@ -180,19 +199,15 @@ def verdict(diff: dict, kind: str) -> str:
 
 # ---- the table ---------------------------------------------------------------------------------------------
 
-def fmt(v: float | None, digits: int) -> str:
-    return DASH if v is None else f"{v:.{digits}f}"
+fmt = collect_results.fmt
+md_table = collect_results.md_table
 
 
-def fmt_ms(mean: float | None, std: float | None, digits: int) -> str:
+def fmt_ms(mean: float | None, std: float | None, metric: str) -> str:
+    """'mean ± std' with the metric's digits; the mean alone for one seed."""
     if mean is None:
         return DASH
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
-
-
-def md_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+    return fmt(mean, metric) + (f" ± {fmt(std, metric)}" if std is not None else "")
 
 
 def summarise(records: list) -> dict:
@@ -205,7 +220,7 @@ def summarise(records: list) -> dict:
             continue
         steps[point] = r["step"]
         cell = cells.setdefault(r["setting"], {}).setdefault(point, {})
-        for metric, _, _ in METRICS:
+        for metric, _ in METRICS:
             cell.setdefault(metric, {})[r["seed"]] = r[metric]
     for setting in cells.values():
         for point in setting.values():
@@ -219,7 +234,7 @@ def summarise(records: list) -> dict:
             ca, cb = cells.get(a, {}).get(point), cells.get(b, {}).get(point)
             if ca and cb:
                 row["points"][point] = {m: paired(ca[m]["per_seed"], cb[m]["per_seed"])
-                                        for m, _, _ in METRICS}
+                                        for m, _ in METRICS}
         final = row["points"].get("1")
         row["verdict"] = verdict(final["fd"], kind) if final else "not run"
         claims.append(row)
@@ -242,28 +257,28 @@ def render(summary: dict, study: dict | None = None) -> str:
                   f"evaluation ({g('sampler')}), seeds {g('seeds')}; wall time {g('wall_seconds')} s with "
                   f"{g('jobs')} jobs (load average {g('load_before')} before, {g('load_after')} after).", ""]
     parts += [f"Seeds found: {seeds}. Cells: mean ± standard deviation over seeds. Points: "
-              + ", ".join(f"{p} of the run = step {steps[p]} (paper {PAPER_STEPS[p]})"
+              + ", ".join(f"{p} of the run = step {steps[p]} (paper {paper_step(p)})"
                           for p in POINTS if p in steps)
               + f". Reference figures: real held-out digits' memorisation share "
-              f"{fmt(refs['memorisation_real'], 3)}, the classifier's accuracy on them "
-              f"{fmt(refs['heldout_accuracy'], 3)}, digits FD of random training digits at the same N "
-              f"{fmt(refs['fd_floor'], 2)} (the floor), N = {refs['n']}.", ""]
+              f"{fmt(refs['memorisation_real'], 'memorisation')}, the classifier's accuracy on them "
+              f"{fmt(refs['heldout_accuracy'], 'accuracy')}, digits FD of random training digits at the same "
+              f"N {fmt(refs['fd_floor'], 'fd')} (the floor), N = {refs['n']}.", ""]
     for title, settings in TABLES:
-        header = ["setting"] + [f"{label} @ {p}" for p in POINTS if p in steps for _, label, _ in METRICS] \
-            + [f"paper FID {PAPER_STEPS[p]}" for p in POINTS]
+        header = ["setting"] + [f"{label} @ {p}" for p in POINTS if p in steps for _, label in METRICS] \
+            + [f"paper FID {paper_step(p)}" for p in POINTS]
         rows = []
         for setting in settings:
             row = [setting_name(setting)]
             for p in POINTS:
                 if p not in steps:
                     continue
-                for metric, _, digits in METRICS:
+                for metric, _ in METRICS:
                     c = cells.get(setting, {}).get(p, {}).get(metric)
-                    row.append(fmt_ms(c["mean"], c["std"], digits) if c else DASH)
-            paper = PAPER.get(setting, {})
+                    row.append(fmt_ms(c["mean"], c["std"], metric) if c else DASH)
+            paper = paper_fid(setting)
             if title.startswith("The method"):
-                paper = {"1": PAPER_SYSTEM.get("ours" if setting == OURS else setting)}
-            row += [fmt(paper.get(p), 2) for p in POINTS]
+                paper = {"1": system_fid("ours" if setting == OURS else setting)}
+            row += [fmt(paper.get(p), "fid") for p in POINTS]
             rows.append(row)
         parts += [f"## {title}", "", md_table(header, rows), ""]
         if title.startswith("The method"):
@@ -282,20 +297,22 @@ def render(summary: dict, study: dict | None = None) -> str:
                 row.append(DASH)
                 continue
             interval = f" [{d['lo']:.2f}, {d['hi']:.2f}]" if d["lo"] is not None else ""
-            row.append(fmt_ms(d["mean"], d["std"], 2) + interval)
+            row.append(fmt_ms(d["mean"], d["std"], "fd") + interval)
         final = c["points"].get("1", {})
-        row += [fmt_ms(final["accuracy"]["mean"], final["accuracy"]["std"], 3) if final else DASH,
-                fmt_ms(final["memorisation"]["mean"], final["memorisation"]["std"], 3) if final else DASH]
-        pa = PAPER.get(c["a"], {}).get("1") or PAPER_SYSTEM.get("ours" if c["a"] == OURS else c["a"])
-        pb = PAPER.get(c["b"], {}).get("1") or PAPER_SYSTEM.get(c["b"])
-        if c["a"] == OURS and c["b"] in PAPER_SYSTEM:
-            pa, pb = PAPER_SYSTEM["ours"], PAPER_SYSTEM[c["b"]]
+        row += [fmt_ms(final["accuracy"]["mean"], final["accuracy"]["std"], "accuracy") if final else DASH,
+                fmt_ms(final["memorisation"]["mean"], final["memorisation"]["std"], "memorisation")
+                if final else DASH]
+        pa = paper_fid(c["a"]).get("1") or system_fid("ours" if c["a"] == OURS else c["a"])
+        pb = paper_fid(c["b"]).get("1") or system_fid(c["b"])
+        # a claim of Table 4: both sides from it
+        if c["a"] == OURS and system_fid(c["b"]) is not None:
+            pa, pb = system_fid("ours"), system_fid(c["b"])
         row += [DASH if pa is None or pb is None else f"{pa - pb:+.2f}", c["verdict"]]
         rows.append(row)
     parts += ["## The claims: paired differences A − B over seeds (mean ± sd [95% CI])", "",
               md_table(header, rows), "",
               "Lower digits FD is better; a claim's verdict reads the 95% interval of the paired FD "
-              "difference at the end of the run (the docstring of scripts/collect_cpu_study.py gives the "
+              "difference at the end of the run (the docstring of studies/cpu-ablations/collect.py gives the "
               "rule).", ""]
     return "\n".join(parts)
 
@@ -313,7 +330,7 @@ def plot(summary: dict, path: str) -> str:
     fig, axes = plt.subplots(len(TABLES), len(METRICS), figsize=(4.2 * len(METRICS), 3.2 * len(TABLES)),
                              squeeze=False)
     for row, (title, settings) in enumerate(TABLES):
-        for col, (metric, label, _) in enumerate(METRICS):
+        for col, (metric, label) in enumerate(METRICS):
             ax = axes[row][col]
             for k, setting in enumerate(settings):
                 have = cells.get(setting, {})
@@ -353,8 +370,9 @@ def collect(root: str, out: str) -> tuple[str, str, dict]:
     `out`."""
     records = load(root)
     if not records:
-        raise SystemExit(f"error: no records of the CPU study (cpu-*/STEP-TAG/digits.json with a "
-                         f"sampling.json, scored with --reference heldout) under {root}")
+        raise SystemExit(f"error: no records of the CPU study (RUN/STEP-TAG/digits.json with a "
+                         f"sampling.json, of a run of the study's settings, scored with --reference heldout) "
+                         f"under {root}")
     study = None
     if os.path.isfile(os.path.join(root, "study.json")):
         with open(os.path.join(root, "study.json")) as f:

@@ -4,10 +4,10 @@ SiT-N/2 (depth 6, width 64, 64 tokens of 2x2 pixels) trained on the train split 
 (digits:16:train, 1352 images), SEEDS seeds per setting, each checkpoint at 1/8, 1/2 and 1 of the run (the
 paper's 100K / 400K / 800K of 800K) sampled and scored by the digits metric against the 445 held-out digits
 (Frechet distance in the classifier's features, label accuracy, memorisation share;
-evaluations/digits_metric.py --reference heldout). scripts/collect_cpu_study.py then writes the table and the
-figure.
+evaluations/digits_metric.py --reference heldout). studies/cpu-ablations/collect.py then writes the table and
+the figure. Run from the repository root.
 
-usage: scripts/ablations_cpu.sh [--dry-run] [--tiny] [SETTING ...]
+usage: studies/cpu-ablations/run.sh [--dry-run] [--tiny] [SETTING ...]
 
 Settings (default: all 12); run name cpu-SETTING-sSEED. Every run is a preset's method at the study's scale:
   dual-full-r0.25  dual-as-r0.25          Table 1: dual timesteps, full attention vs AS, mask ratio 0.25
@@ -38,9 +38,11 @@ Environment (defaults in brackets; --tiny values after the semicolon):
   OUTPUT_DIR   run folders [runs/cpu-study]   SAMPLE_DIR [samples/cpu-study]   RESULTS_DIR [results/cpu-study]
                (under \$TINY_ROOT with --tiny); each run's console output goes to RESULTS_DIR/logs/RUN.log
   TRAIN_ARGS   extra train.py flags for every run
-Writes RESULTS_DIR/RUN/STEP-TAG/{digits.json,sampling.json} per evaluation and RESULTS_DIR/study.json (the
-study's size, its wall time and the load average before and after)."
-source "$(dirname "$0")/common.sh" "$@"
+Writes RESULTS_DIR/RUN/STEP-TAG/{digits.json,sampling.json} per evaluation, a copy of the run's flags in
+RESULTS_DIR/RUN/args.json (so the records tell the run's setting and seed without the run folder) and
+RESULTS_DIR/study.json (the study's size, its wall time and the load average before and after)."
+# the launch scripts' shared part (flags, run, tiny_or); it changes to the repository root
+source "$(dirname "$0")/../../scripts/common.sh" "$@"
 set -- "${ARGS[@]}"
 
 SEEDS=${SEEDS:-$(tiny_or "0 1 2" "0 1")}
@@ -122,6 +124,8 @@ one_run() {
     run cp "$(dirname "$npz")/sampling.json" "$records/sampling.json"
     run "$PYTHON" -m evaluations.digits_metric "$npz" --reference heldout --out "$records/digits.json"
   done
+  # the run's flags beside its records: collect.py reads the setting and the seed from them
+  run cp "$OUTPUT_DIR/$exp/args.json" "$RESULTS_DIR/$exp/args.json"
 }
 
 finished() {
