@@ -14,17 +14,17 @@ teacher sra on the student's groups, student / teacher blocks 3 / 8 (B) or 8 / 2
 weights) runs on images as if read from disk (no VAE decoding counted).
 """
 import argparse
-import dataclasses
 import json
 import platform
 import time
 from collections.abc import Callable
-from copy import deepcopy
+from types import SimpleNamespace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from loss import LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_head
+import train
+from loss import REPATarget, TrainingLoss
 from models import SIZES, ReferenceSiT, SiT_models, patch_size_of
 from presets import METHODS, resolve
 
@@ -63,55 +63,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def recipe_args(args: argparse.Namespace) -> argparse.Namespace:
+    """train.py's settings for `--method` at this model size: the preset's flags through train.parse_args,
+    with bench's block and AS overrides."""
+    scale = "xl2" if args.model.startswith(("SiT-XL", "SiT-L")) else "b2"
+    argv = ["--preset", f"{args.method}-{scale}", "--model", args.model, "--data-dir", "bench"]
+    for flag, value in (("--block-out-s", args.block_out_s), ("--block-out-t", args.block_out_t)):
+        argv += [flag, str(value)] if value is not None else []
+    if args.attention_separation is not None:
+        argv.append("--attention-separation" if args.attention_separation else "--no-attention-separation")
+    return train.parse_args(argv)
+
+
 def setup(args: argparse.Namespace, reference: bool = False) -> tuple:
-    """Model, EMA, loss and optimizer for `--method` at the preset's blocks for this model size.
+    """Model, EMA, loss and optimizer for `--method`, built by train.py's own builders on random latents of
+    the ImageNet shape (1000 classes).
 
     reference: the loss runs the student and the EMA teacher at the release's costs (models/reference.py)."""
     dev = torch.device(args.device)
-    scale = "xl2" if args.model.startswith(("SiT-XL", "SiT-L")) else "b2"
-    preset = resolve(f"{args.method}-{scale}")
-    # the preset's loss settings; a LossConfig field it does not name keeps the field's default
-    values = {f.name: preset[f.name] for f in dataclasses.fields(LossConfig) if f.name in preset}
-    values["block_out_s"] = args.block_out_s or preset["block_out_s"]
-    values["block_out_t"] = args.block_out_t or preset["block_out_t"]
-    if args.attention_separation is not None:
-        values["attention_separation"] = args.attention_separation
-    cfg = LossConfig(**values)
+    run = recipe_args(args)
+    data = SimpleNamespace(latent_size=args.resolution // 8, latent_channels=4, num_classes=1000,
+                           is_latent=True)
     target = None
-    if cfg.align_target == "repa":
-        # DINOv2-B on images read from disk (REPA's setup)
+    if run.align_target == "repa":
+        # DINOv2-B (random weights) on images as if read from disk: REPA's setup
         from models.dinov2 import build_dinov2
         encoder = build_dinov2("dinov2_vitb14").to(dev).requires_grad_(False).eval()
         images = torch.rand(args.batch_size, 3, args.resolution, args.resolution, device=dev) * 2 - 1
         target = REPATarget(encoder, to_images=lambda x0: images)
-    elif cfg.align_target == "sra2":
-        target = VAELatentTarget()
-    head = z_dim = None
-    if cfg.align_target != "none":
-        head, z_dim = student_head(target, patch_size_of(args.model), 4)
-    model = SiT_models[args.model](input_size=args.resolution // 8, in_channels=4, num_classes=1000,
-                                   align_head=head, z_dim=z_dim).to(dev)
-    ema = deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0, fused=dev.type == "cuda")
+    elif run.align_target == "sra2":
+        target = train.build_target(run, data, dev)
+    model = train.build_model(run, data, target).to(dev)
+    ema = train.build_ema(model)
+    opt = train.build_optimizer(run, model)
     if args.compile:
         for block in model.blocks:
             block.compile()
     student = ReferenceSiT(model) if reference else model
-    teacher = ReferenceSiT(ema) if reference else ema
-    loss_fn = TrainingLoss(cfg, num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size,
-                           num_classes=1000, target=target, ema=teacher)
-    return student, ema, loss_fn, opt, (cfg.block_out_s, cfg.block_out_t)
+    loss_fn = train.build_loss(run, model, data, target, ReferenceSiT(ema) if reference else ema)
+    return student, ema, loss_fn, opt, (run.block_out_s, run.block_out_t)
 
 
 def make_step(args: argparse.Namespace, model: torch.nn.Module, ema: torch.nn.Module, loss_fn: TrainingLoss,
               opt: torch.optim.Optimizer) -> Callable[[], None]:
-    """One training step: loss (student and target), backward, clipping, AdamW, the EMA update."""
+    """One training step as train.train_step runs it on one device: the loss (student and target) under
+    autocast, backward, clipping, AdamW, then train.py's EMA update."""
     dev = next(model.parameters()).device
     params = list(model.parameters())
-    ema_params = list(ema.parameters())
     bf16 = args.mixed_precision == "bf16"
     x = torch.randn(args.batch_size, 4, args.resolution // 8, args.resolution // 8, device=dev)
     y = torch.randint(0, 1000, (args.batch_size,), device=dev)
+    raw = model.model if isinstance(model, ReferenceSiT) else model
+    update_ema = train.ema_updater(raw, ema, 0.9999)
 
     def step() -> None:
         with torch.autocast("cuda" if dev.type == "cuda" else "cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -120,7 +123,7 @@ def make_step(args: argparse.Namespace, model: torch.nn.Module, ema: torch.nn.Mo
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch._foreach_lerp_(ema_params, params, 1e-4)
+        update_ema()
     return step
 
 

@@ -7,7 +7,6 @@ What a dataset returns and exposes (all three classes):
         LatentShardDataset / RepaLatentDataset: x = posterior moments (8, h, w), channels 0-3 mean, 4-7 std,
             unscaled; turn a batch into model input with sample_posterior(x) (on the device, every step).
         DigitsDataset: x = image (1, R, R) in [-1, 1], already the model input (pixel space, no VAE).
-    ds.get_batch(indices) -> (x (B, ...), labels (B,)): the same for many indices at once (fast path).
     ds.is_latent        True for VAE latents (call sample_posterior), False for pixels (use x as is).
     ds.latent_channels  channels the model sees: 4 (SD-VAE latent) or 1 (digits). Model in_channels.
     ds.latent_size      spatial side the model sees: resolution / 8 for latents, R for digits. Model
@@ -28,6 +27,7 @@ digits_images() is also the shared source of the embedded dataset for evaluation
 import ctypes
 import functools
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -178,9 +178,6 @@ class DigitsDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return self.images[i], self.labels[i]
 
-    def get_batch(self, indices):
-        idx = torch.as_tensor(indices, dtype=torch.int64)
-        return self.images[idx], self.labels[idx]
 
 
 def _check_arrays(files, counts, item_shape, listed_in):
@@ -306,30 +303,6 @@ class LatentShardDataset(torch.utils.data.Dataset):
         f = np.array(self._features()[s][i - self.offsets[s]], dtype=np.float32)  # (T, D)
         return torch.from_numpy(x), y, torch.from_numpy(f)
 
-    def get_batch(self, indices):
-        """indices (B,) -> (moments (B, 8, h, w) float32, labels (B,) int64[, feats (B, T, D) float32]),
-        reading each shard once."""
-        idx = np.asarray(torch.as_tensor(indices).cpu(), dtype=np.int64)
-        shard = np.searchsorted(self.offsets, idx, side="right") - 1
-        out = np.empty((len(idx),) + self.item_shape, dtype=np.float32)
-        feats = None
-        if self.features is not None:
-            tokens = self.features_info["tokens"]
-            feats = np.empty((len(idx), tokens, self.features_info["dim"]), dtype=np.float32)
-        for s in np.unique(shard):
-            sel = np.nonzero(shard == s)[0]
-            local = idx[sel] - self.offsets[s]
-            # sorted reads from the file
-            order = np.argsort(local, kind="stable")
-            out[sel[order]] = self._shards()[s][local[order]]
-            _check_finite(out[sel], lambda: f"{self.shard_files[s]} (rows {sorted(local.tolist())[:8]})")
-            if feats is not None:
-                feats[sel[order]] = self._features()[s][local[order]]
-        y = torch.from_numpy(self.labels[idx].astype(np.int64))
-        if feats is None:
-            return torch.from_numpy(out), y
-        return torch.from_numpy(out), y, torch.from_numpy(feats)
-
 
 def _repa_folder(data_dir: str):
     """data_dir/vae-sd (or data_dir itself if it is the vae-sd folder) when it holds dataset.json, else
@@ -418,11 +391,6 @@ class RepaLatentDataset(torch.utils.data.Dataset):
         x = self.load(int(i)).astype(np.float32, copy=False)
         return torch.from_numpy(x), torch.tensor(int(self.labels[i]), dtype=torch.int64)
 
-    def get_batch(self, indices):
-        idx = [int(i) for i in torch.as_tensor(indices).cpu()]
-        x = np.stack([self.load(i) for i in idx]).astype(np.float32, copy=False)
-        return torch.from_numpy(x), torch.from_numpy(self.labels[idx])
-
 
 def _short(values, limit=8):
     values = list(values or [])
@@ -501,7 +469,7 @@ class EpochOrder:
         order.load_state_dict(ckpt["data"])
         # the rest of the current epoch, LongTensor (batch_size,)
         for idx in order:
-            x, y = ds.get_batch(idx); ...
+            x, y = torch.utils.data.default_collate([ds[i] for i in idx]); ...
             # the next batch to be handed out
             ckpt["data"] = order.state_dict()
 
@@ -512,7 +480,8 @@ class EpochOrder:
     train_batches does).
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, num_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 grad_accum: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.num_items = int(num_items)
@@ -521,9 +490,14 @@ class EpochOrder:
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.batches_per_epoch = self.num_items // (self.batch_size * self.world_size)
-        if self.batches_per_epoch < 1:
+        # the one check that a global batch fits in the data
+        if self.num_items < self.batch_size * self.world_size * grad_accum:
             raise ValueError(f"{num_items} items cannot fill one global batch of {batch_size} x {world_size} "
-                             f"ranks")
+                             f"ranks" + (f" x {grad_accum} accumulation steps" if grad_accum > 1 else ""))
+        # optimizer steps per pass over the data, as the release and REPA count them (a DataLoader with
+        # drop_last): floor(items / (batch x ranks)) batches per rank, one step per grad_accum batches (the
+        # last, shorter accumulation of an epoch also steps); --epochs and the epoch of lambda's schedule
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / grad_accum)
         self.epoch = 0
         self.position = 0
 
@@ -620,21 +594,25 @@ def train_batches(dataset: torch.utils.data.Dataset, order: EpochOrder, start: i
                 idx = idx.to(device)
                 yield images[idx], labels[idx], {}
     ignore = tuple(int(s) for s in ignore_signals)
+    batches = None
     try:
         while True:
             generator = torch.Generator().manual_seed(loader_seed(order.seed, order.rank, order.epoch))
             loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=num_workers,
                                                  pin_memory=device.type == "cuda", generator=generator,
                                                  worker_init_fn=functools.partial(_worker_init, ignore))
+            batches = _start_workers(loader, ignore)
             # (moments, labels[, features])
-            for x, y, *feats in _start_workers(loader, ignore):
+            for x, y, *feats in batches:
                 extra = {"features": feats[0].to(device, non_blocking=True)} if feats else {}
                 # z = (mean + std n) * 0.18215
                 z = sample_posterior(x.to(device, non_blocking=True))
                 yield z, y.to(device, non_blocking=True), extra
-    finally:
-        # close() of this generator: the loader's iterator is freed and asks its workers to exit; one that did
-        # not within the loader's 5 s ignores the SIGTERM the loader (and Python at exit) would end it with
+    except GeneratorExit:
+        # close(): freeing the loader's iterator asks its workers to exit (the loader's own shutdown); a
+        # worker still alive 5 s later ignores the SIGTERM the loader (and Python at exit) would end it with
+        batches = None
         for worker in multiprocessing.active_children():
             if worker.daemon:
                 worker.kill()
+        raise

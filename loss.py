@@ -282,9 +282,7 @@ class EMATeacher:
                 s = s[:, :1]
                 x_in = d.mix(s[:, :, None, None])
         t_in = s[:, 0] if layout is None else s
-        separate = layout is not None and layout.separate
-        return self.ema.forward_features(x_in, t_in, y, layer=self.block_out_t, groups=layout,
-                                         separate=separate)
+        return self.ema.forward_features(x_in, t_in, y, layer=self.block_out_t, groups=layout)
 
 
 class REPATarget:
@@ -376,7 +374,7 @@ def _check_config(cfg: LossConfig, sizes: tuple[int, ...]) -> None:
                    ("--sorted-timesteps", cfg.sorted_timesteps))
         bad = [flag for flag, on in grouped if on]
         if bad:
-            raise ValueError(f"{', '.join(bad)} need(s) token groups: {_ask_for_groups(cfg.mask_ratio)}")
+            raise ValueError(f"{', '.join(bad)} need(s) token groups: {ask_for_groups(cfg.mask_ratio)}")
     if not 0 <= cfg.full_sample_prob <= 1:
         raise ValueError(f"--full-sample-prob must lie in [0, 1], got {cfg.full_sample_prob}")
     if cfg.full_sample_prob > 0 and len(sizes) != 2:
@@ -388,41 +386,20 @@ def _check_config(cfg: LossConfig, sizes: tuple[int, ...]) -> None:
         raise ValueError(f"--block-out-s must be >= 1, got {cfg.block_out_s}")
 
 
-def _ask_for_groups(mask_ratio) -> str:
+def ask_for_groups(mask_ratio) -> str:
+    """The advice when a flag needs token groups and --mask-ratio makes one."""
     got = list(mask_ratio) if not isinstance(mask_ratio, (int, float)) else mask_ratio
     return (f"--mask-ratio {got} is one group (plain SRA: drop the flag, or --no-dual-time-scheduling "
             f"--no-attention-separation); for token groups set --mask-ratio to a value in (0, 1)")
 
 
-def derive_teacher_mask(teacher_t: str, num_groups: int) -> bool:
-    """Whether the EMA teacher runs on the student's token groups: derived, not a setting. The sra and same
-    teachers do whenever there are groups (s_g per group, Sec. 5 table); self_flow sees the whole image at
-    t_lo (Eq. 7)."""
-    return num_groups > 1 and teacher_t in ("sra", "same")
-
-
 def teacher_on_groups(align_target: str, teacher_t: str, mask_ratio) -> bool:
-    """derive_teacher_mask from the flags: only the EMA target has a teacher; --mask-ratio makes groups."""
-    return align_target == "ema" and derive_teacher_mask(teacher_t, len(group_ratios(mask_ratio)))
-
-
-def check_teacher_mask(given: bool, align_target: str, teacher_t: str, mask_ratio) -> None:
-    """The release's --[no-]teacher-mask against the value the other settings derive: a contradiction is
-    refused in one line naming the flags."""
-    if given == teacher_on_groups(align_target, teacher_t, mask_ratio):
-        return
-    flag = "--teacher-mask" if given else "--no-teacher-mask"
-    if given and align_target != "ema":
-        why = f"--align-target {align_target} has no EMA teacher"
-    elif given and teacher_t == "self_flow":
-        why = ("--teacher-t self_flow feeds the teacher the whole image at t_lo (Eq. 7); --teacher-mask does "
-               "not apply to it")
-    elif given:
-        why = f"it needs token groups: {_ask_for_groups(mask_ratio)}"
-    else:
-        why = (f"--teacher-t {teacher_t} with token groups runs the teacher on the student's groups: add "
-               "--teacher-mask (or use --teacher-t self_flow for a teacher on the whole image)")
-    raise ValueError(f"{flag}: {why}")
+    """Whether the EMA teacher runs on the student's token groups: derived, never a setting. Only the EMA
+    target has a teacher; the sra and same teachers run on the groups whenever --mask-ratio makes them (s_g
+    per group, Sec. 5 table); self_flow sees the whole image at t_lo (Eq. 7). The release's
+    --[no-]teacher-mask is checked against it (infra/flags.py)."""
+    groups = len(group_ratios(mask_ratio))
+    return align_target == "ema" and groups > 1 and teacher_t in ("sra", "same")
 
 
 class TrainingLoss:
@@ -444,7 +421,7 @@ class TrainingLoss:
         self.grid = grid
         self.patch = patch
         self.num_classes = num_classes
-        self.teacher_mask = derive_teacher_mask(cfg.teacher_t, len(self.sizes))
+        self.teacher_mask = teacher_on_groups(cfg.align_target, cfg.teacher_t, cfg.mask_ratio)
         if cfg.align_target in ("none", "ema") and target is not None:
             raise ValueError(f"--align-target {cfg.align_target} takes no target object (that is for repa "
                              "/ sra2)")
@@ -523,8 +500,7 @@ class TrainingLoss:
         if layout is None:
             out = model(x_t, t[:, 0], y_dropped, align_layer=align_layer)
         else:
-            out = model(x_t, t, y_dropped, groups=layout, separate=cfg.attention_separation,
-                        align_layer=align_layer)
+            out = model(x_t, t, y_dropped, groups=layout, align_layer=align_layer)
         v, feats = out if align_layer is not None else (out, None)
         # (N,), Eq. 2
         loss_gen = (v.float() - target_v.float()).pow(2).mean(dim=(1, 2, 3))

@@ -1,47 +1,21 @@
 """The paper's recipes as named flag sets: `--preset METHOD-SCALE`, e.g. `ours-b2`, `self-flow-xl2`,
-`sit-xl2-512`.
+`sit-xl2-512`. Data only: this file imports nothing of the project.
 
-Methods (METHOD.md sections 2-7): sit (vanilla), sra, sra-orig, self-flow, ours (SRA + DTS + AS), ours-mix
-(ours with full-image mixing rho = 0.25, Fig. 5), repa, sra2. Scales (METHOD.md section 8): b2 (the SiT-B/2
-ablations, 800K steps), xl2 (SiT-XL/2 at 256, 4M steps), xl2-512 (SiT-XL/2 at 512, 1M steps). `digits` is the
-embedded CPU quickstart. train.py's defaults are the release's recipe (RELEASE below: SiT-B/2, SRA + DTS + AS
-as SiT-SRA_DTS_AS/scripts/train.sh runs it); a preset is one row listing only what differs from them, and a
-flag given on the command line always wins over the preset. `python train.py --preset NAME --print-config`
-prints what a preset resolves to.
-
-Which recipe each preset is, and which published number it stands for (FID-50K, ImageNet, CFG; Tables 4-5 of
-the paper unless said otherwise):
-    ours-xl2 / ours-xl2-512   the paper's scheme as its release (SiT-SRA_DTS_AS) runs it: FID 1.44 (256, 4M
-                              steps) and 2.08 (512, 1M steps). ours-b2: Tables 1-3 (FID-10K, no CFG).
-    sra-*                     SRA as the DTS_AS release runs it: cos-channel distance, constant lambda 0.5,
-                              teacher on the clean labels. No published number is this recipe.
-    sra-orig-*                the original SiT-SRA recipe behind SRA's own numbers: smooth-L1 (beta 0.05),
-                              lambda 0.2 decaying after epoch 149 (256 px; 99 at 512) by
-                              --align-weight-schedule, teacher on the dropped labels, --t-max 0.2.
-                              sra-orig-xl2: FID 1.58 (the number the paper quotes for SRA; SRA's XL/2 at 800
-                              epochs); sra-orig-xl2-512: SRA reports 2.07 at 512 after 400 epochs (the
-                              preset's 1M steps are about 200).
-    self-flow-*               Self-Flow as the release renders it (DTS with full attention, teacher on the
-                              whole image at t_lo, Eq. 7), not Self-Flow's own code: the paper quotes
-                              Self-Flow's 1.47.
-    repa-*                    REPA: DINOv2-B patch tokens, per-token cosine, lambda 0.5, block 8 (4 for B/2),
-                              targets precomputed from the real images: FID 1.42 (REPA's XL/2 at 4M steps, CFG
-                              1.8 for t <= 0.7).
-    sit-*                     vanilla SiT: SiT reports FID 2.06 for XL/2 after 7M steps (CFG 1.5 on 3
-                              channels: sample_ddp --cfg-channels 3); the 4M-step preset has no published
-                              counterpart.
-    sra2-*                    SRA 2 as we read its paper (no official code): no published number reproduced
-                              here.
+train.py's defaults are the release's recipe (RELEASE below: SiT-B/2, SRA + DTS + AS as
+SiT-SRA_DTS_AS/scripts/train.sh runs it); a preset is one row listing only what differs from them, and a flag
+given on the command line always wins over the preset. Methods: sit (vanilla), sra, sra-orig (the original
+SiT-SRA recipe), self-flow, ours (SRA + DTS + AS), ours-mix (rho = 0.25, Fig. 5), repa, sra2 (METHOD.md
+sections 2-7). Scales: b2 (the SiT-B/2 ablations, 800K steps), xl2 (SiT-XL/2 at 256, 4M steps), xl2-512
+(SiT-XL/2 at 512, 1M steps); `digits` is the embedded CPU quickstart. The method table (what each method is,
+and the published number each preset stands for) is README.md's; each row below names its number too.
+`python train.py --preset NAME --print-config` prints what a preset resolves to.
 """
-from collections.abc import Mapping
-
-from loss import teacher_on_groups
 
 
 # train.py's defaults: the release's recipe (SiT-SRA_DTS_AS/scripts/train.sh: SiT-B/2, global batch 256, lr
 # 1e-4, SRA + DTS + AS at mask ratio 0.25, teacher at s = t - 0.2 U on the student's groups, blocks 3 / 8,
 # lambda 0.5 on the release's cosine, 100K-step checkpoints, 50K-step previews, --max-train-steps 4100000).
-# The release trains in fp16; bf16 here (METHOD.md, the precision row).
+# The release trains in fp16; bf16 here (METHOD.md section 10).
 RELEASE = dict(
     model="SiT-B/2", batch_size=256, learning_rate=1e-4, adam_beta1=0.9, adam_beta2=0.999,
     adam_weight_decay=0.0, adam_epsilon=1e-8, max_grad_norm=1.0, ema_decay=0.9999, mixed_precision="bf16",
@@ -69,29 +43,36 @@ _MIX = dict(mask_ratio=[0.5], full_sample_prob=0.25)
 
 # One row per preset: what differs from RELEASE. b2: 800K steps, xl2: 4M, xl2-512: 1M.
 PRESETS = {
+    # the paper's scheme as its release runs it: Tables 1-3 (B/2, FID-10K, no CFG), FID 1.44 (Table 4, XL/2),
+    # 2.08 (Table 5, 512 px)
     "ours-b2": dict(max_train_steps=800_000),
     "ours-xl2": dict(_XL2, max_train_steps=4_000_000),
     "ours-xl2-512": dict(_XL2, max_train_steps=1_000_000),
+    # Table 3's 24.15 (B/2, 800K steps, FID-10K)
     "ours-mix-b2": dict(_MIX, max_train_steps=800_000),
     "ours-mix-xl2": dict(_XL2, **_MIX, max_train_steps=4_000_000),
     "ours-mix-xl2-512": dict(_XL2, **_MIX, max_train_steps=1_000_000),
+    # SiT reports FID 2.06 for XL/2 after 7M steps (CFG 1.5 on 3 channels); none at 4M
     "sit-b2": dict(_ONE, align_target="none", max_train_steps=800_000),
     "sit-xl2": dict(_XL2, **_ONE, align_target="none", max_train_steps=4_000_000),
     "sit-xl2-512": dict(_XL2, **_ONE, align_target="none", max_train_steps=1_000_000),
+    # SRA as the DTS_AS release runs it: no published number is this recipe
     "sra-b2": dict(_ONE, max_train_steps=800_000),
     "sra-xl2": dict(_XL2, **_ONE, max_train_steps=4_000_000),
     "sra-xl2-512": dict(_XL2, **_ONE, max_train_steps=1_000_000),
+    # SRA's own numbers: FID 1.58 (XL/2, 800 epochs; the SRA row of Table 4), 2.07 at 512 after 400 epochs
     "sra-orig-b2": dict(_SRA_ORIG, align_weight_schedule="sra-256", max_train_steps=800_000),
     "sra-orig-xl2": dict(_XL2, **_SRA_ORIG, align_weight_schedule="sra-256", max_train_steps=4_000_000),
     "sra-orig-xl2-512": dict(_XL2, **_SRA_ORIG, align_weight_schedule="sra-512", max_train_steps=1_000_000),
+    # Self-Flow as the release renders it; the paper quotes Self-Flow's own 1.47
     "self-flow-b2": dict(_SELF_FLOW, max_train_steps=800_000),
     "self-flow-xl2": dict(_XL2, **_SELF_FLOW, max_train_steps=4_000_000),
     "self-flow-xl2-512": dict(_XL2, **_SELF_FLOW, max_train_steps=1_000_000),
-    # REPA aligns block 4 at B/2, 8 at XL/2
+    # REPA's FID 1.42 (XL/2, 4M steps, CFG 1.8 for t <= 0.7); it aligns block 4 at B/2, 8 at XL/2
     "repa-b2": dict(_REPA, block_out_s=4, max_train_steps=800_000),
     "repa-xl2": dict(_XL2, **_REPA, max_train_steps=4_000_000),
     "repa-xl2-512": dict(_XL2, **_REPA, max_train_steps=1_000_000),
-    # SRA 2 aligns block 2 at B/2, 8 at XL/2
+    # our reading of SRA 2 (no official code): no published number reproduced; block 2 at B/2, 8 at XL/2
     "sra2-b2": dict(_SRA2, block_out_s=2, max_train_steps=800_000),
     "sra2-xl2": dict(_XL2, **_SRA2, max_train_steps=4_000_000),
     "sra2-xl2-512": dict(_XL2, **_SRA2, max_train_steps=1_000_000),
@@ -102,13 +83,6 @@ PRESETS = {
 }
 # the methods, as bench.py --method names them
 METHODS = ("ours", "ours-mix", "sit", "sra", "sra-orig", "self-flow", "repa", "sra2")
-
-
-def teacher_mask(settings: Mapping) -> bool:
-    """Whether the EMA teacher runs on the student's token groups: with groups and teacher_t sra / same (s_g
-    per group, Sec. 5 table); self_flow puts the whole image at t_lo (Eq. 7); other targets have no teacher.
-    Derived, never a setting (train.py checks the release's --teacher-mask against it)."""
-    return teacher_on_groups(settings["align_target"], settings["teacher_t"], settings["mask_ratio"])
 
 
 def resolve(name: str) -> dict:

@@ -6,16 +6,16 @@
     python sample_ddp.py --ckpt ... --grid --grid-classes 207 360 387 974 88 979 417 279
 
 Image i (0 <= i < N) is made by rank i % world from its own seed global_seed + i: one torch.Generator draws
-its initial noise and then all its SDE noise (sampling.py, samplers.py), and its label is a function of
+its initial noise and then all its SDE noise (samplers.py), and its label is a function of
 (global_seed, i) too. The set therefore does not depend on the number of processes or the batch size, images
 of a smaller N are the first images of a larger one, and note that seed s + 1 gives image i of seed s as its
 image i - 1 (pick seeds far apart).
 Labels: uniform over classes from numpy's default_rng(global_seed + i) (random as the releases, reproducible
 per index), or with --balanced-labels, i % num_classes.
 Decoding: latents (in_channels 4) through the SD-VAE, x = vae.decode(z / 0.18215); pixel models (in_channels
-1 or 3, data in [-1, 1]) pass through. uint8 (--quantize): the rule of sampling.py, `release` (default, the
-SRA release's and REPA's, so FIDs compare with the paper's) or `dit` (DiT / SiT's, half a grey level
-brighter).
+1 or 3, data in [-1, 1]) pass through. uint8 (--quantize): the rule of samplers.to_uint8, `release`
+(default, the SRA release's and REPA's, so FIDs compare with the paper's) or `dit` (DiT / SiT's, half a grey
+level brighter).
 The SDE's score depends on the path the model was trained on: --path-type is read from the checkpoint's
 settings (a flag that contradicts the file is an error), linear when the file does not say.
 Output: <sample-dir>/<folder named after every setting that changes the samples>/ with {i:06d}.png (or, with
@@ -145,7 +145,7 @@ def write_npz(path: str, n: int, store, labels):
 def parse_args(argv: list | None = None, notes: list | None = None) -> argparse.Namespace:
     """Flags -> args; the release's / REPA's generate.py spellings are checked or accepted (flags.py).
     notes: a list that receives one line per such flag."""
-    p = flags.one_line_errors(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    p = flags.Parser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True,
                    help="checkpoint of this codebase, or a public SiT / REPA / SRA file")
     p.add_argument("--which", choices=["ema", "model"], default="ema", help="weights to load (default: EMA)")
@@ -179,13 +179,13 @@ def parse_args(argv: list | None = None, notes: list | None = None) -> argparse.
     p.add_argument("--grid-per-class", type=int, default=8)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--quantize", choices=sorted(QUANTIZE_OFFSET), default="release",
-                   help="uint8 rule (sampling.py): release = floor(127.5 x + 127.5) (SRA / REPA), "
+                   help="uint8 rule (samplers.to_uint8): release = floor(127.5 x + 127.5) (SRA / REPA), "
                    "dit = floor(127.5 x + 128)")
     p.add_argument("--path-type", choices=list(samplers.PATH_TYPES), default=None,
                    help="the path the model was trained on (default: what the checkpoint says, else linear)")
-    flags.add_sample_aliases(p)
+    flags.add_sample_flags(p)
     args = p.parse_args(argv)
-    found = flags.resolve_sample_aliases(p, args)
+    found = flags.resolve_sample(p, args)
     if notes is not None:
         notes.extend(found)
     if args.num_steps < 1:

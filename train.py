@@ -3,8 +3,8 @@ in loss.py. The defaults are the release's recipe (presets.RELEASE); a preset is
 
     python train.py --preset digits                                   # the embedded quickstart, CPU, minutes
     python train.py --preset sit-b2 --print-config                    # what a preset resolves to
-    accelerate launch --num_processes 8 train.py --preset ours-b2 --data-dir /data/imagenet256
-    accelerate launch --num_processes 8 train.py --preset ours-xl2 --data-dir /data/imagenet256 --resume auto
+    accelerate launch --multi_gpu --num_processes 8 train.py --preset ours-b2 --data-dir /data/imagenet256
+    accelerate launch --multi_gpu --num_processes 8 train.py --preset ours-xl2 --data-dir ... --resume auto
 """
 import argparse
 import dataclasses
@@ -13,14 +13,15 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from copy import deepcopy
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
-from torch.utils.data import Dataset
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm
 
 import samplers
@@ -30,18 +31,11 @@ from infra import fileio, flags, runlog, tracking
 from infra.fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
 from infra.preemption import RunControl, StopSignals, follow_launcher, parse_signals
 from loss import LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_head
-from models import (
-    CheckpointError,
-    SiT,
-    SiT_models,
-    init_from_checkpoint,
-    load_state_dict_strict,
-    patch_size_of,
-    read_training_state,
-)
+from models import (CheckpointError, SiT, SiT_models, init_from_checkpoint, load_state_dict_strict,
+                    patch_size_of, read_training_state)
 from models.dinov2 import DINOV2_DIMS
 from models.vae import LATENT_SCALE, decode_latents, load_vae_spec
-from presets import PRESETS, RELEASE, teacher_mask
+from presets import PRESETS, RELEASE
 
 # The alignment target objects of --align-target repa / sra2 (loss.py); None is the EMA teacher.
 AlignTarget = REPATarget | VAELatentTarget
@@ -53,8 +47,9 @@ AlignTarget = REPATarget | VAELatentTarget
 
 def build_parser() -> argparse.ArgumentParser:
     """train.py's flags. The defaults are the release's recipe (presets.RELEASE); the loss flags are
-    loss.LossConfig's fields, one --field-name flag each."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    loss.LossConfig's fields, one --field-name flag each; the release's / REPA's spellings come from
+    infra/flags.py's tables."""
+    p = flags.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     B = argparse.BooleanOptionalAction
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="the paper's recipes (presets.py)")
     g = p.add_argument_group("run")
@@ -113,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute each student block in the backward pass (less memory, more compute)")
     add_loss_flags(p.add_argument_group("loss (loss.LossConfig)"))
     g = p.add_argument_group("REPA's encoder (--align-target repa)")
-    g.add_argument("--enc-type", choices=sorted(DINOV2_DIMS), default="dinov2_vitb14", help="REPA encoder")
+    g.add_argument("--enc-type", choices=sorted(DINOV2_DIMS) + sorted(flags.REPA_ENCODERS),
+                   default="dinov2_vitb14", help="REPA encoder")
     g.add_argument("--enc-weights", default=None, help="REPA encoder weights file (local; never downloaded)")
     g.add_argument("--repa-features", default=None, metavar="NAME",
                    help="REPA's targets precomputed from the real images: a folder under --data-dir written "
@@ -122,26 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder on latents, none on the pixel digits (DINOv2 on the images); needs "
                         "--align-target repa")
     p.set_defaults(**RELEASE)
-    flags.add_train_aliases(p)
-    return flags.one_line_errors(p)
+    flags.add_train_flags(p)
+    return p
 
 
 def add_loss_flags(group: argparse._ArgumentGroup) -> None:
     """One flag per loss.LossConfig field: --field-name, help / choices / nargs / type from its metadata,
-    booleans as --x / --no-x; other spellings of a field from flags.LOSS_SPELLINGS."""
+    booleans as --x / --no-x; the release's values of a field (flags.TRAIN_VALUES) are accepted too."""
     for f in dataclasses.fields(LossConfig):
-        names = ["--" + f.name.replace("_", "-"), *flags.LOSS_SPELLINGS.get(f.name, ())]
         kw = dict(f.metadata)
         if f.type is bool:
             kw["action"] = argparse.BooleanOptionalAction
+        elif f.name == "mask_ratio":
+            # "0.25", "[0.5,0.3,0.2]", "0.5,0.5": the release's spellings
+            kw["type"] = flags.mask_ratio_values
         else:
             kw.setdefault("type", f.type)
-        group.add_argument(*names, dest=f.name, default=f.default, **kw)
+        if "choices" in kw and f.name in flags.TRAIN_VALUES:
+            kw["choices"] = (*kw["choices"], *flags.TRAIN_VALUES[f.name][0])
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default, **kw)
 
 
 def parse_args(argv: list[str] | None = None, notes: list[str] | None = None) -> argparse.Namespace:
     """Flags -> args (the preset fills the defaults; the release's / REPA's spellings are converted,
-    flags.py). notes: a list that receives one line per release / REPA flag met."""
+    infra/flags.py). notes: a list that receives one line per release / REPA flag met."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     known, _ = parser.parse_known_args(argv)
@@ -150,21 +150,12 @@ def parse_args(argv: list[str] | None = None, notes: list[str] | None = None) ->
     args = parser.parse_args(argv)
     if args.exp_name is None:
         args.exp_name = args.preset or args.model.replace("/", "-")
-    given = flags.given_dests(parser, argv)
-    found = flags.resolve_train_aliases(parser, args, given)
-    flags.one_token_group(parser, args, given, found)
-    note = flags.check_teacher_mask(args, teacher_mask_of(args))
-    found += [note] if note else []
+    found = flags.resolve_train(parser, args, flags.given_dests(parser, argv))
     if args.repa_features == "auto":
         args.repa_features = repa_features_for(args)
     if notes is not None:
         notes.extend(found)
     return args
-
-
-def teacher_mask_of(args: argparse.Namespace) -> bool:
-    """Whether the EMA teacher runs on the student's groups (derived: presets.teacher_mask)."""
-    return teacher_mask(vars(args))
 
 
 def repa_features_for(args: argparse.Namespace) -> str | None:
@@ -230,13 +221,13 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
                          f"--use-alignment-loss --align-target repa (or --align-target repa alone; e.g. "
                          f"--preset repa-b2)")
     for flag in ("max_train_steps", "checkpoint_steps", "log_every"):
-        # None: set from --epochs once the data is read (flags.apply_epochs)
+        # None: set from --epochs once the data is read (flags.epoch_steps)
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Pieces of the loop
+# Builders: what the run trains. bench.py builds its step through these too.
 # ------------------------------------------------------------------------------------------------------------
 
 def build_target(args: argparse.Namespace, dataset: Dataset, device: torch.device) -> AlignTarget | None:
@@ -269,17 +260,6 @@ def build_target(args: argparse.Namespace, dataset: Dataset, device: torch.devic
     return REPATarget(encoder, to_images=lambda x0: x0)
 
 
-def build_loss(args: argparse.Namespace, model: SiT, dataset: Dataset, target: AlignTarget | None = None,
-               ema: torch.nn.Module | None = None) -> TrainingLoss:
-    """The loss of the LossConfig that args spell (one flag per field), its EMA teacher bound to `ema`."""
-    cfg = LossConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LossConfig)})
-    try:
-        return TrainingLoss(cfg, num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size,
-                            num_classes=dataset.num_classes, target=target, ema=ema)
-    except ValueError as e:
-        raise SystemExit(f"invalid flags: {e}") from None
-
-
 def build_model(args: argparse.Namespace, dataset: Dataset, target: AlignTarget | None = None) -> SiT:
     """SiT with the alignment head the target asks for (target None: the EMA teacher's, at the model's
     width)."""
@@ -293,8 +273,412 @@ def build_model(args: argparse.Namespace, dataset: Dataset, target: AlignTarget 
     for flag, block in blocks.get(args.align_target, (("--block-out-s", args.block_out_s),)):
         if not 1 <= block <= model.depth:
             raise SystemExit(f"{flag} {block} is outside {args.model}'s blocks 1..{model.depth}")
+    model.grad_checkpointing = args.grad_checkpointing
     return model
 
+
+def build_ema(model: SiT) -> SiT:
+    """The EMA teacher: an exact copy of the student at the start (Sec. 3), no gradients, eval mode."""
+    return deepcopy(model).requires_grad_(False).eval()
+
+
+def build_loss(args: argparse.Namespace, model: SiT, dataset: Dataset, target: AlignTarget | None = None,
+               ema: torch.nn.Module | None = None) -> TrainingLoss:
+    """The loss of the LossConfig that args spell (one flag per field), its EMA teacher bound to `ema`."""
+    cfg = LossConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LossConfig)})
+    try:
+        return TrainingLoss(cfg, num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size,
+                            num_classes=dataset.num_classes, target=target, ema=ema)
+    except ValueError as e:
+        raise SystemExit(f"invalid flags: {e}") from None
+
+
+def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW with the run's settings (fused on CUDA)."""
+    fused = next(model.parameters()).device.type == "cuda"
+    betas = (args.adam_beta1, args.adam_beta2)
+    return torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=betas,
+                             weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, fused=fused)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The step
+# ------------------------------------------------------------------------------------------------------------
+
+def train_step(accelerator: Accelerator, model: torch.nn.Module, loss_fn: TrainingLoss,
+               opt: torch.optim.Optimizer, batches: Iterator, args: argparse.Namespace,
+               epoch: int) -> dict[str, torch.Tensor]:
+    """One optimizer step over --gradient-accumulation-steps batches: the loss (student and alignment target,
+    loss.py), backward, gradient clipping, AdamW. -> the logged values summed over the micro-batches, on the
+    device (no host sync)."""
+    sums = {}
+    for _ in range(args.gradient_accumulation_steps):
+        x, y, extra = next(batches)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss, logs = loss_fn(model, x, y, epoch=epoch, **extra)
+            loss = loss.mean()
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                logs["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        logs["loss"] = loss.detach()
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0) + v.detach().float()
+    return sums
+
+
+def ema_updater(model: torch.nn.Module, ema: torch.nn.Module, decay: float):
+    """update_ema(): ema <- decay ema + (1 - decay) model on every tensor, one fused multi-tensor lerp."""
+    params = list(model.parameters())
+    ema_params = list(ema.parameters())
+    lerp = get_ema_multi_avg_fn(decay)
+    return lambda: lerp(ema_params, params, None)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    notes = []
+    args = parse_args(argv, notes)
+    # No data, no weights, no run folder.
+    if args.print_config:
+        flags.print_config(args, notes, drop=("print_config",))
+        return None
+    try:
+        signals = StopSignals(parse_signals(args.stop_signals))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    # The launcher's death stops this rank.
+    follow_launcher()
+    # TF32 matmuls (the releases' setting), set once for the run
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        return train(args, signals, notes)
+    # a damaged dataset file, named (dataset.py), met while training
+    except DataError as e:
+        raise SystemExit(f"--data-dir: {e}") from None
+    finally:
+        signals.restore()
+
+
+def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] = ()) -> None:
+    accelerator, run_dir, logger = start_run(args)
+    device = accelerator.device
+    rank = accelerator.process_index
+    world = accelerator.num_processes
+    dataset, order, run = load_data(args, rank, world)
+    for note in [*notes, *run.pop("notes")]:
+        logger.info(note)
+    # None: the EMA teacher.
+    target = build_target(args, dataset, device)
+    # The same initial weights on every rank.
+    set_seed(args.seed)
+    model = build_model(args, dataset, target).to(device)
+    ema = build_ema(model)
+    loss_fn = build_loss(args, model, dataset, target, ema)
+    opt = build_optimizer(args, model)
+    if args.compile:
+        for block in model.blocks:
+            block.compile()
+    model, opt = accelerator.prepare(model, opt)
+    raw = accelerator.unwrap_model(model)
+    record = {**vars(args), **run}
+    step, ckpt, source = resume(args, record, run_dir, raw, ema, opt, accelerator, logger)
+    batches = train_batches(dataset, order, step * args.gradient_accumulation_steps, device, args.num_workers,
+                            ignore_signals=signals.signals)
+    # Per-rank draws (t, eps, groups, dropout): the checkpoint's, or fresh ones.
+    set_seed(args.seed + rank + 1)
+    sums = {}
+    counts = {}
+    if ckpt is not None:
+        if len(ckpt["rng"]) == world:
+            runlog.set_rng_state(ckpt["rng"][rank])
+            sums, counts = runlog.log_sums_from(ckpt, rank, device)
+        else:
+            logger.warning(f"checkpoint has RNG states of {len(ckpt['rng'])} processes, this run has "
+                           f"{world}: random draws are reseeded, the data order still continues exactly")
+        logger.info(f"resumed from {source} at step {step}")
+    # the checkpoint is memory-mapped: release the file's pages once everything is copied out
+    del ckpt
+    if accelerator.is_main_process:
+        atomic_write_json(os.path.join(run_dir, "args.json"), record)
+        # a later, abandoned branch is kept aside
+        runlog.set_aside(run_dir, step, logger)
+    tracking.init_trackers(accelerator, args, run_dir, config=record)
+    trainable = sum(p.numel() for p in raw.parameters() if p.requires_grad)
+    logger.info(f"{args.model}: {trainable / 1e6:.2f}M params, {len(dataset)} items, global batch "
+                f"{args.batch_size}, {world} process(es), run folder {run_dir}")
+    try:
+        loop = Loop(args, record, accelerator, run_dir, logger, dataset, model, raw, ema, loss_fn, opt,
+                    signals)
+        step, stopped = loop.run(step, batches, sums, counts)
+    finally:
+        # the data loader's workers end with it
+        batches.close()
+    if accelerator.is_main_process and args.eval_samples and not dataset.is_latent and not stopped:
+        evaluate_digits(ema, args, dataset, run_dir, step, device, logger, signals)
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        logger.info(f"done: {run_dir} (checkpoints/, samples/, metrics.jsonl, loss.png)")
+
+
+def start_run(args: argparse.Namespace) -> tuple[Accelerator, str, logging.Logger]:
+    """The accelerator (CPU: gloo under torchrun), the checked flags, the run folder and its log; the
+    temporaries of a dead writer are removed."""
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              mixed_precision=args.mixed_precision,
+                              log_with=None if args.report_to == "none" else args.report_to,
+                              project_dir=os.path.join(args.output_dir, args.exp_name))
+    check_args(args, accelerator.num_processes)
+    run_dir = os.path.join(args.output_dir, args.exp_name)
+    if accelerator.is_main_process:
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
+    accelerator.wait_for_everyone()
+    logger = runlog.make_logger(run_dir, main=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        for folder in (run_dir, os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "samples")):
+            for path, size in remove_stale_temporaries(folder):
+                logger.info(f"removed {path} ({size / 2 ** 20:.1f} MiB): the temporary file of a dead writer")
+    return accelerator, run_dir, logger
+
+
+def load_data(args: argparse.Namespace, rank: int, world: int) -> tuple[Dataset, EpochOrder, dict]:
+    """The dataset, this rank's data order (where one global batch must fit) and the run's length in steps:
+    {max_train_steps, steps_per_epoch, checkpoint_epoch_steps, notes} (--epochs converted, flags.py)."""
+    try:
+        dataset = build_dataset(args.data_dir, features=args.repa_features)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"--data-dir{' / --repa-features' if args.repa_features else ''}: {e}") from None
+    flags.check_train_data(args, dataset)
+    local_batch = args.batch_size // world // args.gradient_accumulation_steps
+    try:
+        order = EpochOrder(len(dataset), local_batch, seed=args.seed, rank=rank, world_size=world,
+                           grad_accum=args.gradient_accumulation_steps)
+    except ValueError as e:
+        raise SystemExit(f"--batch-size {args.batch_size} with --data-dir {args.data_dir}: {e}") from None
+    last, every, notes = flags.epoch_steps(args, order.steps_per_epoch, len(dataset))
+    return dataset, order, dict(max_train_steps=last, steps_per_epoch=order.steps_per_epoch,
+                                checkpoint_epoch_steps=every, notes=notes)
+
+
+def resume(args: argparse.Namespace, record: dict, run_dir: str, raw: torch.nn.Module, ema: torch.nn.Module,
+           opt: torch.optim.Optimizer, accelerator: Accelerator,
+           logger: logging.Logger) -> tuple[int, dict | None, str | None]:
+    """--resume (a file, or auto: the newest readable checkpoint of the run folder) or --init-ckpt into the
+    model, EMA and optimizer. -> (step, the checkpoint or None, its path)."""
+    source = args.resume
+    ckpt = None
+    if source == "auto":
+        source, ckpt = runlog.newest_resumable(run_dir, read_resume, logger)
+    if not source:
+        if args.init_ckpt:
+            try:
+                for note in init_from_checkpoint(raw, ema, args.init_ckpt, args.init_time_convention):
+                    logger.info(note)
+            except CheckpointError as e:
+                raise SystemExit(f"--init-ckpt: {e}") from None
+        return 0, None, None
+    ckpt = ckpt if ckpt is not None else read_resume(source)
+    try:
+        load_state_dict_strict(raw, ckpt["model"], source=f"{source} ['model']")
+        load_state_dict_strict(ema, ckpt["ema"], source=f"{source} ['ema']")
+    except CheckpointError as e:
+        raise SystemExit(f"--resume: {e}") from None
+    if args.init_ckpt:
+        logger.info(f"--init-ckpt {args.init_ckpt} not used: resuming from {source}")
+    changed = [k for k in ("model", "batch_size", "seed", "data_dir", "gradient_accumulation_steps")
+               if ckpt.get("args", {}).get(k) != getattr(args, k)]
+    if changed:
+        logger.warning(f"--resume: {', '.join(changed)} differ from the checkpoint's run: the data order "
+                       "and random draws will not continue exactly")
+    opt.load_state_dict(ckpt["opt"])
+    # This run's flags, not the file's.
+    for group in opt.param_groups:
+        group.update(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                     weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    changes = runlog.flag_changes(flags.saved_train_args(ckpt.get("args", {})), record)
+    if changes:
+        logger.info(f"--resume: flags that differ from the checkpoint's run apply from step "
+                    f"{ckpt['steps']}: {changes}")
+    if ckpt.get("scaler") and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(ckpt["scaler"])
+    return int(ckpt["steps"]), ckpt, source
+
+
+def read_resume(path: str) -> dict:
+    """A training checkpoint for --resume (models/checkpoint.py), or a one-line SystemExit naming the file."""
+    try:
+        return read_training_state(path)
+    except CheckpointError as e:
+        raise SystemExit(f"--resume: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The loop: the step, the EMA, then what the step's number asks for (log, checkpoint, preview, FID proxy)
+# ------------------------------------------------------------------------------------------------------------
+
+class Loop:
+    """The training loop of one run and what it writes along the way."""
+
+    def __init__(self, args: argparse.Namespace, record: dict, accelerator: Accelerator, run_dir: str,
+                 logger: logging.Logger, dataset: Dataset, model: torch.nn.Module, raw: torch.nn.Module,
+                 ema: torch.nn.Module, loss_fn: TrainingLoss, opt: torch.optim.Optimizer,
+                 signals: StopSignals):
+        self.args = args
+        self.record = record
+        self.acc = accelerator
+        self.run_dir = run_dir
+        self.logger = logger
+        self.dataset = dataset
+        self.model = model
+        self.raw = raw
+        self.ema = ema
+        self.loss_fn = loss_fn
+        self.opt = opt
+        self.signals = signals
+        self.main = accelerator.is_main_process
+        self.last_step = record["max_train_steps"]
+        self.control = RunControl(signals, accelerator.device, accelerator.num_processes, self.main,
+                                  args.checkpoint_minutes)
+        self.metrics = runlog.MetricsWriter(run_dir) if self.main else None
+        self.fid_proxy = None
+        if (args.fid_every or args.fid_ref) and self.main:
+            self.fid_proxy = FidProxy.from_args(args, accelerator.device)
+        # the SD-VAE decodes latent previews and fid_proxy samples on the main process (None: pixels)
+        self.vae = None
+        if self.main and dataset.is_latent and (args.sample_steps or self.fid_proxy is not None):
+            self.vae = load_vae_for(args, accelerator.device, logger)
+
+    def run(self, step: int, batches: Iterator, sums: dict, counts: dict) -> tuple[int, bool]:
+        """From `step` to the last step, or to a stop signal. -> (the step reached, stopped by a signal)."""
+        args = self.args
+        update_ema = ema_updater(self.raw, self.ema, args.ema_decay)
+        # the ground-truth grid is the previews' yardstick: none without previews
+        if self.main and args.sample_steps:
+            save_ground_truth(self.acc, self.dataset, self.run_dir, step, self.acc.device, self.vae)
+        self.t_log = time.time()
+        self.step_log = step
+        bar = tqdm(total=self.last_step, initial=step, disable=not self.main, dynamic_ncols=True,
+                   desc="train")
+        self.model.train()
+        while step < self.last_step:
+            epoch = step // self.record["steps_per_epoch"]
+            logs = train_step(self.acc, self.model, self.loss_fn, self.opt, batches, args, epoch)
+            # the EMA teacher, every optimizer step
+            update_ema()
+            step += 1
+            bar.update(1)
+            # device-side sums: no host sync until a log step
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0) + v
+                counts[k] = counts.get(k, 0) + (1 if k == "grad_norm" else args.gradient_accumulation_steps)
+            if step % args.log_every == 0 or step == self.last_step:
+                self.log_row(step, sums, counts, bar)
+                sums = {}
+                counts = {}
+            if self.checkpoint_or_stop(step, sums, counts):
+                bar.close()
+                return step, True
+            self.previews(step)
+        bar.close()
+        return step, False
+
+    def log_row(self, step: int, sums: dict, counts: dict, bar: tqdm) -> None:
+        """The means since the last log step, reduced over the ranks -> metrics.jsonl, the log, the trackers;
+        a non-finite loss stops the run."""
+        args = self.args
+        keys = sorted(sums)
+        means = torch.stack([sums[k] / counts[k] for k in keys])
+        vals = self.acc.reduce(means, reduction="mean").tolist()
+        row = dict(zip(keys, vals))
+        dt = time.time() - self.t_log
+        row.update(step=step, steps_per_s=(step - self.step_log) / dt,
+                   img_per_s=(step - self.step_log) * args.batch_size / dt, lr=self.opt.param_groups[0]["lr"])
+        if self.acc.device.type == "cuda":
+            row["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.acc.device) / 2 ** 30
+        self.t_log = time.time()
+        self.step_log = step
+        if not all(math.isfinite(row[k]) for k in keys):
+            last_good = runlog.last_good_checkpoint(self.run_dir)
+            raise SystemExit(f"non-finite loss at step {step}: {row}. Stopping; the last good checkpoint is "
+                             f"kept: {last_good} (resume with --resume auto).")
+        bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "loss_gen", "loss_align") if k in row}
+                        | {"img/s": f"{row['img_per_s']:.0f}"})
+        if self.main:
+            self.metrics.write(row)
+            self.logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in row.items()))
+        if args.report_to != "none":
+            self.acc.log({k: v for k, v in row.items() if k != "step"}, step=step)
+
+    def checkpoint_or_stop(self, step: int, sums: dict, counts: dict) -> bool:
+        """The step checkpoint, the rolling one, or the one a stop signal asks for (the same decision on every
+        rank). -> whether to stop."""
+        stop, rolling = self.control.poll()
+        every = self.record["checkpoint_epoch_steps"]
+        numbered = step % self.args.checkpoint_steps == 0 or bool(every and step % every == 0) \
+            or step == self.last_step
+        if not (numbered or stop or rolling):
+            return False
+        path = save_checkpoint(self.run_dir, self.args, self.record, self.raw, self.ema, self.opt, self.acc,
+                               step, sums, counts, rolling=not numbered)
+        self.control.latest_written()
+        if stop:
+            self.logger.info(f"stopping on {self.signals.received} after step {step}: {path} holds this "
+                             f"step; continue with --resume auto")
+        return stop
+
+    def previews(self, step: int) -> None:
+        """The EMA preview grid and the in-training FID proxy, when the step's number asks for them."""
+        args = self.args
+        if args.sample_steps and (step % args.sample_steps == 0 or step == self.last_step):
+            if self.main:
+                save_preview(self.acc, self.ema, args, self.dataset, self.run_dir, step, self.acc.device,
+                             self.logger, self.vae)
+            self.acc.wait_for_everyone()
+        if args.fid_every and step % args.fid_every == 0:
+            if self.fid_proxy is not None:
+                log_fid_proxy(self.fid_proxy, self.ema, self.dataset.num_classes, step, self.metrics,
+                              self.logger, vae=self.vae, latent=self.dataset.is_latent)
+            self.acc.wait_for_everyone()
+
+
+def save_checkpoint(run_dir: str, args: argparse.Namespace, record: dict, raw: torch.nn.Module,
+                    ema: torch.nn.Module, opt: torch.optim.Optimizer, accelerator: Accelerator, step: int,
+                    sums: dict[str, torch.Tensor], counts: dict[str, int], rolling: bool) -> str:
+    """Every rank: refuse a non-finite state (checked on the device, here only), gather the per-rank RNG and
+    log sums; rank 0 writes checkpoints/NNNNNNN.pt, or the rolling latest.pt. -> the path."""
+    finite = runlog.all_finite([*raw.parameters(), *ema.parameters(), *runlog.optimizer_tensors(opt)])
+    # Identical weights on every rank.
+    if not finite.item():
+        raise SystemExit(f"non-finite values in the model, EMA or optimizer state at step {step}: no "
+                         f"checkpoint written. Stopping; the last good checkpoint is kept: "
+                         f"{runlog.last_good_checkpoint(run_dir)} (resume with --resume auto).")
+    per_rank = gather_object([{"rng": runlog.rng_state(),
+                               "log": {k: [sums[k].cpu(), counts[k]] for k in sums}}])
+    path = runlog.rolling_path(run_dir) if rolling else None
+    if accelerator.is_main_process:
+        state = {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                 "args": record, "steps": step, "rng": [r["rng"] for r in per_rank],
+                 "time_convention": "ours", "log_sums": [r["log"] for r in per_rank]}
+        path = runlog.write_checkpoint(run_dir, state, rolling, args.keep_last, args.keep_every)
+        if not rolling:
+            runlog.plot_loss_curves(run_dir)
+    accelerator.wait_for_everyone()
+    return path or os.path.join(run_dir, "checkpoints", f"{step:07d}.pt")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Previews, the ground truth and the embedded metric
+# ------------------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
 def save_preview(accelerator: Accelerator, ema: torch.nn.Module, args: argparse.Namespace, dataset: Dataset,
@@ -325,8 +709,8 @@ def save_ground_truth(accelerator: Accelerator, dataset: Dataset, run_dir: str, 
     if dataset.is_latent and vae is None:
         return
     n = 64 if not dataset.is_latent else 16
-    # (moments | images, labels[, f])
-    x = dataset.get_batch(tracking.ground_truth_indices(len(dataset), n))[0]
+    # (moments | images, labels[, features])
+    x = default_collate([dataset[i] for i in tracking.ground_truth_indices(len(dataset), n)])[0]
     if dataset.is_latent:
         # the posterior mean, model-space
         x = x.float().chunk(2, dim=1)[0] * LATENT_SCALE
@@ -345,303 +729,6 @@ def load_vae_for(args: argparse.Namespace, device: torch.device,
     except FileNotFoundError as e:
         logger.warning(f"previews and fid_proxy skipped: {e}")
         return None
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Main
-# ------------------------------------------------------------------------------------------------------------
-
-def main(argv: list[str] | None = None) -> None:
-    notes = []
-    args = parse_args(argv, notes)
-    # No data, no weights, no run folder.
-    if args.print_config:
-        flags.print_config(args, notes, drop=("print_config",))
-        return None
-    try:
-        signals = StopSignals(parse_signals(args.stop_signals))
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
-    # The launcher's death stops this rank.
-    follow_launcher()
-    try:
-        return train(args, signals, notes)
-    # a damaged dataset file, named (dataset.py), met while training
-    except DataError as e:
-        raise SystemExit(f"--data-dir: {e}") from None
-    finally:
-        signals.restore()
-
-
-def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] = ()) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    # CPU: gloo when launched with torchrun.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              mixed_precision=args.mixed_precision,
-                              log_with=None if args.report_to == "none" else args.report_to,
-                              project_dir=os.path.join(args.output_dir, args.exp_name))
-    check_args(args, accelerator.num_processes)
-    device = accelerator.device
-    rank = accelerator.process_index
-    world = accelerator.num_processes
-    run_dir = os.path.join(args.output_dir, args.exp_name)
-    if accelerator.is_main_process:
-        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-        os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
-    accelerator.wait_for_everyone()
-    logger = runlog.make_logger(run_dir, main=accelerator.is_main_process)
-    if accelerator.is_main_process:
-        for folder in (run_dir, os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "samples")):
-            for path, size in remove_stale_temporaries(folder):
-                logger.info(f"removed {path} ({size / 2 ** 20:.1f} MiB): the temporary file of a dead writer")
-
-    # ---- data, model, EMA teacher, optimizer, loss ---------------------------------------------------------
-    try:
-        dataset = build_dataset(args.data_dir, features=args.repa_features)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"--data-dir{' / --repa-features' if args.repa_features else ''}: {e}") from None
-    flags.check_train_data(args, dataset)
-    notes = list(notes) + flags.apply_epochs(args, len(dataset), world)
-    # The release's / REPA's flags met.
-    for note in notes:
-        logger.info(note)
-    # None: the EMA teacher.
-    target = build_target(args, dataset, device)
-    # The same initial weights on every rank.
-    set_seed(args.seed)
-    model = build_model(args, dataset, target).to(device)
-    # The EMA teacher runs under no_grad.
-    model.grad_checkpointing = args.grad_checkpointing
-    # The teacher starts as an exact copy (Sec. 3).
-    ema = deepcopy(model).requires_grad_(False).eval()
-    loss_fn = build_loss(args, model, dataset, target, ema)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.learning_rate,
-                            betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
-                            eps=args.adam_epsilon, fused=device.type == "cuda")
-    if args.compile:
-        for block in model.blocks:
-            block.compile()
-    model, opt = accelerator.prepare(model, opt)
-    raw = accelerator.unwrap_model(model)
-    params = [p for p in raw.parameters()]
-    ema_params = [p for p in ema.parameters()]
-
-    # ---- resume --------------------------------------------------------------------------------------------
-    step = 0
-    resume, ckpt = args.resume, None
-    # The newest readable of all.
-    if resume == "auto":
-        resume, ckpt = runlog.newest_resumable(run_dir, read_resume, logger)
-    if resume:
-        # models/checkpoint.py: one-line errors
-        if ckpt is None:
-            ckpt = read_resume(resume)
-        try:
-            load_state_dict_strict(raw, ckpt["model"], source=f"{resume} ['model']")
-            load_state_dict_strict(ema, ckpt["ema"], source=f"{resume} ['ema']")
-        except CheckpointError as e:
-            raise SystemExit(f"--resume: {e}") from None
-        if args.init_ckpt:
-            logger.info(f"--init-ckpt {args.init_ckpt} not used: resuming from {resume}")
-        changed = [k for k in ("model", "batch_size", "seed", "data_dir", "gradient_accumulation_steps")
-                   if ckpt.get("args", {}).get(k) != getattr(args, k)]
-        if changed:
-            logger.warning(f"--resume: {', '.join(changed)} differ from the checkpoint's run: the data order "
-                           "and random draws will not continue exactly")
-        opt.load_state_dict(ckpt["opt"])
-        # This run's flags, not the file's.
-        for group in opt.param_groups:
-            group.update(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-        changes = runlog.flag_changes(flags.saved_train_args(ckpt.get("args", {})), vars(args))
-        if changes:
-            logger.info(f"--resume: flags that differ from the checkpoint's run apply from step "
-                        f"{ckpt['steps']}: {changes}")
-        if ckpt.get("scaler") and accelerator.scaler is not None:
-            accelerator.scaler.load_state_dict(ckpt["scaler"])
-        step = int(ckpt["steps"])
-    elif args.init_ckpt:
-        try:
-            for note in init_from_checkpoint(raw, ema, args.init_ckpt, args.init_time_convention):
-                logger.info(note)
-        except CheckpointError as e:
-            raise SystemExit(f"--init-ckpt: {e}") from None
-    local_batch = args.batch_size // world // args.gradient_accumulation_steps
-    if len(dataset) < args.batch_size:
-        raise SystemExit(f"--batch-size {args.batch_size} is larger than --data-dir {args.data_dir} "
-                         f"({len(dataset)} items): one global batch must fit in the dataset")
-    order = EpochOrder(len(dataset), local_batch, seed=args.seed, rank=rank, world_size=world)
-    batches = train_batches(dataset, order, step * args.gradient_accumulation_steps, device, args.num_workers,
-                            ignore_signals=signals.signals)
-    # Per-rank draws (t, eps, groups, dropout).
-    set_seed(args.seed + rank + 1)
-    # Log averages since the last log step.
-    sums = {}
-    counts = {}
-    if ckpt is not None:
-        if len(ckpt["rng"]) == world:
-            runlog.set_rng_state(ckpt["rng"][rank])
-            sums, counts = runlog.log_sums_from(ckpt, rank, device)
-        else:
-            logger.warning(f"checkpoint has RNG states of {len(ckpt['rng'])} processes, this run has "
-                           f"{world}: random draws are reseeded, the data order still continues exactly")
-        logger.info(f"resumed from {resume} at step {step}")
-    # the checkpoint is memory-mapped: release the file's pages once everything is copied out
-    del ckpt
-
-    if accelerator.is_main_process:
-        atomic_write_json(os.path.join(run_dir, "args.json"), vars(args))
-        # a later, abandoned branch is kept aside
-        runlog.set_aside(run_dir, step, logger)
-        metrics = runlog.MetricsWriter(run_dir)
-    fid_proxy = None
-    if (args.fid_every or args.fid_ref) and accelerator.is_main_process:
-        fid_proxy = FidProxy.from_args(args, device)
-    control = RunControl(signals, device, world, accelerator.is_main_process, args.checkpoint_minutes)
-    # wandb: the run folder's id, resumed.
-    tracking.init_trackers(accelerator, args, run_dir)
-    # the ground-truth grid is the previews' yardstick: none without previews (--sample-steps 0 needs no VAE)
-    # the SD-VAE decodes latent previews and fid_proxy samples on the main process (None: pixels, no weights)
-    vae = None
-    if accelerator.is_main_process and dataset.is_latent and (args.sample_steps or fid_proxy is not None):
-        vae = load_vae_for(args, device, logger)
-    if accelerator.is_main_process and args.sample_steps:
-        save_ground_truth(accelerator, dataset, run_dir, step, device, vae)
-    trainable = sum(p.numel() for p in raw.parameters() if p.requires_grad)
-    logger.info(f"{args.model}: {trainable / 1e6:.2f}M params, {len(dataset)} items, global batch "
-                f"{args.batch_size}, {world} process(es), run folder {run_dir}")
-
-    # ---- the loop ------------------------------------------------------------------------------------------
-    t_log = time.time()
-    step_log = step
-    stopped = False
-    bar = tqdm(total=args.max_train_steps, initial=step, disable=not accelerator.is_main_process,
-               dynamic_ncols=True, desc="train")
-    model.train()
-    try:
-        while step < args.max_train_steps:
-            for _ in range(args.gradient_accumulation_steps):
-                x, y, extra = next(batches)
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        loss, logs = loss_fn(model, x, y, epoch=step // args.steps_per_epoch, **extra)
-                    loss = loss.mean()
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                        logs["grad_norm"] = norm
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                logs["loss"] = loss.detach()
-                # Device-side sums: no host sync here.
-                for k, v in logs.items():
-                    sums[k] = sums.get(k, 0) + v.detach().float()
-                    counts[k] = counts.get(k, 0) + 1
-            # The EMA teacher, every optimizer step.
-            torch._foreach_lerp_(ema_params, params, 1 - args.ema_decay)
-            step += 1
-            bar.update(1)
-
-            if step % args.log_every == 0 or step == args.max_train_steps:
-                keys = sorted(sums)
-                means = torch.stack([sums[k] / counts[k] for k in keys])
-                vals = accelerator.reduce(means, reduction="mean").tolist()
-                row = dict(zip(keys, vals))
-                dt = time.time() - t_log
-                row.update(step=step, steps_per_s=(step - step_log) / dt,
-                           img_per_s=(step - step_log) * args.batch_size / dt, lr=opt.param_groups[0]["lr"])
-                if device.type == "cuda":
-                    row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-                sums = {}
-                counts = {}
-                t_log = time.time()
-                step_log = step
-                if not all(math.isfinite(row[k]) for k in keys):
-                    raise SystemExit(f"non-finite loss at step {step}: {row}. Stopping; the last good "
-                                     f"checkpoint is kept: {runlog.last_good_checkpoint(run_dir)} (resume "
-                                     f"with --resume auto).")
-                bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "loss_gen", "loss_align") if k in row}
-                                | {"img/s": f"{row['img_per_s']:.0f}"})
-                if accelerator.is_main_process:
-                    metrics.write(row)
-                    logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                         for k, v in row.items()))
-                if args.report_to != "none":
-                    accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
-
-            # The same on every rank.
-            stop, rolling = control.poll()
-            # --checkpoint-epochs
-            by_epoch = args.checkpoint_epoch_steps and step % args.checkpoint_epoch_steps == 0
-            numbered = step % args.checkpoint_steps == 0 or by_epoch or step == args.max_train_steps
-            if numbered or stop or rolling:
-                path = save_checkpoint(run_dir, args, raw, ema, opt, accelerator, order, step, sums, counts,
-                                       rolling=not numbered)
-                control.latest_written()
-            if stop:
-                logger.info(f"stopping on {signals.received} after step {step}: {path} holds this step; "
-                            f"continue with --resume auto")
-                stopped = True
-                break
-
-            if args.sample_steps and (step % args.sample_steps == 0 or step == args.max_train_steps):
-                if accelerator.is_main_process:
-                    save_preview(accelerator, ema, args, dataset, run_dir, step, device, logger, vae)
-                accelerator.wait_for_everyone()
-
-            if args.fid_every and step % args.fid_every == 0:
-                if fid_proxy is not None:
-                    log_fid_proxy(fid_proxy, ema, dataset.num_classes, step, metrics, logger,
-                                  vae=vae, latent=dataset.is_latent)
-                accelerator.wait_for_everyone()
-    finally:
-        # the data loader's workers end with it
-        batches.close()
-    bar.close()
-
-    # ---- the embedded metric (digits) ----------------------------------------------------------------------
-    if accelerator.is_main_process and args.eval_samples and not dataset.is_latent and not stopped:
-        evaluate_digits(ema, args, dataset, run_dir, step, device, logger, signals)
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        logger.info(f"done: {run_dir} (checkpoints/, samples/, metrics.jsonl, loss.png)")
-
-
-def read_resume(path: str) -> dict:
-    """A training checkpoint for --resume (models/checkpoint.py), or a one-line SystemExit naming the file."""
-    try:
-        return read_training_state(path)
-    except CheckpointError as e:
-        raise SystemExit(f"--resume: {e}") from None
-
-
-def save_checkpoint(run_dir: str, args: argparse.Namespace, raw: torch.nn.Module, ema: torch.nn.Module,
-                    opt: torch.optim.Optimizer, accelerator: Accelerator, order: EpochOrder, step: int,
-                    sums: dict[str, torch.Tensor], counts: dict[str, int], rolling: bool) -> str:
-    """Every rank: refuse a non-finite state (checked on the device, here only), gather the per-rank RNG and
-    log sums; rank 0 writes checkpoints/NNNNNNN.pt, or the rolling latest.pt. -> the path."""
-    finite = runlog.all_finite([*raw.parameters(), *ema.parameters(), *runlog.optimizer_tensors(opt)])
-    # Identical weights on every rank.
-    if not finite.item():
-        raise SystemExit(f"non-finite values in the model, EMA or optimizer state at step {step}: no "
-                         f"checkpoint written. Stopping; the last good checkpoint is kept: "
-                         f"{runlog.last_good_checkpoint(run_dir)} (resume with --resume auto).")
-    per_rank = gather_object([{"rng": runlog.rng_state(),
-                               "log": {k: [sums[k].cpu(), counts[k]] for k in sums}}])
-    path = runlog.rolling_path(run_dir) if rolling else None
-    if accelerator.is_main_process:
-        state = {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                 "args": vars(args), "steps": step, "rng": [r["rng"] for r in per_rank],
-                 "time_convention": "ours", "data": order.state_dict(),
-                 "log_sums": [r["log"] for r in per_rank]}
-        path = runlog.write_checkpoint(run_dir, state, rolling, args.keep_last, args.keep_every)
-        if not rolling:
-            runlog.plot_loss_curves(run_dir)
-    accelerator.wait_for_everyone()
-    return path or os.path.join(run_dir, "checkpoints", f"{step:07d}.pt")
 
 
 def evaluate_digits(ema: torch.nn.Module, args: argparse.Namespace, dataset: Dataset, run_dir: str, step: int,

@@ -36,15 +36,18 @@ def wandb_run_id(run_dir: str) -> str:
     return run_id
 
 
-def init_trackers(accelerator: "Accelerator", args: argparse.Namespace, run_dir: str) -> None:
-    """accelerate's trackers for --report-to; wandb resumes the run folder's run (same id, resume='allow')."""
+def init_trackers(accelerator: "Accelerator", args: argparse.Namespace, run_dir: str,
+                  config: dict | None = None) -> None:
+    """accelerate's trackers for --report-to; wandb resumes the run folder's run (same id, resume='allow').
+    config: the run's settings to record (default: args)."""
     if args.report_to == "none":
         return
     init_kwargs = {}
     if args.report_to == "wandb" and accelerator.is_main_process:
         init_kwargs["wandb"] = {"id": wandb_run_id(run_dir), "resume": "allow", "name": args.exp_name,
                                 "dir": run_dir}
-    accelerator.init_trackers(args.exp_name, config={k: str(v) for k, v in vars(args).items()},
+    config = vars(args) if config is None else config
+    accelerator.init_trackers(args.exp_name, config={k: str(v) for k, v in config.items()},
                               init_kwargs=init_kwargs)
 
 

@@ -4,12 +4,12 @@ models/reference.py is the release-cost reference of the same math (tests and be
 from .attention import Attention, separated_attention
 from .checkpoint import (CheckpointError, SiTTimeFlip, infer_config, init_from_checkpoint, load_checkpoint,
                          load_state_dict_strict, read_checkpoint, read_training_state, weights_digest)
-from .groups import Layout, MaskLayout, SegmentLayout, plan_groups
+from .groups import SegmentLayout
 from .reference import ReferenceSiT, dense_masked_attention
 from .sit import SIZES, SiT, SiT_models, model_name_for, patch_size_of
 
 __all__ = ["Attention", "separated_attention", "CheckpointError", "SiTTimeFlip", "infer_config",
            "init_from_checkpoint", "load_checkpoint", "load_state_dict_strict", "read_checkpoint",
-           "read_training_state", "weights_digest", "Layout", "MaskLayout", "SegmentLayout", "plan_groups",
+           "read_training_state", "weights_digest", "SegmentLayout",
            "ReferenceSiT", "dense_masked_attention", "SIZES", "SiT", "SiT_models", "model_name_for",
            "patch_size_of"]

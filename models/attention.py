@@ -9,33 +9,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .groups import Layout, MaskLayout, SegmentLayout
+from .groups import SegmentLayout
 
 
-def separated_attention(q: Tensor, k: Tensor, v: Tensor, layout: Layout | None) -> Tensor:
-    """q, k, v (N, H, T, hd) -> (N, H, T, hd), attending as `layout` says (None = full attention)."""
+def separated_attention(q: Tensor, k: Tensor, v: Tensor, layout: SegmentLayout | None) -> Tensor:
+    """q, k, v (N, H, T, hd) in layout order -> (N, H, T, hd), attending as `layout` says (None: full
+    attention). Separated rows: one fused, unmasked SDPA per contiguous group; the first num_full rows
+    (full-image samples) attend across all their tokens. Slices and cat only, no gathers."""
     if layout is None or not layout.separate:
         return F.scaled_dot_product_attention(q, k, v)
-    if isinstance(layout, MaskLayout):
-        # unequal group sizes: the boolean-mask fallback
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask)
-    assert isinstance(layout, SegmentLayout)
-    rows = layout.sep_rows
-    # the separated rows: all of them, or those that are not full-image rows
-    qkv = (q, k, v) if rows is None else (q[rows], k[rows], v[rows])
+    full = layout.num_full
     out = []
+    if full:
+        # full-image rows: plain full attention
+        out.append(F.scaled_dot_product_attention(q[:full], k[:full], v[:full]))
+    segments = []
     start = 0
     for n in layout.sizes:
-        # one fused, unmasked SDPA per contiguous group [start, start + n)
-        out.append(F.scaled_dot_product_attention(*(u[:, :, start:start + n] for u in qkv)))
+        # group [start, start + n) of the separated rows
+        segments.append(F.scaled_dot_product_attention(*(u[full:, :, start:start + n] for u in (q, k, v))))
         start += n
-    sep = torch.cat(out, dim=2)                                          # (N_sep, H, T, hd)
-    if rows is None:
-        return sep
-    # full-image rows: plain full attention
-    full_rows = layout.full_rows
-    full = F.scaled_dot_product_attention(q[full_rows], k[full_rows], v[full_rows])
-    return torch.empty_like(q).index_copy(0, full_rows, full).index_copy(0, rows, sep)
+    out.append(torch.cat(segments, dim=2))
+    return out[0] if len(out) == 1 else torch.cat(out, dim=0)
 
 
 class Attention(nn.Module):
@@ -49,7 +44,7 @@ class Attention(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, layout: Layout | None = None) -> Tensor:
+    def forward(self, x: Tensor, layout: SegmentLayout | None = None) -> Tensor:
         """x (N, T, D) in layout order -> (N, T, D)."""
         N, T, D = x.shape
         qkv = self.qkv(x).view(N, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)

@@ -1,22 +1,17 @@
 """Token groups for dual-timestep scheduling (DTS) and Attention Separation (AS), paper Eq. 5-9.
 
-A sample's T tokens are split into groups; group k is noised at its own timestep t[:, k] (DTS) and, under
-AS, attends only to tokens of its own group (A_ij = 1[g_i = g_j], Eq. 8-9). Two layouts describe this to the
-model:
+A sample's T tokens are split into groups of the same sizes in every sample (the loss draws exact counts);
+group s is noised at its own timestep t[:, s] (DTS) and, under AS, attends only to tokens of its own group
+(A_ij = 1[g_i = g_j], Eq. 8-9). `SegmentLayout` tells the model: each sample's tokens are permuted once into
+group-contiguous order right after the patch embedding (positional embeddings travel with the tokens). In that
+order group s is a contiguous segment of sizes[s] tokens: conditioning is broadcast per segment (adaLN runs on
+(N, S) vectors, never per token) and attention is plain fused SDPA on each segment, with no mask. The first
+`num_full` rows are full-image samples (Fig. 5): one timestep for all their tokens, attention across all of
+them. The output is un-permuted once at the end.
 
-SegmentLayout (the fast path). Every separated sample has the same group sizes (the loss draws exact counts),
-so each sample's tokens are permuted once into group-contiguous order right after the patch embedding
-(positional embeddings travel with the tokens). Inside that order a group is a contiguous segment [a, b):
-conditioning is broadcast per segment (adaLN runs on (N, S) vectors, never per token) and attention is plain
-fused SDPA on each segment, with no mask. "Full" rows (full-image mixing, or samples whose tokens are all in
-one group) attend across all T tokens. The output is un-permuted once at the end.
-
-MaskLayout (the fallback). Group sizes differ between samples: tokens stay in raster order, the (N, K)
-modulation is gathered per token, and attention is SDPA with a boolean (N, 1, T, T) mask.
-
-`plan_groups(ids, K, separate)` turns an (N, T) int64 group-id tensor into one of these; it reads the group
-sizes back to the host (one sync). The training loss builds a SegmentLayout directly with
-`SegmentLayout.from_perm` and never syncs.
+`SegmentLayout.from_perm` is the loss's constructor (no host sync). `SegmentLayout.from_ids` reads the model's
+public (N, T) group-id call (one host sync); group sizes that differ between samples are the business of
+models/reference.py (dense masked attention), not of the model.
 """
 from dataclasses import dataclass
 
@@ -41,16 +36,12 @@ class SegmentLayout:
     perm: Tensor
     # (N, T) the inverse of perm
     inv_perm: Tensor
-    # (S,) python ints: the segment lengths, the same for every row
-    sizes: tuple
-    # (N, S) which of the K timesteps each segment uses; None: segment s uses t[:, s]
-    seg_cond: Tensor | None
-    # AS on: separated rows attend within their segments only
+    # the segment lengths (python ints), the same for every row
+    sizes: tuple[int, ...]
+    # AS: rows [num_full, N) attend within their segments only
     separate: bool
-    # (F,) rows attending across all tokens although separate=True (None: no such row)
-    full_rows: Tensor | None
-    # (N - F,) the other rows (None when F == 0)
-    sep_rows: Tensor | None
+    # rows [0, num_full) attend across all their tokens (full-image samples)
+    num_full: int = 0
 
     @staticmethod
     def from_perm(perm: Tensor, sizes, separate: bool, num_full: int = 0) -> "SegmentLayout":
@@ -59,88 +50,56 @@ class SegmentLayout:
         sizes = tuple(int(s) for s in sizes)
         if sum(sizes) != perm.shape[1]:
             raise ValueError(f"group sizes {sizes} do not add up to the {perm.shape[1]} tokens")
-        N, dev = perm.shape[0], perm.device
-        full = sep = None
-        if separate and 0 < num_full < N:
-            full, sep = torch.arange(num_full, device=dev), torch.arange(num_full, N, device=dev)
-        separate = separate and num_full < N
-        return SegmentLayout(perm, _inverse_perm(perm), sizes, None, separate, full, sep)
+        if not 0 <= num_full <= perm.shape[0]:
+            raise ValueError(f"num_full {num_full} is outside 0..{perm.shape[0]} rows")
+        # every row full: nothing is separated
+        separate = separate and num_full < perm.shape[0]
+        return SegmentLayout(perm, _inverse_perm(perm), sizes, separate, int(num_full))
 
-    def to_groups(self, x: Tensor) -> Tensor:          # (N, T, D) raster -> group order
-        return _gather_tokens(x, self.perm)
-
-    def to_raster(self, x: Tensor) -> Tensor:          # (N, T, D) group order -> raster
-        return _gather_tokens(x, self.inv_perm)
-
-    def arrange_cond(self, c: Tensor) -> Tensor:       # (N, K, D) per-timestep -> (N, S, D) per segment
-        return c if self.seg_cond is None else _gather_tokens(c, self.seg_cond)
-
-    def expand_mod(self, mod: Tensor) -> Tensor:
-        # segment mode: modulation stays per segment
-        return mod
-
-
-@dataclass
-class MaskLayout:
-    ids: Tensor                  # (N, T) group of each token, raster order
-    mask: Tensor | None          # (N, 1, T, T) bool, True = may attend; None when not separated
-    separate: bool
-    sizes = None
+    @staticmethod
+    def from_ids(ids: Tensor, t: Tensor, separate: bool) -> tuple[Tensor, Tensor, "SegmentLayout"]:
+        """The (N, T) group-id call: ids[n, i] is the column of t (N, K) that token i uses; with `separate`,
+        tokens attend within their group. -> (row order, t per segment (N, S) in that order, the layout of
+        the reordered rows). Rows with one group are full rows and come first; the other rows must share their
+        group sizes. One host sync."""
+        if ids.ndim != 2 or ids.dtype != torch.long:
+            raise ValueError(f"groups must be an int64 tensor of shape (N, T), got {tuple(ids.shape)} "
+                             f"{ids.dtype}")
+        K = 1 if t.ndim == 1 else t.shape[1]
+        t = t.reshape(-1, K)
+        N, T = ids.shape
+        counts = torch.zeros(N, K, dtype=torch.long, device=ids.device)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= K):
+            raise ValueError(f"group ids must lie in [0, {K}) (t has {K} columns), got "
+                             f"[{int(ids.min())}, {int(ids.max())}]")
+        counts.scatter_add_(1, ids, torch.ones_like(ids))
+        # the one host sync
+        rows = counts.tolist()
+        single = [sum(c > 0 for c in row) == 1 for row in rows]
+        patterns = {tuple(row) for row, one in zip(rows, single) if not one}
+        if len(patterns) > 1:
+            raise ValueError(f"group sizes differ between samples ({sorted(patterns)}): the model's layout "
+                             f"needs one split for every sample; models.reference.ReferenceSiT (dense masked "
+                             f"attention) takes any split")
+        pattern = patterns.pop() if patterns else (T,) + (0,) * (K - 1)
+        present = [k for k, n in enumerate(pattern) if n > 0]
+        # rows of one group first (stable), then the others
+        order = torch.tensor(sorted(range(N), key=lambda n: not single[n]), device=ids.device)
+        ids = ids[order]
+        t = t[order]
+        num_full = sum(single)
+        perm = torch.argsort(ids, dim=1, stable=True)
+        # a full row keeps raster order; its segments all take its one timestep
+        perm[:num_full] = torch.arange(T, device=ids.device)
+        columns = torch.tensor(present, device=ids.device).expand(N, -1).clone()
+        columns[:num_full] = ids[:num_full, :1]
+        layout = SegmentLayout.from_perm(perm, [pattern[k] for k in present], separate, num_full)
+        return order, t.gather(1, columns), layout
 
     def to_groups(self, x: Tensor) -> Tensor:
-        return x
+        """(N, T, D) raster order -> group order."""
+        return _gather_tokens(x, self.perm)
 
     def to_raster(self, x: Tensor) -> Tensor:
-        return x
-
-    def arrange_cond(self, c: Tensor) -> Tensor:
-        return c
-
-    def expand_mod(self, mod: Tensor) -> Tensor:       # (N, K, M) -> (N, T, M): gathered per token
-        return mod if mod.shape[1] == 1 else _gather_tokens(mod, self.ids)
-
-
-# what the model takes as `groups` once planned
-Layout = SegmentLayout | MaskLayout
-
-
-def plan_groups(ids: Tensor, num_groups: int, separate: bool) -> Layout:
-    """Choose the layout for an (N, T) int64 group-id tensor (values in [0, num_groups)). One host sync."""
-    if ids.ndim != 2 or ids.dtype != torch.long:
-        raise ValueError(f"groups must be an int64 tensor of shape (N, T), "
-                         f"got {tuple(ids.shape)} {ids.dtype}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_groups):
-        raise ValueError(f"group ids must lie in [0, {num_groups}) (t has {num_groups} columns), "
-                         f"got [{int(ids.min())}, {int(ids.max())}]")
-    N, T = ids.shape
-    counts = torch.zeros(N, num_groups, dtype=torch.long, device=ids.device)
-    counts.scatter_add_(1, ids, torch.ones_like(ids))
-    # the one host sync
-    counts_h = counts.tolist()
-    single = [sum(c > 0 for c in row) == 1 for row in counts_h]
-    patterns = {tuple(row) for row, s in zip(counts_h, single) if not s}
-    if len(patterns) > 1:
-        # sizes differ between samples
-        mask = (ids[:, None, :, None] == ids[:, None, None, :]) if separate else None
-        return MaskLayout(ids, mask, separate)
-    if patterns:
-        # one common split: segment per group
-        pattern = patterns.pop()
-        present = [k for k, n in enumerate(pattern) if n > 0]
-        sizes = tuple(pattern[k] for k in present)
-    else:
-        # every row is a single group
-        present, sizes = [0], (T,)
-    # group-contiguous order
-    perm = torch.argsort(ids, dim=1, stable=True)
-    seg_cond = torch.tensor(present, device=ids.device).expand(N, -1).clone()
-    single_t = torch.tensor(single, device=ids.device)
-    if single_t.any():
-        # full rows: one group everywhere
-        perm[single_t] = torch.arange(T, device=ids.device)
-        seg_cond[single_t] = ids[single_t, :1]
-    full = sep = None
-    if separate and single_t.any() and not single_t.all():
-        full, sep = single_t.nonzero().squeeze(1), (~single_t).nonzero().squeeze(1)
-    separate = separate and not single_t.all()
-    return SegmentLayout(perm, _inverse_perm(perm), sizes, seg_cond, separate, full, sep)
+        """(N, T, D) group order -> raster order."""
+        return _gather_tokens(x, self.inv_perm)

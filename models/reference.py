@@ -6,16 +6,17 @@
       (Eq. 8-9), instead of one fused SDPA per contiguous group (models/attention.py);
     - forward_features runs every block and the final layer and returns block `layer`'s output, as the
       release's EMA teacher does (it runs the whole network and keeps block n by a hook).
-It takes the calls the loss makes (`model(x, t, y, groups=, separate=, align_layer=)` and
+It takes the calls the loss makes (`model(x, t, y, groups=layout, align_layer=)` and
 `model.forward_features(...)`), so `TrainingLoss` can be handed a wrapped student and a wrapped EMA teacher
-unchanged. tests/test_models.py checks the fast path against it; bench.py --reference-impl and --compare
-count its FLOPs and time it.
+unchanged, and (N, T) group ids with `separate=` whose group sizes may differ between samples.
+tests/test_models.py checks the fast path against it; bench.py --reference-impl and --compare count its FLOPs
+and time it.
 """
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .groups import Layout, MaskLayout
+from .groups import SegmentLayout
 from .sit import FinalLayer, SiT, SiTBlock
 
 
@@ -31,24 +32,21 @@ def dense_masked_attention(q: Tensor, k: Tensor, v: Tensor, ids: Tensor | None =
     return scores.softmax(dim=-1) @ v
 
 
-def reference_ids(groups: Tensor | Layout, separate: bool) -> tuple[Tensor, Tensor | None]:
-    """Raster-order (N, T) timestep column and attention group of every token (None: full attention)."""
+def reference_ids(groups: Tensor | SegmentLayout, separate: bool) -> tuple[Tensor, Tensor | None]:
+    """Raster-order (N, T) timestep column and attention group of every token (None: full attention), from
+    (N, T) group ids (any sizes, per sample) or a SegmentLayout."""
     if torch.is_tensor(groups):
         return groups, (groups if separate else None)
-    if isinstance(groups, MaskLayout):
-        return groups.ids, (groups.ids if separate else None)
     # (T,) -> (N, T): the segment of each slot in group order
     seg = torch.tensor([k for k, n in enumerate(groups.sizes) for _ in range(n)], device=groups.perm.device)
     seg = seg.expand_as(groups.perm)
-    cond = seg if groups.seg_cond is None else groups.seg_cond.gather(1, seg)
     attn = None
-    if separate and groups.separate:
+    if groups.separate:
         attn = seg.clone()
-        if groups.full_rows is not None:
-            # full rows: one attention group
-            attn[groups.full_rows] = 0
+        # full rows: one attention group
+        attn[:groups.num_full] = 0
     # group order -> raster order
-    cond = cond.gather(1, groups.inv_perm)
+    cond = seg.gather(1, groups.inv_perm)
     return cond, (None if attn is None else attn.gather(1, groups.inv_perm))
 
 
@@ -91,8 +89,9 @@ class ReferenceSiT(nn.Module):
         N, K = t.shape
         if groups is None and K != 1:
             raise ValueError(f"t has {K} columns (one per group) but no groups were given")
-        if groups is None and separate:
-            raise ValueError("separate=True needs groups")
+        if separate and not torch.is_tensor(groups):
+            raise ValueError("separate=True goes with an (N, T) group-id tensor (a SegmentLayout says "
+                             "layout.separate)")
         # (N, K, D): one conditioning per (sample, timestep column)
         c = m.t_embedder(t.reshape(-1)).view(N, K, -1) + m.y_embedder(y)[:, None]
         if groups is None:
@@ -100,6 +99,8 @@ class ReferenceSiT(nn.Module):
             c = c.expand(-1, h.shape[1], -1)
         else:
             cond_ids, attn_ids = reference_ids(groups, separate)
+            # one timestep column: every token takes it
+            cond_ids = cond_ids if K > 1 else torch.zeros_like(cond_ids)
             c = c.gather(1, cond_ids[..., None].expand(-1, -1, c.shape[-1]))
         kept = None
         for i, block in enumerate(m.blocks, start=1):

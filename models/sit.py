@@ -6,9 +6,12 @@ tables).
 
 Calls:
     model(x, t, y)                                t (N,): the plain SiT call -> velocity shaped like x
-    model(x, t, y, groups=g, separate=True)       t (N, K), g (N, T) int64 in [0, K) or a SegmentLayout: token
-                                                  i is conditioned on t[n, g[n, i]] (DTS, Eq. 5-6) and, if
-                                                  separate, attends within its group only (AS, Eq. 8-9)
+    model(x, t, y, groups=layout)                 t (N, S), layout a SegmentLayout (models/groups.py, built by
+                                                  the loss): segment s is conditioned on t[:, s] (DTS,
+                                                  Eq. 5-6) and, if layout.separate, attends within itself only
+                                                  (AS, Eq. 8-9)
+    model(x, t, y, groups=g, separate=True)       the same said with g (N, T) int64 group ids into t's
+                                                  columns (SegmentLayout.from_ids; one host sync)
     model(..., align_layer=m)                     -> (velocity, head(h_m)): the student's alignment features
     model.forward_features(x, t, y, layer=k, ...) -> (N, T, D) hidden state after block k (1-based), raster
                                                   order
@@ -25,7 +28,10 @@ import torch.utils.checkpoint
 from torch import Tensor
 
 from .attention import Attention
-from .groups import Layout, SegmentLayout, plan_groups
+from .groups import SegmentLayout
+
+# separate= belongs to the (N, T) group-id call; a SegmentLayout carries its own
+SEPARATE_WITH_IDS = "separate=True goes with an (N, T) group-id tensor (a SegmentLayout says layout.separate)"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -93,13 +99,13 @@ class LabelEmbedder(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Blocks. Modulation tensors are (N, 1, D) (one conditioning per sample), (N, S, D) (one per segment of a
-# SegmentLayout) or (N, T, D) (per token: MaskLayout fallback and the reference implementation).
+# Blocks. Modulation tensors are (N, 1, D) (one conditioning per sample) or (N, S, D) (one per segment of a
+# SegmentLayout); models/reference.py runs the same blocks with per-token (N, T, D) modulation.
 # ------------------------------------------------------------------------------------------------------------
 
-def _per_segment(fn, x: Tensor, *mods: Tensor, sizes=None) -> Tensor:
+def _per_segment(fn, x: Tensor, *mods: Tensor, sizes: tuple[int, ...] | None = None) -> Tensor:
     """Apply fn(x_part, *mod_parts) with each segment of x paired with its own modulation row."""
-    if mods[0].shape[1] in (1, x.shape[1]):
+    if mods[0].shape[1] == 1:
         return fn(x, *mods)
     parts = x.split(sizes, dim=1)
     return torch.cat([fn(p, *(m[:, s:s + 1] for m in mods)) for s, p in enumerate(parts)], dim=1)
@@ -127,13 +133,11 @@ class SiTBlock(nn.Module):
         self.mlp.add_module("fc2", nn.Linear(hidden, dim))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: Tensor, c: Tensor, layout: Layout | None = None) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, layout: SegmentLayout | None = None) -> Tensor:
         """x (N, T, D) in layout order; c (N, S, D): one conditioning row per segment (S = 1: per sample)."""
         # segment lengths; None: the modulation rows broadcast over the tokens
         sizes = None if layout is None else layout.sizes
         mod = self.adaLN_modulation(c)                                      # (N, S, 6D): once per segment
-        if layout is not None:
-            mod = layout.expand_mod(mod)                                    # (N, S, 6D) or (N, T, 6D)
         sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, dim=-1)                   # 6 x (N, S, D)
         h = _per_segment(_modulate, self.norm1(x), sh1, sc1, sizes=sizes)   # (N, T, D)
         x = x + _per_segment(_gated, self.attn(h, layout), g1, sizes=sizes)  # (N, T, D)
@@ -148,12 +152,9 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
-    def forward(self, x: Tensor, c: Tensor, layout: Layout | None = None) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, layout: SegmentLayout | None = None) -> Tensor:
         """x (N, T, D), c (N, S, D) -> (N, T, p*p*C_out), in layout order."""
-        mod = self.adaLN_modulation(c)
-        if layout is not None:
-            mod = layout.expand_mod(mod)
-        shift, scale = mod.chunk(2, dim=-1)
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
         sizes = None if layout is None else layout.sizes
         return self.linear(_per_segment(_modulate, self.norm_final(x), shift, scale, sizes=sizes))
 
@@ -256,26 +257,30 @@ class SiT(nn.Module):
         if y.shape != (N,):
             raise ValueError(f"y must be (N,) = ({N},) class indices, got {tuple(y.shape)}")
 
-    def _embed(self, x: Tensor, t: Tensor, y: Tensor, groups, separate: bool):
-        """-> tokens (N, T, D) in layout order, conditioning (N, S, D) (S = 1 without groups), layout."""
+    def _embed(self, x: Tensor, t: Tensor, y: Tensor, layout: SegmentLayout | None):
+        """-> tokens (N, T, D) in layout order, conditioning (N, S, D) (S = 1 without a layout, or one
+        timestep per sample)."""
         self.check_inputs(x, t, y)
         h = self.x_embedder(x) + self.pos_embed                              # (N, T, D), raster order
-        y_emb = self.y_embedder(y)                                           # (N, D)
-        if t.ndim == 1:
-            t = t[:, None]
-        N, K = t.shape
-        if groups is None:
-            if K != 1:
-                raise ValueError(f"t has {K} columns (one per group) but no groups were given")
-            if separate:
-                raise ValueError("separate=True needs groups")
-            return h, self.t_embedder(t[:, 0])[:, None] + y_emb[:, None], None       # c (N, 1, D)
-        # (N, K, D): once per (sample, group)
-        c = self.t_embedder(t.reshape(-1)).view(N, K, -1) + y_emb[:, None]
-        layout = groups if isinstance(groups, Layout) else plan_groups(groups, K, separate)
-        if isinstance(layout, SegmentLayout) and layout.seg_cond is None and K not in (1, len(layout.sizes)):
-            raise ValueError(f"t has {K} columns but the layout has {len(layout.sizes)} groups")
-        return layout.to_groups(h), layout.arrange_cond(c), layout
+        t = t[:, None] if t.ndim == 1 else t
+        N, S = t.shape
+        # (N, S, D): once per (sample, segment), never per token
+        c = self.t_embedder(t.reshape(-1)).view(N, S, -1) + self.y_embedder(y)[:, None]
+        if layout is None:
+            if S != 1:
+                raise ValueError(f"t has {S} columns (one per group) but no groups were given")
+            return h, c
+        if S not in (1, len(layout.sizes)):
+            raise ValueError(f"t has {S} columns but the layout has {len(layout.sizes)} groups")
+        return layout.to_groups(h), c
+
+    def _grouped_by_ids(self, call, x: Tensor, t: Tensor, y: Tensor, ids: Tensor, separate: bool, **kw):
+        """The (N, T) group-id call: rows reordered so that one-group rows come first
+        (SegmentLayout.from_ids), `call` run on them, the outputs put back in the caller's row order."""
+        order, t, layout = SegmentLayout.from_ids(ids, t, separate)
+        out = call(x[order], t, y[order], groups=layout, **kw)
+        undo = order.argsort()
+        return tuple(o[undo] for o in out) if isinstance(out, tuple) else out[undo]
 
     # ---- forward -------------------------------------------------------------------------------------------
     def unpatchify(self, tokens: Tensor) -> Tensor:
@@ -287,11 +292,16 @@ class SiT(nn.Module):
         x = tokens.reshape(N, g, g, p, p, C)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(N, C, g * p, g * p)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor, groups: Tensor | Layout | None = None,
+    def forward(self, x: Tensor, t: Tensor, y: Tensor, groups: SegmentLayout | Tensor | None = None,
                 separate: bool = False, align_layer: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
-        """x (N, C, H, W), t (N,) or (N, K), y (N,) -> velocity (N, C, H, W), or (velocity, head(h_m)) with
+        """x (N, C, H, W), t (N,) or (N, S), y (N,) -> velocity (N, C, H, W), or (velocity, head(h_m)) with
         align_layer = m: the one call that runs the student, so DDP sees the head's parameters used."""
-        h, c, layout = self._embed(x, t, y, groups, separate)                # (N, T, D), (N, S, D)
+        if torch.is_tensor(groups):
+            return self._grouped_by_ids(self.forward, x, t, y, groups, separate, align_layer=align_layer)
+        if separate:
+            raise ValueError(SEPARATE_WITH_IDS)
+        layout = groups
+        h, c = self._embed(x, t, y, layout)                                  # (N, T, D), (N, S, D)
         feats = None                                                         # (N, T, D_head) once block m ran
         recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks, start=1):
@@ -322,11 +332,16 @@ class SiT(nn.Module):
         return h
 
     def forward_features(self, x: Tensor, t: Tensor, y: Tensor, layer: int,
-                         groups: Tensor | Layout | None = None, separate: bool = False) -> Tensor:
+                         groups: SegmentLayout | Tensor | None = None, separate: bool = False) -> Tensor:
         """(N, T, D) hidden state after block `layer` (1-based), raster order; later blocks are not run."""
         if not 1 <= layer <= self.depth:
             raise ValueError(f"layer must be in 1..{self.depth}, got {layer}")
-        h, c, layout = self._embed(x, t, y, groups, separate)
+        if torch.is_tensor(groups):
+            return self._grouped_by_ids(self.forward_features, x, t, y, groups, separate, layer=layer)
+        if separate:
+            raise ValueError(SEPARATE_WITH_IDS)
+        layout = groups
+        h, c = self._embed(x, t, y, layout)
         for block in self.blocks[:layer]:
             h = block(h, c, layout)
         return h if layout is None else layout.to_raster(h)
@@ -334,7 +349,7 @@ class SiT(nn.Module):
 
 # ------------------------------------------------------------------------------------------------------------
 # Registry: SiT-{S,B,L,XL}/{2,4,8} as in SiT (depth, width, heads), plus a tiny T for CPU runs and tests and a
-# narrower N (width 64) for the CPU ablation study (scripts/ablations_cpu.sh)
+# narrower N (width 64) for the CPU ablation study (studies/cpu-ablations/run.sh)
 # ------------------------------------------------------------------------------------------------------------
 
 SIZES = {"N": (6, 64, 4), "T": (6, 128, 4), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16),

@@ -14,8 +14,10 @@ import sys
 
 import pytest
 import torch
+from test_train import teacher_mask_of
 
 import train
+from dataset import EpochOrder
 from infra import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,18 +86,19 @@ def test_release_train_sh(capsys):
                 repa_features=None)
     assert {k: cfg[k] for k in want} == want
     # --teacher-mask is derived (groups and --teacher-t sra) and checked: the release's flag agrees
-    assert train.teacher_mask_of(train.parse_args(RELEASE_TRAIN)) is True
+    assert teacher_mask_of(train.parse_args(RELEASE_TRAIN)) is True
     assert not [k for k in cfg if k.startswith("alias")] and "print_config" not in cfg
     assert "--prediction v: no-op" in notes and "--loss-type cos -> cos-channel" in notes
     # the epochs, as the release counts them on ImageNet-1k (1,281,167 images) with 8 processes x 32
     args = train.parse_args(RELEASE_TRAIN)
-    flags.apply_epochs(args, 1_281_167, 8)
+    steps_per_epoch = EpochOrder(1_281_167, 32, world_size=8).steps_per_epoch
+    last, every, _ = flags.epoch_steps(args, steps_per_epoch, 1_281_167)
     # the release's 5004 steps per epoch
-    assert args.steps_per_epoch == 5004
+    assert steps_per_epoch == 5004
     # 801 epochs end before 4.1M steps
-    assert args.max_train_steps == 801 * 5004 == 4_008_204
+    assert last == 801 * 5004 == 4_008_204
     # its epoch-{199,399,...}.pt
-    assert args.checkpoint_epoch_steps == 200 * 5004
+    assert every == 200 * 5004
 
 
 def test_repa_readme_train_commands(capsys):
@@ -176,13 +179,13 @@ def test_train_conversions():
     # --epochs alone sets the step count from the data; both: the first bound reached
     a = train.parse_args(["--epochs", "2", "--batch-size", "64"])
     assert a.max_train_steps is None
-    flags.apply_epochs(a, 1000, 2)
-    assert (a.steps_per_epoch, a.max_train_steps) == (15, 30)
+    steps_per_epoch = EpochOrder(1000, 32, world_size=2).steps_per_epoch
+    assert (steps_per_epoch, flags.epoch_steps(a, steps_per_epoch, 1000)[0]) == (15, 30)
     a = train.parse_args(["--epochs", "2", "--max-train-steps", "20", "--batch-size", "64",
                           "--gradient-accumulation-steps", "2"])
     # 31 batches of 32 -> 16 steps
-    flags.apply_epochs(a, 1000, 1)
-    assert (a.steps_per_epoch, a.max_train_steps) == (16, 20)
+    steps_per_epoch = EpochOrder(1000, 32, world_size=1, grad_accum=2).steps_per_epoch
+    assert (steps_per_epoch, flags.epoch_steps(a, steps_per_epoch, 1000)[0]) == (16, 20)
 
 
 def test_checkpoint_epochs_and_data_checks_in_a_run(tmp_path):
@@ -267,7 +270,7 @@ def test_mask_ratio_zero_is_plain_sra(capsys):
     assert (cfg["dual_time_scheduling"], cfg["attention_separation"]) == (False, False)
     assert cfg["align_target"] == "ema"
     assert "one token group" in notes and "plain SRA" in notes
-    assert train.teacher_mask_of(train.parse_args(["--mask-ratio", "0"])) is False
+    assert teacher_mask_of(train.parse_args(["--mask-ratio", "0"])) is False
     a = train.parse_args(["--preset", "ours-mix-b2", "--mask-ratio", "0"])
     assert (a.full_sample_prob, a.attention_separation) == (0.0, False)
     with pytest.raises(SystemExit) as e:

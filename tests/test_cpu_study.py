@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from test_scripts import ablation_of_name, parse_all, script_env
+from test_train import teacher_mask_of
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +69,7 @@ def test_dry_run_is_the_whole_study(monkeypatch):
             assert ns.teacher_t == "self_flow" and ns.mask_ratio == [0.25]
         else:
             timesteps, attention, ratio, rho = ablation_of_name(f"b2-{setting}")
-            assert ns.align_target != "none" and ns.teacher_t == "sra" and train.teacher_mask_of(ns)
+            assert ns.align_target != "none" and ns.teacher_t == "sra" and teacher_mask_of(ns)
             assert ns.dual_time_scheduling == (timesteps == "dual")
             assert ns.attention_separation == (attention == "as")
             assert ns.mask_ratio == [ratio] and ns.full_sample_prob == rho

@@ -10,9 +10,23 @@ import numpy as np
 import pytest
 import torch
 
-from dataset import (LATENT_SCALE, DigitsDataset, EpochOrder, LatentShardDataset, RepaLatentDataset,
-                     build_dataset, digits_images, digits_split_indices, sample_posterior)
+from dataset import (
+    LATENT_SCALE,
+    DigitsDataset,
+    EpochOrder,
+    LatentShardDataset,
+    RepaLatentDataset,
+    build_dataset,
+    digits_images,
+    digits_split_indices,
+    sample_posterior,
+)
 from preprocessing.shards import ShardWriter, atomic_write_json, finalize, shard_files
+
+
+def stack_items(ds, indices):
+    """ds[i] for each index, stacked: (x (B, ...), labels (B,)[, features (B, T, D)])."""
+    return torch.utils.data.default_collate([ds[int(i)] for i in indices])
 
 
 def write_shards(out, counts, h=4, dtype="float32", num_classes=5, seed=0):
@@ -53,7 +67,7 @@ def test_latent_shard_dataset(tmp_path):
         np.testing.assert_array_equal(x.numpy(), m[i])
         assert int(label) == y[i]
     idx = [9, 0, 4, 3, 4]
-    xb, yb = ds.get_batch(idx)
+    xb, yb = stack_items(ds, idx)
     np.testing.assert_array_equal(xb.numpy(), m[idx])
     np.testing.assert_array_equal(yb.numpy(), y[idx])
     with pytest.raises(IndexError):
@@ -81,7 +95,7 @@ def test_shard_writer_trims_when_the_header_size_changes(tmp_path, monkeypatch):
 
 def test_float16_shards_read_as_float32(tmp_path):
     m, _ = write_shards(str(tmp_path / "d"), [4, 3], dtype="float16")
-    x, _ = LatentShardDataset(str(tmp_path / "d")).get_batch(range(7))
+    x, _ = stack_items(LatentShardDataset(str(tmp_path / "d")), range(7))
     assert x.dtype == torch.float32
     np.testing.assert_array_equal(x.numpy(), m.astype(np.float16).astype(np.float32))
 
@@ -154,7 +168,7 @@ def test_digits_dataset():
     xi, yi = ds[5]
     assert xi.shape == (1, 16, 16) and xi.dtype == torch.float32 and torch.equal(xi, x[5]) and int(yi) == y[5]
     assert xi.min() >= -1 and xi.max() <= 1
-    xb, yb = ds.get_batch([3, 1])
+    xb, yb = stack_items(ds, [3, 1])
     assert torch.equal(xb, x[[3, 1]]) and torch.equal(yb, y[[3, 1]])
 
 

@@ -4,7 +4,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import (ReferenceSiT, SegmentLayout, SiT_models, dense_masked_attention, load_checkpoint,
-                    load_state_dict_strict, plan_groups, separated_attention)
+                    load_state_dict_strict, separated_attention)
 
 
 def tiny(seed=0, **kw):
@@ -18,6 +18,16 @@ def tiny(seed=0, **kw):
             if p.requires_grad:
                 p.normal_(0, 0.1)
     return m
+
+
+def loss_layout(N, sizes, separate=True, num_full=0, seed=0):
+    """The layout the loss builds (argsort of uniform noise, exact group sizes, leading full rows) and the
+    (N, T) group of each token it implies."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.rand(N, sum(sizes), generator=g).argsort(1)
+    rank_group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).expand(N, -1)
+    ids = torch.empty_like(perm).scatter_(1, perm, rank_group)
+    return SegmentLayout.from_perm(perm, sizes, separate, num_full), ids
 
 
 def random_groups(N, T, sizes, single_rows=(), seed=0):
@@ -80,17 +90,21 @@ def test_separated_equals_reference_and_groups_alone(sizes, single):
                 torch.testing.assert_close(out[n, ids[n] == k], alone, atol=1e-5, rtol=1e-5)
 
 
-def test_unequal_sizes_between_samples_fall_back_to_mask():
+def test_unequal_sizes_between_samples_are_the_references_business():
+    """The model takes one split for every sample and says where unequal splits go; ReferenceSiT (dense masked
+    attention) takes them, each sample equal to the model on that sample alone."""
     m = tiny()
     ids = torch.cat([random_groups(2, 16, (4, 12)), random_groups(2, 16, (10, 6), seed=1)])
-    layout = plan_groups(ids, 2, separate=True)
-    assert layout.mask is not None and layout.mask.shape == (4, 1, 16, 16)
     x = torch.randn(4, 4, 8, 8)
     t = torch.rand(4, 2)
     y = torch.randint(0, 10, (4,))
     with torch.no_grad():
-        torch.testing.assert_close(m(x, t, y, groups=ids, separate=True),
-                                   ReferenceSiT(m)(x, t, y, groups=ids, separate=True), atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="group sizes differ between samples.*ReferenceSiT"):
+            m(x, t, y, groups=ids, separate=True)
+        ref = ReferenceSiT(m)(x, t, y, groups=ids, separate=True)
+        for n in range(4):
+            alone = m(x[n:n + 1], t[n:n + 1], y[n:n + 1], groups=ids[n:n + 1], separate=True)
+            torch.testing.assert_close(ref[n:n + 1], alone, atol=1e-5, rtol=1e-5)
 
 
 def test_layout_from_perm_matches_ids_and_full_rows():
@@ -111,19 +125,26 @@ def test_layout_from_perm_matches_ids_and_full_rows():
     # the same thing said with ids: rows 0-1 one group
     ref_ids[:2] = 0
     with torch.no_grad():
-        torch.testing.assert_close(m(x, t, y, groups=layout, separate=True),
+        torch.testing.assert_close(m(x, t, y, groups=layout),
                                    ReferenceSiT(m)(x, t, y, groups=ref_ids, separate=True),
                                    atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(m(x, t, y, groups=layout, separate=True),
-                                   ReferenceSiT(m)(x, t, y, groups=layout, separate=True),
+        torch.testing.assert_close(m(x, t, y, groups=layout), ReferenceSiT(m)(x, t, y, groups=layout),
                                    atol=1e-5, rtol=1e-5)
+        # the id call: full rows anywhere in the batch, put back in place
+        moved = [2, 0, 3, 1, 4]
+        torch.testing.assert_close(m(x[moved], t[moved], y[moved], groups=ref_ids[moved], separate=True),
+                                   m(x, t, y, groups=layout)[moved], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="separate=True goes with an .N, T. group-id tensor"):
+        m(x, t, y, groups=layout, separate=True)
 
 
-def test_separated_attention_kernel_vs_dense():
+@pytest.mark.parametrize("num_full", [0, 1, 3])
+def test_separated_attention_kernel_vs_dense(num_full):
     torch.manual_seed(0)
     q, k, v = (torch.randn(3, 2, 16, 8) for _ in range(3))
-    ids = random_groups(3, 16, (5, 11))
-    layout = plan_groups(ids, 2, separate=True)
+    layout, ids = loss_layout(3, (5, 11), num_full=num_full)
+    # full rows: one attention group
+    ids[:num_full] = 0
     qg, kg, vg = (layout.to_groups(a.transpose(1, 2).reshape(3, 16, 16)).reshape(3, 16, 2, 8).transpose(1, 2)
                   for a in (q, k, v))
     out = separated_attention(qg, kg, vg, layout).transpose(1, 2).reshape(3, 16, 16)
@@ -170,8 +191,8 @@ def test_forward_features_and_early_exit():
     hooks = [b.register_forward_hook(lambda mod, i, o, k=k: seen.__setitem__(k, o))
              for k, b in enumerate(m.blocks, 1)]
     with torch.no_grad():
-        layout = plan_groups(ids, 2, separate=True)
-        m(x, t, y, groups=layout, separate=True)
+        layout = SegmentLayout.from_ids(ids, t, separate=True)[2]
+        m(x, t, y, groups=layout)
         full = {k: layout.to_raster(v) for k, v in seen.items()}
         hooks += [b.register_forward_pre_hook(lambda mod, i, k=k: ran.append(k))
                   for k, b in enumerate(m.blocks, 1)]
@@ -372,7 +393,7 @@ def test_flops_xl2_plain_vs_dual_timestep_separated():
         plain = forward_gflops(lambda: m(x, torch.rand(1), y))
         perm = torch.arange(256)[None]
         layout = SegmentLayout.from_perm(perm, (64, 192), separate=True)
-        dual = forward_gflops(lambda: m(x, torch.rand(1, 2), y, groups=layout, separate=True))
+        dual = forward_gflops(lambda: m(x, torch.rand(1, 2), y, groups=layout))
         release = forward_gflops(lambda: ReferenceSiT(m)(x, torch.rand(1), y))
     # 2 x 118.6 GMACs
     assert 230 < plain < 245, plain

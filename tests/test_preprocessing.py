@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_dataset import stack_items
 
-from dataset import LatentShardDataset, RepaLatentDataset, build_dataset
 import preprocessing.encode as enc
-from preprocessing.crop import center_crop_adm, load_rgb
-from preprocessing.encode import encode_folder, main as encode_main, scan_folder
-from preprocessing.import_repa import import_repa
+from dataset import LatentShardDataset, RepaLatentDataset, build_dataset
 from models.vae import encode_moments, load_vae
+from preprocessing.crop import center_crop_adm, load_rgb
+from preprocessing.encode import encode_folder, scan_folder
+from preprocessing.encode import main as encode_main
+from preprocessing.import_repa import import_repa
 
 # crop size used in the pipeline tests (latent 4x4)
 RES = 32
@@ -189,7 +191,7 @@ def test_shards_labels_and_json_agree(image_folder, encoded):
     assert set(skipped) == set(BAD) and all(BAD[p] in r for p, r in skipped.items())
     assert not [f for f in os.listdir(os.path.join(out, "shards")) if f.endswith(".tmp")]
     # the recorded statistics
-    x, _ = LatentShardDataset(out).get_batch(range(11))
+    x, _ = stack_items(LatentShardDataset(out), range(11))
     st = info["latent_stats"]
     np.testing.assert_allclose(st["channel_mean"], x[:, :4].double().mean((0, 2, 3)).numpy(), rtol=1e-6,
                                atol=1e-9)
@@ -210,7 +212,7 @@ def test_moments_match_the_vae_posterior(image_folder, encoded, sd_vae):
                       for i in pick])
     with torch.no_grad():
         post = sd_vae.encode(torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist
-    x, y = ds.get_batch(pick)
+    x, y = stack_items(ds, pick)
     assert x.shape == (3, 8, RES // 8, RES // 8)
     torch.testing.assert_close(x[:, :4], post.mean, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x[:, 4:], post.std, atol=1e-5, rtol=1e-5)
@@ -294,12 +296,12 @@ def test_flip_and_float16(image_folder, tiny_vae, tmp_path):
     ds, ds32 = LatentShardDataset(out), LatentShardDataset(out32)
     assert ds.has_flips and len(ds) == 22
     assert np.load(os.path.join(out, info["shards"][0]["file"])).dtype == np.float16
-    x, _ = ds.get_batch(range(22))
-    x32, _ = ds32.get_batch(range(11))
+    x, _ = stack_items(ds, range(22))
+    x32, _ = stack_items(ds32, range(11))
     # originals = the fp32 run, rounded
     torch.testing.assert_close(x[0::2], x32, atol=0, rtol=2 ** -10)
     # mirror: same label
-    assert torch.equal(ds.get_batch(range(0, 22, 2))[1], ds.get_batch(range(1, 22, 2))[1])
+    assert torch.equal(stack_items(ds, range(0, 22, 2))[1], stack_items(ds, range(1, 22, 2))[1])
     sources = [line.split("\t") for line in open(os.path.join(out, "sources.txt")).read().splitlines()]
     crop = center_crop_adm(load_rgb(os.path.join(image_folder, sources[3][0]))[0], RES)
     assert sources[3][1] == "1"
@@ -330,8 +332,8 @@ def test_import_repa_round_trip(encoded, tmp_path):
     imported = build_dataset(out)
     assert isinstance(imported, LatentShardDataset) and info["num_samples"] == len(ds)
     assert imported.num_classes == 3 and imported.latent_size == RES // 8
-    a, ya = imported.get_batch(range(len(ds)))
-    b, yb = ds.get_batch(range(len(ds)))
+    a, ya = stack_items(imported, range(len(ds)))
+    b, yb = stack_items(ds, range(len(ds)))
     # bit for bit, same order
     assert torch.equal(a, b) and torch.equal(ya, yb)
     assert import_repa(str(tmp_path / "repa"), out, shard_size=4, workers=0, progress=False) == info

@@ -12,16 +12,17 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from test_dataset import stack_items
+from test_preprocessing import image_folder, tiny_vae  # noqa: F401  (module fixtures)
 
 import train
 from dataset import LatentShardDataset, build_dataset, sample_posterior
 from loss import Draw, LossConfig, REPATarget, TrainingLoss
 from models import SiT_models
 from models.dinov2 import build_dinov2, dinov2_patch_tokens, preprocess_for_dinov2
+from preprocessing import repa_features as rf
 from preprocessing.crop import center_crop_adm, load_rgb
 from preprocessing.encode import encode_folder
-from preprocessing import repa_features as rf
-from test_preprocessing import image_folder, tiny_vae  # noqa: F401  (module fixtures)
 
 RES = 64
 ENC, DIM = "dinov2_vits14", 384
@@ -180,9 +181,9 @@ def test_dataset_yields_aligned_triples(featurized, tmp_path):
         assert torch.equal(f, torch.from_numpy(table[i].astype(np.float32)))
         assert torch.equal(x, plain[i][0]) and torch.equal(y, plain[i][1])
     idx = [21, 3, 16, 8]
-    xb, yb, fb = ds.get_batch(idx)
+    xb, yb, fb = stack_items(ds, idx)
     assert torch.equal(fb, torch.from_numpy(table[idx].astype(np.float32)))
-    assert torch.equal(xb, plain.get_batch(idx)[0]) and torch.equal(yb, plain.get_batch(idx)[1])
+    assert torch.equal(xb, stack_items(plain, idx)[0]) and torch.equal(yb, stack_items(plain, idx)[1])
     assert len(plain[0]) == 2 and build_dataset(featurized, features=NAME).features == NAME
 
     with pytest.raises(FileNotFoundError, match="repa-dinov2_vitb14-p2 not found"):
@@ -208,7 +209,7 @@ def test_repa_loss_with_precomputed_features_equals_the_encoder_on_the_same_imag
             if p.requires_grad:
                 p.normal_(0, 0.05)
     idx = [0, 3, 16, 21]
-    moments, y, feats = LatentShardDataset(featurized, features=NAME).get_batch(idx)
+    moments, y, feats = stack_items(LatentShardDataset(featurized, features=NAME), idx)
     x0 = sample_posterior(moments, generator=torch.Generator().manual_seed(0))
     images = torch.from_numpy(_crops(image_folder, featurized, idx)).permute(0, 3, 1, 2).float() / 127.5 - 1
     kw = dict(num_tokens=model.num_tokens, grid=model.grid, patch=model.patch_size, num_classes=3)
@@ -279,8 +280,9 @@ def test_imported_repa_folder_gets_its_targets_from_its_images(featurized, weigh
                                                                tmp_path):
     """A REPA folder (images/ + vae-sd/) through import-repa: repa-features reads images/ (the real images the
     latents came from), giving the features of the dataset encoded from the same crops."""
-    from preprocessing.import_repa import import_repa
     from PIL import Image
+
+    from preprocessing.import_repa import import_repa
 
     ds = LatentShardDataset(featurized)
     crops = _crops(image_folder, featurized, range(len(ds)))
