@@ -21,6 +21,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import train
@@ -46,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mixed-precision", choices=["bf16", "no"], default=None, help="default bf16 on GPU")
     p.add_argument("--compile", action=B, default=False)
     p.add_argument("--count-flops", action=B, default=False, help="FlopCounterMode over one step")
+    p.add_argument("--count-ops", action=B, default=False,
+                   help="operators dispatched in one step (views not counted, AdamW as one op): ops_per_step")
     p.add_argument("--reference-impl", action=B, default=False, help="the public release's costs")
     p.add_argument("--compare", action=B, default=False, help="ours and --reference-impl side by side")
     p.add_argument("--method", choices=sorted(METHODS), default="ours", help="a recipe of presets.py")
@@ -102,6 +105,50 @@ def setup(args: argparse.Namespace, reference: bool = False) -> tuple:
     student = ReferenceSiT(model) if reference else model
     loss_fn = train.build_loss(run, model, data, target, ReferenceSiT(ema) if reference else ema)
     return student, ema, loss_fn, opt, (run.block_out_s, run.block_out_t)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the operators dispatched (on a GPU, each is at least one kernel launch); views are not counted
+    (they launch nothing). While `one_op` is set (the optimizer step, a single fused multi-tensor kernel on a
+    GPU) nothing is counted; the caller adds one."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+        self.one_op = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        view = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+        if not (view or self.one_op):
+            self.ops += 1
+        return out
+
+
+def count_ops_per_step(args: argparse.Namespace, reference: bool) -> int:
+    """Operators of one training step (loss, backward, clipping, AdamW as one, the EMA update) on the CPU,
+    after one step that warms caches."""
+    cpu = argparse.Namespace(**{**vars(args), "device": "cpu", "compile": False, "mixed_precision": "no"})
+    torch.manual_seed(0)
+    model, ema, loss_fn, opt, _ = setup(cpu, reference)
+    counter = OpCounter()
+    real_step = opt.step
+
+    def fused_step(*a, **kw):
+        counter.ops += 1
+        counter.one_op = True
+        try:
+            return real_step(*a, **kw)
+        finally:
+            counter.one_op = False
+
+    opt.step = fused_step
+    step = make_step(cpu, model, ema, loss_fn, opt)
+    step()
+    counter.ops = 0
+    with counter:
+        step()
+    return counter.ops
 
 
 def make_step(args: argparse.Namespace, model: torch.nn.Module, ema: torch.nn.Module, loss_fn: TrainingLoss,
@@ -168,6 +215,8 @@ def bench_one(args: argparse.Namespace, reference: bool) -> dict:
                            block_out_t=t))
     if args.count_flops:
         out["gflops_per_img"] = count_gflops_per_img(args, reference)
+    if args.count_ops:
+        out["ops_per_step"] = count_ops_per_step(args, reference)
     if dev.type == "meta":
         # FLOPs only: nothing to time
         return out
@@ -303,8 +352,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps(result))
         return [result]
     runs = [False, True] if args.compare else [args.reference_impl]
-    if args.device == "meta" and not args.count_flops:
-        raise SystemExit("--device meta only counts FLOPs: add --count-flops")
+    if args.device == "meta" and not (args.count_flops or args.count_ops):
+        raise SystemExit("--device meta only counts: add --count-flops or --count-ops")
     results = [(bench_sampler if args.sampler else bench_one)(args, ref) for ref in runs]
     for r in results:
         print(json.dumps(r))

@@ -15,6 +15,7 @@ One call draws everything (t per group, token groups, eps, label dropout), runs 
 alignment target (EMA teacher up to block n, or an external target), and returns per-sample losses plus the
 scalars to log. Nothing here reads a value back to the host: the step stays asynchronous on the GPU.
 """
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -152,12 +153,32 @@ def group_sizes(ratios: list[float], T: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def per_token_map(tau: Tensor, grid: int, patch: int) -> Tensor:
-    """(N, T) raster-order per-token values -> (N, 1, H, W) image map (each patch filled with its token's
-    value)."""
-    N = tau.shape[0]
-    side = grid * patch
-    return tau.view(N, 1, grid, 1, grid, 1).expand(N, 1, grid, patch, grid, patch).reshape(N, 1, side, side)
+def noised(path_type: str, x0: Tensor, eps: Tensor, tau: Tensor) -> Tensor:
+    """x_tau = alpha_tau x0 + sigma_tau eps (Eq. 1): one lerp on the linear path."""
+    if path_type == "linear":
+        return torch.lerp(x0, eps, tau)
+    alpha, sigma, _, _ = interpolant(path_type, tau)
+    return alpha * x0 + sigma * eps
+
+
+def velocity_target(path_type: str, x0: Tensor, eps: Tensor, tau: Tensor) -> Tensor:
+    """d alpha/dt x0 + d sigma/dt eps (Eq. 2's target): eps - x0 on the linear path, whatever tau."""
+    if path_type == "linear":
+        return eps - x0
+    _, _, d_alpha, d_sigma = interpolant(path_type, tau)
+    return d_alpha * x0 + d_sigma * eps
+
+
+def patch_view(x: Tensor, grid: int, patch: int) -> Tensor:
+    """(N, C, H, W) -> (N, C, grid, patch, grid, patch): the model's patches, a view (x contiguous)."""
+    return x.view(x.shape[0], x.shape[1], grid, patch, grid, patch)
+
+
+def token_map(tau: Tensor, grid: int) -> Tensor:
+    """(N, T) raster-order per-token values (or (N, 1): one per sample) -> a view that broadcasts over
+    patch_view: each token's value over its patch, without painting an image of it."""
+    side = grid if tau.shape[1] > 1 else 1
+    return tau.view(tau.shape[0], 1, side, 1, side, 1)
 
 
 def patch_tokens(x: Tensor, patch: int) -> Tensor:
@@ -172,15 +193,20 @@ def patch_tokens(x: Tensor, patch: int) -> Tensor:
 # Alignment distances (METHOD.md section 6), per sample, always in fp32
 # ------------------------------------------------------------------------------------------------------------
 
+def _cosine(a: Tensor, b: Tensor, dim: int, eps: float = 1e-8) -> Tensor:
+    """F.cosine_similarity's value, a.b / (max(|a|, eps) max(|b|, eps)), in fewer kernels."""
+    return (a * b).sum(dim) / (a.norm(dim=dim).clamp_min(eps) * b.norm(dim=dim).clamp_min(eps))
+
+
 def alignment_distance(a: Tensor, b: Tensor, loss_type: str) -> Tensor:
     """a, b (N, T, D) -> (N,). cos-token: 1 - cos over features per token, mean over tokens (the paper's
     Eq. 3/7); cos-channel: 1 - cos over tokens per channel, mean over channels (the release's
     F.cosine_similarity dim=1)."""
     a, b = a.float(), b.float()
     if loss_type == "cos-token":
-        return (1 - F.cosine_similarity(a, b, dim=-1)).mean(dim=1)
+        return (1 - _cosine(a, b, dim=-1)).mean(dim=1)
     if loss_type == "cos-channel":
-        return (1 - F.cosine_similarity(a, b, dim=1)).mean(dim=1)
+        return (1 - _cosine(a, b, dim=1)).mean(dim=1)
     if loss_type == "sml1":
         return F.smooth_l1_loss(a, b, beta=0.05, reduction="none").mean(dim=(1, 2))
     if loss_type == "l1":
@@ -222,9 +248,18 @@ class Draw:
     features: Tensor | None = None
 
     def mix(self, tau: Tensor) -> Tensor:
-        """x_tau = alpha_tau x0 + sigma_tau eps (Eq. 1) for a time map tau (N, 1, H or 1, W or 1)."""
-        alpha, sigma, _, _ = interpolant(self.path_type, tau)
-        return alpha * self.x0 + sigma * self.eps
+        """x_tau = alpha_tau x0 + sigma_tau eps (Eq. 1) for tau (N, T) per token (raster order) or (N, 1)."""
+        x0 = patch_view(self.x0, self.grid, self.patch)
+        eps = patch_view(self.eps, self.grid, self.patch)
+        return noised(self.path_type, x0, eps, token_map(tau, self.grid)).view_as(self.x0)
+
+    def velocity(self, tau: Tensor) -> Tensor:
+        """The flow-matching target at tau (Eq. 2): eps - x0 on the linear path, whatever tau."""
+        if self.path_type == "linear":
+            return velocity_target(self.path_type, self.x0, self.eps, tau)
+        x0 = patch_view(self.x0, self.grid, self.patch)
+        eps = patch_view(self.eps, self.grid, self.patch)
+        return velocity_target(self.path_type, x0, eps, token_map(tau, self.grid)).view_as(self.x0)
 
 
 def student_head(target, patch: int, channels: int) -> tuple[str, int | None]:
@@ -265,7 +300,7 @@ class EMATeacher:
         elif self.teacher_t == "self_flow":
             # Eq. 7: the whole image at t_lo = min_g t_g
             s = d.t.min(dim=1, keepdim=True).values
-            x_in = d.mix(s[:, :, None, None])
+            x_in = d.mix(s)
         else:
             # sra: s_g = clamp(t_g - t_max U_g, 0, 1)
             u = torch.rand(d.t.shape, device=d.t.device)
@@ -276,11 +311,11 @@ class EMATeacher:
             if self.teacher_mask:
                 # the student's groups, each at its own s_g
                 layout = d.layout
-                x_in = d.mix(per_token_map(s.gather(1, d.ids), d.grid, d.patch))
+                x_in = d.mix(s.gather(1, d.ids))
             else:
                 # one group: the plain SRA teacher
                 s = s[:, :1]
-                x_in = d.mix(s[:, :, None, None])
+                x_in = d.mix(s)
         t_in = s[:, 0] if layout is None else s
         return self.ema.forward_features(x_in, t_in, y, layer=self.block_out_t, groups=layout)
 
@@ -471,29 +506,30 @@ class TrainingLoss:
         eps = torch.randn_like(x0)
         # label dropout for CFG (null class = num_classes)
         drop = torch.rand(N, device=dev) < cfg.class_dropout_prob
-        y_dropped = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        y_dropped = y.masked_fill(drop, self.num_classes)
 
         # ---- timesteps per group (DTS, Eq. 5) and exact-size token groups ----------------------------------
         t, num_full = self.draw_timesteps(N, dev)
         layout = ids = None
         if len(self.sizes) == 1:
-            tau = t[:, :1, None, None]                                         # (N, 1, 1, 1)
+            tau = t[:, :1]                                                     # (N, 1)
         else:
             # one uniform noise value per token
             noise = torch.rand(N, self.num_tokens, device=dev)                 # (N, T)
             # ascending noise: perm[n, j] = the token of rank j, a uniform random order per sample
             perm = noise.argsort(dim=1)                                        # (N, T)
-            # ranks [0, sizes[0]) form group 0, the next sizes[1] group 1, ...: each token takes its rank's
-            # group
-            ids = torch.empty_like(perm).scatter_(1, perm, self._rank_group(dev).expand(N, -1))   # (N, T)
             # the student's layout: tokens in perm order, the first num_full rows attend fully
             layout = SegmentLayout.from_perm(perm, self.sizes, cfg.attention_separation, num_full)
-            # each token's timestep t[n, ids[n, i]], painted on its patch
-            tau = per_token_map(t.gather(1, ids), self.grid, self.patch)      # (N, 1, H, W)
-        alpha, sigma, d_alpha, d_sigma = interpolant(cfg.path_type, tau)
+            # ranks [0, sizes[0]) form group 0, the next sizes[1] group 1, ...: each token takes its rank's
+            # group, ids[n, i] = rank_group[inv_perm[n, i]]
+            ids = self._rank_group(dev)[layout.inv_perm]                       # (N, T)
+            # each token's timestep t[n, ids[n, i]]
+            tau = t.gather(1, ids)                                             # (N, T)
+        draw = Draw(x0=x0, eps=eps, path_type=cfg.path_type, t=t, num_full=num_full, y=y, y_dropped=y_dropped,
+                    layout=layout, ids=ids, grid=self.grid, patch=self.patch, features=features)
         # Eq. 1 per token (Eq. 6 under DTS); the target eps - x0 on the linear path
-        x_t = alpha * x0 + sigma * eps
-        target_v = d_alpha * x0 + d_sigma * eps
+        x_t = draw.mix(tau)
+        target_v = draw.velocity(tau)
 
         # ---- student ---------------------------------------------------------------------------------------
         align_layer = cfg.block_out_s if self.target is not None else None
@@ -503,15 +539,13 @@ class TrainingLoss:
             out = model(x_t, t, y_dropped, groups=layout, align_layer=align_layer)
         v, feats = out if align_layer is not None else (out, None)
         # (N,), Eq. 2
-        loss_gen = (v.float() - target_v.float()).pow(2).mean(dim=(1, 2, 3))
+        loss_gen = F.mse_loss(v.float(), target_v.float(), reduction="none").mean(dim=(1, 2, 3))
         logs = {"loss_gen": loss_gen.detach().mean()}
         if self.target is None:
             return loss_gen, logs
 
         # ---- alignment target and distance (Eq. 3-4, 7), fp32 ----------------------------------------------
-        draw = Draw(x0=x0, eps=eps, path_type=cfg.path_type, t=t, num_full=num_full, y=y, y_dropped=y_dropped,
-                    x_t=x_t, layout=layout, ids=ids, grid=self.grid, patch=self.patch, features=features)
-        z = self.target(draw)
+        z = self.target(dataclasses.replace(draw, x_t=x_t))
         with torch.autocast(device_type="cuda" if dev.type == "cuda" else "cpu", enabled=False):
             loss_align = alignment_distance(feats, z, cfg.loss_type)           # (N,)
         logs["loss_align"] = loss_align.detach().mean()

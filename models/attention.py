@@ -12,25 +12,24 @@ from torch import Tensor
 from .groups import SegmentLayout
 
 
-def separated_attention(q: Tensor, k: Tensor, v: Tensor, layout: SegmentLayout | None) -> Tensor:
-    """q, k, v (N, H, T, hd) in layout order -> (N, H, T, hd), attending as `layout` says (None: full
+def separated_attention(qkv: Tensor, layout: SegmentLayout | None, q_norm: nn.Module = nn.Identity(),
+                        k_norm: nn.Module = nn.Identity()) -> Tensor:
+    """qkv (N, T, 3, H, hd) in layout order -> (N, T, H, hd), attending as `layout` says (None: full
     attention). Separated rows: one fused, unmasked SDPA per contiguous group; the first num_full rows
-    (full-image samples) attend across all their tokens. Slices and cat only, no gathers."""
+    (full-image samples) attend across all their tokens. One split of qkv (its backward is one cat) and one
+    cat of the outputs: no gathers, no masks, no copies."""
+
+    def attend(part: Tensor) -> Tensor:
+        # (n, t, 3, H, hd) -> 3 x (n, H, t, hd) -> (n, t, H, hd)
+        q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)
+        return F.scaled_dot_product_attention(q_norm(q), k_norm(k), v).transpose(1, 2)
+
     if layout is None or not layout.separate:
-        return F.scaled_dot_product_attention(q, k, v)
+        return attend(qkv)
     full = layout.num_full
-    out = []
-    if full:
-        # full-image rows: plain full attention
-        out.append(F.scaled_dot_product_attention(q[:full], k[:full], v[:full]))
-    segments = []
-    start = 0
-    for n in layout.sizes:
-        # group [start, start + n) of the separated rows
-        segments.append(F.scaled_dot_product_attention(*(u[full:, :, start:start + n] for u in (q, k, v))))
-        start += n
-    out.append(torch.cat(segments, dim=2))
-    return out[0] if len(out) == 1 else torch.cat(out, dim=0)
+    rows = qkv.split((full, qkv.shape[0] - full)) if full else (None, qkv)
+    out = torch.cat([attend(group) for group in rows[1].split(layout.sizes, dim=1)], dim=1)
+    return torch.cat([attend(rows[0]), out]) if full else out
 
 
 class Attention(nn.Module):
@@ -47,7 +46,6 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, layout: SegmentLayout | None = None) -> Tensor:
         """x (N, T, D) in layout order -> (N, T, D)."""
         N, T, D = x.shape
-        qkv = self.qkv(x).view(N, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)                                            # (N, H, T, hd) each
-        o = separated_attention(self.q_norm(q), self.k_norm(k), v, layout)  # (N, H, T, hd)
-        return self.proj(o.transpose(1, 2).reshape(N, T, D))
+        qkv = self.qkv(x).view(N, T, 3, self.num_heads, self.head_dim)     # (N, T, 3, H, hd)
+        o = separated_attention(qkv, layout, self.q_norm, self.k_norm)       # (N, T, H, hd)
+        return self.proj(o.reshape(N, T, D))

@@ -391,6 +391,7 @@ def load_checkpoint(path: str, which: str = "ema", model_name: str | None = None
     with torch.device("meta"):
         model = SiT_models[s["model"]](**kwargs)
     load_state_dict_strict(model, sd, source=path, assign=True)
+    model.materialize_constants()
     model.float().eval()
     info = dict(s, model_name=s["model"], time_convention=conv, args=ck.args, digest=weights_digest(sd))
     return (SiTTimeFlip(model).eval() if conv == "sit" else model), info

@@ -9,20 +9,24 @@ order group s is a contiguous segment of sizes[s] tokens: conditioning is broadc
 `num_full` rows are full-image samples (Fig. 5): one timestep for all their tokens, attention across all of
 them. The output is un-permuted once at the end.
 
+When the segment sizes are multiples of one unit (64 + 192 = 1 + 3 units of 64 at alpha 0.25), the tokens are
+also `units` equal slices and the conditioning is given per unit: modulation is then a broadcast over a view
+(N, units, T / units, D), the same kernels as a plain SiT block, no split and no cat. Sizes without a small
+common unit (alpha 0.35: 89 + 167) fall back to a loop over the segments.
+
 `SegmentLayout.from_perm` is the loss's constructor (no host sync). `SegmentLayout.from_ids` reads the model's
 public (N, T) group-id call (one host sync); group sizes that differ between samples are the business of
 models/reference.py (dense masked attention), not of the model.
 """
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 
-def _inverse_perm(perm: Tensor) -> Tensor:
-    """(N, T) permutation -> its inverse, so that x.gather(perm).gather(inv) == x."""
-    ar = torch.arange(perm.shape[1], device=perm.device).expand_as(perm)
-    return torch.empty_like(perm).scatter_(1, perm, ar)
+# the most equal slices the conditioning is given per (adaLN rows per sample: cheap next to T tokens)
+MAX_UNITS = 8
 
 
 def _gather_tokens(x: Tensor, index: Tensor) -> Tensor:
@@ -42,6 +46,10 @@ class SegmentLayout:
     separate: bool
     # rows [0, num_full) attend across all their tokens (full-image samples)
     num_full: int = 0
+    # the segment of each of `units` equal slices of the tokens (None: no common unit of at most MAX_UNITS)
+    unit_segment: tuple[int, ...] | None = None
+    # (units,) the same on the device: the timestep column of each unit
+    unit_index: Tensor | None = None
 
     @staticmethod
     def from_perm(perm: Tensor, sizes, separate: bool, num_full: int = 0) -> "SegmentLayout":
@@ -54,7 +62,15 @@ class SegmentLayout:
             raise ValueError(f"num_full {num_full} is outside 0..{perm.shape[0]} rows")
         # every row full: nothing is separated
         separate = separate and num_full < perm.shape[0]
-        return SegmentLayout(perm, _inverse_perm(perm), sizes, separate, int(num_full))
+        unit = math.gcd(*sizes)
+        units = None
+        index = None
+        if sum(sizes) // unit <= MAX_UNITS:
+            units = tuple(s for s, n in enumerate(sizes) for _ in range(n // unit))
+            index = torch.tensor(units, device=perm.device) if units != tuple(range(len(sizes))) else None
+        # the inverse permutation: x.gather(perm).gather(inv) == x
+        inv_perm = perm.argsort(dim=1)
+        return SegmentLayout(perm, inv_perm, sizes, separate, int(num_full), units, index)
 
     @staticmethod
     def from_ids(ids: Tensor, t: Tensor, separate: bool) -> tuple[Tensor, Tensor, "SegmentLayout"]:

@@ -24,6 +24,7 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 
@@ -74,13 +75,19 @@ class TimestepEmbedder(nn.Module):
         super().__init__()
         self.freq_dim = freq_dim
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        # the sinusoid's frequencies exp(-ln(10000) k / (freq_dim / 2)), a constant (not saved)
+        self.register_buffer("freqs", sinusoid_freqs(freq_dim), persistent=False)
 
     def forward(self, t: Tensor) -> Tensor:                 # (M,) -> (M, D)
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        args = t.float()[:, None] * freqs[None]
+        args = t.float()[:, None] * self.freqs[None]
         features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+def sinusoid_freqs(freq_dim: int, device: torch.device | str | None = None) -> Tensor:
+    """(freq_dim / 2,) fp32: exp(-ln(10000) k / (freq_dim / 2)), k = 0, 1, ..."""
+    half = freq_dim // 2
+    return torch.exp(-math.log(10000) * torch.arange(half, device=device, dtype=torch.float32) / half)
 
 
 class LabelEmbedder(nn.Module):
@@ -99,24 +106,52 @@ class LabelEmbedder(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Blocks. Modulation tensors are (N, 1, D) (one conditioning per sample) or (N, S, D) (one per segment of a
-# SegmentLayout); models/reference.py runs the same blocks with per-token (N, T, D) modulation.
+# Blocks. Conditioning rows are (N, R, D): R = 1 (one per sample), R = the layout's units (equal slices of
+# the tokens, models/groups.py) or R = its segments when their sizes share no small unit. Each row modulates
+# its own tokens; models/reference.py runs the same blocks with per-token (N, T, D) modulation.
 # ------------------------------------------------------------------------------------------------------------
 
-def _per_segment(fn, x: Tensor, *mods: Tensor, sizes: tuple[int, ...] | None = None) -> Tensor:
-    """Apply fn(x_part, *mod_parts) with each segment of x paired with its own modulation row."""
-    if mods[0].shape[1] == 1:
-        return fn(x, *mods)
-    parts = x.split(sizes, dim=1)
-    return torch.cat([fn(p, *(m[:, s:s + 1] for m in mods)) for s, p in enumerate(parts)], dim=1)
+def _slices(u: Tensor, rows: int) -> Tensor:
+    """(N, T, D) -> (N, rows, T / rows, D): equal slices of the tokens, a view."""
+    return u.view(u.shape[0], rows, -1, u.shape[-1])
 
 
-def _modulate(x, shift, scale):
-    return x * (1 + scale) + shift
+def _multiply_add(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """a + b c: one fused kernel without gradients (the EMA teacher, sampling); with them two, whose backward
+    is cheaper than the fused kernel's."""
+    return a + b * c if torch.is_grad_enabled() else torch.addcmul(a, b, c)
 
 
-def _gated(x, gate):
-    return x * gate
+def _modulate(x: Tensor, shift: Tensor, scale1p: Tensor, layout: SegmentLayout | None) -> Tensor:
+    """x (1 + scale) + shift, scale1p = 1 + scale: a broadcast over the view of equal slices when there are
+    units (the kernels of a plain block), a loop over the segments otherwise."""
+    rows = shift.shape[1]
+    if rows == 1:
+        return _multiply_add(shift, x, scale1p)
+    if layout.unit_segment is not None:
+        return _multiply_add(shift[:, :, None], _slices(x, rows), scale1p[:, :, None]).view_as(x)
+    parts = x.split(layout.sizes, dim=1)
+    return torch.cat([_multiply_add(shift[:, s:s + 1], p, scale1p[:, s:s + 1]) for s, p in enumerate(parts)],
+                     dim=1)
+
+
+def _gated_add(x: Tensor, y: Tensor, gate: Tensor, layout: SegmentLayout | None) -> Tensor:
+    """x + gate y (the residual of adaLN-Zero), per conditioning row as _modulate."""
+    rows = gate.shape[1]
+    if rows == 1:
+        return _multiply_add(x, y, gate)
+    if layout.unit_segment is not None:
+        return _multiply_add(_slices(x, rows), _slices(y, rows), gate[:, :, None]).view_as(x)
+    parts = zip(x.split(layout.sizes, dim=1), y.split(layout.sizes, dim=1))
+    return torch.cat([_multiply_add(xs, ys, gate[:, s:s + 1]) for s, (xs, ys) in enumerate(parts)], dim=1)
+
+
+def scale_ones(dim: int, device: torch.device | str | None = None) -> Tensor:
+    """(6D,) zeros with ones on the two scale chunks of a block's modulation (shift, scale, gate) x 2."""
+    ones = torch.zeros(6 * dim, device=device)
+    ones[dim:2 * dim] = 1
+    ones[4 * dim:5 * dim] = 1
+    return ones
 
 
 class SiTBlock(nn.Module):
@@ -132,17 +167,19 @@ class SiTBlock(nn.Module):
         self.mlp.add_module("act", nn.GELU(approximate="tanh"))
         self.mlp.add_module("fc2", nn.Linear(hidden, dim))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        # the 1 of (1 + scale) in both scale chunks, added to the modulation in one kernel (not saved)
+        self.register_buffer("scale_one", scale_ones(dim), persistent=False)
 
     def forward(self, x: Tensor, c: Tensor, layout: SegmentLayout | None = None) -> Tensor:
-        """x (N, T, D) in layout order; c (N, S, D): one conditioning row per segment (S = 1: per sample)."""
-        # segment lengths; None: the modulation rows broadcast over the tokens
-        sizes = None if layout is None else layout.sizes
-        mod = self.adaLN_modulation(c)                                      # (N, S, 6D): once per segment
-        sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, dim=-1)                   # 6 x (N, S, D)
-        h = _per_segment(_modulate, self.norm1(x), sh1, sc1, sizes=sizes)   # (N, T, D)
-        x = x + _per_segment(_gated, self.attn(h, layout), g1, sizes=sizes)  # (N, T, D)
-        h = _per_segment(_modulate, self.norm2(x), sh2, sc2, sizes=sizes)   # (N, T, D)
-        return x + _per_segment(_gated, self.mlp(h), g2, sizes=sizes)       # (N, T, D)
+        """x (N, T, D) in layout order; c (N, R, D): one conditioning row per sample, unit or segment, after
+        the SiLU of adaLN (SiT.forward applies it once for all blocks)."""
+        # (N, R, 6D): once per row, the scales as 1 + scale
+        mod = self.adaLN_modulation[1](c) + self.scale_one
+        sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, dim=-1)                   # 6 x (N, R, D)
+        h = _modulate(self.norm1(x), sh1, sc1, layout)                      # (N, T, D)
+        x = _gated_add(x, self.attn(h, layout), g1, layout)                 # (N, T, D)
+        h = _modulate(self.norm2(x), sh2, sc2, layout)                      # (N, T, D)
+        return _gated_add(x, self.mlp(h), g2, layout)                       # (N, T, D)
 
 
 class FinalLayer(nn.Module):
@@ -153,10 +190,9 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
     def forward(self, x: Tensor, c: Tensor, layout: SegmentLayout | None = None) -> Tensor:
-        """x (N, T, D), c (N, S, D) -> (N, T, p*p*C_out), in layout order."""
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        sizes = None if layout is None else layout.sizes
-        return self.linear(_per_segment(_modulate, self.norm_final(x), shift, scale, sizes=sizes))
+        """x (N, T, D), c (N, R, D) after adaLN's SiLU (as SiTBlock) -> (N, T, p*p*C_out), in layout order."""
+        shift, scale = self.adaLN_modulation[1](c).chunk(2, dim=-1)
+        return self.linear(_modulate(self.norm_final(x), shift, 1 + scale, layout))
 
 
 class SimpleHead(nn.Module):
@@ -244,6 +280,14 @@ class SiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
+    def materialize_constants(self) -> None:
+        """Rebuild the non-saved constant buffers next to the weights (after a load into a model built on the
+        meta device, where they stayed without storage)."""
+        device = self.t_embedder.mlp[0].weight.device
+        self.t_embedder.freqs = sinusoid_freqs(self.t_embedder.freq_dim, device=device)
+        for block in self.blocks:
+            block.scale_one = scale_ones(self.hidden_size, device=device)
+
     # ---- input checks and embedding ------------------------------------------------------------------------
     def check_inputs(self, x: Tensor, t: Tensor, y: Tensor) -> None:
         """Refuse inputs of the wrong shape with a message that says the expected one."""
@@ -258,21 +302,23 @@ class SiT(nn.Module):
             raise ValueError(f"y must be (N,) = ({N},) class indices, got {tuple(y.shape)}")
 
     def _embed(self, x: Tensor, t: Tensor, y: Tensor, layout: SegmentLayout | None):
-        """-> tokens (N, T, D) in layout order, conditioning (N, S, D) (S = 1 without a layout, or one
-        timestep per sample)."""
+        """-> tokens (N, T, D) in layout order, SiLU(conditioning) (N, R, D): R = 1 without a layout or with
+        one timestep per sample, else one row per unit or segment of the layout."""
         self.check_inputs(x, t, y)
         h = self.x_embedder(x) + self.pos_embed                              # (N, T, D), raster order
         t = t[:, None] if t.ndim == 1 else t
         N, S = t.shape
-        # (N, S, D): once per (sample, segment), never per token
-        c = self.t_embedder(t.reshape(-1)).view(N, S, -1) + self.y_embedder(y)[:, None]
-        if layout is None:
-            if S != 1:
-                raise ValueError(f"t has {S} columns (one per group) but no groups were given")
-            return h, c
-        if S not in (1, len(layout.sizes)):
+        if layout is None and S != 1:
+            raise ValueError(f"t has {S} columns (one per group) but no groups were given")
+        if layout is not None and S not in (1, len(layout.sizes)):
             raise ValueError(f"t has {S} columns but the layout has {len(layout.sizes)} groups")
-        return layout.to_groups(h), c
+        if layout is not None and S > 1 and layout.unit_index is not None:
+            # (N, R): the timestep of each equal slice of the tokens
+            t = t.index_select(1, layout.unit_index)
+        R = t.shape[1]
+        # (N, R, D): once per (sample, row), never per token; the SiLU that opens every adaLN, once
+        c = F.silu(self.t_embedder(t.reshape(-1)).view(N, R, -1) + self.y_embedder(y)[:, None])
+        return (h, c) if layout is None else (layout.to_groups(h), c)
 
     def _grouped_by_ids(self, call, x: Tensor, t: Tensor, y: Tensor, ids: Tensor, separate: bool, **kw):
         """The (N, T) group-id call: rows reordered so that one-group rows come first

@@ -45,7 +45,8 @@ def run_group_alone(m, x, t, y, ids, n, k):
     """Group k of sample n as its own sequence: its tokens (with their positional embeddings), its
     timestep."""
     h = (m.x_embedder(x[n:n + 1]) + m.pos_embed)[:, ids[n] == k]                     # (1, T_k, D)
-    c = (m.t_embedder(t[n:n + 1, k]) + m.y_embedder(y[n:n + 1]))[:, None]          # (1, 1, D)
+    # (1, 1, D), after adaLN's SiLU
+    c = torch.nn.functional.silu(m.t_embedder(t[n:n + 1, k]) + m.y_embedder(y[n:n + 1]))[:, None]
     for block in m.blocks:
         h = block(h, c)
     return m.final_layer(h, c)                                                      # (1, T_k, p*p*C)
@@ -145,9 +146,10 @@ def test_separated_attention_kernel_vs_dense(num_full):
     layout, ids = loss_layout(3, (5, 11), num_full=num_full)
     # full rows: one attention group
     ids[:num_full] = 0
-    qg, kg, vg = (layout.to_groups(a.transpose(1, 2).reshape(3, 16, 16)).reshape(3, 16, 2, 8).transpose(1, 2)
-                  for a in (q, k, v))
-    out = separated_attention(qg, kg, vg, layout).transpose(1, 2).reshape(3, 16, 16)
+    # (N, T, 3, H, hd) in group order
+    qkv = torch.stack([layout.to_groups(a.transpose(1, 2).reshape(3, 16, 16)).view(3, 16, 2, 8)
+                       for a in (q, k, v)], dim=2)
+    out = separated_attention(qkv, layout).reshape(3, 16, 16)
     ref = dense_masked_attention(q, k, v, ids).transpose(1, 2).reshape(3, 16, 16)
     torch.testing.assert_close(layout.to_raster(out), ref, atol=1e-6, rtol=1e-5)
 
