@@ -30,7 +30,7 @@ from evaluations.fid_proxy import FidProxy, log_fid_proxy
 from infra import fileio, flags, runlog, tracking
 from infra.fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
 from infra.preemption import RunControl, StopSignals, follow_launcher, parse_signals
-from loss import LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_head
+from loss import STEP_SCHEDULES, LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_head
 from models import (CheckpointError, SiT, SiT_models, init_from_checkpoint, load_state_dict_strict,
                     patch_size_of, read_training_state)
 from models.dinov2 import DINOV2_DIMS
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "resume wins)")
     g.add_argument("--init-time-convention", choices=["ours", "repa", "sit"], default=None,
                    help="time convention of a bare --init-ckpt state dict: sit (t = 0 noise) or repa / ours")
+    g.add_argument("--init-keep-classes", action="store_true",
+                   help="--init-ckpt onto another number of classes: keep the file's label rows for the "
+                        "shared classes 0..K-1 (default: fresh class rows; the null-class row is kept)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-train-steps", type=int)
     g.add_argument("--checkpoint-steps", type=int)
@@ -307,7 +310,7 @@ def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.o
 
 def train_step(accelerator: Accelerator, model: torch.nn.Module, loss_fn: TrainingLoss,
                opt: torch.optim.Optimizer, batches: Iterator, args: argparse.Namespace,
-               epoch: int) -> dict[str, torch.Tensor]:
+               epoch: int, step: int = 0) -> dict[str, torch.Tensor]:
     """One optimizer step over --gradient-accumulation-steps batches: the loss (student and alignment target,
     loss.py), backward, gradient clipping, AdamW. -> the logged values summed over the micro-batches, on the
     device (no host sync)."""
@@ -316,7 +319,7 @@ def train_step(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Traini
         x, y, extra = next(batches)
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss, logs = loss_fn(model, x, y, epoch=epoch, **extra)
+                loss, logs = loss_fn(model, x, y, epoch=epoch, step=step, **extra)
             loss = loss.mean()
             accelerator.backward(loss)
             if accelerator.sync_gradients:
@@ -372,6 +375,11 @@ def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] =
     rank = accelerator.process_index
     world = accelerator.num_processes
     dataset, order, run = load_data(args, rank, world)
+    if args.align_weight_schedule in STEP_SCHEDULES and args.align_until is None:
+        # linear / cosine decay over the whole run
+        args.align_until = run["max_train_steps"]
+        run["notes"].append(f"--align-weight-schedule {args.align_weight_schedule}: lambda reaches 0 at the "
+                            f"run's last step, --align-until {args.align_until}")
     for note in [*notes, *run.pop("notes")]:
         logger.info(note)
     # None: the EMA teacher.
@@ -480,7 +488,8 @@ def resume(args: argparse.Namespace, record: dict, run_dir: str, raw: torch.nn.M
     if not source:
         if args.init_ckpt:
             try:
-                for note in init_from_checkpoint(raw, ema, args.init_ckpt, args.init_time_convention):
+                for note in init_from_checkpoint(raw, ema, args.init_ckpt, args.init_time_convention,
+                                                 keep_classes=args.init_keep_classes):
                     logger.info(note)
             except CheckpointError as e:
                 raise SystemExit(f"--init-ckpt: {e}") from None
@@ -570,7 +579,7 @@ class Loop:
         self.model.train()
         while step < self.last_step:
             epoch = step // self.record["steps_per_epoch"]
-            logs = train_step(self.acc, self.model, self.loss_fn, self.opt, batches, args, epoch)
+            logs = train_step(self.acc, self.model, self.loss_fn, self.opt, batches, args, epoch, step)
             # the EMA teacher, every optimizer step
             update_ema()
             step += 1
@@ -749,7 +758,8 @@ def evaluate_digits(ema: torch.nn.Module, args: argparse.Namespace, dataset: Dat
             logger.warning(f"evaluation stopped on {signals.received}: no eval_digits.json; --resume auto "
                            f"evaluates the final checkpoint again")
             return
-    res = digits_metric(np.concatenate(images), torch.tensor(labels))
+    # a class subset (digits:R:0,1,2) is scored by the digits its labels stand for
+    res = digits_metric(np.concatenate(images), torch.tensor([dataset.classes[c] for c in labels]))
     res.update(step=step, sampler=f"sde-{args.preview_num_steps}", n=n)
     atomic_write_json(os.path.join(run_dir, "eval_digits.json"), res)
     logger.info(f"embedded metric on {n} EMA samples: Frechet distance {res['fd']:.3f} (classifier "

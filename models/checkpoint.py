@@ -435,14 +435,44 @@ def sit_to_ours(sd: dict) -> dict:
     return sd
 
 
-def adapt_weights(model: SiT, sd: dict, source: str) -> tuple[dict, list[str]]:
+LABEL_TABLE = "y_embedder.embedding_table.weight"
+
+
+def adapt_label_table(own: torch.Tensor, file: torch.Tensor, keep_classes: bool = False
+                      ) -> tuple[torch.Tensor, str]:
+    """A file's label table (K_file classes + the null row, last) fitted to a run with K classes (own: the
+    run's freshly initialised table, K + 1 rows) -> (table, note for the log).
+
+    The null-class row (classifier-free guidance's unconditional embedding) is kept: file row K_file becomes
+    row K. The class rows are the run's fresh N(0, 0.02) ones, or with keep_classes the file's rows
+    0..min(K, K_file) - 1 (class i of the new data takes the file's class i) and fresh ones beyond."""
+    k_new = own.shape[0] - 1
+    k_file = file.shape[0] - 1
+    table = own.clone()
+    table[k_new] = file[k_file]
+    shared = min(k_new, k_file) if keep_classes else 0
+    table[:shared] = file[:shared]
+    fresh = f"rows {shared}..{k_new - 1} re-initialised (N(0, 0.02))" if shared < k_new else ""
+    kept = f"rows 0..{shared - 1} kept (the file's classes 0..{shared - 1})" if shared else ""
+    rows = "; ".join(x for x in (kept, fresh) if x)
+    return table, (f"{LABEL_TABLE}: the file's {k_file} classes -> this run's {k_new}: class {rows}; the "
+                   f"null-class row (CFG) kept (file row {k_file} -> row {k_new})")
+
+
+def adapt_weights(model: SiT, sd: dict, source: str, keep_classes: bool = False) -> tuple[dict, list[str]]:
     """Fit a file's SiT weights to a new run's model -> (state dict to load strictly, notes for the log).
 
     Allowed differences, each noted: alignment heads the new run adds (kept at their fresh init) or drops, or
     whose shape differs (fresh init); the sin-cos pos_embed rebuilt for another grid (256 -> 512 warm starts);
-    a learned-sigma output (SiT's) reduced to its velocity channels. Anything else must match exactly."""
+    a learned-sigma output (SiT's) reduced to its velocity channels; another number of classes (the label
+    table, adapt_label_table). Anything else must match exactly."""
     own = model.state_dict()
     out, notes = dict(sd), []
+    table = out.get(LABEL_TABLE)
+    if table is not None and table.shape[0] != own[LABEL_TABLE].shape[0] \
+            and table.shape[1:] == own[LABEL_TABLE].shape[1:]:
+        out[LABEL_TABLE], note = adapt_label_table(own[LABEL_TABLE], table, keep_classes)
+        notes.append(note)
     dropped = sorted(k for k in out if k.startswith(HEAD_PREFIXES) and k not in own)
     for k in dropped:
         del out[k]
@@ -473,10 +503,10 @@ def adapt_weights(model: SiT, sd: dict, source: str) -> tuple[dict, list[str]]:
 
 
 def init_from_checkpoint(model: SiT, ema: SiT, path: str, time_convention: str | None = None,
-                         flag: str = "--init-time-convention") -> list[str]:
+                         flag: str = "--init-time-convention", keep_classes: bool = False) -> list[str]:
     """Load a file's student weights into `model` and its EMA into `ema` (a file with one set: both),
-    converted to our time convention. -> notes for the log. The optimizer and the step count are not touched
-    (a fresh start)."""
+    converted to our time convention (adapt_weights; keep_classes: --init-keep-classes). -> notes for the
+    log. The optimizer and the step count are not touched (a fresh start)."""
     ck = read_checkpoint(path)
     conv = ck.time_convention
     if conv is None and time_convention is None:
@@ -494,7 +524,7 @@ def init_from_checkpoint(model: SiT, ema: SiT, path: str, time_convention: str |
         infer_config(sd, path)
         if conv == "sit":
             sd = sit_to_ours(sd)
-        sd, extra = adapt_weights(target, sd, path)
+        sd, extra = adapt_weights(target, sd, path, keep_classes)
         load_state_dict_strict(target, sd, source=f"{path} ['{which}']")
         if which == "model":
             if conv == "sit":
