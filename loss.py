@@ -361,8 +361,9 @@ class VAELatentTarget:
     """SRA 2 (arXiv 2601.17830; no official code, so each choice here is our reading of its description):
     the target is the clean latent x0 itself, exactly as the student denoises it this step (posterior sample,
     scaled by 0.18215), cut into the model's tokens: (N, T, p*p*C), in the model's (p, q, c) patch order, so
-    token i of the target is the patch token i of the student embeds. 16-d per token for p = 2, C = 4."""
-    head = "ap_head"
+    token i of the target is the patch token i of the student embeds. 16-d per token for p = 2, C = 4. The
+    student's head is models.sit.SRA2Head (--sra2-head-depth)."""
+    head = "sra2"
 
     def z_dim(self, patch: int, channels: int) -> int:
         return patch ** 2 * channels

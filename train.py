@@ -34,6 +34,7 @@ from loss import STEP_SCHEDULES, LossConfig, REPATarget, TrainingLoss, VAELatent
 from models import (CheckpointError, SiT, SiT_models, init_from_checkpoint, load_state_dict_strict,
                     patch_size_of, read_training_state)
 from models.dinov2 import DINOV2_DIMS
+from models.sit import SRA2_HEAD_DEPTH
 from models.vae import LATENT_SCALE, decode_latents, load_vae_spec
 from presets import PRESETS, RELEASE
 
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--model", choices=sorted(SiT_models))
     g.add_argument("--qk-norm", action=B, default=False)
+    g.add_argument("--sra2-head-depth", type=int, default=SRA2_HEAD_DEPTH,
+                   help="--align-target sra2: the head's Linear + SiLU layers before its SiT-style final "
+                        "layer (models/sit.py SRA2Head; presets.py says which reading)")
     g.add_argument("--batch-size", type=int, help="global batch (all GPUs, all accumulation steps)")
     g.add_argument("--gradient-accumulation-steps", type=int, default=1)
     g.add_argument("--learning-rate", type=float)
@@ -270,7 +274,7 @@ def build_model(args: argparse.Namespace, dataset: Dataset, target: AlignTarget 
         if args.align_target != "none" else (None, None)
     model = SiT_models[args.model](input_size=dataset.latent_size, in_channels=dataset.latent_channels,
                                    num_classes=dataset.num_classes, qk_norm=args.qk_norm, align_head=head,
-                                   z_dim=z_dim)
+                                   z_dim=z_dim, head_depth=args.sra2_head_depth if head == "sra2" else None)
     # the student's block for every target; the teacher's only for the EMA teacher
     blocks = {"none": (), "ema": (("--block-out-s", args.block_out_s), ("--block-out-t", args.block_out_t))}
     for flag, block in blocks.get(args.align_target, (("--block-out-s", args.block_out_s),)):

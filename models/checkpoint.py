@@ -266,8 +266,12 @@ def infer_config(sd: dict, source: str = "state dict") -> dict:
         raise CheckpointError(f"{source}: {e}") from None
     cfg = dict(model=name, input_size=grid * patch, in_channels=c_in,
                num_classes=sd["y_embedder.embedding_table.weight"].shape[0] - 1, learn_sigma=out == 2 * c_in,
-               qk_norm="blocks.0.attn.q_norm.weight" in sd, align_head=None, z_dim=None)
-    if "ap_head.linear2.weight" in sd:
+               qk_norm="blocks.0.attn.q_norm.weight" in sd, align_head=None, z_dim=None, head_depth=None)
+    if "ap_head.final_layer.linear.weight" in sd:
+        depth = sum(1 for k in sd if re.fullmatch(r"ap_head\.mlp\.\d+\.weight", k))
+        z_dim = sd["ap_head.final_layer.linear.weight"].shape[0]
+        cfg.update(align_head="sra2", z_dim=z_dim, head_depth=depth)
+    elif "ap_head.linear2.weight" in sd:
         cfg.update(align_head="ap_head", z_dim=sd["ap_head.linear2.weight"].shape[0])
     elif "projectors.0.4.weight" in sd:
         cfg.update(align_head="projector", z_dim=sd["projectors.0.4.weight"].shape[0])
@@ -295,8 +299,8 @@ def file_settings(ck: Checkpoint, sd: dict) -> dict:
     """Constructor arguments (from the shapes) and the run's settings (from the args), checked against each
     other.
 
-    -> model, input_size, in_channels, num_classes, learn_sigma, qk_norm, align_head, z_dim, patch_size,
-       path_type, resolution, time_convention, steps, source."""
+    -> model, input_size, in_channels, num_classes, learn_sigma, qk_norm, align_head, z_dim, head_depth,
+       patch_size, path_type, resolution, time_convention, steps, source."""
     cfg = infer_config(sd, ck.path)
     a = ck.settings if ck.source == "export" else ck.args
     rows = sd["y_embedder.embedding_table.weight"].shape[0]
@@ -386,7 +390,7 @@ def load_checkpoint(path: str, which: str = "ema", model_name: str | None = None
     if conv not in CONVENTIONS:
         raise CheckpointError(f"time convention must be one of {CONVENTIONS}, got {conv!r}")
     kwargs = {k: s[k] for k in ("input_size", "in_channels", "num_classes", "learn_sigma", "qk_norm",
-                                "align_head", "z_dim")}
+                                "align_head", "z_dim", "head_depth")}
     # built without storage: the parameters become sd's (memory-mapped) tensors, no second copy
     with torch.device("meta"):
         model = SiT_models[s["model"]](**kwargs)

@@ -172,6 +172,33 @@ class SimpleHead(nn.Module):
         return self.linear2(self.act(self.linear1(x)))
 
 
+class SRA2Head(nn.Module):
+    """SRA 2's projector (keys ap_head.mlp.{0,2,...}, ap_head.final_layer.*), our reading of the description
+    its author gave (SRA issue #6; no official code): `depth` Linear(D, D) + SiLU layers, then a SiT-style
+    final layer: LayerNorm, shift / scale from the block's conditioning c (adaLN), Linear(D, out).
+
+    forward(h (N, T, D) in layout order, c (N, S, D), layout) -> (N, T, out) in layout order; c holds one row
+    per sample (S = 1), per segment of the layout, or per token (models/reference.py, layout None)."""
+
+    def __init__(self, dim: int, out_dim: int, depth: int):
+        super().__init__()
+        self.mlp = nn.Sequential(*[m for _ in range(depth) for m in (nn.Linear(dim, dim), nn.SiLU())])
+        self.final_layer = FinalLayer(dim, 1, out_dim)
+
+    def forward(self, h: Tensor, c: Tensor, layout: SegmentLayout | None = None) -> Tensor:
+        f = self.final_layer
+        shift, scale = f.adaLN_modulation(c).chunk(2, dim=-1)
+        x = f.norm_final(self.mlp(h))
+        if layout is None:
+            # one row per sample or per token: broadcasting
+            return f.linear(_modulate(x, shift, scale))
+        return f.linear(_per_segment(_modulate, x, shift, scale, sizes=layout.sizes))
+
+
+# SRA2Head's MLP layers by default: "about 5 MLP layers" (presets.py)
+SRA2_HEAD_DEPTH = 5
+
+
 def repa_projector(dim: int, z_dim: int, hidden: int = 2048) -> nn.Sequential:
     """REPA projector (keys projectors.0.{0,2,4}): D -> 2048 -> 2048 -> z_dim with SiLU."""
     return nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
@@ -187,13 +214,13 @@ class SiT(nn.Module):
                  hidden_size: int = 1152, depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0,
                  num_classes: int = 1000,
                  learn_sigma: bool = False, qk_norm: bool = False, align_head: str | None = None,
-                 z_dim: int | None = None):
+                 z_dim: int | None = None, head_depth: int | None = None):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch size {patch_size}")
-        if align_head not in (None, "ap_head", "projector"):
-            raise ValueError(f"align_head must be None, 'ap_head' (SRA) or 'projector' (REPA), "
-                             f"got {align_head!r}")
+        if align_head not in (None, "ap_head", "projector", "sra2"):
+            raise ValueError(f"align_head must be None, 'ap_head' (SRA), 'projector' (REPA) or 'sra2' "
+                             f"(SRA 2), got {align_head!r}")
         self.input_size = input_size
         self.patch_size = patch_size
         self.in_channels = in_channels
@@ -219,6 +246,9 @@ class SiT(nn.Module):
             self.ap_head = SimpleHead(hidden_size, z_dim or hidden_size)
         elif align_head == "projector":
             self.projectors = nn.ModuleList([repa_projector(hidden_size, z_dim or 768)])
+        elif align_head == "sra2":
+            depth_of_head = SRA2_HEAD_DEPTH if head_depth is None else head_depth
+            self.ap_head = SRA2Head(hidden_size, z_dim or hidden_size, depth_of_head)
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
@@ -243,6 +273,10 @@ class SiT(nn.Module):
         for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.align_head == "sra2":
+            # adaLN-Zero: the SRA 2 head's final layer starts as LayerNorm + Linear
+            nn.init.zeros_(self.ap_head.final_layer.adaLN_modulation[-1].weight)
+            nn.init.zeros_(self.ap_head.final_layer.adaLN_modulation[-1].bias)
 
     # ---- input checks and embedding ------------------------------------------------------------------------
     def check_inputs(self, x: Tensor, t: Tensor, y: Tensor) -> None:
@@ -311,7 +345,7 @@ class SiT(nn.Module):
             else:
                 h = block(h, c, layout)                                      # (N, T, D)
             if i == align_layer:
-                feats = self.head(h if layout is None else layout.to_raster(h))   # (N, T, D_head), raster
+                feats = self.head(h, c, layout)                              # (N, T, D_head), raster
         out = self.final_layer(h, c, layout)                                 # (N, T, p*p*C_out), layout order
         if layout is not None:
             out = layout.to_raster(out)                                      # (N, T, p*p*C_out), raster
@@ -323,13 +357,18 @@ class SiT(nn.Module):
             raise ValueError(f"align_layer={align_layer} is outside the model's blocks 1..{self.depth}")
         return v, feats
 
-    def head(self, h: Tensor) -> Tensor:
-        """The student's alignment head applied to (N, T, D) hidden states."""
-        if self.align_head == "ap_head":
-            return self.ap_head(h)
-        if self.align_head == "projector":
-            return self.projectors[0](h)
-        return h
+    def head(self, h: Tensor, c: Tensor | None = None, layout: SegmentLayout | None = None) -> Tensor:
+        """The student's alignment head applied to (N, T, D) hidden states in layout order -> raster order.
+        c: the blocks' conditioning (N, S, D), read by the SRA 2 head only."""
+        if self.align_head == "sra2":
+            out = self.ap_head(h, c, layout)
+        elif self.align_head == "ap_head":
+            out = self.ap_head(h)
+        elif self.align_head == "projector":
+            out = self.projectors[0](h)
+        else:
+            out = h
+        return out if layout is None else layout.to_raster(out)
 
     def forward_features(self, x: Tensor, t: Tensor, y: Tensor, layer: int,
                          groups: SegmentLayout | Tensor | None = None, separate: bool = False) -> Tensor:
