@@ -5,7 +5,8 @@ Files accepted (every read of a checkpoint goes through `read_checkpoint`):
 - this codebase's training files {model, ema, opt, rng, args (dict), steps, time_convention, ...};
 - REPA's and the SRA release's training files {model, ema, opt, args, steps[, epoch]}, whose `args` is an
   argparse.Namespace, and SiT's {model, ema, opt, args};
-- bare state dicts (the public SiT, REPA and SRA releases) and `python -m models.export` safetensors files.
+- bare state dicts (the public SiT, REPA and SRA releases) and `python -m models.export` safetensors files;
+- model folders (config.json + model.safetensors: `python -m models.export ... --format hf`, models/hf.py).
 
 Safety: pickles are read with torch's weights-only unpickler, whose allow-list is widened by exactly one
 type, argparse.Namespace (what the releases' `args` holds: numbers, strings, lists). Any other pickled object
@@ -182,7 +183,9 @@ def read_checkpoint(path: str) -> Checkpoint:
     if not os.path.exists(path):
         raise CheckpointNotFound(f"{path}: no such checkpoint")
     if os.path.isdir(path):
-        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+        # a model folder: python -m models.export CKPT DIR --format hf
+        from .hf import read_folder
+        return read_folder(path)
     if os.path.getsize(path) == 0:
         raise _unreadable(path, "the file is empty (0 bytes)")
     with open(path, "rb") as f:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
+from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
 from .attention import Attention
@@ -209,7 +210,14 @@ def repa_projector(dim: int, z_dim: int, hidden: int = 2048) -> nn.Sequential:
 # SiT
 # ------------------------------------------------------------------------------------------------------------
 
-class SiT(nn.Module):
+# the Hub tags of a PyTorchModelHubMixin save
+HUB_TAGS = ["sit", "flow-matching", "class-conditional-image-generation"]
+
+
+class SiT(nn.Module, PyTorchModelHubMixin, tags=HUB_TAGS):
+    """SiT.from_pretrained(DIR) reads a model folder (models/hf.py: python -m models.export CKPT DIR --format
+    hf): config.json holds the constructor's arguments, model.safetensors the weights, loaded strictly."""
+
     def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 4,
                  hidden_size: int = 1152, depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0,
                  num_classes: int = 1000,
@@ -277,6 +285,15 @@ class SiT(nn.Module):
             # adaLN-Zero: the SRA 2 head's final layer starts as LayerNorm + Linear
             nn.init.zeros_(self.ap_head.final_layer.adaLN_modulation[-1].weight)
             nn.init.zeros_(self.ap_head.final_layer.adaLN_modulation[-1].bias)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | None,
+                         force_download: bool, local_files_only: bool, token: str | bool | None,
+                         config: dict | None = None, map_location: str = "cpu", **model_kwargs) -> "SiT":
+        from .hf import load_pretrained
+        hub = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
+                   local_files_only=local_files_only, token=token)
+        return load_pretrained(cls, model_id, model_kwargs, config, map_location, hub)
 
     # ---- input checks and embedding ------------------------------------------------------------------------
     def check_inputs(self, x: Tensor, t: Tensor, y: Tensor) -> None:
