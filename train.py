@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --keep-last, also keep multiples of this")
     g.add_argument("--sample-steps", type=int, help="EMA preview grid every N steps (0 = never)")
     g.add_argument("--log-every", type=int, default=100)
-    g.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none")
+    g.add_argument("--report-to", choices=["none", "all", *tracking.supported_trackers()], default="none",
+                   help="a tracker accelerate supports, all (the installed ones) or none (infra/tracking.py)")
     g.add_argument("--num-workers", type=int, default=8)
     g.add_argument("--vae", default="ema", help="SD-VAE for previews: ema | mse (HF cache) | a local folder")
     g.add_argument("--eval-samples", type=int, default=0,
@@ -218,11 +219,6 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
         raise SystemExit(f"--batch-size {args.batch_size} is the global batch: it must be divisible by "
                          f"{world_size} processes x --gradient-accumulation-steps "
                          f"{args.gradient_accumulation_steps}")
-    if args.report_to != "none":
-        import importlib.util
-        if importlib.util.find_spec(args.report_to) is None:
-            raise SystemExit(f"--report-to {args.report_to}: the package is not installed "
-                             f"(pip install {args.report_to})")
     if args.repa_features and args.align_target != "repa":
         raise SystemExit(f"--repa-features {args.repa_features} holds REPA targets: it needs "
                          f"--use-alignment-loss --align-target repa (or --align-target repa alone; e.g. "
@@ -445,7 +441,7 @@ def start_run(args: argparse.Namespace) -> tuple[Accelerator, str, logging.Logge
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
                               mixed_precision=args.mixed_precision,
-                              log_with=None if args.report_to == "none" else args.report_to,
+                              log_with=tracking.report_to_trackers(args.report_to) or None,
                               project_dir=os.path.join(args.output_dir, args.exp_name))
     check_args(args, accelerator.num_processes)
     run_dir = os.path.join(args.output_dir, args.exp_name)
@@ -454,6 +450,13 @@ def start_run(args: argparse.Namespace) -> tuple[Accelerator, str, logging.Logge
         os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
     accelerator.wait_for_everyone()
     logger = runlog.make_logger(run_dir, main=accelerator.is_main_process)
+    # accelerate launch exports its --mixed_precision (or its config's default); Accelerator's argument wins
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launcher and launcher != args.mixed_precision:
+        mp = args.mixed_precision
+        logger.warning(f"accelerate launch's mixed precision is {launcher} (its --mixed_precision or its "
+                       f"config's default) but --mixed-precision is {mp}: the run trains in {mp}, train.py's "
+                       "flag (the preset's or the release recipe's unless given) wins")
     if accelerator.is_main_process:
         for folder in (run_dir, os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "samples")):
             for path, size in remove_stale_temporaries(folder):
