@@ -161,14 +161,21 @@ class DigitsDataset(torch.utils.data.Dataset):
     """The embedded default: 1797 digits (10 classes) upsampled to R x R, pixel space. Items: ((1, R, R),
     label).
 
-    split: 'all' (the quickstart), 'train' or 'heldout' (digits_split_indices)."""
+    split: 'all' (the quickstart), 'train' or 'heldout' (digits_split_indices). classes: a subset of the
+    digits, e.g. (0, 1, 2), relabelled 0..K-1 in the order given (a small label set to fine-tune onto);
+    `classes` then maps each label back to its digit."""
 
     is_latent = False
     latent_channels = 1
-    num_classes = 10
 
-    def __init__(self, resolution: int = 16, split: str = "all"):
+    def __init__(self, resolution: int = 16, split: str = "all", classes: tuple[int, ...] | None = None):
         self.images, self.labels = digits_images(resolution, split)   # (N, 1, R, R) float32, (N,) int64
+        self.classes = tuple(range(10)) if classes is None else tuple(classes)
+        if classes is not None:
+            keep = torch.isin(self.labels, torch.tensor(self.classes))
+            self.images = self.images[keep]
+            self.labels = torch.tensor([self.classes.index(int(c)) for c in self.labels[keep]])
+        self.num_classes = len(self.classes)
         self.resolution = self.latent_size = resolution
         self.split = split
 
@@ -397,22 +404,30 @@ def _short(values, limit=8):
     return str(values) if len(values) <= limit else f"[{', '.join(map(str, values[:limit]))}, ...]"
 
 
-def parse_digits_spec(spec: str) -> tuple[int, str]:
-    """'digits[:R[:SPLIT]]' -> (R, SPLIT): 'digits' = (16, 'all'), 'digits:16:train' = (16, 'train')."""
+def parse_digits_spec(spec: str) -> tuple[int, str, tuple[int, ...] | None]:
+    """'digits[:R[:SPLIT]][:CLASSES]' -> (R, SPLIT, CLASSES): 'digits' = (16, 'all', None),
+    'digits:16:train' = (16, 'train', None), 'digits:16:0,1,2' = (16, 'all', (0, 1, 2))."""
     parts = spec.split(":")
+    classes = None
+    if len(parts) > 2 and all(c.isdigit() for c in parts[-1].split(",")):
+        classes = tuple(int(c) for c in parts.pop().split(","))
+    usage = (f"{spec!r}: the embedded dataset is 'digits[:R[:SPLIT]][:CLASSES]', e.g. 'digits:16:train' "
+             f"or 'digits:16:0,1,2' (R a multiple of 8, SPLIT one of {', '.join(DIGITS_SPLITS)}, CLASSES "
+             f"distinct digits 0-9)")
     if parts[0] != "digits" or len(parts) > 3 or (len(parts) > 1 and not parts[1].isdigit()):
-        raise ValueError(f"{spec!r}: the embedded dataset is 'digits[:R[:SPLIT]]', e.g. 'digits:16:train' "
-                         f"(R a multiple of 8, SPLIT one of {', '.join(DIGITS_SPLITS)})")
+        raise ValueError(usage)
+    if classes is not None and (len(set(classes)) != len(classes) or max(classes) > 9):
+        raise ValueError(usage)
     split = parts[2] if len(parts) == 3 else "all"
     if split not in DIGITS_SPLITS:
         raise ValueError(f"{spec!r}: unknown digits split {split!r} (one of {', '.join(DIGITS_SPLITS)})")
-    return (int(parts[1]) if len(parts) > 1 else 16), split
+    return (int(parts[1]) if len(parts) > 1 else 16), split, classes
 
 
 def build_dataset(data_dir: str, num_classes: int | None = None, features: str | None = None
                   ) -> torch.utils.data.Dataset:
-    """'digits' / 'digits:32' / 'digits:16:train' -> DigitsDataset; a folder -> LatentShardDataset or
-    RepaLatentDataset by layout.
+    """'digits' / 'digits:32' / 'digits:16:train' / 'digits:16:0,1,2' -> DigitsDataset; a folder ->
+    LatentShardDataset or RepaLatentDataset by layout.
 
     features: a precomputed-features folder name under data_dir (LatentShardDataset only; see its
     docstring)."""

@@ -28,17 +28,37 @@ from models import SegmentLayout
 
 LOSS_TYPES = ("cos-token", "cos-channel", "sml1", "l1", "l2")
 TEACHER_T = ("sra", "self_flow", "same")
-# --align-weight-schedule: lambda(e) = align_weight * 0.1 ** (max(0, e - start) / period), 0-based epoch e.
-# The original SiT-SRA recipe (smooth-L1, align_weight 0.2): at 256 px 0.2 up to epoch 149, then
-# 2 * 0.1 ** ((e - 149) / 1000 + 1); at 512 px the same with 99 and 800 (METHOD.md section 2).
-ALIGN_WEIGHT_SCHEDULES = {"constant": None, "sra-256": (149, 1000), "sra-512": (99, 800)}
+# --align-weight-schedule: lambda at the 0-based epoch e and step s (align_weight_at).
+# sra-256 / sra-512: lambda(e) = align_weight * 0.1 ** (max(0, e - start) / period), the original SiT-SRA
+# recipe (smooth-L1, align_weight 0.2): at 256 px 0.2 up to epoch 149, then 2 * 0.1 ** ((e - 149) / 1000 + 1);
+# at 512 px the same with 99 and 800 (METHOD.md section 2).
+# linear / cosine: from align_weight at step 0 to 0 at step U = --align-until (train.py: the run's last step
+# when not given): lambda(s) = align_weight (1 - s / U), or align_weight (1 + cos(pi s / U)) / 2.
+# --align-until U with any schedule: lambda = 0 from step U on (REPA's "alignment works until it doesn't").
+ALIGN_WEIGHT_SCHEDULES = {"constant": None, "sra-256": (149, 1000), "sra-512": (99, 800), "linear": None,
+                          "cosine": None}
+# the schedules that decay to 0 at --align-until
+STEP_SCHEDULES = ("linear", "cosine")
 
 
-def align_weight_at(schedule: str, align_weight: float, epoch: int) -> float:
-    """The alignment weight lambda at 0-based `epoch` (a python number: no device work, no host sync)."""
+def align_weight_at(schedule: str, align_weight: float, epoch: int, step: int = 0,
+                    until: int | None = None) -> float:
+    """The alignment weight lambda at 0-based `epoch` and `step` (a python number: no device work, no host
+    sync). until: --align-until, the first step with lambda = 0 (None: never)."""
     if schedule not in ALIGN_WEIGHT_SCHEDULES:
         raise ValueError(f"--align-weight-schedule must be one of {sorted(ALIGN_WEIGHT_SCHEDULES)}, "
                          f"got {schedule!r}")
+    if until is not None and until < 1:
+        raise ValueError(f"--align-until must be >= 1 (the first step without alignment), got {until}")
+    if schedule in STEP_SCHEDULES and until is None:
+        raise ValueError(f"--align-weight-schedule {schedule} decays to 0 at --align-until STEP: give it "
+                         "(train.py sets the run's last step when it is not given)")
+    if until is not None and step >= until:
+        return 0.0
+    if schedule == "linear":
+        return float(align_weight) * (1 - step / until)
+    if schedule == "cosine":
+        return float(align_weight) * 0.5 * (1 + math.cos(math.pi * step / until))
     if ALIGN_WEIGHT_SCHEDULES[schedule] is None:
         return float(align_weight)
     start, period = ALIGN_WEIGHT_SCHEDULES[schedule]
@@ -73,10 +93,14 @@ class LossConfig:
                                  choices=ALIGN_TARGETS)
     # lambda: L = L_gen + lambda L_align (Eq. 4)
     align_weight: float = _setting(0.5, "lambda, the alignment weight (Eq. 4)")
-    # lambda per epoch: constant, or the original SRA's decay (align_weight_at)
-    align_weight_schedule: str = _setting("constant", "lambda per epoch: constant, or the original SRA decay "
-                                          "after epoch 149 (sra-256) / 99 (sra-512)",
+    # lambda per epoch or step: constant, the original SRA's decay, linear / cosine to 0 (align_weight_at)
+    align_weight_schedule: str = _setting("constant", "lambda per epoch: constant, the original SRA decay "
+                                          "after epoch 149 (sra-256) / 99 (sra-512); per step: linear or "
+                                          "cosine from lambda to 0 at --align-until (default: the last step)",
                                           choices=tuple(sorted(ALIGN_WEIGHT_SCHEDULES)))
+    # the first step without alignment (lambda = 0 from there on); None: never
+    align_until: int | None = _setting(None, "lambda = 0 from this step on (REPA's 'works until it "
+                                       "doesn't'); linear / cosine reach 0 there", type=int, metavar="STEP")
     # d in L_align = d(g(h_m), sg[h_n]) (alignment_distance)
     loss_type: str = _setting("cos-channel", "alignment distance d", choices=LOSS_TYPES)
     # m: the student block whose output the head g reads (1-based)
@@ -372,8 +396,9 @@ class VAELatentTarget:
     """SRA 2 (arXiv 2601.17830; no official code, so each choice here is our reading of its description):
     the target is the clean latent x0 itself, exactly as the student denoises it this step (posterior sample,
     scaled by 0.18215), cut into the model's tokens: (N, T, p*p*C), in the model's (p, q, c) patch order, so
-    token i of the target is the patch token i of the student embeds. 16-d per token for p = 2, C = 4."""
-    head = "ap_head"
+    token i of the target is the patch token i of the student embeds. 16-d per token for p = 2, C = 4. The
+    student's head is models.sit.SRA2Head (--sra2-head-depth)."""
+    head = "sra2"
 
     def z_dim(self, patch: int, channels: int) -> int:
         return patch ** 2 * channels
@@ -389,7 +414,7 @@ class VAELatentTarget:
 def _check_config(cfg: LossConfig, sizes: tuple[int, ...]) -> None:
     """Refuse settings that cannot be trained, in one line naming the flags."""
     interpolant(cfg.path_type, torch.zeros(1))
-    align_weight_at(cfg.align_weight_schedule, cfg.align_weight, 0)
+    align_weight_at(cfg.align_weight_schedule, cfg.align_weight, 0, 0, cfg.align_until)
     if not 0 <= cfg.t_max <= 1:
         raise ValueError(f"--t-max must lie in [0, 1], got {cfg.t_max}")
     if cfg.weighting not in ("uniform", "lognormal"):
@@ -497,9 +522,10 @@ class TrainingLoss:
         return t.contiguous(), num_full
 
     def __call__(self, model: nn.Module, x0: Tensor, y: Tensor, features: Tensor | None = None,
-                 epoch: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
+                 epoch: int = 0, step: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         """features: the batch's precomputed alignment target (N, T, D) when the target reads it (REPA), else
-        None. epoch: the 0-based epoch of this step (a python int), read by --align-weight-schedule."""
+        None. epoch, step: the 0-based epoch and step of this step (python ints), read by
+        --align-weight-schedule and --align-until."""
         cfg = self.cfg
         N = x0.shape[0]
         dev = x0.device
@@ -549,5 +575,5 @@ class TrainingLoss:
         with torch.autocast(device_type="cuda" if dev.type == "cuda" else "cpu", enabled=False):
             loss_align = alignment_distance(feats, z, cfg.loss_type)           # (N,)
         logs["loss_align"] = loss_align.detach().mean()
-        weight = align_weight_at(cfg.align_weight_schedule, cfg.align_weight, epoch)
+        weight = align_weight_at(cfg.align_weight_schedule, cfg.align_weight, epoch, step, cfg.align_until)
         return loss_gen + weight * loss_align, logs

@@ -34,8 +34,11 @@ _ONE = dict(mask_ratio=[0.0], dual_time_scheduling=False, attention_separation=F
 _SRA_ORIG = dict(loss_type="sml1", align_weight=0.2, teacher_labels="dropped", **_ONE)
 # REPA: DINOv2 tokens precomputed from the real images, per-token cosine
 _REPA = dict(align_target="repa", loss_type="cos-token", repa_features="auto", **_ONE)
-# SRA 2: the clean VAE latent, smooth-L1, lambda 1
-_SRA2 = dict(align_target="sra2", loss_type="sml1", align_weight=1.0, **_ONE)
+# SRA 2: the clean VAE latent, smooth-L1, lambda 1. The head follows its author's description (SRA issue #6:
+# "about 5 MLP layers, then a SiT-style final layer"), read as 5 Linear(D, D) + SiLU layers, then LayerNorm,
+# adaLN shift / scale from the block's conditioning, Linear(D, p*p*C) (models/sit.py SRA2Head; the depth is
+# --sra2-head-depth)
+_SRA2 = dict(align_target="sra2", loss_type="sml1", align_weight=1.0, sra2_head_depth=5, **_ONE)
 # Self-Flow as the release renders it: DTS with full attention, teacher on the whole image at t_lo (Eq. 7)
 _SELF_FLOW = dict(teacher_t="self_flow", attention_separation=False)
 # ours with full-image mixing rho = 0.25 (Fig. 5)

@@ -30,10 +30,11 @@ from evaluations.fid_proxy import FidProxy, log_fid_proxy
 from infra import fileio, flags, runlog, tracking
 from infra.fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
 from infra.preemption import RunControl, StopSignals, follow_launcher, parse_signals
-from loss import LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_head
+from loss import STEP_SCHEDULES, LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_head
 from models import (CheckpointError, SiT, SiT_models, init_from_checkpoint, load_state_dict_strict,
                     patch_size_of, read_training_state)
 from models.dinov2 import DINOV2_DIMS
+from models.sit import SRA2_HEAD_DEPTH
 from models.vae import LATENT_SCALE, decode_latents, load_vae_spec
 from presets import PRESETS, RELEASE
 
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "resume wins)")
     g.add_argument("--init-time-convention", choices=["ours", "repa", "sit"], default=None,
                    help="time convention of a bare --init-ckpt state dict: sit (t = 0 noise) or repa / ours")
+    g.add_argument("--init-keep-classes", action="store_true",
+                   help="--init-ckpt onto another number of classes: keep the file's label rows for the "
+                        "shared classes 0..K-1 (default: fresh class rows; the null-class row is kept)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-train-steps", type=int)
     g.add_argument("--checkpoint-steps", type=int)
@@ -76,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --keep-last, also keep multiples of this")
     g.add_argument("--sample-steps", type=int, help="EMA preview grid every N steps (0 = never)")
     g.add_argument("--log-every", type=int, default=100)
-    g.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none")
+    g.add_argument("--report-to", choices=["none", "all", *tracking.supported_trackers()], default="none",
+                   help="a tracker accelerate supports, all (the installed ones) or none (infra/tracking.py)")
     g.add_argument("--num-workers", type=int, default=8)
     g.add_argument("--vae", default="ema", help="SD-VAE for previews: ema | mse (HF cache) | a local folder")
     g.add_argument("--eval-samples", type=int, default=0,
@@ -93,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--model", choices=sorted(SiT_models))
     g.add_argument("--qk-norm", action=B, default=False)
+    g.add_argument("--sra2-head-depth", type=int, default=SRA2_HEAD_DEPTH,
+                   help="--align-target sra2: the head's Linear + SiLU layers before its SiT-style final "
+                        "layer (models/sit.py SRA2Head; presets.py says which reading)")
     g.add_argument("--batch-size", type=int, help="global batch (all GPUs, all accumulation steps)")
     g.add_argument("--gradient-accumulation-steps", type=int, default=1)
     g.add_argument("--learning-rate", type=float)
@@ -211,11 +219,6 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
         raise SystemExit(f"--batch-size {args.batch_size} is the global batch: it must be divisible by "
                          f"{world_size} processes x --gradient-accumulation-steps "
                          f"{args.gradient_accumulation_steps}")
-    if args.report_to != "none":
-        import importlib.util
-        if importlib.util.find_spec(args.report_to) is None:
-            raise SystemExit(f"--report-to {args.report_to}: the package is not installed "
-                             f"(pip install {args.report_to})")
     if args.repa_features and args.align_target != "repa":
         raise SystemExit(f"--repa-features {args.repa_features} holds REPA targets: it needs "
                          f"--use-alignment-loss --align-target repa (or --align-target repa alone; e.g. "
@@ -267,7 +270,7 @@ def build_model(args: argparse.Namespace, dataset: Dataset, target: AlignTarget 
         if args.align_target != "none" else (None, None)
     model = SiT_models[args.model](input_size=dataset.latent_size, in_channels=dataset.latent_channels,
                                    num_classes=dataset.num_classes, qk_norm=args.qk_norm, align_head=head,
-                                   z_dim=z_dim)
+                                   z_dim=z_dim, head_depth=args.sra2_head_depth if head == "sra2" else None)
     # the student's block for every target; the teacher's only for the EMA teacher
     blocks = {"none": (), "ema": (("--block-out-s", args.block_out_s), ("--block-out-t", args.block_out_t))}
     for flag, block in blocks.get(args.align_target, (("--block-out-s", args.block_out_s),)):
@@ -307,7 +310,7 @@ def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.o
 
 def train_step(accelerator: Accelerator, model: torch.nn.Module, loss_fn: TrainingLoss,
                opt: torch.optim.Optimizer, batches: Iterator, args: argparse.Namespace,
-               epoch: int) -> dict[str, torch.Tensor]:
+               epoch: int, step: int = 0) -> dict[str, torch.Tensor]:
     """One optimizer step over --gradient-accumulation-steps batches: the loss (student and alignment target,
     loss.py), backward, gradient clipping, AdamW. -> the logged values summed over the micro-batches, on the
     device (no host sync)."""
@@ -316,7 +319,7 @@ def train_step(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Traini
         x, y, extra = next(batches)
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss, logs = loss_fn(model, x, y, epoch=epoch, **extra)
+                loss, logs = loss_fn(model, x, y, epoch=epoch, step=step, **extra)
             loss = loss.mean()
             accelerator.backward(loss)
             if accelerator.sync_gradients:
@@ -372,6 +375,11 @@ def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] =
     rank = accelerator.process_index
     world = accelerator.num_processes
     dataset, order, run = load_data(args, rank, world)
+    if args.align_weight_schedule in STEP_SCHEDULES and args.align_until is None:
+        # linear / cosine decay over the whole run
+        args.align_until = run["max_train_steps"]
+        run["notes"].append(f"--align-weight-schedule {args.align_weight_schedule}: lambda reaches 0 at the "
+                            f"run's last step, --align-until {args.align_until}")
     for note in [*notes, *run.pop("notes")]:
         logger.info(note)
     # None: the EMA teacher.
@@ -433,7 +441,7 @@ def start_run(args: argparse.Namespace) -> tuple[Accelerator, str, logging.Logge
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
                               mixed_precision=args.mixed_precision,
-                              log_with=None if args.report_to == "none" else args.report_to,
+                              log_with=tracking.report_to_trackers(args.report_to) or None,
                               project_dir=os.path.join(args.output_dir, args.exp_name))
     check_args(args, accelerator.num_processes)
     run_dir = os.path.join(args.output_dir, args.exp_name)
@@ -442,6 +450,13 @@ def start_run(args: argparse.Namespace) -> tuple[Accelerator, str, logging.Logge
         os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
     accelerator.wait_for_everyone()
     logger = runlog.make_logger(run_dir, main=accelerator.is_main_process)
+    # accelerate launch exports its --mixed_precision (or its config's default); Accelerator's argument wins
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launcher and launcher != args.mixed_precision:
+        mp = args.mixed_precision
+        logger.warning(f"accelerate launch's mixed precision is {launcher} (its --mixed_precision or its "
+                       f"config's default) but --mixed-precision is {mp}: the run trains in {mp}, train.py's "
+                       "flag (the preset's or the release recipe's unless given) wins")
     if accelerator.is_main_process:
         for folder in (run_dir, os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, "samples")):
             for path, size in remove_stale_temporaries(folder):
@@ -480,7 +495,8 @@ def resume(args: argparse.Namespace, record: dict, run_dir: str, raw: torch.nn.M
     if not source:
         if args.init_ckpt:
             try:
-                for note in init_from_checkpoint(raw, ema, args.init_ckpt, args.init_time_convention):
+                for note in init_from_checkpoint(raw, ema, args.init_ckpt, args.init_time_convention,
+                                                 keep_classes=args.init_keep_classes):
                     logger.info(note)
             except CheckpointError as e:
                 raise SystemExit(f"--init-ckpt: {e}") from None
@@ -570,7 +586,7 @@ class Loop:
         self.model.train()
         while step < self.last_step:
             epoch = step // self.record["steps_per_epoch"]
-            logs = train_step(self.acc, self.model, self.loss_fn, self.opt, batches, args, epoch)
+            logs = train_step(self.acc, self.model, self.loss_fn, self.opt, batches, args, epoch, step)
             # the EMA teacher, every optimizer step
             update_ema()
             step += 1
@@ -749,7 +765,8 @@ def evaluate_digits(ema: torch.nn.Module, args: argparse.Namespace, dataset: Dat
             logger.warning(f"evaluation stopped on {signals.received}: no eval_digits.json; --resume auto "
                            f"evaluates the final checkpoint again")
             return
-    res = digits_metric(np.concatenate(images), torch.tensor(labels))
+    # a class subset (digits:R:0,1,2) is scored by the digits its labels stand for
+    res = digits_metric(np.concatenate(images), torch.tensor([dataset.classes[c] for c in labels]))
     res.update(step=step, sampler=f"sde-{args.preview_num_steps}", n=n)
     atomic_write_json(os.path.join(run_dir, "eval_digits.json"), res)
     logger.info(f"embedded metric on {n} EMA samples: Frechet distance {res['fd']:.3f} (classifier "

@@ -52,6 +52,9 @@ from infra.fileio import atomic_savez, atomic_write_json, unusable_folder
 
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 METRIC_KEYS = ("inception_score", "fid", "sfid", "precision", "recall")
+# ADM's output lines: print(name, value), in its order
+ADM_LINES = (("Inception Score:", "inception_score"), ("FID:", "fid"), ("sFID:", "sfid"),
+             ("Precision:", "precision"), ("Recall:", "recall"))
 
 
 def _sha256(path: str) -> str:
@@ -80,6 +83,30 @@ def check_batch_file(path: str, flag: str) -> list:
         raise KeyError(f"{path} ({flag}): has {present} but not all of {list(STAT_KEYS)}; store all four "
                        f"reference statistics or none")
     return keys
+
+
+def batch_warnings(ref_shape: tuple, sample_shape: tuple) -> list[str]:
+    """What makes the numbers not compare with a published table: a sample batch at another resolution than
+    the reference's, or a sample count that is not the one its label (FID, FID-10K, ...) states."""
+    out = []
+    if tuple(ref_shape[1:3]) != tuple(sample_shape[1:3]):
+        out.append(f"the sample batch is {sample_shape[1]}x{sample_shape[2]} but the reference batch is "
+                   f"{ref_shape[1]}x{ref_shape[2]}: the Inception graph resizes both to 299, so this runs, "
+                   "but the numbers compare with nothing published (sample at the reference's resolution, or "
+                   "make a reference at the samples' with python -m evaluations.make_reference)")
+    n = int(sample_shape[0])
+    suffix = metrics.count_suffix(n)
+    # '' = 50K, '-10K' = 10,000, '-200' = exactly 200
+    stated = n
+    if not suffix:
+        stated = metrics.FULL_SAMPLE_COUNT
+    elif suffix.endswith("K"):
+        stated = int(suffix[1:-1]) * 1000
+    if n != stated:
+        out.append(f"the sample batch holds {n} images, not the {stated} that its label FID{suffix} states "
+                   "(the paper's tables: FID-50K, the B/2 ablations FID-10K): FID depends on the count, so "
+                   "the numbers do not compare exactly")
+    return out
 
 
 def load_reference_stats(path: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -155,6 +182,10 @@ def evaluate(ref_path: str, sample_path: str, inception: str | None = None, batc
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     ref_keys = check_batch_file(ref_path, "REF")
     check_batch_file(sample_path, "SAMPLE")
+    with NpzArrayReader(ref_path, "arr_0") as ref, NpzArrayReader(sample_path, "arr_0") as smp:
+        warnings = batch_warnings(ref.shape, smp.shape)
+    for warning in warnings:
+        log(f"warning: {warning}")
     stored_stats = load_reference_stats(ref_path) if all(k in ref_keys for k in STAT_KEYS) else None
     graph_sha256 = _sha256(graph)
 
@@ -200,6 +231,7 @@ def evaluate(ref_path: str, sample_path: str, inception: str | None = None, batc
         "is_splits": metrics.num_is_splits(n), "is_split_size": metrics.IS_SPLIT_SIZE,
         "pr_nhood_size": metrics.NHOOD_SIZE, "pr_distance_dtype": pr_dtype,
         "reference_stats": stats_source,
+        "warnings": warnings,
         "reference_features_cache": cache,
         "backend": backend,
         "device": net.device,
@@ -255,6 +287,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(2)
     for name, value in record["metrics"].items():
         print(f"{name}: {value:.6g}" if name.startswith(("IS", "FID", "sFID")) else f"{name}: {value:.4f}")
+    # ADM's evaluator.py prints these lines, names and order, for scripts that read its output
+    print("Computing evaluations...")
+    for name, key in ADM_LINES:
+        print(name, float(record[key]))
     atomic_write_json(out, record)
     print(f"wrote {out}")
     return record

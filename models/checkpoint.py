@@ -5,7 +5,8 @@ Files accepted (every read of a checkpoint goes through `read_checkpoint`):
 - this codebase's training files {model, ema, opt, rng, args (dict), steps, time_convention, ...};
 - REPA's and the SRA release's training files {model, ema, opt, args, steps[, epoch]}, whose `args` is an
   argparse.Namespace, and SiT's {model, ema, opt, args};
-- bare state dicts (the public SiT, REPA and SRA releases) and `python -m models.export` safetensors files.
+- bare state dicts (the public SiT, REPA and SRA releases) and `python -m models.export` safetensors files;
+- model folders (config.json + model.safetensors: `python -m models.export ... --format hf`, models/hf.py).
 
 Safety: pickles are read with torch's weights-only unpickler, whose allow-list is widened by exactly one
 type, argparse.Namespace (what the releases' `args` holds: numbers, strings, lists). Any other pickled object
@@ -182,7 +183,9 @@ def read_checkpoint(path: str) -> Checkpoint:
     if not os.path.exists(path):
         raise CheckpointNotFound(f"{path}: no such checkpoint")
     if os.path.isdir(path):
-        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+        # a model folder: python -m models.export CKPT DIR --format hf
+        from .hf import read_folder
+        return read_folder(path)
     if os.path.getsize(path) == 0:
         raise _unreadable(path, "the file is empty (0 bytes)")
     with open(path, "rb") as f:
@@ -266,8 +269,12 @@ def infer_config(sd: dict, source: str = "state dict") -> dict:
         raise CheckpointError(f"{source}: {e}") from None
     cfg = dict(model=name, input_size=grid * patch, in_channels=c_in,
                num_classes=sd["y_embedder.embedding_table.weight"].shape[0] - 1, learn_sigma=out == 2 * c_in,
-               qk_norm="blocks.0.attn.q_norm.weight" in sd, align_head=None, z_dim=None)
-    if "ap_head.linear2.weight" in sd:
+               qk_norm="blocks.0.attn.q_norm.weight" in sd, align_head=None, z_dim=None, head_depth=None)
+    if "ap_head.final_layer.linear.weight" in sd:
+        depth = sum(1 for k in sd if re.fullmatch(r"ap_head\.mlp\.\d+\.weight", k))
+        z_dim = sd["ap_head.final_layer.linear.weight"].shape[0]
+        cfg.update(align_head="sra2", z_dim=z_dim, head_depth=depth)
+    elif "ap_head.linear2.weight" in sd:
         cfg.update(align_head="ap_head", z_dim=sd["ap_head.linear2.weight"].shape[0])
     elif "projectors.0.4.weight" in sd:
         cfg.update(align_head="projector", z_dim=sd["projectors.0.4.weight"].shape[0])
@@ -295,8 +302,8 @@ def file_settings(ck: Checkpoint, sd: dict) -> dict:
     """Constructor arguments (from the shapes) and the run's settings (from the args), checked against each
     other.
 
-    -> model, input_size, in_channels, num_classes, learn_sigma, qk_norm, align_head, z_dim, patch_size,
-       path_type, resolution, time_convention, steps, source."""
+    -> model, input_size, in_channels, num_classes, learn_sigma, qk_norm, align_head, z_dim, head_depth,
+       patch_size, path_type, resolution, time_convention, steps, source."""
     cfg = infer_config(sd, ck.path)
     a = ck.settings if ck.source == "export" else ck.args
     rows = sd["y_embedder.embedding_table.weight"].shape[0]
@@ -360,11 +367,14 @@ def state_dict_mismatch(model: nn.Module, sd: dict) -> str:
 
 def load_state_dict_strict(model: nn.Module, sd: dict, source: str = "state dict", assign: bool = False):
     """load_state_dict(strict=True), or a CheckpointError "{source} does not match the model: ..." listing
-    what differs (state_dict_mismatch)."""
+    what differs (state_dict_mismatch). assign: the tensors become the model's (a model built on the meta
+    device); its non-saved constants are then rebuilt next to them."""
     problem = state_dict_mismatch(model, sd)
     if problem:
         raise CheckpointError(f"{source} does not match the model: {problem}")
     model.load_state_dict(sd, strict=True, assign=assign)
+    if assign and hasattr(model, "materialize_constants"):
+        model.materialize_constants()
 
 
 def load_checkpoint(path: str, which: str = "ema", model_name: str | None = None,
@@ -386,12 +396,11 @@ def load_checkpoint(path: str, which: str = "ema", model_name: str | None = None
     if conv not in CONVENTIONS:
         raise CheckpointError(f"time convention must be one of {CONVENTIONS}, got {conv!r}")
     kwargs = {k: s[k] for k in ("input_size", "in_channels", "num_classes", "learn_sigma", "qk_norm",
-                                "align_head", "z_dim")}
+                                "align_head", "z_dim", "head_depth")}
     # built without storage: the parameters become sd's (memory-mapped) tensors, no second copy
     with torch.device("meta"):
         model = SiT_models[s["model"]](**kwargs)
     load_state_dict_strict(model, sd, source=path, assign=True)
-    model.materialize_constants()
     model.float().eval()
     info = dict(s, model_name=s["model"], time_convention=conv, args=ck.args, digest=weights_digest(sd))
     return (SiTTimeFlip(model).eval() if conv == "sit" else model), info
@@ -436,14 +445,44 @@ def sit_to_ours(sd: dict) -> dict:
     return sd
 
 
-def adapt_weights(model: SiT, sd: dict, source: str) -> tuple[dict, list[str]]:
+LABEL_TABLE = "y_embedder.embedding_table.weight"
+
+
+def adapt_label_table(own: torch.Tensor, file: torch.Tensor, keep_classes: bool = False
+                      ) -> tuple[torch.Tensor, str]:
+    """A file's label table (K_file classes + the null row, last) fitted to a run with K classes (own: the
+    run's freshly initialised table, K + 1 rows) -> (table, note for the log).
+
+    The null-class row (classifier-free guidance's unconditional embedding) is kept: file row K_file becomes
+    row K. The class rows are the run's fresh N(0, 0.02) ones, or with keep_classes the file's rows
+    0..min(K, K_file) - 1 (class i of the new data takes the file's class i) and fresh ones beyond."""
+    k_new = own.shape[0] - 1
+    k_file = file.shape[0] - 1
+    table = own.clone()
+    table[k_new] = file[k_file]
+    shared = min(k_new, k_file) if keep_classes else 0
+    table[:shared] = file[:shared]
+    fresh = f"rows {shared}..{k_new - 1} re-initialised (N(0, 0.02))" if shared < k_new else ""
+    kept = f"rows 0..{shared - 1} kept (the file's classes 0..{shared - 1})" if shared else ""
+    rows = "; ".join(x for x in (kept, fresh) if x)
+    return table, (f"{LABEL_TABLE}: the file's {k_file} classes -> this run's {k_new}: class {rows}; the "
+                   f"null-class row (CFG) kept (file row {k_file} -> row {k_new})")
+
+
+def adapt_weights(model: SiT, sd: dict, source: str, keep_classes: bool = False) -> tuple[dict, list[str]]:
     """Fit a file's SiT weights to a new run's model -> (state dict to load strictly, notes for the log).
 
     Allowed differences, each noted: alignment heads the new run adds (kept at their fresh init) or drops, or
     whose shape differs (fresh init); the sin-cos pos_embed rebuilt for another grid (256 -> 512 warm starts);
-    a learned-sigma output (SiT's) reduced to its velocity channels. Anything else must match exactly."""
+    a learned-sigma output (SiT's) reduced to its velocity channels; another number of classes (the label
+    table, adapt_label_table). Anything else must match exactly."""
     own = model.state_dict()
     out, notes = dict(sd), []
+    table = out.get(LABEL_TABLE)
+    if table is not None and table.shape[0] != own[LABEL_TABLE].shape[0] \
+            and table.shape[1:] == own[LABEL_TABLE].shape[1:]:
+        out[LABEL_TABLE], note = adapt_label_table(own[LABEL_TABLE], table, keep_classes)
+        notes.append(note)
     dropped = sorted(k for k in out if k.startswith(HEAD_PREFIXES) and k not in own)
     for k in dropped:
         del out[k]
@@ -474,10 +513,10 @@ def adapt_weights(model: SiT, sd: dict, source: str) -> tuple[dict, list[str]]:
 
 
 def init_from_checkpoint(model: SiT, ema: SiT, path: str, time_convention: str | None = None,
-                         flag: str = "--init-time-convention") -> list[str]:
+                         flag: str = "--init-time-convention", keep_classes: bool = False) -> list[str]:
     """Load a file's student weights into `model` and its EMA into `ema` (a file with one set: both),
-    converted to our time convention. -> notes for the log. The optimizer and the step count are not touched
-    (a fresh start)."""
+    converted to our time convention (adapt_weights; keep_classes: --init-keep-classes). -> notes for the
+    log. The optimizer and the step count are not touched (a fresh start)."""
     ck = read_checkpoint(path)
     conv = ck.time_convention
     if conv is None and time_convention is None:
@@ -495,7 +534,7 @@ def init_from_checkpoint(model: SiT, ema: SiT, path: str, time_convention: str |
         infer_config(sd, path)
         if conv == "sit":
             sd = sit_to_ours(sd)
-        sd, extra = adapt_weights(target, sd, path)
+        sd, extra = adapt_weights(target, sd, path, keep_classes)
         load_state_dict_strict(target, sd, source=f"{path} ['{which}']")
         if which == "model":
             if conv == "sit":

@@ -14,6 +14,7 @@ and time it.
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from .groups import SegmentLayout
@@ -81,7 +82,8 @@ class ReferenceSiT(nn.Module):
         self.hidden_size = model.hidden_size
 
     def _run(self, x: Tensor, t: Tensor, y: Tensor, groups, separate: bool, keep: int | None):
-        """-> (velocity, hidden state after block `keep` or None), every block run."""
+        """-> (velocity, hidden state after block `keep` or None, per-token conditioning (N, T, D)), every
+        block run."""
         m = self.model
         m.check_inputs(x, t, y)
         h = m.x_embedder(x) + m.pos_embed
@@ -108,17 +110,18 @@ class ReferenceSiT(nn.Module):
             if i == keep:
                 kept = h
         v = m.unpatchify(_final(m.final_layer, h, c))[:, : m.in_channels]
-        return v, kept
+        return v, kept, c
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor, groups=None, separate: bool = False,
                 align_layer: int | None = None):
         """As SiT.forward: the velocity, or (velocity, head(h_m)) with align_layer=m."""
-        v, h = self._run(x, t, y, groups, separate, align_layer)
+        v, h, c = self._run(x, t, y, groups, separate, align_layer)
         if align_layer is None:
             return v
         if h is None:
             raise ValueError(f"align_layer={align_layer} is outside the model's blocks 1..{self.depth}")
-        return v, self.model.head(h)
+        # the head reads the blocks' conditioning after adaLN's SiLU, as SiT.head
+        return v, self.model.head(h, F.silu(c))
 
     def forward_features(self, x: Tensor, t: Tensor, y: Tensor, layer: int, groups=None,
                          separate: bool = False) -> Tensor:

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
 from .attention import Attention
@@ -126,7 +127,8 @@ def _modulate(x: Tensor, shift: Tensor, scale1p: Tensor, layout: SegmentLayout |
     """x (1 + scale) + shift, scale1p = 1 + scale: a broadcast over the view of equal slices when there are
     units (the kernels of a plain block), a loop over the segments otherwise."""
     rows = shift.shape[1]
-    if rows == 1:
+    # one row per sample, or per token (models/reference.py): a broadcast
+    if rows == 1 or layout is None:
         return _multiply_add(shift, x, scale1p)
     if layout.unit_segment is not None:
         return _multiply_add(shift[:, :, None], _slices(x, rows), scale1p[:, :, None]).view_as(x)
@@ -138,7 +140,7 @@ def _modulate(x: Tensor, shift: Tensor, scale1p: Tensor, layout: SegmentLayout |
 def _gated_add(x: Tensor, y: Tensor, gate: Tensor, layout: SegmentLayout | None) -> Tensor:
     """x + gate y (the residual of adaLN-Zero), per conditioning row as _modulate."""
     rows = gate.shape[1]
-    if rows == 1:
+    if rows == 1 or layout is None:
         return _multiply_add(x, y, gate)
     if layout.unit_segment is not None:
         return _multiply_add(_slices(x, rows), _slices(y, rows), gate[:, :, None]).view_as(x)
@@ -208,6 +210,28 @@ class SimpleHead(nn.Module):
         return self.linear2(self.act(self.linear1(x)))
 
 
+class SRA2Head(nn.Module):
+    """SRA 2's projector (keys ap_head.mlp.{0,2,...}, ap_head.final_layer.*), our reading of the description
+    its author gave (SRA issue #6; no official code): `depth` Linear(D, D) + SiLU layers, then a SiT-style
+    final layer: LayerNorm, shift / scale from the block's conditioning c (adaLN), Linear(D, out).
+
+    forward(h (N, T, D) in layout order, c (N, R, D), layout) -> (N, T, out) in layout order; c is the blocks'
+    conditioning after adaLN's SiLU: one row per sample, unit or segment of the layout, or per token
+    (models/reference.py, layout None)."""
+
+    def __init__(self, dim: int, out_dim: int, depth: int):
+        super().__init__()
+        self.mlp = nn.Sequential(*[m for _ in range(depth) for m in (nn.Linear(dim, dim), nn.SiLU())])
+        self.final_layer = FinalLayer(dim, 1, out_dim)
+
+    def forward(self, h: Tensor, c: Tensor, layout: SegmentLayout | None = None) -> Tensor:
+        return self.final_layer(self.mlp(h), c, layout)
+
+
+# SRA2Head's MLP layers by default: "about 5 MLP layers" (presets.py)
+SRA2_HEAD_DEPTH = 5
+
+
 def repa_projector(dim: int, z_dim: int, hidden: int = 2048) -> nn.Sequential:
     """REPA projector (keys projectors.0.{0,2,4}): D -> 2048 -> 2048 -> z_dim with SiLU."""
     return nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
@@ -218,18 +242,25 @@ def repa_projector(dim: int, z_dim: int, hidden: int = 2048) -> nn.Sequential:
 # SiT
 # ------------------------------------------------------------------------------------------------------------
 
-class SiT(nn.Module):
+# the Hub tags of a PyTorchModelHubMixin save
+HUB_TAGS = ["sit", "flow-matching", "class-conditional-image-generation"]
+
+
+class SiT(nn.Module, PyTorchModelHubMixin, tags=HUB_TAGS):
+    """SiT.from_pretrained(DIR) reads a model folder (models/hf.py: python -m models.export CKPT DIR --format
+    hf): config.json holds the constructor's arguments, model.safetensors the weights, loaded strictly."""
+
     def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 4,
                  hidden_size: int = 1152, depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0,
                  num_classes: int = 1000,
                  learn_sigma: bool = False, qk_norm: bool = False, align_head: str | None = None,
-                 z_dim: int | None = None):
+                 z_dim: int | None = None, head_depth: int | None = None):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch size {patch_size}")
-        if align_head not in (None, "ap_head", "projector"):
-            raise ValueError(f"align_head must be None, 'ap_head' (SRA) or 'projector' (REPA), "
-                             f"got {align_head!r}")
+        if align_head not in (None, "ap_head", "projector", "sra2"):
+            raise ValueError(f"align_head must be None, 'ap_head' (SRA), 'projector' (REPA) or 'sra2' "
+                             f"(SRA 2), got {align_head!r}")
         self.input_size = input_size
         self.patch_size = patch_size
         self.in_channels = in_channels
@@ -255,6 +286,9 @@ class SiT(nn.Module):
             self.ap_head = SimpleHead(hidden_size, z_dim or hidden_size)
         elif align_head == "projector":
             self.projectors = nn.ModuleList([repa_projector(hidden_size, z_dim or 768)])
+        elif align_head == "sra2":
+            depth_of_head = SRA2_HEAD_DEPTH if head_depth is None else head_depth
+            self.ap_head = SRA2Head(hidden_size, z_dim or hidden_size, depth_of_head)
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
@@ -279,6 +313,19 @@ class SiT(nn.Module):
         for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.align_head == "sra2":
+            # adaLN-Zero: the SRA 2 head's final layer starts as LayerNorm + Linear
+            nn.init.zeros_(self.ap_head.final_layer.adaLN_modulation[-1].weight)
+            nn.init.zeros_(self.ap_head.final_layer.adaLN_modulation[-1].bias)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: str | None,
+                         force_download: bool, local_files_only: bool, token: str | bool | None,
+                         config: dict | None = None, map_location: str = "cpu", **model_kwargs) -> "SiT":
+        from .hf import load_pretrained
+        hub = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
+                   local_files_only=local_files_only, token=token)
+        return load_pretrained(cls, model_id, model_kwargs, config, map_location, hub)
 
     def materialize_constants(self) -> None:
         """Rebuild the non-saved constant buffers next to the weights (after a load into a model built on the
@@ -357,7 +404,7 @@ class SiT(nn.Module):
             else:
                 h = block(h, c, layout)                                      # (N, T, D)
             if i == align_layer:
-                feats = self.head(h if layout is None else layout.to_raster(h))   # (N, T, D_head), raster
+                feats = self.head(h, c, layout)                              # (N, T, D_head), raster
         out = self.final_layer(h, c, layout)                                 # (N, T, p*p*C_out), layout order
         if layout is not None:
             out = layout.to_raster(out)                                      # (N, T, p*p*C_out), raster
@@ -369,13 +416,18 @@ class SiT(nn.Module):
             raise ValueError(f"align_layer={align_layer} is outside the model's blocks 1..{self.depth}")
         return v, feats
 
-    def head(self, h: Tensor) -> Tensor:
-        """The student's alignment head applied to (N, T, D) hidden states."""
-        if self.align_head == "ap_head":
-            return self.ap_head(h)
-        if self.align_head == "projector":
-            return self.projectors[0](h)
-        return h
+    def head(self, h: Tensor, c: Tensor | None = None, layout: SegmentLayout | None = None) -> Tensor:
+        """The student's alignment head applied to (N, T, D) hidden states in layout order -> raster order.
+        c: the blocks' conditioning after adaLN's SiLU (N, R, D), read by the SRA 2 head only."""
+        if self.align_head == "sra2":
+            out = self.ap_head(h, c, layout)
+        elif self.align_head == "ap_head":
+            out = self.ap_head(h)
+        elif self.align_head == "projector":
+            out = self.projectors[0](h)
+        else:
+            out = h
+        return out if layout is None else layout.to_raster(out)
 
     def forward_features(self, x: Tensor, t: Tensor, y: Tensor, layer: int,
                          groups: SegmentLayout | Tensor | None = None, separate: bool = False) -> Tensor:

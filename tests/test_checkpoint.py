@@ -331,7 +331,7 @@ def test_init_heads_added_or_dropped_are_listed(tmp_path):
     assert torch.equal(new.blocks[0].attn.qkv.weight, student.blocks[0].attn.qkv.weight)
     message = r"repa.pt \['model'\] does not match the model: shape mismatches"
     with pytest.raises(CheckpointError, match=message):
-        init_from_checkpoint(tiny(num_classes=20), tiny(num_classes=20), path)
+        init_from_checkpoint(tiny(in_channels=3), tiny(in_channels=3), path)
 
 
 def test_init_from_a_public_sit_state_dict_converts_the_time_convention(tmp_path):

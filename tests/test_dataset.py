@@ -190,7 +190,7 @@ def test_digits_heldout_split_is_stratified_disjoint_and_fixed():
     assert len(build_dataset("digits")) == 1797 and build_dataset("digits:8").split == "all"
 
 
-@pytest.mark.parametrize("spec", ["digits:16:val", "digits:x", "digits:16:train:1"])
+@pytest.mark.parametrize("spec", ["digits:16:val", "digits:x", "digits:16:train:1:2", "digits:16:train:1,1"])
 def test_digits_spec_errors(spec):
     with pytest.raises(ValueError, match="digits"):
         build_dataset(spec)

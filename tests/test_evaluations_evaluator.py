@@ -75,6 +75,11 @@ def test_identical_images_give_zero_fid_and_full_precision_recall(files, capsys,
         # fewer than 50K samples: labelled with N
         assert f"{name}-{N}: " in printed
     r = json.load(open(out))
+    # and ADM's own lines, its names in its order, as scripts that parse its output expect
+    adm = printed.split("Computing evaluations...\n")[1].splitlines()[:5]
+    assert adm == [f"{name} {float(r[key])}" for name, key in evaluator.ADM_LINES]
+    assert [line.split(":")[0] for line in adm] == ["Inception Score", "FID", "sFID", "Precision", "Recall"]
+    assert r["warnings"] == []
     assert abs(r["fid"]) < 1e-6 and abs(r["sfid"]) < 1e-6
     assert r["precision"] == 1.0 and r["recall"] == 1.0
     assert r["inception_score"] > 1.0 and np.isfinite(r["inception_score"])
@@ -84,6 +89,19 @@ def test_identical_images_give_zero_fid_and_full_precision_recall(files, capsys,
     assert r["reference_stats"].startswith("computed")
     assert {"numpy", "scipy", {"torch": "torch", "tf": "tensorflow"}[backend]} <= set(r["versions"])
     assert r["backend"] == backend and r["inception_graph_published_sha256"] is None
+
+
+def test_warnings_for_another_resolution_or_a_count_its_label_does_not_state():
+    assert evaluator.batch_warnings((50000, 256, 256, 3), (50000, 256, 256, 3)) == []
+    assert evaluator.batch_warnings((50000, 256, 256, 3), (10000, 256, 256, 3)) == []
+    (res,) = evaluator.batch_warnings((50000, 256, 256, 3), (50000, 512, 512, 3))
+    assert res.startswith("the sample batch is 512x512 but the reference batch is 256x256")
+    (count,) = evaluator.batch_warnings((50000, 256, 256, 3), (10240, 256, 256, 3))
+    assert count.startswith("the sample batch holds 10240 images, not the 10000 that its label FID-10K")
+    (more,) = evaluator.batch_warnings((50000, 256, 256, 3), (60000, 256, 256, 3))
+    assert "not the 50000 that its label FID states" in more
+    # below 500 samples the label is the count itself
+    assert evaluator.batch_warnings((96, 32, 32, 3), (96, 32, 32, 3)) == []
 
 
 def test_shifted_images_give_larger_fid_with_stored_reference_statistics(files, monkeypatch):

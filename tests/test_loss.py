@@ -286,8 +286,8 @@ def test_align_weight_schedule_closed_form():
     # where SRA's 800 epochs end
     assert align_weight_at("sra-256", 0.2, 800) == pytest.approx(0.04467, abs=1e-5)
     assert align_weight_at("sra-256", 0.2, 1149) == pytest.approx(0.02, rel=1e-12)
-    with pytest.raises(ValueError, match="--align-weight-schedule"):
-        align_weight_at("cosine", 0.2, 0)
+    with pytest.raises(ValueError, match="--align-weight-schedule must be one of"):
+        align_weight_at("exponential", 0.2, 0)
 
 
 def test_schedule_weights_the_alignment_term_and_t_max():

@@ -210,10 +210,12 @@ def test_forward_features_and_early_exit():
         m.forward_features(x, t, y, layer=7)
 
 
-def test_reference_features_run_every_block_and_equal_the_fast_path():
+@pytest.mark.parametrize("head", [dict(align_head="ap_head"), dict(align_head="sra2", z_dim=16)])
+def test_reference_features_run_every_block_and_equal_the_fast_path(head):
     """ReferenceSiT (the release's costs): block k's output as SiT.forward_features gives it, with every block
-    run (the release's EMA teacher), and the same (velocity, head(h_m)) pair as the student call."""
-    m = tiny(align_head="ap_head")
+    run (the release's EMA teacher), and the same (velocity, head(h_m)) pair as the student call (the SRA 2
+    head reads the conditioning: per token there, per group here)."""
+    m = tiny(**head)
     ids = random_groups(2, 16, (4, 12))
     x = torch.randn(2, 4, 8, 8)
     t = torch.rand(2, 2)

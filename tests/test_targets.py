@@ -84,9 +84,34 @@ def test_sra2_target_patches_line_up_with_the_model_tokens():
     assert (emb.abs().sum(-1) > 0).nonzero()[:, 1].tolist() == bright
 
 
+def test_sra2_head_is_the_authors_description_and_its_depth_a_setting():
+    """5 Linear + SiLU layers, then a SiT-style final layer (adaLN-Zero modulation from the conditioning):
+    the file says its depth back (models/checkpoint.py)."""
+    from models import infer_config
+    from models.sit import SRA2_HEAD_DEPTH
+    import train
+
+    model = SiT_models["SiT-T/2"](input_size=8, in_channels=4, num_classes=10, align_head="sra2", z_dim=16)
+    head = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith("ap_head.")}
+    assert SRA2_HEAD_DEPTH == 5 and head == {
+        **{f"ap_head.mlp.{2 * i}.{w}": (128, 128)[: 2 if w == "weight" else 1] for i in range(5)
+           for w in ("weight", "bias")},
+        "ap_head.final_layer.linear.weight": (16, 128), "ap_head.final_layer.linear.bias": (16,),
+        "ap_head.final_layer.adaLN_modulation.1.weight": (256, 128),
+        "ap_head.final_layer.adaLN_modulation.1.bias": (256,)}
+    assert model.ap_head.final_layer.adaLN_modulation[1].weight.abs().max() == 0
+    cfg = infer_config(model.state_dict())
+    assert (cfg["align_head"], cfg["z_dim"], cfg["head_depth"]) == ("sra2", 16, 5)
+    args = train.parse_args(["--preset", "sra2-b2", "--model", "SiT-T/2", "--sra2-head-depth", "2"])
+    data = type("Data", (), dict(latent_size=8, latent_channels=4, num_classes=10))
+    shallow = train.build_model(args, data, VAELatentTarget())
+    assert infer_config(shallow.state_dict())["head_depth"] == 2 and len(shallow.ap_head.mlp) == 4
+    assert train.parse_args(["--preset", "sra2-b2"]).sra2_head_depth == 5
+
+
 def test_sra2_loss_is_smooth_l1_to_the_clean_patches():
     torch.manual_seed(0)
-    model = SiT_models["SiT-T/2"](input_size=8, in_channels=4, num_classes=10, align_head="ap_head", z_dim=16)
+    model = SiT_models["SiT-T/2"](input_size=8, in_channels=4, num_classes=10, align_head="sra2", z_dim=16)
     fn = loss_for(model, VAELatentTarget(), loss_type="sml1", align_weight=1.0)
     x0 = torch.randn(2, 4, 8, 8)
     seen = spy_forward(model)

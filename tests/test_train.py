@@ -223,6 +223,9 @@ def test_loss_flags_are_exactly_loss_config_fields():
             argv = [a.option_strings[0], want]
         elif a.nargs == "+":
             argv, want = [a.option_strings[0], "0.3"], [0.3]
+        elif now is None:
+            # --align-until: a step, off by default
+            argv, want = [a.option_strings[0], "7"], 7
         else:
             want = now + 1 if isinstance(now, int) else now / 2
             argv = [a.option_strings[0], str(want)]
