@@ -8,6 +8,7 @@ in loss.py. The defaults are the release's recipe (presets.RELEASE); a preset is
 """
 import argparse
 import dataclasses
+import datetime
 import logging
 import math
 import os
@@ -19,7 +20,8 @@ from copy import deepcopy
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import (DistributedDataParallelKwargs, InitProcessGroupKwargs, gather_object,
+                              set_seed)
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm
@@ -71,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-train-steps", type=int)
     g.add_argument("--checkpoint-steps", type=int)
+    g.add_argument("--dist-timeout-minutes", type=float, default=120.0,
+                   help="how long a collective waits for the slowest rank (an evaluation, a checkpoint "
+                        "write) before the run fails")
     g.add_argument("--checkpoint-minutes", type=float, default=30.0,
                    help="rolling checkpoints/latest.pt every N minutes (one file, replaced; 0 = never)")
     g.add_argument("--stop-signals", default="SIGTERM,SIGUSR1",
@@ -405,7 +410,9 @@ def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] =
     counts = {}
     if ckpt is not None:
         if len(ckpt["rng"]) == world:
-            runlog.set_rng_state(ckpt["rng"][rank])
+            dropped = runlog.set_rng_state(ckpt["rng"][rank])
+            if dropped:
+                logger.warning(dropped)
             sums, counts = runlog.log_sums_from(ckpt, rank, device)
         else:
             logger.warning(f"checkpoint has RNG states of {len(ckpt['rng'])} processes, this run has "
@@ -438,11 +445,16 @@ def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] =
 def start_run(args: argparse.Namespace) -> tuple[Accelerator, str, logging.Logger]:
     """The accelerator (CPU: gloo under torchrun), the checked flags, the run folder and its log; the
     temporaries of a dead writer are removed."""
+    # a collective waits --dist-timeout-minutes for the slowest rank (a checkpoint write, an evaluation)
+    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=args.dist_timeout_minutes))
+    # DDP's gradients as views of its all-reduce buckets: one copy of the gradients less
+    ddp = DistributedDataParallelKwargs(gradient_as_bucket_view=True)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
                               mixed_precision=args.mixed_precision,
                               log_with=tracking.report_to_trackers(args.report_to) or None,
-                              project_dir=os.path.join(args.output_dir, args.exp_name))
+                              project_dir=os.path.join(args.output_dir, args.exp_name),
+                              kwargs_handlers=[timeout, ddp])
     check_args(args, accelerator.num_processes)
     run_dir = os.path.join(args.output_dir, args.exp_name)
     if accelerator.is_main_process:
@@ -564,12 +576,13 @@ class Loop:
         self.control = RunControl(signals, accelerator.device, accelerator.num_processes, self.main,
                                   args.checkpoint_minutes)
         self.metrics = runlog.MetricsWriter(run_dir) if self.main else None
+        # every rank samples its share of the fid_proxy images; the main process holds the reference
         self.fid_proxy = None
-        if (args.fid_every or args.fid_ref) and self.main:
-            self.fid_proxy = FidProxy.from_args(args, accelerator.device)
-        # the SD-VAE decodes latent previews and fid_proxy samples on the main process (None: pixels)
+        if args.fid_every or args.fid_ref:
+            self.fid_proxy = FidProxy.from_args(args, accelerator.device, reference=self.main)
+        # the SD-VAE decodes latent previews (main process) and fid_proxy samples (every rank); None: pixels
         self.vae = None
-        if self.main and dataset.is_latent and (args.sample_steps or self.fid_proxy is not None):
+        if dataset.is_latent and ((args.sample_steps and self.main) or self.fid_proxy is not None):
             self.vae = load_vae_for(args, accelerator.device, logger)
 
     def run(self, step: int, batches: Iterator, sums: dict, counts: dict) -> tuple[int, bool]:
@@ -662,7 +675,8 @@ class Loop:
         if args.fid_every and step % args.fid_every == 0:
             if self.fid_proxy is not None:
                 log_fid_proxy(self.fid_proxy, self.ema, self.dataset.num_classes, step, self.metrics,
-                              self.logger, vae=self.vae, latent=self.dataset.is_latent)
+                              self.logger, vae=self.vae, latent=self.dataset.is_latent,
+                              rank=self.acc.process_index, world=self.acc.num_processes, gather=gather_object)
             self.acc.wait_for_everyone()
 
 

@@ -5,8 +5,10 @@ Logged as `fid_proxy` (with `fid_proxy_n`), never as ADM FID: the sample count a
 preview sampler: SDE, --preview-num-steps, --preview-cfg-scale) are the run's choice, not the ADM protocol's
 50K samples. The samples come from fixed per-image seeds and class-balanced labels, the same at every step, so
 the curve compares checkpoints and nothing else. The reference statistics are REF's stored mu / sigma when it
-has them, else computed once from its arr_0 (cached as evaluations/evaluator.py caches them). Runs on the main
-process.
+has them, else computed once from its arr_0 (cached as evaluations/evaluator.py caches them). Every rank
+samples and featurizes its share of the images (image i on rank i % world; a seed per image, so the set does
+not depend on the split), in bf16 on a GPU; the features are gathered to the main process, which holds the
+reference statistics and computes the distance.
 """
 import os
 
@@ -20,14 +22,17 @@ SEED_OFFSET = 2 * 10 ** 6           # far from the preview and digits-metric see
 
 class FidProxy:
     def __init__(self, ref_path: str, num_samples: int, graph: str, device, seed: int = 0,
-                 batch_size: int = 250, sampler_kwargs=None, log=print):
+                 batch_size: int = 250, sampler_kwargs=None, log=print, reference: bool = True):
+        """reference: hold the reference statistics (the main process; the others only sample)."""
         from evaluations.evaluator import _sha256, check_batch_file, load_reference_stats, reference_features
         from evaluations.inception import load_network
         keys = check_batch_file(ref_path, "--fid-ref")
         self.net = load_network(graph, "torch", device)
-        if "mu" in keys:
+        self.mu = None
+        self.sigma = None
+        if reference and "mu" in keys:
             (self.mu, self.sigma), _ = load_reference_stats(ref_path)
-        else:
+        elif reference:
             _, (self.mu, self.sigma), _, _ = reference_features(self.net, ref_path, _sha256(graph), 64,
                                                                 progress=False, log=log)
         self.ref_path = ref_path
@@ -37,7 +42,7 @@ class FidProxy:
         self.sampler_kwargs = dict(sampler_kwargs or {})
 
     @classmethod
-    def from_args(cls, args, device, log=print):
+    def from_args(cls, args, device, log=print, reference: bool = True):
         """From train.py's flags; one-line SystemExit for a bad --fid-* flag or file."""
         from evaluations.evaluator import check_batch_file
         from evaluations.inception import resolve_graph_path
@@ -54,35 +59,49 @@ class FidProxy:
         try:
             check_batch_file(args.fid_ref, "--fid-ref")
             graph = resolve_graph_path(args.fid_inception)
+            # bf16 autocast on a GPU (the sampler's state stays fp64)
+            sampler = dict(mode="sde", num_steps=args.preview_num_steps, cfg_scale=args.preview_cfg_scale,
+                           bf16=str(device).startswith("cuda"))
             return cls(args.fid_ref, args.fid_samples, graph, device, seed=args.seed, log=log,
-                       sampler_kwargs=dict(mode="sde", num_steps=args.preview_num_steps,
-                                           cfg_scale=args.preview_cfg_scale))
+                       sampler_kwargs=sampler, reference=reference)
         except (FileNotFoundError, KeyError, ValueError) as e:
             msg = e.args[0] if isinstance(e, KeyError) else str(e)
             raise SystemExit(f"--fid-ref / --fid-inception: {' '.join(msg.split())}") from None
 
-    def __call__(self, ema, num_classes: int, vae=None) -> float:
-        """fid_proxy of the EMA model now."""
+    def __call__(self, ema, num_classes: int, vae=None, rank: int = 0, world: int = 1,
+                 gather=None) -> float | None:
+        """fid_proxy of the EMA model now: this rank's images (i % world == rank); with several ranks,
+        gather(list) -> the lists of all ranks (accelerate's gather_object). -> the value on the process
+        holding the reference statistics, None elsewhere."""
         n = self.num_samples
-        seeds = range(SEED_OFFSET + self.seed, SEED_OFFSET + self.seed + n)
-        labels = [i % num_classes for i in range(n)]
-        pools = []
-        for a in range(0, n, self.batch_size):
-            batch = slice(a, a + self.batch_size)
-            images = samplers.sample_images(ema, seeds[batch], labels[batch], next(ema.parameters()).device,
-                                            vae=vae, **self.sampler_kwargs)
+        mine = list(range(rank, n, world))
+        pools = [np.zeros((0, 2048), dtype=np.float64)]
+        for a in range(0, len(mine), self.batch_size):
+            index = mine[a:a + self.batch_size]
+            seeds = [SEED_OFFSET + self.seed + i for i in index]
+            labels = [i % num_classes for i in index]
+            images = samplers.sample_images(ema, seeds, labels, next(ema.parameters()).device, vae=vae,
+                                            **self.sampler_kwargs)
             pools.append(self.net.features(images)[0])
-        return metrics.frechet_distance(*metrics.feature_stats(np.concatenate(pools)), self.mu, self.sigma)
+        pool = np.concatenate(pools)
+        if world > 1:
+            pool = np.concatenate(gather([pool]))
+        if self.mu is None:
+            return None
+        return metrics.frechet_distance(*metrics.feature_stats(pool), self.mu, self.sigma)
 
 
-def log_fid_proxy(fid_proxy, ema, num_classes, step, metrics_writer, logger, vae=None, latent=False):
-    """Computes fid_proxy and writes it to metrics.jsonl and the log (skipped, said, for latents without a
-    VAE)."""
+def log_fid_proxy(fid_proxy, ema, num_classes, step, metrics_writer, logger, vae=None, latent=False,
+                  rank: int = 0, world: int = 1, gather=None):
+    """Computes fid_proxy (every rank its share, FidProxy.__call__) and writes it to metrics.jsonl and the log
+    on the main process (skipped, said, for latents without a VAE)."""
     if latent and vae is None:
         logger.warning(f"step {step}: fid_proxy skipped: latent samples need the SD-VAE (--vae) to be "
                        f"decoded")
         return None
-    value = fid_proxy(ema, num_classes, vae)
+    value = fid_proxy(ema, num_classes, vae, rank=rank, world=world, gather=gather)
+    if value is None:
+        return None
     metrics_writer.write({"step": step, "fid_proxy": value, "fid_proxy_n": fid_proxy.num_samples})
     logger.info(f"step {step}: fid_proxy {value:.4f} ({fid_proxy.num_samples} EMA samples vs "
                 f"{os.path.basename(fid_proxy.ref_path)}; not ADM FID)")

@@ -199,13 +199,22 @@ def rng_state() -> dict:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> str:
+    """Restore rng_state()'s RNGs. The CUDA states are one per device the saving process saw: on a machine
+    with fewer devices the states of the missing ones are dropped (this process draws on its own device,
+    which a resumable launch keeps) -> a note saying so, or ""."""
     random.setstate((state["python_pos"], tuple(state["python"]), None))
     n = state["numpy"]
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = list(state.get("cuda") or [])
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for device, cuda_state in enumerate(saved[:here]):
+        torch.cuda.set_rng_state(cuda_state, device)
+    if len(saved) > here:
+        return (f"the checkpoint holds CUDA RNG states of {len(saved)} devices, this machine has {here}: the "
+                f"states of devices {here}..{len(saved) - 1} are dropped")
+    return ""
 
 
 def make_logger(run_dir: str | None, main: bool = True) -> logging.Logger:

@@ -85,3 +85,29 @@ def test_bad_fid_flags_fail_at_start(tmp_path, extra, message):
     with pytest.raises(SystemExit) as e:
         run(tmp_path, "bad", *extra)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_fid_proxy_split_across_ranks_equals_one_process(tmp_path, fid_files, monkeypatch):
+    """Image i on rank i % world, the features gathered to the main process: the same value as one process
+    (a seed per image); the other ranks hold no reference and return None."""
+    from evaluations.fid_proxy import FidProxy
+    from models import SiT_models
+
+    monkeypatch.setenv("SIT_SRA_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    ema = SiT_models["SiT-T/4"](input_size=8, in_channels=1, num_classes=10).eval()
+    kw = dict(seed=0, batch_size=4, sampler_kwargs=dict(mode="sde", num_steps=2))
+    one = FidProxy(fid_files["ref"], 11, fid_files["graph"], "cpu", **kw)(ema, 10)
+    main = FidProxy(fid_files["ref"], 11, fid_files["graph"], "cpu", **kw)
+    other = FidProxy(fid_files["ref"], 11, fid_files["graph"], "cpu", reference=False, **kw)
+    assert other.mu is None
+    # the collective's view: every share handed over so far (rank 1's call comes first here)
+    shares = []
+
+    def gather(mine):
+        shares.append(mine[0])
+        return list(shares)
+
+    assert other(ema, 10, rank=1, world=2, gather=gather) is None
+    split = main(ema, 10, rank=0, world=2, gather=gather)
+    assert [len(x) for x in shares] == [5, 6] and split == pytest.approx(one, rel=1e-6)
