@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="untimed steps first (default 5 on GPU, 1 on CPU)")
     p.add_argument("--mixed-precision", choices=["bf16", "no"], default=None, help="default bf16 on GPU")
     p.add_argument("--compile", action=B, default=False)
+    p.add_argument("--compile-scope", choices=["blocks", "step"], default="blocks",
+                   help="what --compile compiles (train.py's --compile-scope)")
     p.add_argument("--count-flops", action=B, default=False, help="FlopCounterMode over one step")
     p.add_argument("--count-ops", action=B, default=False,
                    help="operators dispatched in one step (views not counted, AdamW as one op): ops_per_step")
@@ -99,11 +101,10 @@ def setup(args: argparse.Namespace, reference: bool = False) -> tuple:
     model = train.build_model(run, data, target).to(dev)
     ema = train.build_ema(model)
     opt = train.build_optimizer(run, model)
-    if args.compile:
-        for block in model.blocks:
-            block.compile()
     student = ReferenceSiT(model) if reference else model
     loss_fn = train.build_loss(run, model, data, target, ReferenceSiT(ema) if reference else ema)
+    if args.compile:
+        train.compile_step(args.compile_scope, model, ema, loss_fn)
     return student, ema, loss_fn, opt, (run.block_out_s, run.block_out_t)
 
 

@@ -15,7 +15,6 @@ One call draws everything (t per group, token groups, eps, label dropout), runs 
 alignment target (EMA teacher up to block n, or an external target), and returns per-sample losses plus the
 scalars to log. Nothing here reads a value back to the host: the step stays asynchronous on the GPU.
 """
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -193,6 +192,14 @@ def velocity_target(path_type: str, x0: Tensor, eps: Tensor, tau: Tensor) -> Ten
     return d_alpha * x0 + d_sigma * eps
 
 
+def mixed(path_type: str, x0: Tensor, eps: Tensor, tau: Tensor, grid: int, patch: int) -> Tensor:
+    """x_tau (N, C, H, W) for tau (N, T) per token (raster order) or (N, 1): each token's timestep over its
+    patch, through views (token_map), nothing painted."""
+    x0_patches = patch_view(x0, grid, patch)
+    eps_patches = patch_view(eps, grid, patch)
+    return noised(path_type, x0_patches, eps_patches, token_map(tau, grid)).view_as(x0)
+
+
 def patch_view(x: Tensor, grid: int, patch: int) -> Tensor:
     """(N, C, H, W) -> (N, C, grid, patch, grid, patch): the model's patches, a view (x contiguous)."""
     return x.view(x.shape[0], x.shape[1], grid, patch, grid, patch)
@@ -273,9 +280,7 @@ class Draw:
 
     def mix(self, tau: Tensor) -> Tensor:
         """x_tau = alpha_tau x0 + sigma_tau eps (Eq. 1) for tau (N, T) per token (raster order) or (N, 1)."""
-        x0 = patch_view(self.x0, self.grid, self.patch)
-        eps = patch_view(self.eps, self.grid, self.patch)
-        return noised(self.path_type, x0, eps, token_map(tau, self.grid)).view_as(self.x0)
+        return mixed(self.path_type, self.x0, self.eps, tau, self.grid, self.patch)
 
     def velocity(self, tau: Tensor) -> Tensor:
         """The flow-matching target at tau (Eq. 2): eps - x0 on the linear path, whatever tau."""
@@ -371,7 +376,6 @@ class REPATarget:
 
     @torch.no_grad()
     def __call__(self, d: Draw) -> Tensor:
-        from models.dinov2 import dinov2_patch_tokens, dinov2_resolution, preprocess_for_dinov2
         if d.features is not None:
             # precomputed: (N, grid^2, D_enc)
             want = (d.x0.shape[0], d.grid ** 2, self.dim)
@@ -383,6 +387,7 @@ class REPATarget:
         if self.encoder is None:
             raise ValueError("REPATarget has no encoder: pass the batch's precomputed features to the loss "
                              "(loss(model, x0, y, features=...))")
+        from models.dinov2 import dinov2_patch_tokens, dinov2_resolution, preprocess_for_dinov2
         images = self.to_images(d.x0).float()
         if images.shape[1] == 1:
             # grey (the embedded digits)
@@ -467,7 +472,9 @@ class TrainingLoss:
 
     target: the alignment target object of --align-target repa / sra2 (REPATarget, VAELatentTarget);
     ema: the EMA model, for --align-target ema (the teacher is built here and bound to it).
-    Call: loss(model, x0, y, features=None, epoch=0) -> (per-sample loss (N,), logs).
+    Call: loss(model, x0, y, features=None, epoch=0, step=0) -> (per-sample loss (N,), logs): terms() (the
+    draws, the student, the target, the distances: what --compile-scope step compiles) combined with lambda
+    at (epoch, step).
 
     Logged: loss_gen, the flow-matching MSE (Eq. 2); loss_align, the distance d before lambda (1 - cos for
     the cosines, as the release logs it; REPA logs -cos, so its proj_loss curve is ours minus 1)."""
@@ -525,7 +532,19 @@ class TrainingLoss:
                  epoch: int = 0, step: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
         """features: the batch's precomputed alignment target (N, T, D) when the target reads it (REPA), else
         None. epoch, step: the 0-based epoch and step of this step (python ints), read by
-        --align-weight-schedule and --align-until."""
+        --align-weight-schedule and --align-until, outside the compiled terms (no recompile per step)."""
+        # the group table on the device, made before the terms run (a compiled terms() reads, never adds)
+        self._rank_group(x0.device)
+        loss_gen, loss_align, logs = self.terms(model, x0, y, features)
+        if loss_align is None:
+            return loss_gen, logs
+        cfg = self.cfg
+        weight = align_weight_at(cfg.align_weight_schedule, cfg.align_weight, epoch, step, cfg.align_until)
+        return loss_gen + weight * loss_align, logs
+
+    def terms(self, model: nn.Module, x0: Tensor, y: Tensor,
+              features: Tensor | None = None) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+        """-> (loss_gen (N,), loss_align (N,) or None, logs): one draw, the student, the alignment target."""
         cfg = self.cfg
         N = x0.shape[0]
         dev = x0.device
@@ -551,10 +570,11 @@ class TrainingLoss:
             ids = self._rank_group(dev)[layout.inv_perm]                       # (N, T)
             # each token's timestep t[n, ids[n, i]]
             tau = t.gather(1, ids)                                             # (N, T)
+        # Eq. 1 per token (Eq. 6 under DTS)
+        x_t = mixed(cfg.path_type, x0, eps, tau, self.grid, self.patch)
         draw = Draw(x0=x0, eps=eps, path_type=cfg.path_type, t=t, num_full=num_full, y=y, y_dropped=y_dropped,
-                    layout=layout, ids=ids, grid=self.grid, patch=self.patch, features=features)
-        # Eq. 1 per token (Eq. 6 under DTS); the target eps - x0 on the linear path
-        x_t = draw.mix(tau)
+                    x_t=x_t, layout=layout, ids=ids, grid=self.grid, patch=self.patch, features=features)
+        # the target eps - x0 on the linear path
         target_v = draw.velocity(tau)
 
         # ---- student ---------------------------------------------------------------------------------------
@@ -568,12 +588,11 @@ class TrainingLoss:
         loss_gen = F.mse_loss(v.float(), target_v.float(), reduction="none").mean(dim=(1, 2, 3))
         logs = {"loss_gen": loss_gen.detach().mean()}
         if self.target is None:
-            return loss_gen, logs
+            return loss_gen, None, logs
 
         # ---- alignment target and distance (Eq. 3-4, 7), fp32 ----------------------------------------------
-        z = self.target(dataclasses.replace(draw, x_t=x_t))
+        z = self.target(draw)
         with torch.autocast(device_type="cuda" if dev.type == "cuda" else "cpu", enabled=False):
             loss_align = alignment_distance(feats, z, cfg.loss_type)           # (N,)
         logs["loss_align"] = loss_align.detach().mean()
-        weight = align_weight_at(cfg.align_weight_schedule, cfg.align_weight, epoch, step, cfg.align_until)
-        return loss_gen + weight * loss_align, logs
+        return loss_gen, loss_align, logs

@@ -116,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-grad-norm", type=float)
     g.add_argument("--ema-decay", type=float)
     g.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"])
-    g.add_argument("--compile", action=B, default=False, help="torch.compile the model's blocks")
+    g.add_argument("--compile", action=B, default=False, help="torch.compile (--compile-scope)")
+    g.add_argument("--compile-scope", choices=["blocks", "step"], default="blocks",
+                   help="blocks: every block of the student and of the EMA teacher; step: the whole loss "
+                        "(the draws, student, teacher, distances) as one graph, fullgraph on one process")
     g.add_argument("--grad-checkpointing", action=B, default=False,
                    help="recompute each student block in the backward pass (less memory, more compute)")
     add_loss_flags(p.add_argument_group("loss (loss.LossConfig)"))
@@ -309,6 +312,16 @@ def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.o
                              weight_decay=args.adam_weight_decay, eps=args.adam_epsilon, fused=fused)
 
 
+def compile_step(scope: str, model: SiT, ema: SiT, loss_fn: TrainingLoss, fullgraph: bool = True) -> None:
+    """torch.compile: every block of the student and of the EMA teacher (scope "blocks"), or the loss's terms,
+    the whole forward of a step, as one graph (scope "step"; fullgraph: no graph break allowed)."""
+    if scope == "blocks":
+        for block in [*model.blocks, *ema.blocks]:
+            block.compile()
+    else:
+        loss_fn.terms = torch.compile(loss_fn.terms, fullgraph=fullgraph)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The step
 # ------------------------------------------------------------------------------------------------------------
@@ -396,8 +409,7 @@ def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] =
     loss_fn = build_loss(args, model, dataset, target, ema)
     opt = build_optimizer(args, model)
     if args.compile:
-        for block in model.blocks:
-            block.compile()
+        compile_step(args.compile_scope, model, ema, loss_fn, fullgraph=world == 1)
     model, opt = accelerator.prepare(model, opt)
     raw = accelerator.unwrap_model(model)
     record = {**vars(args), **run}

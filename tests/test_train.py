@@ -158,7 +158,7 @@ def test_previews_and_digits_metric_sample_with_the_run_path(tmp_path, monkeypat
 
 def test_preview_cfg_scale_keep_every_and_compile_reach_the_run(tmp_path, monkeypatch):
     """--preview-cfg-scale goes to the preview sampler; --keep-every keeps multiples next to --keep-last;
-    --compile compiles each block of the student."""
+    --compile compiles each block of the student and of the EMA teacher."""
     seen, real = [], samplers.sample_images
     monkeypatch.setattr(samplers, "sample_images",
                         lambda *a, **k: (seen.append(k["cfg_scale"]), real(*a, **k))[1])
@@ -170,8 +170,8 @@ def test_preview_cfg_scale_keep_every_and_compile_reach_the_run(tmp_path, monkey
                "--preview-cfg-scale", "1.5", "--compile")
     assert seen == [1.5]
     assert sorted(os.listdir(f"{path}/checkpoints")) == ["0000002.pt", "0000004.pt", "0000005.pt"]
-    # SiT-T/4: 6 blocks
-    assert compiled == ["SiTBlock"] * 6
+    # SiT-T/4: 6 blocks of the student, 6 of the EMA teacher
+    assert compiled == ["SiTBlock"] * 12
 
 
 def test_stop_signals_flag():
