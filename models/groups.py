@@ -46,10 +46,9 @@ class SegmentLayout:
     separate: bool
     # rows [0, num_full) attend across all their tokens (full-image samples)
     num_full: int = 0
-    # the segment of each of `units` equal slices of the tokens (None: no common unit of at most MAX_UNITS)
+    # the segment of each of `units` equal slices of the tokens, in segment order (None: no common unit of at
+    # most MAX_UNITS)
     unit_segment: tuple[int, ...] | None = None
-    # (units,) the same on the device: the timestep column of each unit
-    unit_index: Tensor | None = None
 
     @staticmethod
     def from_perm(perm: Tensor, sizes, separate: bool, num_full: int = 0) -> "SegmentLayout":
@@ -64,13 +63,17 @@ class SegmentLayout:
         separate = separate and num_full < perm.shape[0]
         unit = math.gcd(*sizes)
         units = None
-        index = None
         if sum(sizes) // unit <= MAX_UNITS:
             units = tuple(s for s, n in enumerate(sizes) for _ in range(n // unit))
-            index = torch.tensor(units, device=perm.device) if units != tuple(range(len(sizes))) else None
         # the inverse permutation: x.gather(perm).gather(inv) == x
         inv_perm = perm.argsort(dim=1)
-        return SegmentLayout(perm, inv_perm, sizes, separate, int(num_full), units, index)
+        return SegmentLayout(perm, inv_perm, sizes, separate, int(num_full), units)
+
+    def per_unit(self, t: Tensor) -> Tensor:
+        """t (N, S), one column per segment -> (N, units), one per equal slice (the units run in segment
+        order: one cat of expanded columns, no index tensor to copy to the device)."""
+        runs = [self.unit_segment.count(s) for s in range(t.shape[1])]
+        return torch.cat([t[:, s:s + 1].expand(-1, n) for s, n in enumerate(runs)], dim=1)
 
     @staticmethod
     def from_ids(ids: Tensor, t: Tensor, separate: bool) -> tuple[Tensor, Tensor, "SegmentLayout"]:

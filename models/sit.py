@@ -359,9 +359,9 @@ class SiT(nn.Module, PyTorchModelHubMixin, tags=HUB_TAGS):
             raise ValueError(f"t has {S} columns (one per group) but no groups were given")
         if layout is not None and S not in (1, len(layout.sizes)):
             raise ValueError(f"t has {S} columns but the layout has {len(layout.sizes)} groups")
-        if layout is not None and S > 1 and layout.unit_index is not None:
+        if layout is not None and S > 1 and layout.unit_segment not in (None, tuple(range(S))):
             # (N, R): the timestep of each equal slice of the tokens
-            t = t.index_select(1, layout.unit_index)
+            t = layout.per_unit(t)
         R = t.shape[1]
         # (N, R, D): once per (sample, row), never per token; the SiLU that opens every adaLN, once
         c = F.silu(self.t_embedder(t.reshape(-1)).view(N, R, -1) + self.y_embedder(y)[:, None])

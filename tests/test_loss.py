@@ -251,8 +251,8 @@ def test_invalid_combinations_name_the_flags(kw, flag):
     dict(mask_ratio=[0.25], dual_time_scheduling=True, teacher_t="self_flow"),
 ])
 def test_training_step_reads_nothing_back_to_the_host(kw, monkeypatch):
-    """No .item() / .tolist() / bool(tensor) / .cpu() in the loss, backward, clipping and EMA update: on a GPU
-    each of these would stall the launch queue once per step."""
+    """No .item() / .tolist() / bool(tensor) / .cpu() / torch.tensor(host data) in the loss, backward,
+    clipping and EMA update: on a GPU each of these would stall the launch queue once per step."""
     student, ema = tiny_pair()
     fn = make_loss(ema=ema, **kw)
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
@@ -265,6 +265,8 @@ def test_training_step_reads_nothing_back_to_the_host(kw, monkeypatch):
         return f
     for name in ("item", "tolist", "__bool__", "cpu", "numpy", "__int__", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, forbidden(name))
+    # a tensor made from host data is a synchronous copy to the GPU
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: forbidden("torch.tensor")(None))
     loss, logs = fn(student, x, y)
     loss.mean().backward()
     torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
