@@ -14,6 +14,7 @@ teacher sra on the student's groups, student / teacher blocks 3 / 8 (B) or 8 / 2
 weights) runs on images as if read from disk (no VAE decoding counted).
 """
 import argparse
+import contextlib
 import json
 import platform
 import time
@@ -37,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     B = argparse.BooleanOptionalAction
     p.add_argument("--model", default="SiT-B/2", choices=sorted(SiT_models))
-    p.add_argument("--batch-size", type=int, default=32, help="per device")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[32],
+                   help="per device; several values: one row each, in one process")
     p.add_argument("--resolution", type=int, default=256, help="image side; latents are resolution / 8")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cuda, cpu, or meta (with --count-flops: FLOPs without computing anything)")
@@ -65,7 +67,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--grad-checkpointing (CPU: saved tensors counted once per storage, no parameters)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="for MFU (default: by device name, bf16 dense)")
+    p.add_argument("--grad-checkpointing", action=B, default=False, help="recompute each student block")
+    p.add_argument("--sdpa-backend", choices=sorted(SDPA_BACKENDS), default="auto",
+                   help="restrict scaled_dot_product_attention to one kernel (auto: PyTorch chooses)")
+    p.add_argument("--profile", action=B, default=False,
+                   help="profile one step: kernels (operators on the CPU) per step, the device's busy share, "
+                        "the top kernels")
+    p.add_argument("--sync-debug", action=B, default=False,
+                   help="CUDA: a host synchronisation in the timed steps is an error (sync_error in the row)")
+    p.add_argument("--json-out", default=None, help="also append each row to this file (JSON lines)")
+    p.add_argument("--suite", choices=["gpu"], default=None,
+                   help="run the GPU suite (bench_suite.py) instead: every step, its results in --out")
+    p.add_argument("--out", default=None, help="--suite: the folder of results.jsonl")
+    p.add_argument("--tiny", action=B, default=False, help="--suite: tiny sizes (the CPU dry run)")
     return p.parse_args(argv)
+
+
+# --sdpa-backend: name -> torch.nn.attention.SDPBackend member (None: PyTorch chooses)
+SDPA_BACKENDS = {"auto": None, "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                 "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+
+
+def sdpa_context(name: str):
+    """The context that restricts SDPA to the --sdpa-backend kernel."""
+    if SDPA_BACKENDS[name] is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[name]))
+
+
+def resolved(args: argparse.Namespace) -> argparse.Namespace:
+    """The device-dependent defaults filled in: timed / warm-up steps, precision, TF32 on a GPU."""
+    gpu = args.device.startswith("cuda")
+    args.steps = args.steps or (20 if gpu else 2)
+    args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
+    args.mixed_precision = args.mixed_precision or ("bf16" if gpu else "no")
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return args
 
 
 def recipe_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -99,6 +139,7 @@ def setup(args: argparse.Namespace, reference: bool = False) -> tuple:
     elif run.align_target == "sra2":
         target = train.build_target(run, data, dev)
     model = train.build_model(run, data, target).to(dev)
+    model.grad_checkpointing = args.grad_checkpointing
     ema = train.build_ema(model)
     opt = train.build_optimizer(run, model)
     student = ReferenceSiT(model) if reference else model
@@ -202,6 +243,8 @@ def count_gflops_per_img(args: argparse.Namespace, reference: bool) -> float:
 
 
 def bench_one(args: argparse.Namespace, reference: bool) -> dict:
+    """One row: the recipe, FLOPs / operators when asked, and img/s, ms per step, peak memory and MFU of
+    --steps timed steps after --warmup (with --sdpa-backend, --sync-debug, --profile as asked)."""
     torch.manual_seed(0)
     with torch.device(args.device if args.device == "meta" else "cpu"):
         model, ema, loss_fn, opt, (s, t) = setup(args, reference)
@@ -210,6 +253,8 @@ def bench_one(args: argparse.Namespace, reference: bool) -> dict:
     out = dict(model=args.model, impl="reference" if reference else "ours", batch_size=args.batch_size,
                resolution=args.resolution, device=device_name(dev),
                torch=torch.__version__, mixed_precision=args.mixed_precision, compile=args.compile,
+               compile_scope=args.compile_scope if args.compile else None, sdpa_backend=args.sdpa_backend,
+               grad_checkpointing=args.grad_checkpointing,
                recipe=dict(method=args.method, groups=list(loss_fn.sizes),
                            dts=loss_fn.cfg.dual_time_scheduling,
                            attention_separation=loss_fn.cfg.attention_separation, block_out_s=s,
@@ -219,25 +264,73 @@ def bench_one(args: argparse.Namespace, reference: bool) -> dict:
     if args.count_ops:
         out["ops_per_step"] = count_ops_per_step(args, reference)
     if dev.type == "meta":
-        # FLOPs only: nothing to time
+        # counts only: nothing to time
         return out
-    for _ in range(args.warmup):
-        step()
-    sync(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync(dev)
-    dt = (time.perf_counter() - t0) / args.steps
+    with sdpa_context(args.sdpa_backend):
+        for _ in range(args.warmup):
+            step()
+        sync(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        t0 = time.perf_counter()
+        try:
+            with sync_debug(args.sync_debug and dev.type == "cuda"):
+                for _ in range(args.steps):
+                    step()
+        except RuntimeError as e:
+            out["sync_error"] = str(e).splitlines()[0]
+            return out
+        sync(dev)
+        dt = (time.perf_counter() - t0) / args.steps
+        if args.profile:
+            out["profile"] = profile_step(step, dev)
     out.update(ms_per_step=round(1000 * dt, 2), img_per_s=round(args.batch_size / dt, 2))
+    if args.sync_debug and dev.type == "cuda":
+        out["sync_error"] = None
     if dev.type == "cuda":
         out["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 2)
         peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in out["device"]), None)
         if peak and "gflops_per_img" in out:
             out["mfu"] = round(out["gflops_per_img"] * out["img_per_s"] / 1e3 / peak, 4)
     return out
+
+
+@contextlib.contextmanager
+def sync_debug(on: bool):
+    """CUDA's sync debug mode "error" inside the block: a host synchronisation raises."""
+    if not on:
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def profile_step(step: Callable[[], None], dev: torch.device, top: int = 10) -> dict:
+    """One step under torch.profiler: kernels launched (on the CPU: operators run), the device's busy time
+    over the wall time, and the `top` kernels by time."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        step()
+        sync(dev)
+    wall = time.perf_counter() - t0
+    if dev.type == "cuda":
+        kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+        busy = sum(e.device_time for e in kernels) / 1e6
+    else:
+        kernels = [e for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None]
+        busy = sum(e.cpu_time_total for e in kernels) / 1e6
+    totals = {}
+    for e in kernels:
+        totals[e.name] = totals.get(e.name, 0.0) + (e.device_time if dev.type == "cuda" else e.cpu_time_total)
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return dict(kernels_per_step=len(kernels), wall_ms=round(1000 * wall, 2),
+                busy_share=round(min(busy / wall, 1.0), 4) if wall else None,
+                top=[dict(name=name[:120], ms=round(us / 1000, 3)) for name, us in ranked])
 
 
 def activation_memory(args: argparse.Namespace) -> dict:
@@ -308,7 +401,7 @@ def bench_sampler(args: argparse.Namespace, reference: bool) -> dict:
 
 def check_args(args: argparse.Namespace) -> None:
     """Flag values that would crash inside torch, refused in one line naming the flag."""
-    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--steps", args.steps, 1),
+    for flag, value, low in (("--batch-size", min(args.batch_size), 1), ("--steps", args.steps, 1),
                              ("--warmup", args.warmup, 0), ("--num-steps", args.num_steps, 1)):
         if value is not None and value < low:
             raise SystemExit(f"{flag} must be >= {low}, got {value}")
@@ -340,35 +433,46 @@ def check_args(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.suite:
+        import bench_suite
+        return bench_suite.run_suite(args)
     check_args(args)
-    gpu = args.device.startswith("cuda")
-    args.steps = args.steps or (20 if gpu else 2)
-    args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
-    args.mixed_precision = args.mixed_precision or ("bf16" if gpu else "no")
-    if gpu:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    args = resolved(args)
+    rows = []
+    for batch_size in args.batch_size:
+        rows += run_one(argparse.Namespace(**{**vars(args), "batch_size": batch_size}))
+    return rows
+
+
+def run_one(args: argparse.Namespace) -> list[dict]:
+    """The rows of one batch size: activation memory, or ours / the reference (and their ratios)."""
     if args.activation_memory:
-        result = activation_memory(args)
-        print(json.dumps(result))
-        return [result]
+        return emit(args, [activation_memory(args)])
     runs = [False, True] if args.compare else [args.reference_impl]
     if args.device == "meta" and not (args.count_flops or args.count_ops):
         raise SystemExit("--device meta only counts: add --count-flops or --count-ops")
     results = [(bench_sampler if args.sampler else bench_one)(args, ref) for ref in runs]
-    for r in results:
-        print(json.dumps(r))
-    if args.compare:
-        ours, ref = results
-        ratio = dict(model=args.model)
-        if "img_per_s" in ours:
-            ratio["img_per_s_ratio"] = round(ours["img_per_s"] / ref["img_per_s"], 3)
-        if "peak_mem_gb" in ours:
-            ratio["peak_mem_ratio"] = round(ours["peak_mem_gb"] / ref["peak_mem_gb"], 3)
-        if "gflops_per_img" in ours:
-            ratio["gflops_ratio"] = round(ours["gflops_per_img"] / ref["gflops_per_img"], 3)
-        print(json.dumps(ratio))
+    if not args.compare:
+        return emit(args, results)
+    ours, ref = results
+    ratio = dict(model=args.model, batch_size=args.batch_size)
+    for key, name in (("img_per_s", "img_per_s_ratio"), ("peak_mem_gb", "peak_mem_ratio"),
+                      ("gflops_per_img", "gflops_ratio"), ("ops_per_step", "ops_ratio")):
+        if key in ours and key in ref:
+            ratio[name] = round(ours[key] / ref[key], 3)
+    # the two rows, and the line of ratios printed after them
+    emit(args, [*results, ratio])
     return results
+
+
+def emit(args: argparse.Namespace, rows: list[dict]) -> list[dict]:
+    """Each row as one JSON line on stdout (and appended to --json-out)."""
+    for row in rows:
+        print(json.dumps(row), flush=True)
+        if args.json_out:
+            with open(args.json_out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return rows
 
 
 if __name__ == "__main__":

@@ -732,9 +732,10 @@ def save_preview(accelerator: Accelerator, ema: torch.nn.Module, args: argparse.
         return
     n = 64 if not dataset.is_latent else 16
     labels = [i % dataset.num_classes for i in range(n)]
+    # bf16 autocast on a GPU, as sample_ddp.py (the sampler's state stays fp64)
     img = samplers.sample_images(ema, range(args.seed, args.seed + n), labels, device, vae=vae, mode="sde",
                                  num_steps=args.preview_num_steps, cfg_scale=args.preview_cfg_scale,
-                                 path_type=args.path_type)
+                                 path_type=args.path_type, bf16=device.type == "cuda")
     path = os.path.join(run_dir, "samples", f"{step:07d}.png")
     grid = fileio.save_grid(img, path, nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
     settings = (f"EMA at step {step}, SDE {args.preview_num_steps} steps, CFG {args.preview_cfg_scale}, "

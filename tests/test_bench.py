@@ -32,3 +32,27 @@ def test_activation_memory_with_and_without_grad_checkpointing():
     # B/2 at 64 px: 12 blocks, 16 tokens, width 768
     block_inputs = 12 * 2 * 16 * 768 * 4
     assert block_inputs <= r["saved_bytes_grad_checkpointing"] < r["saved_bytes"] / 4
+
+
+def test_the_gpu_suite_runs_every_step_on_the_cpu(tmp_path):
+    """The CPU dry run of `bench.py --suite gpu` (tiny sizes): every step leaves its records in
+    results.jsonl, none fails; the steps that need CUDA say so."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import bench_suite
+
+    cmd = [sys.executable, "bench.py", "--suite", "gpu", "--out", str(tmp_path), "--device", "cpu", "--tiny"]
+    root = os.path.dirname(os.path.abspath(bench.__file__))
+    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(line) for line in open(tmp_path / "results.jsonl")]
+    assert [r["step"] for r in rows if r["status"] == "done"] == [name for name, _ in bench_suite.STEPS]
+    assert not [r for r in rows if r["status"] in ("error", "timeout", "fail")]
+    skipped = {r["step"]: r["reason"] for r in rows if r["status"] == "skipped"}
+    assert "GPU" in skipped["sync_audit"] and "varlen" in skipped["attention"]
+    results = {r["step"] for r in rows if r["status"] == "ok"}
+    assert results >= {"env", "attention", "qk_norm_full_rows", "throughput", "sampler", "profile", "memory",
+                       "evaluator", "train"}
