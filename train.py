@@ -33,7 +33,7 @@ from infra import fileio, flags, runlog, tracking
 from infra.fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
 from infra.preemption import RunControl, StopSignals, follow_launcher, parse_signals
 from loss import STEP_SCHEDULES, LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_head
-from models import (CheckpointError, SiT, SiT_models, init_from_checkpoint, load_state_dict_strict,
+from models import (SIZES, CheckpointError, SiT, SiT_models, init_from_checkpoint, load_state_dict_strict,
                     patch_size_of, read_training_state)
 from models.dinov2 import DINOV2_DIMS
 from models.sit import SRA2_HEAD_DEPTH
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report-to", choices=["none", "all", *tracking.supported_trackers()], default="none",
                    help="a tracker accelerate supports, all (the installed ones) or none (infra/tracking.py)")
     g.add_argument("--num-workers", type=int, default=8)
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU intra-op threads (0: auto, one for the small models of CPU runs: they slow down "
+                        "several-fold when other processes share the cores; torch's default otherwise)")
     g.add_argument("--vae", default="ema", help="SD-VAE for previews: ema | mse (HF cache) | a local folder")
     g.add_argument("--eval-samples", type=int, default=0,
                    help="digits: samples for the embedded metric at the end")
@@ -378,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     # TF32 matmuls (the releases' setting), set once for the run
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    set_threads(args)
     try:
         return train(args, signals, notes)
     # a damaged dataset file, named (dataset.py), met while training
@@ -385,6 +389,20 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--data-dir: {e}") from None
     finally:
         signals.restore()
+
+
+# SiT widths up to this train with one CPU thread by default (--threads 0)
+SMALL_WIDTH = 256
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """--threads: torch's intra-op threads on the CPU. Auto: one for small models without a GPU (measured on
+    the digits preset, BENCHMARKS.md: 4.0 steps/s with one thread and 5.6 with two on an idle 2-core machine,
+    but 4.0 against 1.0 when two runs share the cores), torch's default otherwise."""
+    width = SIZES[args.model.split("-")[1].split("/")[0]][1]
+    threads = args.threads or (1 if width <= SMALL_WIDTH and not torch.cuda.is_available() else 0)
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] = ()) -> None:
@@ -439,7 +457,8 @@ def train(args: argparse.Namespace, signals: StopSignals, notes: Sequence[str] =
     tracking.init_trackers(accelerator, args, run_dir, config=record)
     trainable = sum(p.numel() for p in raw.parameters() if p.requires_grad)
     logger.info(f"{args.model}: {trainable / 1e6:.2f}M params, {len(dataset)} items, global batch "
-                f"{args.batch_size}, {world} process(es), run folder {run_dir}")
+                f"{args.batch_size}, {world} process(es), {torch.get_num_threads()} CPU thread(s) "
+                f"(--threads), run folder {run_dir}")
     try:
         loop = Loop(args, record, accelerator, run_dir, logger, dataset, model, raw, ema, loss_fn, opt,
                     signals)
