@@ -1,14 +1,20 @@
 """Writing files so that a killed process never leaves half of one: every writer goes through `atomic_path`
 (arrays, JSON, checkpoints, PNGs and sample grids).
 
-    with atomic_path("out/x.npz") as tmp:      # tmp = out/.x.tmp-PID.npz (same folder, same extension)
-        np.savez(tmp, ...)                      # renamed to out/x.npz only if the block finishes
+    with atomic_path("out/x.npz") as tmp:   # tmp = out/.x.tmp-PID-XXXX.npz (same folder, same extension)
+        np.savez(tmp, ...)                   # renamed to out/x.npz only if the block finishes
+
+The temporary is created with O_EXCL under a fresh name, so a link planted at a predictable name is never
+followed; a write that fails for want of space or permission raises `WriteError`, one line naming the path.
 """
 import contextlib
+import errno
 import io
 import json
 import os
 import re
+import secrets
+import shutil
 import zipfile
 from collections.abc import Iterable, Iterator
 
@@ -16,20 +22,82 @@ import numpy as np
 from PIL import Image
 
 
+class WriteError(OSError):
+    """A write refused by the file system (full disk, read-only, no permission), said in one line."""
+
+
+_WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                 errno.EPERM: "operation not permitted"}
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def free_bytes(path: str) -> int:
+    """Free bytes for an unprivileged writer on the file system that holds `path` (or its nearest existing
+    parent)."""
+    folder = os.path.abspath(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    return shutil.disk_usage(folder).free
+
+
+def ensure_free_space(path: str, nbytes: int) -> None:
+    """Refuse, before writing, a file of `nbytes` that the file system holding `path` cannot take."""
+    free = free_bytes(path)
+    if nbytes > free:
+        raise WriteError(errno.ENOSPC, f"{path}: no space left on the device: {human_bytes(nbytes)} needed, "
+                                       f"{human_bytes(free)} free")
+
+
+def write_error(exc: BaseException, path: str, nbytes: int | None = None) -> WriteError | None:
+    """The one-line `WriteError` for a failed write of `path` (ENOSPC, EDQUOT, EROFS, EACCES, EPERM, and
+    torch's "file write failed"), None for any other error."""
+    code = getattr(exc, "errno", None)
+    if code not in _WRITE_ERRNOS and "file write failed" in str(exc):
+        code = errno.ENOSPC if nbytes is None or nbytes > free_bytes(path) else errno.EIO
+    if code not in _WRITE_ERRNOS:
+        return None
+    need = f" ({human_bytes(nbytes)} needed, {human_bytes(free_bytes(path))} free)" if nbytes else ""
+    return WriteError(code, f"{path}: {_WRITE_ERRNOS[code]}{need}")
+
+
 @contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary name next to `path`; rename it onto `path` on success (atomic), delete it on
-    error."""
+def atomic_path(path: str, nbytes: int | None = None) -> Iterator[str]:
+    """Yield a fresh temporary name next to `path`, created empty with O_EXCL (never a planted link); rename
+    it onto `path` on success (atomic), delete it on error. `nbytes`, when known, is checked against the free
+    space first; a full disk or a refused write raises `WriteError` naming `path`."""
     folder, name = os.path.split(path)
-    os.makedirs(folder or ".", exist_ok=True)
     stem, ext = os.path.splitext(name)
-    tmp = os.path.join(folder, f".{stem}.tmp-{os.getpid()}{ext}")
+    try:
+        os.makedirs(folder or ".", exist_ok=True)
+        if nbytes is not None:
+            ensure_free_space(folder or ".", nbytes)
+        while True:
+            tmp = os.path.join(folder, f".{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{ext}")
+            try:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                                 0o666))
+                break
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise (write_error(exc, path, nbytes) or exc) from None
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if os.path.lexists(tmp):
             os.remove(tmp)
+        clear = write_error(exc, path, nbytes) if isinstance(exc, (OSError, RuntimeError)) else None
+        if clear is not None:
+            raise clear from None
         raise
 
 
@@ -45,13 +113,13 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: str) -> list[tuple[str, int]]:
-    """Delete the temporaries `.NAME.tmp-PID.EXT` in `folder` whose writer (PID, on this machine) is dead:
-    what a kill during an atomic write leaves behind. -> [(path, bytes)] removed."""
+    """Delete the temporaries `.NAME.tmp-PID[-XXXX].EXT` in `folder` whose writer (PID, on this machine) is
+    dead: what a kill during an atomic write leaves behind. -> [(path, bytes)] removed."""
     removed = []
     if not os.path.isdir(folder):
         return removed
     for name in sorted(os.listdir(folder)):
-        m = re.fullmatch(r"\..+\.tmp-(\d+)(\.[^.]*)?", name)
+        m = re.fullmatch(r"\..+\.tmp-(\d+)(-[0-9a-f]+)?(\.[^.]*)?", name)
         path = os.path.join(folder, name)
         if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))) and os.path.isfile(path):
             size = os.path.getsize(path)
@@ -76,10 +144,21 @@ def atomic_write_json(path: str, obj: object, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def tensor_bytes(obj: object) -> int:
+    """Bytes of the tensors and arrays inside nested dicts / lists / tuples: a checkpoint's size, near
+    enough to check the free space before writing it."""
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    nbytes = getattr(obj, "nbytes", None)
+    return nbytes if isinstance(nbytes, int) else 0
+
+
 def atomic_torch_save(obj: object, path: str) -> None:
     # torch only here: the evaluator and the metric code use this module without importing torch
     import torch
-    with atomic_path(path) as tmp:
+    with atomic_path(path, nbytes=tensor_bytes(obj)) as tmp:
         torch.save(obj, tmp)
 
 
@@ -111,7 +190,7 @@ def stream_npz(path: str, shape: tuple[int, ...], chunks: Iterable[np.ndarray],
     of `chunks` (arrays along axis 0), without holding it in memory; `extra` arrays are stored beside it.
     Atomic."""
     written = 0
-    with atomic_path(path) as tmp:
+    with atomic_path(path, nbytes=int(np.prod(shape)) * np.dtype(dtype).itemsize) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             with zf.open("arr_0.npy", "w", force_zip64=True) as f:
                 f.write(npy_header(dtype, shape))

@@ -260,8 +260,8 @@ def test_sample_eval_and_eval_run_dry_run(monkeypatch):
                                NUM_SAMPLES=10000, INCEPTION="/g/pool.pb", SAMPLE_ARGS="--bf16",
                                EVAL_BACKEND="tf"), monkeypatch)
     (*_, s), = of(parsed, "sample_ddp.py")
-    assert ((s.num_fid_samples, s.cfg_scale, s.guidance_high, s.bf16, s.npz_only)
-            == (10_000, 1.8, 0.7, True, True))
+    assert ((s.num_fid_samples, s.cfg_scale, s.guidance_high, s.precision, s.npz_only)
+            == (10_000, 1.8, 0.7, "bf16", True))
     (*_, e), = of(parsed, "-m evaluations.evaluator")
     assert e.inception == "/g/pool.pb" and e.out == "results/x/0200000-n10000-sde250-cfg1.8-gh0.7/adm.json"
     assert e.backend == "tf"
