@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "write) before the run fails")
     g.add_argument("--checkpoint-minutes", type=float, default=30.0,
                    help="rolling checkpoints/latest.pt every N minutes (one file, replaced; 0 = never)")
-    g.add_argument("--stop-signals", default="SIGTERM,SIGUSR1",
-                   help="signals that stop the run after the step in flight, with a checkpoint ('none': off)")
+    g.add_argument("--stop-signals", default="SIGTERM,SIGUSR1,SIGHUP",
+                   help="signals that stop the run after the step in flight, with a checkpoint ('none': off; "
+                        "SIGHUP: the terminal or ssh session closed)")
     g.add_argument("--keep-last", type=int, default=0, help="keep only the newest N checkpoints (0 = all)")
     g.add_argument("--keep-every", type=int, default=100_000,
                    help="with --keep-last, also keep multiples of this")
@@ -188,38 +189,52 @@ def repa_features_for(args: argparse.Namespace) -> str | None:
     return features_folder_name(args.enc_type, patch_size_of(args.model))
 
 
-def _out_of_range(flag: str, value: float, low: float, high: float, closed_high: bool = True) -> str:
-    """The message for a value outside [low, high] (or [low, high)), or "" when inside (NaN: outside)."""
-    inside = low <= value <= high if closed_high else low <= value < high
-    return "" if inside else f"{flag} must lie in [{low}, {high}{']' if closed_high else ')'}, got {value}"
+# Every numeric flag's allowed values (interval notation; "inf]" admits infinity, NaN never passes), checked
+# at start: a value outside crashes deep inside torch, or trains or previews silently wrong. --seed depends
+# on the number of processes (check_args). tests/test_flag_ranges.py enumerates the parser against it.
+RANGES = {
+    "max_train_steps": "[1, inf)", "checkpoint_steps": "[1, inf)", "log_every": "[1, inf)",
+    "dist_timeout_minutes": "(0, inf)", "checkpoint_minutes": "[0, inf)", "keep_last": "[0, inf)",
+    "keep_every": "[0, inf)", "sample_steps": "[0, inf)", "num_workers": "[0, inf)", "threads": "[0, inf)",
+    "eval_samples": "[0, inf)", "preview_num_steps": "[1, inf)", "preview_cfg_scale": "[0, inf)",
+    "fid_every": "[0, inf)", "fid_samples": "[1, inf)", "sra2_head_depth": "[1, inf)",
+    "batch_size": "[1, inf)", "gradient_accumulation_steps": "[1, inf)", "learning_rate": "[0, inf)",
+    "adam_beta1": "[0, 1)", "adam_beta2": "[0, 1)", "adam_weight_decay": "[0, inf)",
+    "adam_epsilon": "(0, inf)", "max_grad_norm": "(0, inf]", "ema_decay": "[0, 1]",
+    "class_dropout_prob": "[0, 1)", "align_weight": "[0, inf)", "align_until": "[0, inf)",
+    "block_out_s": "[1, inf)", "block_out_t": "[1, inf)", "full_sample_prob": "[0, 1]", "t_max": "[0, 1]",
+    "mask_ratio": "[0, 1)", "epochs": "[1, inf)", "checkpoint_epochs": "[1, inf)", "resolution": "[1, inf)",
+    "num_classes": "[1, inf)",
+}
+
+
+def out_of_range(flag: str, value: float, interval: str) -> str:
+    """The message for `value` outside `interval` ("[0, 1)", "(0, inf]", ...), "" when inside. NaN is
+    outside every interval."""
+    low, high = (float(v) for v in interval[1:-1].split(","))
+    above_low = value > low or (interval[0] == "[" and value == low)
+    below_high = value < high or (interval[-1] == "]" and value == high)
+    if above_low and below_high:
+        return ""
+    return f"{flag} must lie in {interval}, got {value}"
 
 
 def check_args(args: argparse.Namespace, world_size: int) -> None:
     """Flag values that would crash deep inside torch or train silently wrong, refused in one line each."""
-    problems = [
-        _out_of_range("--ema-decay", args.ema_decay, 0, 1),
-        _out_of_range("--class-dropout-prob", args.class_dropout_prob, 0, 1, closed_high=False),
-        _out_of_range("--adam-beta1", args.adam_beta1, 0, 1, closed_high=False),
-        _out_of_range("--adam-beta2", args.adam_beta2, 0, 1, closed_high=False),
-    ]
-    for flag in ("learning_rate", "adam_weight_decay", "checkpoint_minutes"):
-        if not 0 <= getattr(args, flag) < math.inf:
-            value = getattr(args, flag)
-            problems.append(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {value}")
-    # a negative clip coefficient is gradient ascent
-    if not args.max_grad_norm > 0:
-        problems.append(f"--max-grad-norm must be > 0 (inf: no clipping), got {args.max_grad_norm}")
-    if not args.adam_epsilon > 0:
-        problems.append(f"--adam-epsilon must be > 0, got {args.adam_epsilon}")
-    for flag in ("batch_size", "gradient_accumulation_steps", "preview_num_steps"):
-        if getattr(args, flag) < 1:
-            problems.append(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    for flag in ("sample_steps", "keep_last", "keep_every", "eval_samples", "num_workers"):
-        if getattr(args, flag) < 0:
-            problems.append(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+    problems = []
+    for dest, interval in RANGES.items():
+        values = getattr(args, dest, None)
+        # --mask-ratio is a list; None: unset (a default that depends on the data or the run)
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if value is not None:
+                problems.append(out_of_range(f"--{dest.replace('_', '-')}", value, interval))
     # rank r draws with seed + r + 1
     if not 0 <= args.seed < 2 ** 32 - world_size - 1:
         problems.append(f"--seed must lie in [0, 2**32 - {world_size + 1}), got {args.seed}")
+    # a run folder of its own, inside --output-dir (sub-folders such as sweep/run1 are fine)
+    name = os.path.normpath(args.exp_name or ".")
+    if name == "." or name.startswith("..") or os.path.isabs(name):
+        problems.append(f"--exp-name must name a folder inside --output-dir, got {args.exp_name!r}")
     run_dir = os.path.join(args.output_dir, args.exp_name)
     problems.append(unusable_folder(run_dir, "--output-dir / --exp-name"))
     problems = [p for p in problems if p]
@@ -234,10 +249,6 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
         raise SystemExit(f"--repa-features {args.repa_features} holds REPA targets: it needs "
                          f"--use-alignment-loss --align-target repa (or --align-target repa alone; e.g. "
                          f"--preset repa-b2)")
-    for flag in ("max_train_steps", "checkpoint_steps", "log_every"):
-        # None: set from --epochs once the data is read (flags.epoch_steps)
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -372,6 +383,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_config:
         flags.print_config(args, notes, drop=("print_config",))
         return None
+    # before anything runs (the launchers export WORLD_SIZE)
+    check_args(args, int(os.environ.get("WORLD_SIZE", "1")))
     try:
         signals = StopSignals(parse_signals(args.stop_signals))
     except ValueError as e:
@@ -486,7 +499,6 @@ def start_run(args: argparse.Namespace) -> tuple[Accelerator, str, logging.Logge
                               log_with=tracking.report_to_trackers(args.report_to) or None,
                               project_dir=os.path.join(args.output_dir, args.exp_name),
                               kwargs_handlers=[timeout, ddp])
-    check_args(args, accelerator.num_processes)
     run_dir = os.path.join(args.output_dir, args.exp_name)
     if accelerator.is_main_process:
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)

@@ -107,8 +107,12 @@ class Parser(argparse.ArgumentParser):
 def mask_ratio_values(text: str) -> list:
     """One --mask-ratio argument -> floats: '0.25', '[0.5,0.3,0.2]', '0.5,0.5' (as the release parses
     them)."""
-    parts = [p for p in re.split(r"[\s,\[\]]+", str(text)) if p]
+    text = str(text).strip()
+    parts = [p for p in re.split(r"[\s,]+", text.removeprefix("[").removesuffix("]")) if p]
     try:
+        # brackets only around the whole list, both or neither
+        if text.startswith("[") != text.endswith("]") or not parts:
+            raise ValueError
         return [float(p) for p in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers such as 0.25 or [0.5,0.3,0.2], "
@@ -242,6 +246,8 @@ def _alignment_switch(parser, args, given, notes):
 def _resume_step(parser, args, notes):
     """REPA's --resume-step N: the run folder's checkpoint of step N (0: start fresh)."""
     step = getattr(args, ALIAS + "resume_step")
+    if step is not None and step < 0:
+        parser.error(f"--resume-step must be >= 0 (0: start fresh), got {step}")
     if step:
         path = os.path.join(args.output_dir, args.exp_name, "checkpoints", f"{step:07d}.pt")
         if args.resume is not None and args.resume != path:

@@ -27,6 +27,12 @@ import torch
 import torch.distributed as dist
 
 
+# The signals a scheduler, a launcher or a closed terminal sends to ask a process to end; faults (SIGSEGV,
+# SIGBUS, SIGFPE, ...) are not among them: caught, the faulting instruction would run again forever.
+STOP_SIGNALS = tuple(name for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2",
+                                       "SIGXCPU", "SIGALRM", "SIGPWR") if name in signal.Signals.__members__)
+
+
 def parse_signals(text: str) -> list[signal.Signals]:
     """'SIGTERM,SIGUSR1' (or 'TERM,USR1', or 'none') -> the signals."""
     if text.strip().lower() in ("", "none"):
@@ -35,9 +41,10 @@ def parse_signals(text: str) -> list[signal.Signals]:
     for name in text.split(","):
         name = name.strip().upper()
         name = name if name.startswith("SIG") else f"SIG{name}"
-        if name not in signal.Signals.__members__ or name in ("SIGKILL", "SIGSTOP"):
-            raise ValueError(f"--stop-signals: {name} is not a signal that can be caught "
-                             f"(e.g. SIGTERM,SIGUSR1)")
+        if name not in STOP_SIGNALS:
+            raise ValueError(f"--stop-signals: {name} is not a stop signal; choose among "
+                             f"{','.join(STOP_SIGNALS)} (SIGKILL and SIGSTOP cannot be caught, and a fault "
+                             f"such as SIGSEGV must end the process)")
         out.append(signal.Signals[name])
     return out
 

@@ -174,9 +174,11 @@ def test_preview_cfg_scale_keep_every_and_compile_reach_the_run(tmp_path, monkey
     assert compiled == ["SiTBlock"] * 12
 
 
-def test_stop_signals_flag():
-    with pytest.raises(SystemExit, match="--stop-signals: SIGKILL is not a signal that can be caught"):
-        train.main(["--stop-signals", "SIGKILL"])
+@pytest.mark.parametrize("name", ["SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGCHLD", "NOPE"])
+def test_stop_signals_flag_takes_stop_signals_only(name):
+    shown = "SIGNOPE" if name == "NOPE" else name
+    with pytest.raises(SystemExit, match=f"--stop-signals: {shown} is not a stop signal; choose among"):
+        train.main(["--stop-signals", name])
 
 
 def test_loss_sees_the_epoch_and_sra_orig_preset(tmp_path, monkeypatch):
