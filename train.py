@@ -31,7 +31,7 @@ from dataset import DataError, EpochOrder, build_dataset, train_batches
 from evaluations.fid_proxy import FidProxy, log_fid_proxy
 from infra import fileio, flags, runlog, tracking
 from infra.fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
-from infra.preemption import RunControl, StopSignals, follow_launcher, parse_signals
+from infra.preemption import RunControl, StopSignals, follow_launcher, parse_signals, survive_closed_output
 from loss import STEP_SCHEDULES, LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_head
 from models import (SIZES, CheckpointError, SiT, SiT_models, init_from_checkpoint, load_state_dict_strict,
                     patch_size_of, read_training_state)
@@ -389,8 +389,9 @@ def main(argv: list[str] | None = None) -> None:
         signals = StopSignals(parse_signals(args.stop_signals))
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    # The launcher's death stops this rank.
+    # The launcher's death stops this rank, and its closed pipe (or a closed terminal) cannot end it first.
     follow_launcher()
+    survive_closed_output()
     # TF32 matmuls (the releases' setting), set once for the run
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

@@ -16,11 +16,15 @@ step, as one rank may see a signal a step before another:
   stop together, at most one step after the first signal.
 
 `follow_launcher()` asks Linux to send SIGTERM to this process when its launcher (accelerate launch, torchrun)
-dies, so that killing the launcher never leaves a training process running on its own.
+dies, so that killing the launcher never leaves a training process running on its own;
+`survive_closed_output()` makes sure that the dead launcher's pipe (or a closed terminal) cannot end the run
+before that checkpoint.
 """
 import ctypes
+import io
 import os
 import signal
+import sys
 import time
 
 import torch
@@ -146,3 +150,60 @@ def follow_launcher(sig: signal.Signals = signal.SIGTERM) -> bool:
     if os.getppid() != ppid:
         os.kill(os.getpid(), sig)
     return True
+
+
+class SurvivingStream(io.TextIOBase):
+    """sys.stdout / sys.stderr whose reader may die (a killed launcher's pipe, a closed terminal or ssh
+    session): the first failed write points the file descriptor at /dev/null, for C code and child processes
+    too, and everything after it is dropped, instead of a BrokenPipeError that ends the run unsaved."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.dropped = False
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except (OSError, ValueError):
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        self.dropped = True
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, self.stream.fileno())
+        except (OSError, ValueError):
+            pass
+        finally:
+            os.close(null)
+        self.stream = open(os.devnull, "w")
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return self.stream.encoding
+
+    def __getattr__(self, name: str):
+        # buffer, errors, ...: the wrapped stream's
+        return getattr(self.stream, name)
+
+
+def survive_closed_output() -> None:
+    """Wrap sys.stdout and sys.stderr in SurvivingStream (once); the log and the progress bar write through
+    them."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, SurvivingStream):
+            setattr(sys, name, SurvivingStream(stream))

@@ -1,0 +1,71 @@
+"""Faults during training that must lose nothing: a killed launcher whose pipe closes, SIGHUP, a stop signal
+during a preview or the FID proxy, two trainings in one run folder, a damaged checkpoint, a damaged
+metrics.jsonl, a checkpoint write on a full disk."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from test_train import TINY, load, run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start(cmd, run_dir, steps=2):
+    """Popen with stdout/stderr as pipes, once metrics.jsonl shows `steps` steps."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    t0 = time.time()
+    path = os.path.join(run_dir, "metrics.jsonl")
+    while time.time() - t0 < 300:
+        lines = [x for x in open(path) if x.endswith("\n")] if os.path.exists(path) else []
+        if len(lines) >= steps:
+            return proc
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    raise AssertionError("no progress")
+
+
+def train_cmd(tmp_path, name, *extra):
+    return ["train.py", *TINY, "--log-every", "1", "--max-train-steps", "100000", "--checkpoint-steps",
+            "100000", "--output-dir", str(tmp_path), "--exp-name", name, *extra]
+
+
+def assert_stopped_with_a_checkpoint(run_dir, signal_name):
+    """latest.pt holds the last logged step, and the log says which signal stopped the run."""
+    latest = load(os.path.join(run_dir, "checkpoints", "latest.pt"))
+    steps = [json.loads(x)["step"] for x in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert latest["steps"] >= 2 and latest["steps"] == max(steps)
+    log = open(os.path.join(run_dir, "log.txt")).read()
+    assert f"stopping on {signal_name} after step {latest['steps']}" in log
+
+
+def test_sigkill_to_accelerate_launch_whose_pipe_closes_still_checkpoints(tmp_path):
+    """The launcher's death is a SIGTERM to its child, whose stdout and stderr are now pipes nobody reads:
+    the writes that fail are dropped, the child checkpoints at the step in flight and exits 0."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           *train_cmd(tmp_path, "acc")]
+    proc = start(cmd, tmp_path / "acc")
+    (child,) = psutil.Process(proc.pid).children()
+    proc.kill()
+    proc.wait()
+    # the reader goes too: the child's next write meets a closed pipe
+    proc.stdout.close()
+    proc.stderr.close()
+    # not our child: its exit status is unknown, the checkpoint and the log say how it ended
+    child.wait(timeout=120)
+    assert_stopped_with_a_checkpoint(tmp_path / "acc", "SIGTERM")
+
+
+def test_sighup_with_the_terminal_gone_stops_with_a_checkpoint(tmp_path):
+    proc = start([sys.executable, *train_cmd(tmp_path, "hup")], tmp_path / "hup")
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=120) == 0
+    assert_stopped_with_a_checkpoint(tmp_path / "hup", "SIGHUP")
