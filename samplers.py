@@ -201,17 +201,23 @@ def _check(z, y, num_steps, cfg_scale, guidance_low, guidance_high, cfg_channels
         raise ValueError(f"got {len(generators)} generators for {z.shape[0]} images")
 
 
+class Stopped(Exception):
+    """sample()'s `stop()` said yes between two steps: the images are abandoned."""
+
+
 @torch.no_grad()
 def sample(model: VelocityModel, z: torch.Tensor, y: torch.Tensor, mode: str = "sde", num_steps: int = 50,
            heun: bool = False, cfg_scale: float = 1.0, guidance_low: float = 0.0, guidance_high: float = 1.0,
            cfg_channels: int | None = None, null_class: int | None = None,
            generators: Sequence[torch.Generator] | None = None, bf16: bool = False,
-           state_dtype: torch.dtype = torch.float64, path_type: str = "linear") -> torch.Tensor:
+           state_dtype: torch.dtype = torch.float64, path_type: str = "linear",
+           stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Integrate from t = 1 (z, pure noise) to t = 0. z (N, C, H, W), y (N,) int64 -> x0 (N, C, H, W) fp32.
 
     mode 'ode' (Euler, or Heun with heun=True) or 'sde' (Euler-Maruyama, the release sampler).
     path_type: the path the model was trained on (linear | cosine): the SDE's score depends on it.
     generators: None (global RNG) or one torch.Generator per image for the SDE noise (the ODE draws none).
+    stop: asked before every step (a host flag, e.g. a stop signal's); True raises Stopped.
     """
     _check(z, y, num_steps, cfg_scale, guidance_low, guidance_high, cfg_channels, generators)
     # Validates the name.
@@ -230,6 +236,8 @@ def sample(model: VelocityModel, z: torch.Tensor, y: torch.Tensor, mode: str = "
     if mode == "ode":
         t_steps = ode_time_grid(num_steps).tolist()
         for i in range(num_steps):
+            if stop is not None and stop():
+                raise Stopped(f"stopped before step {i + 1} of {num_steps}")
             t_cur, t_next = t_steps[i], t_steps[i + 1]
             dt = t_next - t_cur
             v = velocity(x, t_cur, t_cur).to(state_dtype)
@@ -243,6 +251,8 @@ def sample(model: VelocityModel, z: torch.Tensor, y: torch.Tensor, mode: str = "
     t_steps = sde_time_grid(num_steps).tolist()
     noise = TrajectoryNoise(z.shape, num_steps - 1, z.device, generators)
     for i in range(num_steps):
+        if stop is not None and stop():
+            raise Stopped(f"stopped before step {i + 1} of {num_steps}")
         t_cur, t_next = t_steps[i], t_steps[i + 1]
         # dt < 0.
         dt = t_next - t_cur

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
 
 import numpy as np
@@ -711,16 +711,19 @@ class Loop:
     def previews(self, step: int) -> None:
         """The EMA preview grid and the in-training FID proxy, when the step's number asks for them."""
         args = self.args
+        # a stop signal abandons them within a sampler step: the checkpoint comes after the next step
+        stop = self.signals.stop_requested
         if args.sample_steps and (step % args.sample_steps == 0 or step == self.last_step):
             if self.main:
                 save_preview(self.acc, self.ema, args, self.dataset, self.run_dir, step, self.acc.device,
-                             self.logger, self.vae)
+                             self.logger, self.vae, stop)
             self.acc.wait_for_everyone()
         if args.fid_every and step % args.fid_every == 0:
             if self.fid_proxy is not None:
                 log_fid_proxy(self.fid_proxy, self.ema, self.dataset.num_classes, step, self.metrics,
                               self.logger, vae=self.vae, latent=self.dataset.is_latent,
-                              rank=self.acc.process_index, world=self.acc.num_processes, gather=gather_object)
+                              rank=self.acc.process_index, world=self.acc.num_processes, gather=gather_object,
+                              stop=stop)
             self.acc.wait_for_everyone()
 
 
@@ -757,17 +760,23 @@ def save_checkpoint(run_dir: str, args: argparse.Namespace, record: dict, raw: t
 @torch.no_grad()
 def save_preview(accelerator: Accelerator, ema: torch.nn.Module, args: argparse.Namespace, dataset: Dataset,
                  run_dir: str, step: int, device: torch.device, logger: logging.Logger,
-                 vae: torch.nn.Module | None = None) -> None:
+                 vae: torch.nn.Module | None = None, stop: Callable[[], bool] | None = None) -> None:
     """EMA samples from fixed per-image seeds and labels -> samples/NNNNNNN.png (decoded with `vae` for
-    latents; none without it) and the trackers; the log line names the sampler."""
+    latents; none without it) and the trackers; the log line names the sampler. stop() (a stop signal's
+    flag) abandons it between two sampler steps."""
     if dataset.is_latent and vae is None:
         return
     n = 64 if not dataset.is_latent else 16
     labels = [i % dataset.num_classes for i in range(n)]
-    # bf16 autocast on a GPU, as sample_ddp.py (the sampler's state stays fp64)
-    img = samplers.sample_images(ema, range(args.seed, args.seed + n), labels, device, vae=vae, mode="sde",
-                                 num_steps=args.preview_num_steps, cfg_scale=args.preview_cfg_scale,
-                                 path_type=args.path_type, bf16=device.type == "cuda")
+    try:
+        # bf16 autocast on a GPU, as sample_ddp.py (the sampler's state stays fp64)
+        img = samplers.sample_images(ema, range(args.seed, args.seed + n), labels, device, vae=vae,
+                                     mode="sde", num_steps=args.preview_num_steps,
+                                     cfg_scale=args.preview_cfg_scale, path_type=args.path_type,
+                                     bf16=device.type == "cuda", stop=stop)
+    except samplers.Stopped:
+        logger.warning(f"preview at step {step} abandoned: a stop signal came during it")
+        return
     path = os.path.join(run_dir, "samples", f"{step:07d}.png")
     grid = fileio.save_grid(img, path, nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
     settings = (f"EMA at step {step}, SDE {args.preview_num_steps} steps, CFG {args.preview_cfg_scale}, "
@@ -818,8 +827,12 @@ def evaluate_digits(ema: torch.nn.Module, args: argparse.Namespace, dataset: Dat
     # far from the preview seeds
     seeds = range(10 ** 6 + args.seed, 10 ** 6 + args.seed + n)
     for a in tqdm(range(0, n, 250), desc="eval samples"):
-        images.append(samplers.sample_images(ema, seeds[a:a + 250], labels[a:a + 250], device, mode="sde",
-                                             num_steps=args.preview_num_steps, path_type=args.path_type))
+        try:
+            images.append(samplers.sample_images(ema, seeds[a:a + 250], labels[a:a + 250], device, mode="sde",
+                                                 num_steps=args.preview_num_steps, path_type=args.path_type,
+                                                 stop=signals.stop_requested))
+        except samplers.Stopped:
+            pass
         if signals.received:
             logger.warning(f"evaluation stopped on {signals.received}: no eval_digits.json; --resume auto "
                            f"evaluates the final checkpoint again")

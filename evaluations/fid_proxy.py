@@ -69,20 +69,31 @@ class FidProxy:
             raise SystemExit(f"--fid-ref / --fid-inception: {' '.join(msg.split())}") from None
 
     def __call__(self, ema, num_classes: int, vae=None, rank: int = 0, world: int = 1,
-                 gather=None) -> float | None:
+                 gather=None, stop=None) -> float | None:
         """fid_proxy of the EMA model now: this rank's images (i % world == rank); with several ranks,
         gather(list) -> the lists of all ranks (accelerate's gather_object). -> the value on the process
-        holding the reference statistics, None elsewhere."""
+        holding the reference statistics, None elsewhere. stop() (a stop signal's flag), asked before every
+        sampler step: True abandons the pass on every rank (samplers.Stopped), agreed through one gather."""
         n = self.num_samples
         mine = list(range(rank, n, world))
         pools = [np.zeros((0, 2048), dtype=np.float64)]
+        abandoned = False
         for a in range(0, len(mine), self.batch_size):
             index = mine[a:a + self.batch_size]
             seeds = [SEED_OFFSET + self.seed + i for i in index]
             labels = [i % num_classes for i in index]
-            images = samplers.sample_images(ema, seeds, labels, next(ema.parameters()).device, vae=vae,
-                                            **self.sampler_kwargs)
+            try:
+                images = samplers.sample_images(ema, seeds, labels, next(ema.parameters()).device, vae=vae,
+                                                stop=stop, **self.sampler_kwargs)
+            except samplers.Stopped:
+                abandoned = True
+                break
             pools.append(self.net.features(images)[0])
+        # a rank that saw no signal finishes its share; then all agree
+        if world > 1:
+            abandoned = any(gather([abandoned]))
+        if abandoned:
+            raise samplers.Stopped("fid_proxy abandoned")
         pool = np.concatenate(pools)
         if world > 1:
             pool = np.concatenate(gather([pool]))
@@ -92,14 +103,19 @@ class FidProxy:
 
 
 def log_fid_proxy(fid_proxy, ema, num_classes, step, metrics_writer, logger, vae=None, latent=False,
-                  rank: int = 0, world: int = 1, gather=None):
+                  rank: int = 0, world: int = 1, gather=None, stop=None):
     """Computes fid_proxy (every rank its share, FidProxy.__call__) and writes it to metrics.jsonl and the log
-    on the main process (skipped, said, for latents without a VAE)."""
+    on the main process (skipped, said, for latents without a VAE; abandoned, said, when stop() turns
+    true)."""
     if latent and vae is None:
         logger.warning(f"step {step}: fid_proxy skipped: latent samples need the SD-VAE (--vae) to be "
                        f"decoded")
         return None
-    value = fid_proxy(ema, num_classes, vae, rank=rank, world=world, gather=gather)
+    try:
+        value = fid_proxy(ema, num_classes, vae, rank=rank, world=world, gather=gather, stop=stop)
+    except samplers.Stopped:
+        logger.warning(f"step {step}: fid_proxy abandoned: a stop signal came during it")
+        return None
     if value is None:
         return None
     metrics_writer.write({"step": step, "fid_proxy": value, "fid_proxy_n": fid_proxy.num_samples})

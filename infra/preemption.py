@@ -68,6 +68,10 @@ class StopSignals:
             # system calls resume after the handler
             signal.siginterrupt(sig, False)
 
+    def stop_requested(self) -> bool:
+        """A stop signal came (long work between steps polls this: previews, the FID proxy)."""
+        return self.received is not None
+
     def _handle(self, signum, frame):
         self.count += 1
         if self.received is None:

@@ -9,8 +9,9 @@ import sys
 import time
 
 import psutil
-import pytest
 from test_train import TINY, load, run
+
+import samplers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,3 +70,23 @@ def test_sighup_with_the_terminal_gone_stops_with_a_checkpoint(tmp_path):
     proc.send_signal(signal.SIGHUP)
     assert proc.wait(timeout=120) == 0
     assert_stopped_with_a_checkpoint(tmp_path / "hup", "SIGHUP")
+
+
+def test_a_stop_signal_during_a_preview_abandons_it_within_a_sampler_step(tmp_path, monkeypatch):
+    """SIGTERM at the 3rd of 500 sampler steps of the preview at step 2: the preview ends there, and the
+    checkpoint comes after the next step."""
+    real, calls = samplers.guided_velocity, []
+
+    def velocity(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(samplers, "guided_velocity", velocity)
+    d = run(tmp_path, "preview", "--sample-steps", "2", "--preview-num-steps", "500",
+            "--max-train-steps", "8")
+    assert len(calls) == 3
+    assert load(f"{d}/checkpoints/latest.pt")["steps"] == 3
+    assert not os.path.exists(f"{d}/samples/0000002.png")
+    assert "preview at step 2 abandoned: a stop signal came during it" in open(f"{d}/log.txt").read()

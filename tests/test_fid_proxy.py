@@ -79,7 +79,7 @@ def test_fid_proxy_is_logged_and_leaves_training_unchanged(tmp_path, fid_files, 
     (["--fid-every", "2"], "--fid-every needs --fid-ref"),
     (["--fid-ref", "ref.npz"], "needs --fid-every"),
     (["--fid-every", "2", "--fid-ref", "nope.npz"], "nope.npz"),
-    (["--fid-every", "-1", "--fid-ref", "x.npz"], "--fid-every must be >= 0"),
+    (["--fid-every", "-1", "--fid-ref", "x.npz"], "--fid-every must lie in [0, inf)"),
 ])
 def test_bad_fid_flags_fail_at_start(tmp_path, extra, message):
     with pytest.raises(SystemExit) as e:
@@ -105,9 +105,60 @@ def test_fid_proxy_split_across_ranks_equals_one_process(tmp_path, fid_files, mo
     shares = []
 
     def gather(mine):
+        # the agreement on abandoning the pass (no rank did)
+        if isinstance(mine[0], bool):
+            return [mine[0], False]
         shares.append(mine[0])
         return list(shares)
 
     assert other(ema, 10, rank=1, world=2, gather=gather) is None
     split = main(ema, 10, rank=0, world=2, gather=gather)
     assert [len(x) for x in shares] == [5, 6] and split == pytest.approx(one, rel=1e-6)
+
+
+def test_a_stop_signal_during_the_fid_proxy_abandons_it_within_a_sampler_step(tmp_path, fid_files,
+                                                                             monkeypatch):
+    """SIGTERM at the 3rd of 400 sampler steps of the pass at step 2: no further sampler step, no fid_proxy
+    row, and the checkpoint at the next step (3): seconds, not the pass's minutes."""
+    import signal
+
+    import samplers
+    monkeypatch.setenv("SIT_SRA_CACHE", str(tmp_path / "cache"))
+    real, calls = samplers.guided_velocity, []
+
+    def velocity(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(samplers, "guided_velocity", velocity)
+    d = run(tmp_path, "fid", "--fid-every", "2", "--fid-ref", fid_files["ref"], "--fid-samples", "12",
+            "--fid-inception", fid_files["graph"], "--preview-num-steps", "400")
+    assert len(calls) == 3
+    assert torch.load(f"{d}/checkpoints/latest.pt", weights_only=True)["steps"] == 3
+    assert not any("fid_proxy" in json.loads(line) for line in open(f"{d}/metrics.jsonl"))
+    assert "step 2: fid_proxy abandoned: a stop signal came during it" in open(f"{d}/log.txt").read()
+
+
+def test_a_rank_that_saw_no_signal_abandons_the_pass_with_the_others(tmp_path, fid_files, monkeypatch):
+    """The ranks agree (one gather of flags) before the features are gathered: no rank is left waiting in a
+    collective the others skipped."""
+    import samplers
+    from evaluations.fid_proxy import FidProxy
+    from models import SiT_models
+
+    monkeypatch.setenv("SIT_SRA_CACHE", str(tmp_path / "cache"))
+    ema = SiT_models["SiT-T/4"](input_size=8, in_channels=1, num_classes=10).eval()
+    proxy = FidProxy(fid_files["ref"], 6, fid_files["graph"], "cpu", seed=0, batch_size=4,
+                     sampler_kwargs=dict(mode="sde", num_steps=2))
+    gathered = []
+
+    def gather(mine):
+        gathered.append(mine[0])
+        # rank 1 abandoned its share
+        return [mine[0], True]
+
+    with pytest.raises(samplers.Stopped):
+        proxy(ema, 10, rank=0, world=2, gather=gather)
+    assert gathered == [False]
