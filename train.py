@@ -20,8 +20,8 @@ from copy import deepcopy
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import (DistributedDataParallelKwargs, InitProcessGroupKwargs, gather_object,
-                              set_seed)
+from accelerate.utils import (DistributedDataParallelKwargs, InitProcessGroupKwargs, broadcast_object_list,
+                              gather_object, set_seed)
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm
@@ -403,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--data-dir: {e}") from None
     finally:
         signals.restore()
+        runlog.release_run_folders()
 
 
 # SiT widths up to this train with one CPU thread by default (--threads 0)
@@ -501,6 +502,14 @@ def start_run(args: argparse.Namespace) -> tuple[Accelerator, str, logging.Logge
                               project_dir=os.path.join(args.output_dir, args.exp_name),
                               kwargs_handlers=[timeout, ddp])
     run_dir = os.path.join(args.output_dir, args.exp_name)
+    # one training per run folder: rank 0 holds RUN/.lock, every rank hears a refusal
+    refused = [""]
+    if accelerator.is_main_process:
+        os.makedirs(run_dir, exist_ok=True)
+        refused = [runlog.lock_run_folder(run_dir)]
+    refused = broadcast_object_list(refused)
+    if refused[0]:
+        raise SystemExit(refused[0])
     if accelerator.is_main_process:
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
         os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)

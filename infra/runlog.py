@@ -10,16 +10,22 @@
     RUN/abandoned/STAMP-after-NNNNNNN/  what a resume from step NNNNNNN set aside: the later checkpoints,
                              metrics rows and previews of the branch it abandoned (never deleted)
     RUN/loss.png             loss curves from metrics.jsonl
+    RUN/.lock                held by the run's rank 0 while it runs (lock_run_folder): a second training
+                             into the same folder is refused
 
 A checkpoint is written only when every tensor of the model, the EMA and the optimizer is finite (checked on
 the device at the checkpoint, not per step): a non-finite checkpoint never displaces a good one.
 """
+import errno
+import fcntl
 import json
 import logging
 import os
 import random
 import re
 import shutil
+import socket
+import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -51,6 +57,87 @@ def prune_checkpoints(run_dir: str, keep_last: int, keep_every: int = 0) -> None
         step = int(os.path.basename(path)[:-3])
         if not (keep_every and step % keep_every == 0):
             os.remove(path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One training per run folder: an exclusive flock on RUN/.lock, which the kernel releases when the holder
+# exits in any way (no stale lock after a kill, a reboot or a requeue). Where the file system cannot lock
+# (some network mounts), the holder recorded in the file is checked instead: the same machine (host and boot
+# id), the same PID and the same process start time, so a reused PID or a reboot is not mistaken for it.
+# ------------------------------------------------------------------------------------------------------------
+
+LOCK = ".lock"
+_held: dict[str, object] = {}
+
+
+def _boot_id() -> str:
+    try:
+        return open("/proc/sys/kernel/random/boot_id").read().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), "" when unknown."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _holder_record() -> dict:
+    return {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
+            "start_time": _start_time(os.getpid()), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv)}
+
+
+def _recorded_holder_alive(info: dict) -> bool:
+    """Without file locks: is the process recorded in the lock file still running (here, since then)?"""
+    if info.get("host") != socket.gethostname() or info.get("boot_id") != _boot_id():
+        # another machine: unknowable here, so it counts as alive; this machine before a reboot: dead
+        return info.get("host") != socket.gethostname()
+    pid = info.get("pid")
+    return isinstance(pid, int) and _start_time(pid) != "" and _start_time(pid) == info.get("start_time")
+
+
+def lock_run_folder(run_dir: str) -> str:
+    """Take RUN/.lock for this process (released by release_run_folders() or the process's end). -> "" when
+    taken, else one line saying who holds it."""
+    path = os.path.join(run_dir, LOCK)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        return (f"{run_dir} is in use by another training ({holder or 'holder unknown'}; lock {path}): stop "
+                f"it, or train into another --exp-name")
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        f.seek(0)
+        try:
+            info = json.loads(f.read() or "{}")
+        except json.JSONDecodeError:
+            info = {}
+        if info and _recorded_holder_alive(info):
+            f.close()
+            return (f"{run_dir} is in use by another training ({json.dumps(info)}; lock {path}, this file "
+                    f"system cannot lock files): stop it, or delete {path} if that run is gone")
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps(_holder_record()) + "\n")
+    f.flush()
+    _held[run_dir] = f
+    return ""
+
+
+def release_run_folders() -> None:
+    """Release the run-folder locks this process holds (the end of train.main)."""
+    for f in _held.values():
+        f.close()
+    _held.clear()
 
 
 def rolling_path(run_dir: str) -> str:

@@ -9,6 +9,7 @@ import sys
 import time
 
 import psutil
+import pytest
 from test_train import TINY, load, run
 
 import samplers
@@ -90,3 +91,62 @@ def test_a_stop_signal_during_a_preview_abandons_it_within_a_sampler_step(tmp_pa
     assert load(f"{d}/checkpoints/latest.pt")["steps"] == 3
     assert not os.path.exists(f"{d}/samples/0000002.png")
     assert "preview at step 2 abandoned: a stop signal came during it" in open(f"{d}/log.txt").read()
+
+
+# ---- one training per run folder ---------------------------------------------------------------------------
+
+def test_a_second_training_into_a_running_run_folder_is_refused(tmp_path):
+    """Two identical starts, then a second --resume auto job: refused in one line naming the holder; the
+    first run's metrics.jsonl has one row per step, in order."""
+    first = start([sys.executable, *train_cmd(tmp_path, "busy")], tmp_path / "busy")
+    for extra in ([], ["--resume", "auto"]):
+        second = subprocess.run([sys.executable, *train_cmd(tmp_path, "busy", *extra)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 1
+        message = second.stderr.strip().splitlines()[-1]
+        assert "is in use by another training" in message and f'"pid": {first.pid}' in message
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 0
+    steps = [json.loads(x)["step"] for x in open(tmp_path / "busy" / "metrics.jsonl")]
+    assert steps == list(range(1, len(steps) + 1))
+    # released at the end: the next start goes on
+    run(tmp_path, "busy", "--resume", "auto", "--max-train-steps", str(steps[-1] + 1))
+
+
+def test_a_lock_left_by_a_killed_training_does_not_block_the_next_start(tmp_path):
+    proc = start([sys.executable, *train_cmd(tmp_path, "killed")], tmp_path / "killed")
+    proc.kill()
+    proc.wait()
+    assert json.loads(open(tmp_path / "killed" / ".lock").read())["pid"] == proc.pid
+    run(tmp_path, "killed", "--max-train-steps", "2")
+
+
+@pytest.mark.parametrize("holder,refused", [("alive", True), ("pid reused", False), ("rebooted", False),
+                                            ("dead", False), ("other host", True)])
+def test_without_file_locks_the_recorded_holder_is_checked(tmp_path, monkeypatch, holder, refused):
+    """A file system that cannot lock (errno ENOLCK): the holder recorded in RUN/.lock counts only while
+    the same process (host, boot id, PID, start time) runs."""
+    import errno
+    import fcntl
+
+    from infra import runlog
+
+    def no_locks(*a):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        info = {"host": runlog.socket.gethostname(), "boot_id": runlog._boot_id(), "pid": sleeper.pid,
+                "start_time": runlog._start_time(sleeper.pid)}
+        info.update({"alive": {}, "pid reused": {"start_time": "1"}, "rebooted": {"boot_id": "x"},
+                     "dead": {"pid": 2 ** 22 + 1}, "other host": {"host": "elsewhere"}}[holder])
+        os.makedirs(tmp_path / "r")
+        (tmp_path / "r" / ".lock").write_text(json.dumps(info))
+        message = runlog.lock_run_folder(str(tmp_path / "r"))
+        assert bool(message) == refused, message
+        if not refused:
+            assert json.loads((tmp_path / "r" / ".lock").read_text())["pid"] == os.getpid()
+    finally:
+        runlog.release_run_folders()
+        sleeper.kill()
