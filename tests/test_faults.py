@@ -150,3 +150,39 @@ def test_without_file_locks_the_recorded_holder_is_checked(tmp_path, monkeypatch
     finally:
         runlog.release_run_folders()
         sleeper.kill()
+
+
+# ---- damaged checkpoints ------------------------------------------------------------------------------
+
+def test_one_flipped_bit_in_a_checkpoint_is_refused_and_resume_falls_back(tmp_path):
+    """A bit flipped inside a tensor record of latest.pt: reading it names the file and the record, and
+    --resume auto takes the older step checkpoint instead, ending equal to the run that never stopped."""
+    from models.checkpoint import CheckpointError, read_training_state
+    from test_train import assert_same_state
+
+    straight = run(tmp_path, "straight", "--max-train-steps", "6", "--checkpoint-steps", "3")
+    d = run(tmp_path, "flip", "--max-train-steps", "6", "--checkpoint-steps", "3")
+    # the 6-step file plays the damaged newest one
+    path = f"{d}/checkpoints/0000006.pt"
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    open(path, "wb").write(data)
+    with pytest.raises(CheckpointError, match=r"0000006.pt: cannot read this checkpoint: damaged: the "
+                                              r"checksum of its record .* does not match"):
+        read_training_state(path)
+    run(tmp_path, "flip", "--max-train-steps", "6", "--checkpoint-steps", "3", "--resume", "auto")
+    assert "skipped 1 unreadable newer checkpoint(s)" in open(f"{d}/log.txt").read()
+    assert_same_state(load(f"{straight}/checkpoints/0000006.pt"), load(f"{d}/checkpoints/0000006.pt"))
+
+
+def test_a_pickle_that_would_run_code_is_refused_naming_its_type(tmp_path):
+    from models.checkpoint import CheckpointError, read_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    import torch
+    torch.save({"model": {}, "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"evil.pt: refused to unpickle an object of type posix.system"):
+        read_checkpoint(str(tmp_path / "evil.pt"))
