@@ -236,21 +236,26 @@ def write_rows(path: str, rows: list[dict]) -> None:
 
 
 def read_metrics(path: str, logger: logging.Logger | None = None) -> tuple[list[dict], int]:
-    """The rows of metrics.jsonl, skipping lines that are not JSON (a torn last line after a kill). -> (rows,
-    the number of lines skipped)."""
+    """The rows of metrics.jsonl, skipping lines that are not a JSON object (a torn last line after a kill,
+    bytes that are not UTF-8, a stray number), said in the log. -> (rows, the number of lines skipped)."""
     if not os.path.exists(path):
         return [], 0
     rows, bad = [], []
-    with open(path) as f:
+    with open(path, "rb") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                row = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("step", 0), int):
+                rows.append(row)
+            else:
                 bad.append(n)
     if bad and logger is not None:
-        logger.warning(f"{path}: line(s) {bad} are not JSON (a write cut short by a kill): dropped")
+        logger.warning(f"{path}: line(s) {bad} are not rows of this log (a write cut short by a kill, or "
+                       f"an edit): dropped")
     return rows, len(bad)
 
 

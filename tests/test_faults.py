@@ -186,3 +186,15 @@ def test_a_pickle_that_would_run_code_is_refused_naming_its_type(tmp_path):
     torch.save({"model": {}, "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match=r"evil.pt: refused to unpickle an object of type posix.system"):
         read_checkpoint(str(tmp_path / "evil.pt"))
+
+
+@pytest.mark.parametrize("bad", [b"\xff\xfe not utf-8\n", b"5\n", b'"a string"\n', b'{"step": "x"}\n',
+                                 b'{"step": 3, "loss": 1.0\n'])
+def test_a_bad_line_inside_metrics_jsonl_is_skipped_and_reported_on_resume(tmp_path, bad):
+    d = run(tmp_path, "m", "--max-train-steps", "4", "--checkpoint-steps", "2")
+    lines = open(f"{d}/metrics.jsonl", "rb").readlines()
+    open(f"{d}/metrics.jsonl", "wb").write(b"".join(lines[:1] + [bad] + lines[1:2]))
+    run(tmp_path, "m", "--max-train-steps", "6", "--checkpoint-steps", "2", "--resume", "auto")
+    steps = [json.loads(x)["step"] for x in open(f"{d}/metrics.jsonl")]
+    assert steps == [2, 4, 6]
+    assert "line(s) [2] are not rows of this log" in open(f"{d}/log.txt").read()
