@@ -401,6 +401,11 @@ def main(argv: list[str] | None = None) -> None:
     # a damaged dataset file, named (dataset.py), met while training
     except DataError as e:
         raise SystemExit(f"--data-dir: {e}") from None
+    # a full disk, a read-only or unwritable folder at a checkpoint or a preview (infra/fileio.py)
+    except fileio.WriteError as e:
+        output = os.path.join(args.output_dir, args.exp_name)
+        raise SystemExit(f"{e}. Stopping; the last good checkpoint is kept: "
+                         f"{runlog.last_good_checkpoint(output)} (free space, then --resume auto)") from None
     finally:
         signals.restore()
         runlog.release_run_folders()

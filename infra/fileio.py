@@ -28,7 +28,7 @@ class WriteError(OSError):
 
 _WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-                 errno.EPERM: "operation not permitted"}
+                 errno.EPERM: "operation not permitted", errno.EIO: "the write failed (input/output error)"}
 
 
 def human_bytes(n: float) -> str:
@@ -60,6 +60,7 @@ def write_error(exc: BaseException, path: str, nbytes: int | None = None) -> Wri
     """The one-line `WriteError` for a failed write of `path` (ENOSPC, EDQUOT, EROFS, EACCES, EPERM, and
     torch's "file write failed"), None for any other error."""
     code = getattr(exc, "errno", None)
+    # torch.save's writer reports a full disk as a RuntimeError
     if code not in _WRITE_ERRNOS and "file write failed" in str(exc):
         code = errno.ENOSPC if nbytes is None or nbytes > free_bytes(path) else errno.EIO
     if code not in _WRITE_ERRNOS:

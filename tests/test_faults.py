@@ -198,3 +198,32 @@ def test_a_bad_line_inside_metrics_jsonl_is_skipped_and_reported_on_resume(tmp_p
     steps = [json.loads(x)["step"] for x in open(f"{d}/metrics.jsonl")]
     assert steps == [2, 4, 6]
     assert "line(s) [2] are not rows of this log" in open(f"{d}/log.txt").read()
+
+
+# ---- a full disk -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["checked before", "torch.save fails"])
+def test_a_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_last_good_one(tmp_path, monkeypatch, how):
+    """The free space is checked against the checkpoint's size before writing; a write that fails anyway
+    (torch's '[enforce fail ...] file write failed') is said the same way; no temporary is left."""
+    import torch
+
+    from infra import fileio
+    d = run(tmp_path, "full", "--max-train-steps", "2", "--checkpoint-steps", "2")
+    if how == "checked before":
+        monkeypatch.setattr(fileio, "free_bytes", lambda path: 4096)
+    else:
+        monkeypatch.setattr(fileio, "free_bytes", lambda path: 4096 if "checkpoints" in path else 2 ** 40)
+        monkeypatch.setattr(fileio, "ensure_free_space", lambda path, nbytes: None)
+
+        def failing_save(obj, f, *a, **kw):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed "
+                               "writing file data/3: file write failed")
+
+        monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, "full", "--max-train-steps", "4", "--checkpoint-steps", "2", "--resume", "auto")
+    message = str(e.value.code)
+    assert "\n" not in message and "0000004.pt: no space left on the device" in message
+    assert "needed" in message and "free" in message and "0000002.pt" in message
+    assert sorted(os.listdir(f"{d}/checkpoints")) == ["0000002.pt"]
