@@ -623,11 +623,15 @@ def train_batches(dataset: torch.utils.data.Dataset, order: EpochOrder, start: i
                 # z = (mean + std n) * 0.18215
                 z = sample_posterior(x.to(device, non_blocking=True))
                 yield z, y.to(device, non_blocking=True), extra
-    except GeneratorExit:
-        # close(): freeing the loader's iterator asks its workers to exit (the loader's own shutdown); a
-        # worker still alive 5 s later ignores the SIGTERM the loader (and Python at exit) would end it with
+    finally:
+        # close(), or an error met in a worker: the loader's own shutdown (what freeing its iterator runs;
+        # called here because a traceback the caller keeps would keep the iterator) asks the workers to exit
+        # and stops watching them; one still alive is killed: it ignores the SIGTERM the loader (and Python
+        # at exit, which would then wait for it forever) ends it with.
+        if batches is not None and hasattr(batches, "_shutdown_workers"):
+            batches._shutdown_workers()
         batches = None
         for worker in multiprocessing.active_children():
             if worker.daemon:
                 worker.kill()
-        raise
+                worker.join(timeout=5)

@@ -13,6 +13,7 @@ tiny image folder and VAE, a tiny checkpoint, npz batches), so the whole table r
 """
 import contextlib
 import io
+import multiprocessing
 import json
 import os
 import shutil
@@ -419,3 +420,5 @@ def test_a_damaged_shard_read_by_a_loader_worker_is_named_in_one_line(inputs, tm
             "--num-workers", "1", "--max-train-steps", "4"]
     kind, message = outcome("train", argv, "moments-00001.npy")
     assert kind == "ok" and "row 3 of" in message, message
+    # the worker is gone too: one left behind ignores SIGTERM and Python's exit would wait for it forever
+    assert not multiprocessing.active_children()
