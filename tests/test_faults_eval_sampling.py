@@ -191,3 +191,134 @@ def test_the_tf_backend_imports_only_the_nodes_the_fetches_run(tmp_path):
         assert pool.shape == (2, 2048) and spatial.shape == (2, 2023)
     finally:
         net.close()
+
+
+# ---- sample_ddp.py: temporaries, a huge N, a full disk -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    import torch
+    from test_sample_ddp import tiny_state_dict
+
+    path = str(tmp_path_factory.mktemp("ckpt") / "0000123.pt")
+    torch.save({"model": tiny_state_dict(seed=1), "ema": tiny_state_dict(), "args": {"model": "SiT-T/2"},
+                "steps": 123, "time_convention": "ours"}, path)
+    return path
+
+
+def sample(ckpt, out, n, *extra):
+    import sample_ddp
+    return sample_ddp.main(["--ckpt", ckpt, "--num-fid-samples", str(n), "--per-proc-batch-size", "4",
+                            "--num-steps", "2", "--sample-dir", str(out), "--no-progress", *extra])
+
+
+def dead_pid():
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_sampling_never_writes_through_links_planted_at_the_old_temporary_names(ckpt, tmp_path):
+    folder = os.path.dirname(sample(ckpt, tmp_path / "s", 2))
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    pid = os.getpid()
+    links = [f".samples_6.tmp-{pid}.npz", f".{3:06d}.tmp-{pid}.png", f".{5:06d}.tmp-{pid}.png",
+             "samples_6.npz.arr_0.tmp.npy", f".sampling.tmp-{pid}.json"]
+    for name in links:
+        os.symlink(outside, os.path.join(folder, name))
+    path = sample(ckpt, tmp_path / "s", 6)
+    assert outside.read_text() == "precious"
+    with np.load(path) as z:
+        assert z["arr_0"].shape == (6, 8, 8, 3)
+    assert all(os.path.islink(os.path.join(folder, name)) for name in links)
+
+
+def test_dead_writers_temporaries_are_removed_at_start_and_named(ckpt, tmp_path, capsys):
+    folder = os.path.dirname(sample(ckpt, tmp_path / "s", 2))
+    pid = dead_pid()
+    debris = [f".samples_4.tmp-{pid}.npz", f".{3:06d}.tmp-{pid}-0a1b2c3d.png",
+              f".samples_4-rows.tmp-{pid}-00ff00ff.bin"]
+    for name in debris:
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(b"half a file")
+    # a live writer's temporary is left alone
+    live = os.path.join(folder, f".{2:06d}.tmp-{os.getppid()}-0a1b2c3d.png")
+    open(live, "wb").close()
+    capsys.readouterr()
+    sample(ckpt, tmp_path / "s", 4)
+    out = capsys.readouterr().out
+    for name in debris:
+        assert not os.path.exists(os.path.join(folder, name))
+        assert f"removed {os.path.join(folder, name)} (11 B)" in out
+    assert os.path.exists(live)
+
+
+def test_a_huge_num_fid_samples_is_refused_at_once_with_the_size_it_needs(ckpt, tmp_path, monkeypatch):
+    import sample_ddp
+    monkeypatch.setattr(sample_ddp, "free_bytes", lambda path: 10 * 2 ** 30)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as e:
+            sample(ckpt, tmp_path, 100_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    msg = str(e.value)
+    # 2 x 1e8 x 8 x 8 x 3 bytes
+    assert "--num-fid-samples 100000000" in msg and "35.8 GiB" in msg and "10.0 GiB are free" in msg, msg
+    assert peak < 64 * 2 ** 20
+
+
+class Started(Exception):
+    pass
+
+
+def test_a_huge_num_fid_samples_that_fits_starts_at_once_with_bounded_memory(ckpt, tmp_path, monkeypatch):
+    import sample_ddp
+    monkeypatch.setattr(sample_ddp, "free_bytes", lambda path: 2 ** 50)
+
+    def first_batch(model, seeds, labels, *a, **k):
+        raise Started(list(seeds), list(labels))
+
+    monkeypatch.setattr(sample_ddp, "sample_images", first_batch)
+    tracemalloc.start()
+    try:
+        with pytest.raises(Started) as e:
+            sample(ckpt, tmp_path, 100_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    seeds, labels = e.value.args
+    assert seeds == [0, 1, 2, 3] and labels == sample_ddp.image_labels(range(4), 10, 0).tolist()
+    assert peak < 64 * 2 ** 20
+
+
+def test_a_full_disk_during_npz_assembly_is_one_line_naming_the_path_and_bytes(ckpt, tmp_path, monkeypatch):
+    import errno
+
+    from infra import fileio
+    # the space check before sampling passes; the disk is full by the time the npz is assembled
+    monkeypatch.setattr(fileio, "free_bytes", lambda path: 1000)
+    with pytest.raises(fileio.WriteError) as e:
+        sample(ckpt, tmp_path / "a", 6)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and "samples_6.npz: no space left on the device" in msg
+    assert "2.2 KiB needed, 1000 B free" in msg, msg
+    folder = os.path.dirname(str(e.value.args[1]).split(":")[0])
+    assert not [f for f in os.listdir(folder) if f.endswith((".npz", ".bin"))]
+    # the space disappears while the rows are written: ENOSPC from the write itself
+    monkeypatch.setattr(fileio, "free_bytes", lambda path: 2 ** 40)
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(fileio.WriteError) as e:
+        sample(ckpt, tmp_path / "a", 6)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and "samples_6-rows.tmp-" in msg and "no space left" in msg, msg
+    assert "1.1 KiB needed" in msg
+    assert not [f for f in os.listdir(folder) if f.endswith((".npz", ".bin"))]
