@@ -39,7 +39,7 @@ from models.dinov2 import (
 )
 
 from .crop import center_crop_adm, load_rgb
-from .launch import check_launch_flags, rank_environment
+from .launch import check_launch_flags, die_with_parent, rank_environment
 from .shards import FORMAT_NAME, SettingsMismatch, fingerprint
 
 FEATURES_FORMAT = "sit-repa-features"
@@ -200,7 +200,7 @@ def repa_features(data_dir, enc_type="dinov2_vitb14", enc_weights=None, patch_si
         groups = [g for k in todo for g in _groups(sources, int(offsets[k]), int(offsets[k + 1]))]
         loader = torch.utils.data.DataLoader(
             _Crops(root, sources, groups, resolution), batch_size=8, shuffle=False, num_workers=workers,
-            collate_fn=_collate, prefetch_factor=4 if workers > 0 else None)
+            collate_fn=_collate, prefetch_factor=4 if workers > 0 else None, worker_init_fn=die_with_parent)
         stream = ((first + j, crop)
                   for chunk in loader for first, crops in chunk for j, crop in enumerate(crops))
         n_todo = sum(int(offsets[k + 1] - offsets[k]) for k in todo)

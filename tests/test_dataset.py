@@ -84,9 +84,18 @@ def test_shard_writer_trims_when_the_header_size_changes(tmp_path, monkeypatch):
     import preprocessing.shards as shards
     m = np.random.default_rng(0).normal(size=(3, 8, 2, 2)).astype(np.float32)
     real = shards.npy_header
-    for name, header in [("inplace", real), ("copy", lambda d, s: real(d, s) + b" " * 64)]:
-        monkeypatch.setattr(shards, "npy_header", header)
+
+    def longer(dtype, shape):
+        # the same header with 64 more spaces of padding (a valid .npy header, 64 bytes longer)
+        h = real(dtype, shape)
+        body = h[10:-1] + b" " * 64 + b"\n"
+        return h[:8] + len(body).to_bytes(2, "little") + body
+
+    for name, header in [("inplace", real), ("copy", longer)]:
+        monkeypatch.setattr(shards, "npy_header", real)
         w = ShardWriter(str(tmp_path / f"{name}.npy"), 10, (8, 2, 2), "float32")
+        # the trimmed shape's header is longer than the one written at the start
+        monkeypatch.setattr(shards, "npy_header", header)
         w.write(m)
         w.close()
         np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"), m)
