@@ -417,11 +417,12 @@ def main(argv: list | None = None) -> str | None:
     diff = {k: (old.get(k), v) for k, v in s.items() if k in old and old[k] != v}
     if diff:
         raise ValueError(f"{json_path} was written with other settings {diff}; use another --sample-dir")
+    # every rank checks, so none waits on a dead one
+    check_npz_space(npz_path, n, model.input_size * vae_factor(vae))
     if rank == 0:
         # before any rank writes: what killed runs left (their writers are dead)
         for path, size in remove_stale_temporaries(folder) + remove_stale_temporaries(store.folder):
             print(f"removed {path} ({human_bytes(size)}), left by a killed run", flush=True)
-        check_npz_space(npz_path, n, model.input_size * vae_factor(vae))
     barrier(device)
     # lazily, in batches: memory does not grow with --num-fid-samples
     mine = range(rank, n, world)

@@ -135,7 +135,7 @@ def load_rgb(path: str, min_size: int = 8) -> tuple[Image.Image | None, str | No
                 if img.format in ("JPEG", "MPO"):
                     problem = jpeg_data_problem(data)
                     if problem:
-                        return None, f"corrupt JPEG data: {problem}"
+                        return None, f"corrupt: {problem}"
                 if img.size[0] < 1 or img.size[1] < 1:
                     return None, f"empty image {img.size}"
                 if min(img.size) < min_size:

@@ -485,7 +485,7 @@ def test_a_jpeg_with_corrupted_entropy_data_is_skipped_not_encoded_garbled(tmp_p
     img, reason = load_rgb(str(tmp_path / "clean.jpg"))
     assert reason is None and img.size == (96, 64)
     img, reason = load_rgb(str(tmp_path / "corrupt.jpg"))
-    assert img is None and reason.startswith("corrupt JPEG data: Corrupt JPEG data"), reason
+    assert img is None and reason.startswith("corrupt: Corrupt JPEG data"), reason
 
 
 def test_a_float_tiff_holding_0_8_is_light_grey_not_black(tmp_path):
