@@ -416,11 +416,15 @@ def _tensor_ref(text: str) -> tuple[str, int]:
 def fetch_path(graph: GraphDef, path: str, feed: str, fetches: Iterable[str]) -> list[str]:
     """Names of the nodes that computing `fetches` ("node" or "node:i") runs, as TensorFlow runs them: every
     data and control input followed, the data inputs that read the fed tensor `feed` excepted. ValueError
-    naming `path` for an input that names no node of the graph."""
+    naming `path` for a fetch or an input that names no node of the graph."""
     nodes = {n.name: n for n in graph.nodes}
     feed_ref = _tensor_ref(feed)
-    seen, stack = [], [_tensor_ref(f)[0] for f in fetches]
-    visited = set()
+    stack = []
+    for text in fetches:
+        if _tensor_ref(text)[0] not in nodes:
+            raise ValueError(f"{path}: no tensor {text}; is it the ADM Inception graph?")
+        stack.append(_tensor_ref(text)[0])
+    seen, visited = [], set()
     while stack:
         name = stack.pop()
         if name in visited:
@@ -428,7 +432,7 @@ def fetch_path(graph: GraphDef, path: str, feed: str, fetches: Iterable[str]) ->
         visited.add(name)
         node = nodes.get(name)
         if node is None:
-            raise ValueError(f"{path}: the graph has no node '{name}' (an input or a fetch names it)")
+            raise ValueError(f"{path}: an input names node '{name}', which the graph does not have")
         seen.append(name)
         for text in node.inputs:
             if text.startswith("^"):
@@ -440,11 +444,18 @@ def fetch_path(graph: GraphDef, path: str, feed: str, fetches: Iterable[str]) ->
 
 def check_allowed_ops(graph: GraphDef, path: str, feed: str, fetches: Iterable[str]) -> list[str]:
     """fetch_path(...), or a ValueError naming the first node on it whose op type is not in ALLOWED_OPS
-    (WriteFile, ReadFile, PyFunc, ...): checked on the parsed file, before any backend sees it."""
+    (WriteFile, ReadFile, PyFunc, ...) or that is a constant of more than MAX_EXPANDED_ELEMENTS elements
+    stored as one value (a few bytes that would take gigabytes once run): checked on the parsed file, before
+    any backend sees it."""
     names = fetch_path(graph, path, feed, fetches)
-    ops = {n.name: n.op for n in graph.nodes}
+    nodes = {n.name: n for n in graph.nodes}
     for name in names:
-        if ops[name] not in ALLOWED_OPS:
-            raise ValueError(f"{path}: node '{name}' has op type '{ops[name]}', which the evaluator does not "
+        node = nodes[name]
+        if node.op not in ALLOWED_OPS:
+            raise ValueError(f"{path}: node '{name}' has op type '{node.op}', which the evaluator does not "
                              f"run (evaluations/graphdef.py ALLOWED_OPS lists the ones it does)")
+        value = node.attrs.get("value") if node.op == "Const" else None
+        if isinstance(value, np.ndarray) and value.size > MAX_EXPANDED_ELEMENTS and 0 in value.strides:
+            raise ValueError(f"{path}: constant '{name}' declares {value.size} elements of shape "
+                             f"{value.shape} but stores one value; the evaluator does not expand it")
     return names

@@ -123,8 +123,11 @@ class TorchInceptionNet(InceptionNet):
         self.graph_path = graph_path
         self.device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.check_numerics = check_numerics
-        self.executor = GraphExecutor(read_graph_def(graph_path), graph_path, INPUT_TENSOR,
-                                      [POOL_TENSOR, SPATIAL_TENSOR], self.device, check_numerics)
+        graph = read_graph_def(graph_path)
+        # the checks the TF backend makes too (the executor refuses unknown ops itself, as it plans)
+        check_allowed_ops(graph, graph_path, INPUT_TENSOR, [POOL_TENSOR, SPATIAL_TENSOR, SOFTMAX_MATMUL_OP])
+        self.executor = GraphExecutor(graph, graph_path, INPUT_TENSOR, [POOL_TENSOR, SPATIAL_TENSOR],
+                                      self.device, check_numerics)
         self.softmax_weight = self.executor.constant(SOFTMAX_MATMUL_OP, 1).float().cpu().numpy()
         self._check_softmax_weight()
 

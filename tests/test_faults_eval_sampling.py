@@ -322,3 +322,29 @@ def test_a_full_disk_during_npz_assembly_is_one_line_naming_the_path_and_bytes(c
     assert len(msg.splitlines()) == 1 and "samples_6-rows.tmp-" in msg and "no space left" in msg, msg
     assert "1.1 KiB needed" in msg
     assert not [f for f in os.listdir(folder) if f.endswith((".npz", ".bin"))]
+
+
+def with_big_const_on_the_path(g):
+    """pool_3 reads mixed_10/join + a constant that declares 2^28 floats and stores one."""
+    g.op("big", "Const", dtype=Attr.type(F32), value=big_const_tensor(2 ** 28, [0.5]))
+    g.op("evil/add", "Add", ["mixed_10/join", "big"], T=Attr.type(F32))
+    g.nodes = [n for n in g.nodes if b"\n\x06pool_3\x12" not in n]
+    g.op("pool_3", "AvgPool", ["evil/add"], T=Attr.type(F32), ksize=Attr.ints([1, 8, 8, 1]),
+         strides=Attr.ints([1, 1, 1, 1]), padding=Attr.str("VALID"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+def test_a_tiny_const_declaring_2_28_floats_on_the_fetch_path_is_refused_before_it_runs(batches, tmp_path,
+                                                                                       capsys, backend):
+    if backend == "tf":
+        require_tensorflow()
+    with pytest.raises(ValueError, match="constant 'big' declares 268435456 elements"):
+        check_allowed_ops(parse_graph_def(small_graph(with_big_const_on_the_path)), "g.pb", INPUT_TENSOR,
+                          FETCHES)
+    graph = tmp_path / "big.pb"
+    graph.write_bytes(small_graph(with_big_const_on_the_path))
+    with pytest.raises(SystemExit) as e:
+        evaluator.main([batches["ref"], batches["samples"], "--inception", str(graph), "--backend", backend,
+                        "--no-progress", "--no-ref-cache", "--out", str(tmp_path / "rec.json")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "'big' declares" in err, err
