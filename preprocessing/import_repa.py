@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 # the one reader of the REPA layout
 from dataset import RepaLatentDataset
-from infra.fileio import unusable_folder
+from infra.fileio import WriteError, unusable_folder
 
 from .launch import die_with_parent
 from .shards import DTYPES, ShardWriter, atomic_write_json, finalize, fingerprint, shard_files, shard_is_done
@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import_repa(args.data_dir, args.out_dir, args.shard_size, args.dtype, args.num_classes, args.workers,
                     not args.no_progress)
-    except (FileNotFoundError, ValueError) as e:
+    # a full disk: WriteError
+    except (FileNotFoundError, ValueError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
