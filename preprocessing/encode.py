@@ -289,8 +289,7 @@ def _encode_shard(out_dir, k, shard_size, n, items, stream: Iterator, vae, batch
         if ref_crops:
             atomic_save_npy(files["reference"], np.stack(ref_crops))  # (m, res, res, 3) uint8
         meta = {"fingerprint": fp, "files": files_fp, "settings": settings, "shard": k, "first_item": lo,
-                "num_items": hi - lo,
-                "count": writer.count,
+                "num_items": hi - lo, "count": writer.count,
                 "labels": labels, "sources": sources, "skipped": skipped, "reference_ranks": ref_ranks,
                 "stats": writer.stats}
         # meta first, the moments file last
