@@ -187,14 +187,21 @@ class DigitsDataset(torch.utils.data.Dataset):
 
 
 
-def _check_arrays(files, counts, item_shape, listed_in):
-    """Every .npy listed in `listed_in` exists and holds (count,) + item_shape (read from its header only)."""
+def _check_arrays(files, counts, item_shape, listed_in, dtype=None):
+    """Every .npy listed in `listed_in` exists and holds (count,) + item_shape of `dtype` (what `listed_in`
+    says; None: any float), read from its header only."""
     for file, count in zip(files, counts):
         if not os.path.isfile(file):
             raise FileNotFoundError(f"{file} listed in {listed_in} is missing")
-        shape = _open_npy(file, mmap_mode="r").shape
-        if shape != (count,) + tuple(item_shape):
-            raise ValueError(f"{file} has shape {shape}, {listed_in} says {(count,) + tuple(item_shape)}")
+        array = _open_npy(file, mmap_mode="r")
+        if array.shape != (count,) + tuple(item_shape):
+            raise ValueError(f"{file} has shape {array.shape}, {listed_in} says "
+                             f"{(count,) + tuple(item_shape)}")
+        # integers would be read as values (int16 moments of 3 instead of 3.0e-4 ...): never reinterpreted
+        if array.dtype != np.dtype(dtype or array.dtype) or array.dtype.kind != "f":
+            said = f"{listed_in} says {dtype}" if dtype else "expected floats"
+            raise DataError(f"{file} holds {array.dtype} values, {said}: rewrite it (rerun the command "
+                            f"that made the dataset)")
 
 
 class LatentShardDataset(torch.utils.data.Dataset):
@@ -239,7 +246,11 @@ class LatentShardDataset(torch.utils.data.Dataset):
             raise ValueError(f"{labels_path} has shape {self.labels.shape}, the shards hold {n} samples")
         _check_labels(self.labels, self.num_classes, labels_path, self._sample_name,
                       f" (num_classes in {path})")
-        _check_arrays(self.shard_files, counts, self.item_shape, path)
+        try:
+            dtype = np.dtype(self.info["dtype"]) if "dtype" in self.info else None
+        except TypeError:
+            raise DataError(f"{path}: dtype {self.info['dtype']!r} is not a numpy dtype") from None
+        _check_arrays(self.shard_files, counts, self.item_shape, path, dtype)
         self.has_flips = bool(self.info.get("flip"))
         self.class_names = self.info.get("class_names")
         # the memory maps, opened lazily in each process
@@ -271,7 +282,8 @@ class LatentShardDataset(torch.utils.data.Dataset):
                              f"{_short(info.get('counts'))} vs {len(counts)} with {_short(counts)} (the "
                              f"dataset was re-encoded?); rerun {how}")
         self.feature_files = [os.path.join(folder, f) for f in info["files"]]
-        _check_arrays(self.feature_files, counts, (int(info["tokens"]), int(info["dim"])), path)
+        _check_arrays(self.feature_files, counts, (int(info["tokens"]), int(info["dim"])), path,
+                      info.get("dtype"))
         self.features_info = info
 
     # DataLoader workers reopen the memory maps themselves
@@ -354,10 +366,15 @@ class RepaLatentDataset(torch.utils.data.Dataset):
             raise ValueError(f"{folder}/dataset.json has no labels (expected "
                              f"{{\"labels\": [[relpath, label], ...]}})")
         try:
-            labels = {str(rel).replace("\\", "/"): int(y) for rel, y in entries}
+            labels = {str(rel).replace("\\", "/"): y for rel, y in entries}
         except (TypeError, ValueError) as e:
             raise DataError(f"{path}: 'labels' must be [[relpath, integer label], ...] ({type(e).__name__}: "
                             f"{e})") from None
+        # int(2.7) would be 2: a label that is not a JSON integer is refused, never truncated
+        bad = [[rel, y] for rel, y in labels.items() if not isinstance(y, int) or isinstance(y, bool)]
+        if bad:
+            raise DataError(f"{path}: labels must be integers (class indices); {len(bad)} are not, e.g. "
+                            f"{bad[0][0]}: {bad[0][1]!r}")
         found = set()
         for root, _, files in os.walk(folder):
             for f in files:

@@ -41,7 +41,21 @@ from PIL import Image
 import samplers
 from infra import flags
 from infra.distributed import barrier, setup_distributed, teardown
-from infra.fileio import atomic_path, atomic_write_json, save_grid, save_png, stream_npz, unusable_folder
+from infra.fileio import (
+    WriteError,
+    atomic_path,
+    atomic_write_json,
+    ensure_free_space,
+    free_bytes,
+    human_bytes,
+    remove_stale_temporaries,
+    save_grid,
+    save_png,
+    scratch_file,
+    stream_npz,
+    unusable_folder,
+    write_error,
+)
 from models.vae import load_vae_spec
 from samplers import QUANTIZE_OFFSET, sample_images
 
@@ -61,6 +75,38 @@ def image_labels(indices, num_classes: int, global_seed: int, balanced: bool = F
         return idx % num_classes
     labels = [np.random.default_rng(global_seed + int(i)).integers(num_classes) for i in idx]
     return np.array(labels, dtype=np.int64)
+
+
+def todo_batches(indices: range, done: set, batch_size: int):
+    """The indices not in `done`, in lists of batch_size, made as they are needed."""
+    batch = []
+    for i in indices:
+        if i not in done:
+            batch.append(i)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def vae_factor(vae) -> int:
+    """Pixels per latent cell along a side: 2^(blocks - 1) for a diffusers AutoencoderKL (8 for the SD-VAE),
+    1 without a VAE."""
+    if vae is None:
+        return 1
+    return 2 ** (len(getattr(getattr(vae, "config", None), "block_out_channels", (0,) * 4)) - 1)
+
+
+def check_npz_space(npz_path: str, n: int, side: int) -> None:
+    """Refuse, before sampling, a --num-fid-samples whose npz cannot be assembled: the npz and the scratch
+    file it is gathered in (write_npz) hold n x side x side x 3 bytes each."""
+    need = 2 * n * side * side * 3
+    free = free_bytes(os.path.dirname(npz_path))
+    if need > free:
+        raise ValueError(f"--num-fid-samples {n}: assembling {npz_path} needs {human_bytes(need)} ({n} "
+                         f"images of {side}x{side}, the npz and its scratch file), {human_bytes(free)} are "
+                         f"free there")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -119,23 +165,36 @@ class ChunkStore:
 def write_npz(path: str, n: int, store, labels):
     """Stream the store into an ADM .npz (arr_0 (N, H, W, 3) uint8 in index order, labels), atomically.
 
-    Rows are first gathered into a disk-backed .npy (memory stays O(batch)), then copied into the zip."""
-    tmp_arr = path + ".arr_0.tmp.npy"
-    arr, seen = None, np.zeros(n, dtype=bool)
-    for idx, imgs in store.read_all(n):
-        if arr is None:
-            arr = np.lib.format.open_memmap(tmp_arr, mode="w+", dtype=np.uint8, shape=(n,) + imgs.shape[1:])
-        if imgs.shape[1:] != arr.shape[1:]:
-            raise ValueError(f"image shape {imgs.shape[1:]} differs from {arr.shape[1:]} in {store.folder}")
-        arr[np.asarray(idx)] = imgs
-        seen[np.asarray(idx)] = True
-    if arr is None or not seen.all():
-        raise RuntimeError(f"{store.folder}: {int((~seen).sum())} of {n} images missing; rerun to complete")
-    arr.flush()
-    stream_npz(path, arr.shape, (arr[s:s + 1024] for s in range(0, n, 1024)),
-               extra={"labels": np.asarray(labels, dtype=np.int64)})
-    del arr
-    os.remove(tmp_arr)
+    The store yields rows in any order (--npz-only: each rank's chunks): they are first written at their
+    offsets into a scratch file beside the npz (memory stays O(batch); plain writes, no memory map, so a full
+    disk is one line naming the file, never a SIGBUS), then copied into the zip in index order. The free
+    space for both is checked before the first row is written."""
+    seen = np.zeros(n, dtype=bool)
+    shape = None
+    with scratch_file(path[:-len(".npz")] + "-rows.bin") as (fd, tmp):
+        for idx, imgs in store.read_all(n):
+            if shape is None:
+                shape = (n,) + imgs.shape[1:]
+                row = int(np.prod(shape[1:]))
+                ensure_free_space(path, 2 * n * row)
+            if imgs.shape[1:] != shape[1:]:
+                raise ValueError(f"image shape {imgs.shape[1:]} differs from {shape[1:]} in {store.folder}")
+            try:
+                for i, img in zip(idx, imgs):
+                    os.pwrite(fd, np.ascontiguousarray(img).tobytes(), int(i) * row)
+            except OSError as exc:
+                raise (write_error(exc, tmp, n * row) or exc) from None
+            seen[np.asarray(idx)] = True
+        if shape is None or not seen.all():
+            raise RuntimeError(f"{store.folder}: {int((~seen).sum())} of {n} images missing; rerun to "
+                               f"complete")
+
+        def rows():
+            for s in range(0, n, 1024):
+                k = min(1024, n - s)
+                yield np.frombuffer(os.pread(fd, k * row, s * row), dtype=np.uint8).reshape((k,) + shape[1:])
+
+        stream_npz(path, shape, rows(), extra={"labels": np.asarray(labels, dtype=np.int64)})
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -358,9 +417,16 @@ def main(argv: list | None = None) -> str | None:
     diff = {k: (old.get(k), v) for k, v in s.items() if k in old and old[k] != v}
     if diff:
         raise ValueError(f"{json_path} was written with other settings {diff}; use another --sample-dir")
+    # every rank checks, so none waits on a dead one
+    check_npz_space(npz_path, n, model.input_size * vae_factor(vae))
+    if rank == 0:
+        # before any rank writes: what killed runs left (their writers are dead)
+        for path, size in remove_stale_temporaries(folder) + remove_stale_temporaries(store.folder):
+            print(f"removed {path} ({human_bytes(size)}), left by a killed run", flush=True)
     barrier(device)
-    todo = [i for i in range(rank, n, world) if i not in done]
-    labels = image_labels(range(n), info["num_classes"], args.global_seed, args.balanced_labels)
+    # lazily, in batches: memory does not grow with --num-fid-samples
+    mine = range(rank, n, world)
+    num_todo = len(mine) - sum(1 for i in done if i < n and i % world == rank)
     if rank == 0:
         nfe = samplers.num_function_evals(args.mode, args.num_steps, args.heun)
         nfe *= 2 if args.cfg_scale > 1 else 1
@@ -368,15 +434,15 @@ def main(argv: list | None = None) -> str | None:
                                           weights_digest=info["digest"], num_fid_samples=n,
                                           world_size=world, per_proc_batch_size=args.per_proc_batch_size,
                                           nfe_per_image=nfe, status="running", argv=sys.argv[1:]))
-        print(f"{folder}: {len(done & set(range(n)))} of {n} images exist; generating the rest on {world} "
-              f"process(es)", flush=True)
+        print(f"{folder}: {sum(1 for i in done if i < n)} of {n} images exist; generating the rest on "
+              f"{world} process(es)", flush=True)
 
     from tqdm import tqdm
     t0 = time.time()
-    bar = tqdm(total=len(todo), unit="img", disable=rank != 0 or args.no_progress)
-    for b in range(0, len(todo), args.per_proc_batch_size):
-        idx = todo[b:b + args.per_proc_batch_size]
-        imgs = sample_images(model, [args.global_seed + i for i in idx], labels[idx], device, vae, **kw)
+    bar = tqdm(total=num_todo, unit="img", disable=rank != 0 or args.no_progress)
+    for idx in todo_batches(mine, done, args.per_proc_batch_size):
+        labels = image_labels(idx, info["num_classes"], args.global_seed, args.balanced_labels)
+        imgs = sample_images(model, [args.global_seed + i for i in idx], labels, device, vae, **kw)
         store.write(idx, imgs)
         bar.update(len(idx))
     bar.close()
@@ -384,13 +450,14 @@ def main(argv: list | None = None) -> str | None:
     barrier(device)
 
     if rank == 0:
-        write_npz(npz_path, n, store, labels)
+        write_npz(npz_path, n, store,
+                  image_labels(range(n), info["num_classes"], args.global_seed, args.balanced_labels))
         with open(json_path) as f:
             record = json.load(f)
         record.update(status="done", npz=os.path.abspath(npz_path),
-                      last_run=dict(rank0_images=len(todo), rank0_seconds=round(elapsed, 3)))
+                      last_run=dict(rank0_images=num_todo, rank0_seconds=round(elapsed, 3)))
         atomic_write_json(json_path, record)
-        print(f"wrote {npz_path} ({n} images); rank 0 made {len(todo)} in {elapsed:.1f} s", flush=True)
+        print(f"wrote {npz_path} ({n} images); rank 0 made {num_todo} in {elapsed:.1f} s", flush=True)
     barrier(device)
     teardown()
     return npz_path
@@ -399,6 +466,6 @@ def main(argv: list | None = None) -> str | None:
 if __name__ == "__main__":
     try:
         main()
-    # a bad checkpoint, flag or folder: one line, no traceback
-    except (FileNotFoundError, ValueError) as e:
+    # a bad checkpoint, flag or folder, a full disk: one line, no traceback
+    except (FileNotFoundError, ValueError, WriteError) as e:
         sys.exit(f"sample_ddp.py: error: {e}")

@@ -4,12 +4,15 @@ fileio).
 Nothing here imports TensorFlow or torch, so the metric math and its tests stay light.
 """
 import datetime
+import math
 import os
 import platform
 import zipfile
 from collections.abc import Iterator
 
 import numpy as np
+
+from infra.fileio import human_bytes
 
 CACHE_ENV = "SIT_SRA_CACHE"
 
@@ -58,6 +61,15 @@ class NpzArrayReader:
         if dtype.hasobject:
             self.close()
             raise ValueError(f"{path}: '{key}' holds Python objects; expected a numeric array")
+        # what the header declares against what the zip member holds, before any of it is allocated (a few
+        # MB can declare an array of many GB)
+        declared = math.prod(shape) * dtype.itemsize
+        held = self._zip.getinfo(key + ".npy").file_size - self._file.tell()
+        if declared > held:
+            self.close()
+            raise ValueError(f"{path}: '{key}' declares shape {tuple(shape)} of {dtype} "
+                             f"({human_bytes(declared)}) but the file holds {human_bytes(held)} of it: "
+                             f"the file is damaged or not an array file numpy wrote; nothing was read")
         self.shape = tuple(shape)
         self.dtype = dtype
         self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize

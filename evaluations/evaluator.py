@@ -110,13 +110,18 @@ def batch_warnings(ref_shape: tuple, sample_shape: tuple) -> list[str]:
 
 
 def load_reference_stats(path: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(mu, sigma), (mu_s, sigma_s) stored in a reference npz, shape-checked, as float64."""
+    """(mu, sigma), (mu_s, sigma_s) stored in a reference npz, shape-checked (from the headers, before
+    anything is loaded), as float64."""
+    shapes = {}
+    for k in STAT_KEYS:
+        with NpzArrayReader(path, k) as r:
+            shapes[k] = r.shape
+    for mu, sigma, dim in (("mu", "sigma", POOL_DIM), ("mu_s", "sigma_s", SPATIAL_DIM)):
+        if shapes[mu] != (dim,) or shapes[sigma] != (dim, dim):
+            raise ValueError(f"{path}: '{mu}' / '{sigma}' have shapes {shapes[mu]} / {shapes[sigma]}, "
+                             f"expected ({dim},) / ({dim}, {dim})")
     with np.load(path) as z:
         out = {k: np.asarray(z[k], dtype=np.float64) for k in STAT_KEYS}
-    for mu, sigma, dim in (("mu", "sigma", POOL_DIM), ("mu_s", "sigma_s", SPATIAL_DIM)):
-        if out[mu].shape != (dim,) or out[sigma].shape != (dim, dim):
-            raise ValueError(f"{path}: '{mu}' / '{sigma}' have shapes {out[mu].shape} / {out[sigma].shape}, "
-                             f"expected ({dim},) / ({dim}, {dim})")
     bad = [k for k in STAT_KEYS if not np.isfinite(out[k]).all()]
     if bad:
         raise ValueError(f"{path}: the reference statistics {bad} hold NaN or inf; recompute them "

@@ -11,7 +11,11 @@ unknown_rank 3}, VersionDef {producer 1}. Other fields are skipped, as protobuf 
 
 Attribute values come back as Python values: bytes (s), int (i, type), float (f), bool (b), a shape tuple
 (None for an unknown rank, -1 for an unknown dimension), a numpy array (tensor; None for string tensors, which
-no op here reads), or a list of those (list). Nothing here executes anything.
+no op here reads; a read-only broadcast view for a tensor stored as one value), or a list of those (list).
+Nothing here executes anything.
+
+    fetch_path(graph, feed, fetches) -> the nodes that computing `fetches` runs (data and control inputs)
+    check_allowed_ops(graph, path, feed, fetches) -> ValueError for an op outside ALLOWED_OPS on that path
 """
 import builtins
 import struct
@@ -28,6 +32,9 @@ DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6
                9: "int64", 10: "bool", 14: "bfloat16", 17: "uint16", 19: "float16", 22: "uint32",
                23: "uint64"}
 DT_OF_NUMPY = {np.dtype(v): k for k, v in DTYPES.items()}
+# a tensor stored as a few values whose last one repeats is expanded when read; above this many elements
+# (the Inception graph's largest constant has 2.1M) the file is refused instead
+MAX_EXPANDED_ELEMENTS = 1 << 24
 
 
 class GraphDefError(ValueError):
@@ -188,12 +195,17 @@ def _tensor(buf: bytes):
         flat = np.array(values[key], dtype=np_dtype)
     if flat.size == count:
         return flat.reshape(shape)
-    if flat.size == 0:
-        return np.zeros(shape, dtype=np_dtype)
+    # one value (zeros: none) for the whole tensor: a read-only broadcast view, so that a few bytes that
+    # declare 2^28 elements cost no memory unless an op on the fetch path reads them
+    if flat.size <= 1:
+        return np.broadcast_to(flat[0] if flat.size else np_dtype.type(0), shape)
+    if flat.size > count:
+        raise GraphDefError(f"tensor has {flat.size} values for shape {shape}")
+    if count > MAX_EXPANDED_ELEMENTS:
+        raise GraphDefError(f"tensor of shape {shape} declares {count} elements but stores {flat.size} "
+                            f"values (at most {MAX_EXPANDED_ELEMENTS} are expanded)")
     # TF writes a repeated last value only once
-    if flat.size < count:
-        return np.concatenate([flat, np.full(count - flat.size, flat[-1], dtype=np_dtype)]).reshape(shape)
-    raise GraphDefError(f"tensor has {flat.size} values for shape {shape}")
+    return np.concatenate([flat, np.full(count - flat.size, flat[-1], dtype=np_dtype)]).reshape(shape)
 
 
 def _attr_list(buf: bytes):
@@ -380,3 +392,70 @@ def encode_node(name: str, op: str, inputs: Iterable[str] = (),
 def encode_graph_def(nodes: Iterable[bytes], producer: int) -> bytes:
     """GraphDef bytes from encode_node() results."""
     return b"".join(_enc(1, n) for n in nodes) + _enc(4, _enc(1, producer))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# What a fetch runs
+# ------------------------------------------------------------------------------------------------------------
+
+# The op types evaluations/torch_graph.py executes (its SUPPORTED_OPS, the same set): an inference graph's
+# arithmetic, nothing that reads or writes files, runs Python or touches strings. Both backends refuse a graph
+# with any other op on the fetch path before anything runs.
+ALLOWED_OPS = frozenset({
+    "Const", "Placeholder", "Identity", "StopGradient", "CheckNumerics", "Cast", "ExpandDims", "Squeeze",
+    "Reshape", "ResizeBilinear", "Add", "AddV2", "Sub", "Mul", "RealDiv", "Maximum", "Minimum", "BiasAdd",
+    "Relu", "Relu6", "Conv2D", "MaxPool", "AvgPool", "BatchNormWithGlobalNormalization", "FusedBatchNorm",
+    "FusedBatchNormV3", "Concat", "ConcatV2", "Mean", "MatMul", "Softmax"})
+
+
+def _tensor_ref(text: str) -> tuple[str, int]:
+    name, _, index = text.partition(":")
+    return name, int(index or 0)
+
+
+def fetch_path(graph: GraphDef, path: str, feed: str, fetches: Iterable[str]) -> list[str]:
+    """Names of the nodes that computing `fetches` ("node" or "node:i") runs, as TensorFlow runs them: every
+    data and control input followed, the data inputs that read the fed tensor `feed` excepted. ValueError
+    naming `path` for a fetch or an input that names no node of the graph."""
+    nodes = {n.name: n for n in graph.nodes}
+    feed_ref = _tensor_ref(feed)
+    stack = []
+    for text in fetches:
+        if _tensor_ref(text)[0] not in nodes:
+            raise ValueError(f"{path}: no tensor {text}; is it the ADM Inception graph?")
+        stack.append(_tensor_ref(text)[0])
+    seen, visited = [], set()
+    while stack:
+        name = stack.pop()
+        if name in visited:
+            continue
+        visited.add(name)
+        node = nodes.get(name)
+        if node is None:
+            raise ValueError(f"{path}: an input names node '{name}', which the graph does not have")
+        seen.append(name)
+        for text in node.inputs:
+            if text.startswith("^"):
+                stack.append(text[1:])
+            elif _tensor_ref(text) != feed_ref:
+                stack.append(_tensor_ref(text)[0])
+    return seen
+
+
+def check_allowed_ops(graph: GraphDef, path: str, feed: str, fetches: Iterable[str]) -> list[str]:
+    """fetch_path(...), or a ValueError naming the first node on it whose op type is not in ALLOWED_OPS
+    (WriteFile, ReadFile, PyFunc, ...) or that is a constant of more than MAX_EXPANDED_ELEMENTS elements
+    stored as one value (a few bytes that would take gigabytes once run): checked on the parsed file, before
+    any backend sees it."""
+    names = fetch_path(graph, path, feed, fetches)
+    nodes = {n.name: n for n in graph.nodes}
+    for name in names:
+        node = nodes[name]
+        if node.op not in ALLOWED_OPS:
+            raise ValueError(f"{path}: node '{name}' has op type '{node.op}', which the evaluator does not "
+                             f"run (evaluations/graphdef.py ALLOWED_OPS lists the ones it does)")
+        value = node.attrs.get("value") if node.op == "Const" else None
+        if isinstance(value, np.ndarray) and value.size > MAX_EXPANDED_ELEMENTS and 0 in value.strides:
+            raise ValueError(f"{path}: constant '{name}' declares {value.size} elements of shape "
+                             f"{value.shape} but stores one value; the evaluator does not expand it")
+    return names

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from evaluations.common import NpzArrayReader, cache_dir, check_images_array
-from evaluations.graphdef import read_graph_def
+from evaluations.graphdef import check_allowed_ops, read_graph_def
 from evaluations.metrics import softmax
 
 GRAPH_FILE = "classify_image_graph_def.pb"
@@ -123,8 +123,11 @@ class TorchInceptionNet(InceptionNet):
         self.graph_path = graph_path
         self.device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.check_numerics = check_numerics
-        self.executor = GraphExecutor(read_graph_def(graph_path), graph_path, INPUT_TENSOR,
-                                      [POOL_TENSOR, SPATIAL_TENSOR], self.device, check_numerics)
+        graph = read_graph_def(graph_path)
+        # the checks the TF backend makes too (the executor refuses unknown ops itself, as it plans)
+        check_allowed_ops(graph, graph_path, INPUT_TENSOR, [POOL_TENSOR, SPATIAL_TENSOR, SOFTMAX_MATMUL_OP])
+        self.executor = GraphExecutor(graph, graph_path, INPUT_TENSOR, [POOL_TENSOR, SPATIAL_TENSOR],
+                                      self.device, check_numerics)
         self.softmax_weight = self.executor.constant(SOFTMAX_MATMUL_OP, 1).float().cpu().numpy()
         self._check_softmax_weight()
 
@@ -141,15 +144,27 @@ class TFInceptionNet(InceptionNet):
     device = "tensorflow placement"
 
     def __init__(self, graph_path: str):
+        # the torch executor's op allow-list, on this reader's parse, before TensorFlow sees the file
+        keep = set(check_allowed_ops(read_graph_def(graph_path), graph_path, INPUT_TENSOR,
+                                     [POOL_TENSOR, SPATIAL_TENSOR, SOFTMAX_MATMUL_OP]))
         tf = _import_tensorflow()
         tf1 = tf.compat.v1
         self.graph_path = graph_path
-        graph_def = tf1.GraphDef()
+        full = tf1.GraphDef()
         with open(graph_path, "rb") as f:
             try:
-                graph_def.ParseFromString(f.read())
+                full.ParseFromString(f.read())
             except Exception as e:
                 raise ValueError(f"{graph_path}: not a TensorFlow GraphDef ({e})") from None
+        # only the checked nodes are imported (what no fetch runs is never built); the fed tensor's node
+        # becomes a bare placeholder, so that its inputs (the JPEG decoder) are left out too
+        graph_def = tf1.GraphDef()
+        graph_def.versions.CopyFrom(full.versions)
+        graph_def.node.extend(n for n in full.node if n.name in keep)
+        feed_node = INPUT_TENSOR.split(":")[0]
+        if feed_node not in keep:
+            placeholder = graph_def.node.add(name=feed_node, op="Placeholder")
+            placeholder.attr["dtype"].type = tf.float32.as_datatype_enum
         self.graph = tf.Graph()
         with self.graph.as_default():
             # 0..255 NHWC

@@ -249,3 +249,27 @@ def save_grid(images: np.ndarray, path: str, nrow: int, pad: int = 2, min_width:
         grid[top:top + h, left:left + w] = images[k]
     save_png(grid, path)
     return grid
+
+
+@contextlib.contextmanager
+def scratch_file(path: str) -> Iterator[tuple[int, str]]:
+    """A scratch file next to `path` for a writer that needs one besides its output: created empty with
+    O_EXCL under a fresh name (never a planted link), named as atomic_path names its temporaries (so that
+    remove_stale_temporaries clears it after a kill). Yields (fd opened for reading and writing, name); always
+    closed and deleted."""
+    folder, name = os.path.split(path)
+    stem, ext = os.path.splitext(name)
+    while True:
+        tmp = os.path.join(folder, f".{stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{ext}")
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise (write_error(exc, path) or exc) from None
+    try:
+        yield fd, tmp
+    finally:
+        os.close(fd)
+        os.remove(tmp)

@@ -30,7 +30,9 @@ Storage format ("sit-latent-shards", version 1), everything under OUT_DIR:
                               --flip they are interleaved: sample 2i is image i, sample 2i+1 its horizontal
                               mirror (the mirrored *image* encoded, not a mirrored latent).
     shards/meta-KKKKK.json    per-shard bookkeeping for resume (fingerprint, settings, labels, sources,
-                              skipped files); a rerun with other settings is refused naming those that differ.
+                              skipped files, "files": a hash of the images' sizes and modification times);
+                              a rerun with other settings is refused naming those that differ, a shard whose
+                              images changed under the same names is encoded again.
     labels.npy              int64 (num_samples,): class index of every sample, all shards concatenated in
                             order.
     sources.txt             num_samples lines "relative/path.JPEG<TAB>0|1" (1 = mirrored copy).

@@ -9,12 +9,14 @@
 
 Images are assigned to shards by position in the sorted file list (shard k = files [k*S, (k+1)*S)), so the
 shards do not depend on the number of processes. Finished shards are skipped on restart (checked against a
-fingerprint of their files and the settings); a shard is written under a temporary name and renamed when
-complete. When every shard is finished, rank 0 writes labels.npy, sources.txt, skipped.txt, the reference
-batch and dataset.json. Encoding is deterministic for a fixed device and batch size: a restarted run writes
-the same bytes.
+fingerprint of their file names and the settings, and of their files' sizes and modification times: a shard
+whose images changed under the same names is encoded again); a shard is written under a temporary name and
+renamed when complete. Only regular files are read; decoding workers die with their parent. When every shard
+is finished, rank 0 writes labels.npy, sources.txt, skipped.txt, the reference batch and dataset.json.
+Encoding is deterministic for a fixed device and batch size: a restarted run writes the same bytes.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -24,19 +26,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from infra.fileio import unusable_folder
+from infra.fileio import WriteError, unusable_folder
 from models.vae import DEFAULT_VAE_ID, PRECISIONS, configure_precision, encode_moments, load_vae
 
 from .crop import IMAGE_EXTENSIONS, center_crop_adm, load_rgb
-from .launch import check_launch_flags, rank_environment
+from .launch import check_launch_flags, die_with_parent, rank_environment
 from .shards import (
     DTYPES,
     ShardWriter,
     atomic_save_npy,
     atomic_write_json,
     finalize,
+    files_fingerprint,
     fingerprint,
     shard_files,
+    shard_files_changed,
     shard_is_done,
 )
 
@@ -160,9 +164,22 @@ def encode_folder(src_dir: str, out_dir: str, resolution: int = 256, vae: torch.
         return fingerprint({"settings": settings, "items": items[lo:hi],
                             "reference": [[i, reference[i]] for i in range(lo, hi) if i in reference]})
 
+    def shard_files_fingerprint(k):
+        return files_fingerprint(src_dir, [rel for rel, _ in items[k * shard_size:(k + 1) * shard_size]])
+
     os.makedirs(os.path.join(out_dir, "shards"), exist_ok=True)
     mine = [k for k in range(num_shards) if k % world_size == rank]
-    todo = [k for k in mine if not shard_is_done(out_dir, k, shard_fingerprint(k), settings)]
+    todo = []
+    for k in mine:
+        if not shard_is_done(out_dir, k, shard_fingerprint(k), settings):
+            todo.append(k)
+        elif shard_files_changed(out_dir, k, shard_files_fingerprint(k)):
+            print(f"[preprocessing] shard {k}: image files under SRC_DIR changed since it was written (size "
+                  f"or modification time); encoding it again", flush=True)
+            todo.append(k)
+            # the dataset is no longer complete until finalize has run again
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out_dir, "dataset.json"))
     stopped_early = max_shards is not None and len(todo) > max_shards
     if stopped_early:
         todo = todo[:max_shards]
@@ -178,7 +195,8 @@ def encode_folder(src_dir: str, out_dir: str, resolution: int = 256, vae: torch.
         indices = [i for k in todo for i in range(k * shard_size, min(n, (k + 1) * shard_size))]
         loader = torch.utils.data.DataLoader(
             CropDataset(src_dir, items, indices, resolution, min_size), batch_size=8, shuffle=False,
-            num_workers=workers, collate_fn=_collate, prefetch_factor=4 if workers > 0 else None)
+            num_workers=workers, collate_fn=_collate, prefetch_factor=4 if workers > 0 else None,
+            worker_init_fn=die_with_parent)
         # ordered (index, crop, reason)
         stream = (x for chunk in loader for x in chunk)
         bar = tqdm(total=len(indices), unit="img", desc=f"rank {rank}", position=rank,
@@ -186,7 +204,8 @@ def encode_folder(src_dir: str, out_dir: str, resolution: int = 256, vae: torch.
         t0 = time.time()
         for k in todo:
             _encode_shard(out_dir, k, shard_size, n, items, stream, vae, batch_size, precision, dtype, flip,
-                          resolution, reference, shard_fingerprint(k), device, bar, settings)
+                          resolution, reference, shard_fingerprint(k), device, bar, settings,
+                          shard_files_fingerprint(k))
         bar.close()
         if progress:
             print(f"[preprocessing] rank {rank}: {len(indices)} images in {time.time() - t0:.1f}s "
@@ -219,7 +238,7 @@ def encode_folder(src_dir: str, out_dir: str, resolution: int = 256, vae: torch.
 
 
 def _encode_shard(out_dir, k, shard_size, n, items, stream: Iterator, vae, batch_size, precision, dtype, flip,
-                  resolution, reference, fp, device, bar, settings=None):
+                  resolution, reference, fp, device, bar, settings=None, files_fp=None):
     """Consume shard k's items from `stream`, encode them in batches, write the shard atomically."""
     lo = k * shard_size
     hi = min(n, (k + 1) * shard_size)
@@ -269,8 +288,8 @@ def _encode_shard(out_dir, k, shard_size, n, items, stream: Iterator, vae, batch
             flush()
         if ref_crops:
             atomic_save_npy(files["reference"], np.stack(ref_crops))  # (m, res, res, 3) uint8
-        meta = {"fingerprint": fp, "settings": settings, "shard": k, "first_item": lo, "num_items": hi - lo,
-                "count": writer.count,
+        meta = {"fingerprint": fp, "files": files_fp, "settings": settings, "shard": k, "first_item": lo,
+                "num_items": hi - lo, "count": writer.count,
                 "labels": labels, "sources": sources, "skipped": skipped, "reference_ranks": ref_ranks,
                 "stats": writer.stats}
         # meta first, the moments file last
@@ -331,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                           reference_seed=args.reference_seed, min_size=args.min_size,
                           max_shards=args.max_shards, rank=rank, world_size=world_size,
                           progress=not args.no_progress)
-        # incl. SettingsMismatch (a rerun)
-        except (FileNotFoundError, ValueError) as e:
+        # incl. SettingsMismatch (a rerun), a full disk (WriteError)
+        except (FileNotFoundError, ValueError, WriteError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     return 0

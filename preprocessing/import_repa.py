@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 # the one reader of the REPA layout
 from dataset import RepaLatentDataset
-from infra.fileio import unusable_folder
+from infra.fileio import WriteError, unusable_folder
 
+from .launch import die_with_parent
 from .shards import DTYPES, ShardWriter, atomic_write_json, finalize, fingerprint, shard_files, shard_is_done
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -102,7 +103,8 @@ def import_repa(data_dir: str, out_dir: str, shard_size: int = 20000, dtype: str
         writer = ShardWriter(files["moments"], hi - lo, ds.item_shape, dtype)
         try:
             loader = torch.utils.data.DataLoader(_Arrays(ds, list(range(lo, hi))), batch_size=256,
-                                                 num_workers=workers, collate_fn=np.stack)
+                                                 num_workers=workers, collate_fn=np.stack,
+                                                 worker_init_fn=die_with_parent)
             for batch in loader:                                   # (B, 8, h, w) float32
                 writer.write(batch)
                 bar.update(len(batch))
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import_repa(args.data_dir, args.out_dir, args.shard_size, args.dtype, args.num_classes, args.workers,
                     not args.no_progress)
-    except (FileNotFoundError, ValueError) as e:
+    # a full disk: WriteError
+    except (FileNotFoundError, ValueError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,7 +1,10 @@
 """The launch environment of the preprocessing commands: torchrun ranks, decoding workers, the device."""
 import contextlib
+import ctypes
 import datetime
+import multiprocessing
 import os
+import signal
 
 import torch
 
@@ -40,3 +43,17 @@ def check_launch_flags(workers=None, device=None):
         raise ValueError(f"--device {device}: no CUDA GPU is visible here (use --device cpu)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) are visible")
+
+
+def die_with_parent(worker_id: int | None = None) -> None:
+    """A decoding worker's init (DataLoader worker_init_fn): SIGKILL when its parent dies (Linux
+    PR_SET_PDEATHSIG), so that a worker stuck in a read never outlives a killed run; elsewhere a no-op."""
+    try:
+        # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    # the parent died before the call: nobody would send the signal
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from dataset import read_json
-from infra.fileio import atomic_path, atomic_save_npy, atomic_write_json
+from infra.fileio import WriteError, atomic_path, atomic_save_npy, atomic_write_json, npy_header
 from models.dinov2 import (
     DINOV2_DIMS,
     dinov2_patch_tokens,
@@ -39,7 +39,7 @@ from models.dinov2 import (
 )
 
 from .crop import center_crop_adm, load_rgb
-from .launch import check_launch_flags, rank_environment
+from .launch import check_launch_flags, die_with_parent, rank_environment
 from .shards import FORMAT_NAME, SettingsMismatch, fingerprint
 
 FEATURES_FORMAT = "sit-repa-features"
@@ -200,7 +200,7 @@ def repa_features(data_dir, enc_type="dinov2_vitb14", enc_weights=None, patch_si
         groups = [g for k in todo for g in _groups(sources, int(offsets[k]), int(offsets[k + 1]))]
         loader = torch.utils.data.DataLoader(
             _Crops(root, sources, groups, resolution), batch_size=8, shuffle=False, num_workers=workers,
-            collate_fn=_collate, prefetch_factor=4 if workers > 0 else None)
+            collate_fn=_collate, prefetch_factor=4 if workers > 0 else None, worker_init_fn=die_with_parent)
         stream = ((first + j, crop)
                   for chunk in loader for first, crops in chunk for j, crop in enumerate(crops))
         n_todo = sum(int(offsets[k + 1] - offsets[k]) for k in todo)
@@ -266,9 +266,12 @@ def _write_shard(folder, k, lo, hi, stream, encoder, side, dim, batch_size, prec
     if hi == lo:
         atomic_save_npy(files["features"], np.zeros(shape, np.float16))
         return
-    # Renamed into place when complete.
-    with atomic_path(files["features"]) as tmp:
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+    # Renamed into place when complete; the free space checked first, the rows appended by plain writes (no
+    # memory map: a disk that fills up anyway is a WriteError naming the file, never a SIGBUS).
+    header = npy_header(np.float16, shape)
+    with atomic_path(files["features"], nbytes=len(header) + int(np.prod(shape)) * 2) as tmp, \
+            open(tmp, "wb") as f:
+        f.write(header)
         for a in range(lo, hi, batch_size):
             batch = []
             for expected in range(a, min(hi, a + batch_size)):
@@ -277,10 +280,11 @@ def _write_shard(folder, k, lo, hi, stream, encoder, side, dim, batch_size, prec
                     raise AssertionError(f"loader order broken: got sample {i}, expected {expected}")
                 batch.append(crop)
             feats = encode_features(encoder, torch.from_numpy(np.stack(batch)), side, precision)
-            mm[a - lo:a - lo + len(batch)] = feats.cpu().numpy().astype(np.float16)
+            want = (len(batch),) + shape[1:]
+            if tuple(feats.shape) != want:
+                raise AssertionError(f"encoder gave features of shape {tuple(feats.shape)}, expected {want}")
+            f.write(np.ascontiguousarray(feats.cpu().numpy().astype(np.float16)).tobytes())
             bar.update(len(batch))
-        mm.flush()
-        del mm
     bar.set_postfix(shard=k, refresh=False)
 
 
@@ -324,7 +328,8 @@ def main(argv=None):
             repa_features(args.data_dir, args.enc_type, args.enc_weights, args.patch_size, args.batch_size,
                           args.precision, workers, args.images_root, device, rank=rank, world_size=world_size,
                           progress=not args.no_progress)
-        except (FileNotFoundError, ValueError) as e:
+        # a full disk: WriteError
+        except (FileNotFoundError, ValueError, WriteError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     return 0

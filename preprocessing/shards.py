@@ -2,16 +2,28 @@
 dataset-level files (labels.npy, sources.txt, skipped.txt, reference_batch.npz, dataset.json) once all are
 done.
 
-A shard is finished when shards/moments-KKKKK.npy exists (it is renamed into place last, after its meta file).
-Temporary files end in ".tmp" and are overwritten by the next attempt.
+A shard is finished when shards/moments-KKKKK.npy exists (it is renamed into place last, after its meta file),
+with the same settings and file names (`fingerprint`) and the same file sizes and modification times
+(`files_fingerprint`: a shard whose images changed is encoded again). Temporary files end in ".tmp" and are
+replaced by the next attempt.
 """
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 
-from infra.fileio import atomic_save_npy, atomic_write_bytes, atomic_write_json, npy_header, stream_npz
+from infra.fileio import (
+    atomic_path,
+    atomic_save_npy,
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_free_space,
+    npy_header,
+    stream_npz,
+    write_error,
+)
 
 FORMAT_NAME = "sit-latent-shards"
 FORMAT_VERSION = 1
@@ -28,6 +40,27 @@ def shard_files(out_dir: str, k: int) -> dict[str, str]:
     return {"moments": os.path.join(d, f"moments-{k:05d}.npy"),
             "meta": os.path.join(d, f"meta-{k:05d}.json"),
             "reference": os.path.join(d, f"reference-{k:05d}.npy")}
+
+
+def files_fingerprint(src_dir: str, rel_paths: list[str]) -> str:
+    """Stable hash of the size and modification time of each file: an image changed under the same name
+    changes it (a shard's "files" in its meta file)."""
+    stats = []
+    for rel in rel_paths:
+        try:
+            st = os.stat(os.path.join(src_dir, rel))
+            stats.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            stats.append(None)
+    return fingerprint(stats)
+
+
+def shard_files_changed(out_dir: str, k: int, expected_files: str) -> bool:
+    """True when finished shard k records a files fingerprint other than `expected_files` (shards written
+    before it was recorded are taken as they are)."""
+    with open(shard_files(out_dir, k)["meta"]) as f:
+        recorded = json.load(f).get("files")
+    return recorded is not None and recorded != expected_files
 
 
 class SettingsMismatch(RuntimeError, ValueError):
@@ -81,10 +114,12 @@ def shard_is_done(out_dir: str, k: int, expected_fingerprint: str, settings: dic
 
 
 class ShardWriter:
-    """Appends float32 moments (n, 8, h, w) to a memory-mapped .npy of at most `capacity` samples, cast to
-    `dtype`.
+    """Appends float32 moments (n, 8, h, w) to a .npy of at most `capacity` samples, cast to `dtype`.
 
-    close() trims the file to the samples written and renames it into place; nothing is held in RAM.
+    The free space for `capacity` samples is checked before anything is written, and the samples are
+    appended by plain writes (no memory map: a disk that fills up anyway is a WriteError naming the shard and
+    the bytes, never a SIGBUS). close() trims the file to the samples written and renames it into place;
+    nothing is held in RAM.
     """
 
     def __init__(self, path: str, capacity: int, sample_shape: tuple[int, ...], dtype: str):
@@ -95,15 +130,25 @@ class ShardWriter:
         self.capacity = capacity
         self.sample_shape = tuple(sample_shape)
         self.dtype = np.dtype(dtype)
+        self.sample_bytes = int(np.prod(self.sample_shape)) * self.dtype.itemsize
         self.count = 0
         c = self.sample_shape[0] // 2
         # running sums; the fp16 errors in std units
         self.stats = {"n": 0, "mean_sum": [0.0] * c, "mean_sqsum": [0.0] * c,
                       "std_sum": 0.0, "std_min": None, "std_max": None,
                       "fp16_err_max": 0.0, "fp16_err_sum": 0.0}
-        # a zero-length memmap is not allowed
-        shape = (max(capacity, 1),) + self.sample_shape
-        self.mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=shape)
+        header = npy_header(self.dtype, (capacity,) + self.sample_shape)
+        self.nbytes = len(header) + capacity * self.sample_bytes
+        ensure_free_space(path, self.nbytes)
+        # a previous attempt's temporary (or a link planted there) is replaced, never written through
+        if os.path.lexists(self.tmp):
+            os.remove(self.tmp)
+        try:
+            self.file = open(self.tmp, "xb")
+            self.file.write(header)
+        except OSError as exc:
+            raise (write_error(exc, path, self.nbytes) or exc) from None
+        self.offset = len(header)
 
     def write(self, moments: np.ndarray) -> None:
         n = moments.shape[0]
@@ -112,8 +157,11 @@ class ShardWriter:
                              f"got {moments.shape[1:]}")
         if self.count + n > self.capacity:
             raise ValueError(f"shard {self.path}: more than {self.capacity} samples written")
-        stored = moments.astype(self.dtype)
-        self.mm[self.count:self.count + n] = stored
+        stored = np.ascontiguousarray(moments.astype(self.dtype))
+        try:
+            self.file.write(stored.tobytes())
+        except OSError as exc:
+            raise (write_error(exc, self.path, self.nbytes) or exc) from None
         self.count += n
         if n == 0:
             return
@@ -138,30 +186,35 @@ class ShardWriter:
 
     def close(self) -> None:
         """Trim to `count` samples, flush, and rename into place (atomic)."""
-        self.mm.flush()
-        # header length of the .npy
-        offset = self.mm.offset
-        del self.mm
         header = npy_header(self.dtype, (self.count,) + self.sample_shape)
-        nbytes = self.count * int(np.prod(self.sample_shape)) * self.dtype.itemsize
-        # usual case: patch the shape in place
-        if len(header) == offset:
-            with open(self.tmp, "r+b") as f:
-                f.write(header)
-                f.truncate(offset + nbytes)
-                f.flush()
-                os.fsync(f.fileno())
-        # header size changed: copy the prefix
-        else:
-            src = np.load(self.tmp, mmap_mode="r")
-            atomic_save_npy(self.tmp + "2", np.ascontiguousarray(src[:self.count]))
-            del src
-            os.replace(self.tmp + "2", self.tmp)
+        nbytes = self.count * self.sample_bytes
+        try:
+            # usual case: patch the shape in place
+            if len(header) == self.offset:
+                self.file.seek(0)
+                self.file.write(header)
+                self.file.truncate(self.offset + nbytes)
+                self.file.flush()
+                os.fsync(self.file.fileno())
+                self.file.close()
+            # header size changed: copy the samples (all the file holds after the header) behind the new one
+            else:
+                self.file.close()
+                with atomic_path(self.tmp + "2", nbytes=len(header) + nbytes) as tmp2, \
+                        open(self.tmp, "rb") as src, open(tmp2, "wb") as dst:
+                    dst.write(header)
+                    src.seek(self.offset)
+                    shutil.copyfileobj(src, dst)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                os.replace(self.tmp + "2", self.tmp)
+        except OSError as exc:
+            raise (write_error(exc, self.path, self.nbytes) or exc) from None
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        if hasattr(self, "mm"):
-            del self.mm
+        if hasattr(self, "file"):
+            self.file.close()
         if os.path.exists(self.tmp):
             os.remove(self.tmp)
 

@@ -84,9 +84,18 @@ def test_shard_writer_trims_when_the_header_size_changes(tmp_path, monkeypatch):
     import preprocessing.shards as shards
     m = np.random.default_rng(0).normal(size=(3, 8, 2, 2)).astype(np.float32)
     real = shards.npy_header
-    for name, header in [("inplace", real), ("copy", lambda d, s: real(d, s) + b" " * 64)]:
-        monkeypatch.setattr(shards, "npy_header", header)
+
+    def longer(dtype, shape):
+        # the same header with 64 more spaces of padding (a valid .npy header, 64 bytes longer)
+        h = real(dtype, shape)
+        body = h[10:-1] + b" " * 64 + b"\n"
+        return h[:8] + len(body).to_bytes(2, "little") + body
+
+    for name, header in [("inplace", real), ("copy", longer)]:
+        monkeypatch.setattr(shards, "npy_header", real)
         w = ShardWriter(str(tmp_path / f"{name}.npy"), 10, (8, 2, 2), "float32")
+        # the trimmed shape's header is longer than the one written at the start
+        monkeypatch.setattr(shards, "npy_header", header)
         w.write(m)
         w.close()
         np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"), m)
@@ -260,3 +269,26 @@ def test_missing_repa_features_name_the_whole_command(tmp_path):
     command = f"python -m preprocessing repa-features {out} --enc-type dinov2_vitb14 --patch-size 2"
     assert command in str(e.value)
     assert "..." not in str(e.value)
+
+
+def test_int16_shards_under_a_float32_dataset_json_are_refused_naming_both(tmp_path):
+    out = str(tmp_path / "d")
+    write_shards(out, [4, 3])
+    shard = os.path.join(out, "shards", "moments-00001.npy")
+    np.save(shard, np.ones((3, 8, 4, 4), dtype=np.int16))
+    with pytest.raises(ValueError, match="int16") as e:
+        build_dataset(out)
+    assert shard in str(e.value) and "float32" in str(e.value)
+
+
+def test_a_repa_label_that_is_not_an_integer_is_refused_naming_the_file(tmp_path):
+    vae = tmp_path / "repa" / "vae-sd"
+    (vae / "00000").mkdir(parents=True)
+    entries = []
+    for i, label in enumerate([1, 2.7]):
+        np.save(vae / "00000" / f"img-{i}.npy", np.zeros((8, 2, 2), np.float32))
+        entries.append([f"00000/img-{i}.npy", label])
+    (vae / "dataset.json").write_text(json.dumps({"labels": entries}))
+    with pytest.raises(ValueError, match="must be integers") as e:
+        build_dataset(str(tmp_path / "repa"))
+    assert str(vae / "dataset.json") in str(e.value) and "2.7" in str(e.value)

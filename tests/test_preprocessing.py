@@ -363,3 +363,202 @@ def test_cli(image_folder, tmp_path, capsys):
     assert encode_main([image_folder, str(tmp_path / "x"), "--vae", str(tmp_path / "none"),
                         "--device", "cpu"]) == 2
     assert "SD-VAE weights not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- faults and odd files (issue 26)
+def _copy_folder(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+class _Hang(Exception):
+    pass
+
+
+def test_a_fifo_named_png_is_skipped_and_listed_not_read(image_folder, tiny_vae, tmp_path):
+    import signal
+    src = _copy_folder(image_folder, tmp_path / "src")
+    fifo = os.path.join(src, "n01_alpha", "pipe.png")
+    os.mkfifo(fifo)
+    img, reason = load_rgb(fifo)
+    assert img is None and "not a regular file" in reason
+
+    def hang(*_):
+        raise _Hang()
+
+    # before the fix this blocked forever in open(); a minute is far more than it needs
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(60)
+    try:
+        out = str(tmp_path / "out")
+        info = encode_folder(src, out, RES, vae=tiny_vae, batch_size=4, shard_size=8, workers=0,
+                             progress=False)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    skipped = dict(line.split("\t") for line in open(os.path.join(out, "skipped.txt")).read().splitlines())
+    assert "not a regular file" in skipped["n01_alpha/pipe.png"] and info["num_images"] == 11
+
+
+WORKER_OF_A_KILLED_PARENT = r"""
+import sys, time
+import torch
+from preprocessing.launch import die_with_parent
+
+class Stuck(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        time.sleep(600)
+
+loader = torch.utils.data.DataLoader(Stuck(), num_workers=1, worker_init_fn=die_with_parent)
+it = iter(loader)
+print(it._workers[0].pid, flush=True)
+next(it)
+"""
+
+
+def _running(pid):
+    """True while `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_decoding_workers_die_with_their_killed_parent():
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parent = subprocess.Popen([sys.executable, "-c", WORKER_OF_A_KILLED_PARENT], cwd=root, text=True,
+                              stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=root))
+    try:
+        worker = int(parent.stdout.readline())
+        # the worker is inside __getitem__ (it sleeps): kill the parent, as a job scheduler would
+        time.sleep(1)
+        assert _running(worker)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(30)
+        deadline = time.time() + 20
+        while _running(worker) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _running(worker), "the worker outlived its killed parent"
+    finally:
+        parent.kill()
+        if _running(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def _corrupt_jpeg():
+    """A JPEG with 5 bits flipped in its entropy-coded data (after the SOS segment): PIL decodes it without a
+    word (garbled), libjpeg warns."""
+    import io
+    buf = io.BytesIO()
+    _pattern(96, 64).save(buf, "JPEG", quality=90)
+    data = bytearray(buf.getvalue())
+    sos = data.find(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+    rng = np.random.default_rng(3)
+    for p in rng.integers(start, len(data) - 2, 5):
+        data[p] ^= 1 << int(rng.integers(0, 8))
+    return bytes(buf.getvalue()), bytes(data)
+
+
+def test_a_jpeg_with_corrupted_entropy_data_is_skipped_not_encoded_garbled(tmp_path):
+    import io
+    clean, corrupt = _corrupt_jpeg()
+    # what PIL does with it: decodes, no error, no warning, other pixels
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        garbled = Image.open(io.BytesIO(corrupt))
+        garbled.load()
+    assert not np.array_equal(np.asarray(garbled), np.asarray(Image.open(io.BytesIO(clean))))
+    (tmp_path / "clean.jpg").write_bytes(clean)
+    (tmp_path / "corrupt.jpg").write_bytes(corrupt)
+    img, reason = load_rgb(str(tmp_path / "clean.jpg"))
+    assert reason is None and img.size == (96, 64)
+    img, reason = load_rgb(str(tmp_path / "corrupt.jpg"))
+    assert img is None and reason.startswith("corrupt: Corrupt JPEG data"), reason
+
+
+def test_a_float_tiff_holding_0_8_is_light_grey_not_black(tmp_path):
+    for value, grey in ((0.8, 204), (1.0, 255), (0.0, 0), (100.0, 100), (300.0, 255)):
+        path = str(tmp_path / f"f{value}.tif")
+        Image.fromarray(np.full((16, 16), value, np.float32), mode="F").save(path)
+        img, reason = load_rgb(path)
+        assert reason is None and np.asarray(img).min() == np.asarray(img).max() == grey, (value, reason)
+    path = str(tmp_path / "nan.tif")
+    Image.fromarray(np.full((16, 16), np.nan, np.float32), mode="F").save(path)
+    img, reason = load_rgb(path)
+    assert img is None and "NaN" in reason
+
+
+def test_an_image_changed_under_the_same_name_is_encoded_again(image_folder, tiny_vae, tmp_path, capsys):
+    src = _copy_folder(image_folder, tmp_path / "src")
+    out = str(tmp_path / "out")
+    kw = dict(vae=tiny_vae, batch_size=4, shard_size=4, workers=0, progress=False)
+    encode_folder(src, out, RES, **kw)
+    before = _all_bytes(out)
+    x_before, _ = stack_items(LatentShardDataset(out), range(11))
+    # n01_alpha/a1.png (item 1, shard 0): other pixels, same name
+    path = os.path.join(src, "n01_alpha", "a1.png")
+    Image.fromarray(_noise(np.random.default_rng(7), 64, 40)).save(path)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    capsys.readouterr()
+    encode_folder(src, out, RES, **kw)
+    assert "shard 0: image files under SRC_DIR changed" in capsys.readouterr().out
+    after = _all_bytes(out)
+    assert after["shards/moments-00000.npy"] != before["shards/moments-00000.npy"]
+    others = [f for f in before if f.startswith("shards/moments-") and f != "shards/moments-00000.npy"]
+    assert len(others) == 3 and all(after[f] == before[f] for f in others)
+    x_after, _ = stack_items(LatentShardDataset(out), range(11))
+    sources = [line.split("\t")[0] for line in open(os.path.join(out, "sources.txt")).read().splitlines()]
+    i = sources.index("n01_alpha/a1.png")
+    assert not torch.equal(x_after[i], x_before[i])
+    keep = [j for j in range(11) if j != i]
+    assert torch.equal(x_after[keep], x_before[keep])
+
+
+def test_a_full_disk_during_shard_writes_is_one_line_naming_the_path_and_bytes(image_folder, tmp_path,
+                                                                                monkeypatch, capsys):
+    import errno
+
+    from infra import fileio
+    from preprocessing.shards import ShardWriter
+    folder = tmp_path / "sd-vae"
+    make_vae(tiny_vae_config()).save_pretrained(folder)
+    monkeypatch.setattr(fileio, "free_bytes", lambda path: 1000)
+    out = str(tmp_path / "out")
+    rc = encode_main([image_folder, out, "--resolution", str(RES), "--vae", str(folder), "--workers", "0",
+                      "--device", "cpu", "--shard-size", "8", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    shard = os.path.join(out, "shards", "moments-00000.npy")
+    # 8 samples of (8, 4, 4) float32 and the 128-byte header
+    assert f"{shard}: no space left on the device: 4.1 KiB needed, 1000 B free" in err
+    assert not [f for f in os.listdir(os.path.join(out, "shards")) if f.startswith("moments")]
+    # the disk fills up while the shard is written: the write's ENOSPC, said the same way
+    monkeypatch.setattr(fileio, "free_bytes", lambda path: 2 ** 40)
+    w = ShardWriter(shard, 8, (8, 4, 4), "float32")
+
+    class Full:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    w.file.close()
+    w.file = Full()
+    with pytest.raises(fileio.WriteError, match="moments-00000.npy: no space left on the device"):
+        w.write(np.ones((2, 8, 4, 4), np.float32))
+    w.abort()
+    assert not os.listdir(os.path.join(out, "shards"))

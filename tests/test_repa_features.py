@@ -145,6 +145,21 @@ def test_resumed_interrupted_and_split_runs_write_the_same_bytes(featurized, wei
         rf.repa_features(copy, **dict(kw, world_size=1, precision="bf16"))
 
 
+def test_a_full_disk_during_feature_writes_is_one_line_naming_the_file_and_bytes(featurized, weights,
+                                                                                   tmp_path, monkeypatch,
+                                                                                   capsys):
+    from infra import fileio
+    copy = str(tmp_path / "copy")
+    shutil.copytree(featurized, copy)
+    shutil.rmtree(os.path.join(copy, NAME))
+    monkeypatch.setattr(fileio, "free_bytes", lambda path: 1000)
+    assert rf.main([copy, "--enc-weights", weights, *CLI]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "features-00000.npy: no space left on the device" in err and "needed, 1000 B free" in err, err
+    assert not [f for f in os.listdir(os.path.join(copy, NAME)) if f.endswith(".npy")]
+
+
 def test_cli_errors(featurized, tmp_path, capsys):
     rc = rf.main([featurized, "--enc-weights", str(tmp_path / "none.pth"), *CLI])
     assert rc == 2 and "DINOv2 weights for dinov2_vits14 not found" in capsys.readouterr().err
