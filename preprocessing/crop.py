@@ -9,8 +9,9 @@
   - unreadable / not an image / truncated / decompression bomb -> skipped (the reason is returned);
   - not a regular file (a FIFO, a device, a socket named *.png) -> skipped, never opened for a blocking read;
   - a JPEG whose entropy-coded data libjpeg reports as corrupt (bad Huffman code, premature end of a data
-    segment, extraneous bytes before a marker, ...: decoded again by simplejpeg in strict mode, since PIL
-    fills such data in silently) -> skipped, not encoded garbled;
+    segment, extraneous bytes before a marker inside the data, ...: decoded again by simplejpeg in strict
+    mode, since PIL fills such data in silently) -> skipped, not encoded garbled; junk just before the
+    end-of-image marker (every pixel decoded, as in a few ImageNet files) is kept;
   - greyscale (1, L, I, I;16, F), CMYK, YCbCr, LAB, HSV -> converted to RGB; float images (F): values in
     [0, 1] are scaled to [0, 255] (a TIFF holding 0.8 is light grey, not black), others are taken as [0, 255]
     and clipped; NaN or inf -> skipped;
@@ -102,6 +103,10 @@ def jpeg_data_problem(data: bytes) -> str | None:
                                strict=True)
     except ValueError as e:
         message = str(e)
+        # junk after the last scan, before the end-of-image marker: every pixel decoded (a few ImageNet files
+        # carry it; REPA and ADM keep them, so the image count stays theirs)
+        if "extraneous bytes before marker 0xd9" in message:
+            return None
         return message if any(w in message for w in JPEG_DATA_WARNINGS) else None
     return None
 

@@ -486,6 +486,10 @@ def test_a_jpeg_with_corrupted_entropy_data_is_skipped_not_encoded_garbled(tmp_p
     assert reason is None and img.size == (96, 64)
     img, reason = load_rgb(str(tmp_path / "corrupt.jpg"))
     assert img is None and reason.startswith("corrupt: Corrupt JPEG data"), reason
+    # junk between the last scan and the end-of-image marker: every pixel decoded, kept (as REPA keeps it)
+    (tmp_path / "tail.jpg").write_bytes(clean[:-2] + b"\x00\x12" + clean[-2:])
+    img, reason = load_rgb(str(tmp_path / "tail.jpg"))
+    assert reason is None and np.array_equal(np.asarray(img), np.asarray(Image.open(io.BytesIO(clean))))
 
 
 def test_a_float_tiff_holding_0_8_is_light_grey_not_black(tmp_path):
