@@ -1,0 +1,327 @@
+"""ddpm.py against closed forms and against a naive implementation written here.
+
+The naive side derives what ddpm.py tabulates: abar by a running product, the posterior q(x_{t-1} | x_t, x0)
+by multiplying the two Gaussians it is made of (Bayes, precisions add), the VLB terms from math.erf. The
+samplers run on analytic Gaussian data, x0 ~ N(mu_y, Sigma), where the exact noise prediction is known:
+    x_t ~ N(sqrt(abar) mu, S_t),  S_t = abar Sigma + (1 - abar) I,
+    E[eps | x_t] = sqrt(1 - abar) S_t^-1 (x - sqrt(abar) mu).
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ddpm
+from models.sit import SiT
+
+
+def naive_alphas_cumprod(betas):
+    out, prod = [], 1.0
+    for b in betas:
+        prod *= 1.0 - b
+        out.append(prod)
+    return out
+
+
+def test_linear_schedule_is_dits():
+    betas = ddpm.linear_betas()
+    assert betas.shape == (1000,) and betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(0.02)
+    assert np.allclose(np.diff(betas), (0.02 - 1e-4) / 999)
+    d = ddpm.GaussianDiffusion.dit()
+    assert np.allclose(d.alphas_cumprod, naive_alphas_cumprod(betas.tolist()), rtol=1e-12)
+    # abar_999 of DiT's process: about 4e-5
+    assert 3e-5 < d.alphas_cumprod[-1] < 5e-5
+
+
+def test_q_sample_matches_the_closed_form_and_its_moments():
+    d = ddpm.GaussianDiffusion.dit()
+    acp = naive_alphas_cumprod(ddpm.linear_betas().tolist())
+    torch.manual_seed(0)
+    x0 = torch.randn(4, 2, 3, 3)
+    eps = torch.randn_like(x0)
+    t = torch.tensor([0, 10, 500, 999])
+    got = d.q_sample(x0, t, eps)
+    for n, tn in enumerate(t.tolist()):
+        want = math.sqrt(acp[tn]) * x0[n] + math.sqrt(1 - acp[tn]) * eps[n]
+        assert torch.allclose(got[n], want, atol=1e-6)
+    # moments of x_t for one fixed x0 over many eps
+    x0 = torch.full((200000, 1, 1, 1), 0.7)
+    t = torch.full((200000,), 300)
+    xt = d.q_sample(x0, t, torch.randn_like(x0))
+    assert float(xt.mean()) == pytest.approx(math.sqrt(acp[300]) * 0.7, abs=5e-3)
+    assert float(xt.var()) == pytest.approx(1 - acp[300], abs=5e-3)
+
+
+def test_posterior_is_bayes_rule():
+    """q(x_{t-1} | x_t, x0) ~ q(x_t | x_{t-1}) q(x_{t-1} | x0): precision 1 / (1 - abar_{t-1}) + alpha_t /
+    beta_t, mean (sqrt(abar_{t-1}) x0 / (1 - abar_{t-1}) + sqrt(alpha_t) x_t / beta_t) / precision."""
+    d = ddpm.GaussianDiffusion.dit()
+    betas = ddpm.linear_betas().tolist()
+    acp = naive_alphas_cumprod(betas)
+    x0 = torch.tensor([0.3, -1.2], dtype=torch.float64).view(2, 1, 1, 1)
+    xt = torch.tensor([1.1, 0.4], dtype=torch.float64).view(2, 1, 1, 1)
+    for step in (1, 7, 250, 999):
+        t = torch.full((2,), step)
+        mean, var, logvar = d.q_posterior(x0, xt, t)
+        a, b, prev = 1 - betas[step], betas[step], acp[step - 1]
+        precision = 1 / (1 - prev) + a / b
+        want = (math.sqrt(prev) * x0 / (1 - prev) + math.sqrt(a) * xt / b) / precision
+        assert torch.allclose(mean, want, rtol=1e-9)
+        assert float(var[0]) == pytest.approx(1 / precision, rel=1e-9)
+        assert float(logvar[0]) == pytest.approx(math.log(1 / precision), rel=1e-9)
+    # at t = 0 the posterior is a point (variance 0); its log is clipped to beta~_1's
+    mean, var, logvar = d.q_posterior(x0, xt, torch.zeros(2, dtype=torch.long))
+    assert float(var[0]) == 0.0 and float(logvar[0]) == pytest.approx(math.log(d.posterior_variance[1]))
+    assert torch.allclose(mean, x0)
+
+
+def test_space_timesteps():
+    kept = ddpm.space_timesteps(1000, "250")
+    assert len(kept) == 250 and kept[0] == 0 and kept[-1] == 999
+    assert ddpm.space_timesteps(1000, 1000) == list(range(1000))
+    # the documented example: 300 steps in sections of 10, 15, 20
+    kept = ddpm.space_timesteps(300, "10,15,20")
+    assert len(kept) == 45 and [k for k in kept if k < 100][-1] == 99 and kept[-1] == 299
+    assert ddpm.space_timesteps(1000, "ddim50") == list(range(0, 1000, 20))
+    with pytest.raises(ValueError, match="cannot take 400 steps"):
+        ddpm.space_timesteps(300, "400")
+    with pytest.raises(ValueError, match="ddimN"):
+        ddpm.space_timesteps(1000, "fast")
+
+
+@pytest.mark.parametrize("spec", ["250", "10,20,30", "ddim25", "7"])
+def test_respacing_keeps_alphas_cumprod_at_the_kept_steps(spec):
+    base = ddpm.GaussianDiffusion.dit()
+    spaced = ddpm.GaussianDiffusion.dit(spec)
+    kept = ddpm.space_timesteps(1000, spec)
+    assert spaced.timestep_map == kept
+    assert np.allclose(spaced.alphas_cumprod, base.alphas_cumprod[kept], rtol=1e-12)
+    # the network sees the original steps
+    t = torch.arange(len(kept))
+    assert spaced.model_steps(t).tolist() == [float(k) for k in kept]
+
+
+def test_vlb_terms_in_bits_per_dim():
+    d = ddpm.GaussianDiffusion.dit()
+    torch.manual_seed(1)
+    x0 = torch.rand(3, 2, 4, 4, dtype=torch.float64) * 2 - 1
+    xt = torch.randn_like(x0)
+    t = torch.tensor([5, 400, 900])
+    true_mean, _, true_logvar = d.q_posterior(x0, xt, t)
+    # the exact posterior costs nothing
+    zero = d.vb_bits_per_dim(x0, xt, t, true_mean, true_logvar.expand_as(x0))
+    assert torch.allclose(zero, torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    # a mean off by delta with the posterior's variance v: KL = delta^2 / (2 v) nats per dim
+    delta = 0.01
+    kl = d.vb_bits_per_dim(x0, xt, t, true_mean + delta, true_logvar.expand_as(x0))
+    want = torch.tensor([delta ** 2 / (2 * d.posterior_variance[s]) / math.log(2) for s in t.tolist()],
+                        dtype=torch.float64)
+    assert torch.allclose(kl, want, rtol=1e-9)
+    # the right mean with twice the variance: KL(N(m, v) || N(m, 2v)) = (ln 2 - 1 / 2) / 2 nats per dim
+    kl = d.vb_bits_per_dim(x0, xt, t, true_mean, true_logvar.expand_as(x0) + math.log(2))
+    assert torch.allclose(kl, torch.full((3,), (math.log(2) - 0.5) / 2 / math.log(2), dtype=torch.float64))
+    # t = 0: the discretised Gaussian NLL of x0's bin, with the exact normal CDF to the tanh approximation's
+    # accuracy; the outer bins are open-ended
+    x0 = torch.tensor([-1.0, -0.2, 0.5, 1.0], dtype=torch.float64).view(4, 1, 1, 1)
+    mean = torch.tensor([-0.98, -0.21, 0.49, 0.97], dtype=torch.float64).view(4, 1, 1, 1)
+    log_var = torch.full_like(x0, math.log(0.01 ** 2))
+    got = d.vb_bits_per_dim(x0, torch.zeros_like(x0), torch.zeros(4, dtype=torch.long), mean, log_var)
+
+    def cdf(v):
+        return 0.5 * (1 + math.erf(v / math.sqrt(2)))
+    want = []
+    for x, m in zip(x0.flatten().tolist(), mean.flatten().tolist()):
+        hi, lo = cdf((x - m + 1 / 255) / 0.01), cdf((x - m - 1 / 255) / 0.01)
+        p = hi if x < -0.999 else (1 - lo if x > 0.999 else hi - lo)
+        want.append(-math.log(p) / math.log(2))
+    # (the approximation is off by up to ~1% in the tails: 7.84 bits against 7.78 here)
+    assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), rtol=1e-2)
+    # the prior term: KL(N(sqrt(abar_T) x0, 1 - abar_T) || N(0, 1)) per dim
+    x0 = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64)
+    a = d.alphas_cumprod[-1]
+    want = 0.5 * (-1 - math.log(1 - a) + (1 - a) + a * 0.25) / math.log(2)
+    assert float(d.prior_bits_per_dim(x0)[0]) == pytest.approx(want, rel=1e-9)
+
+
+def test_hybrid_loss_trains_the_variance_only_through_the_vlb():
+    d = ddpm.GaussianDiffusion.dit()
+    torch.manual_seed(2)
+    x0 = torch.randn(3, 2, 4, 4)
+    eps = torch.randn_like(x0)
+    t = torch.tensor([3, 300, 999])
+    xt = d.q_sample(x0, t, eps)
+    # the exact eps and v = -1 (the posterior variance): zero loss
+    exact = torch.cat([eps, -torch.ones_like(eps)], dim=1)
+    mse, vb = d.training_terms(exact, x0, xt, eps, t)
+    assert torch.allclose(mse, torch.zeros(3)) and vb.abs().max() < 1e-4
+    # L_simple is the mean squared eps error; the VLB's gradient reaches the variance half only
+    out = (exact + 0.1 * torch.randn_like(exact)).requires_grad_()
+    mse, vb = d.training_terms(out, x0, xt, eps, t)
+    assert torch.allclose(mse, (out[:, :2] - eps).pow(2).mean(dim=(1, 2, 3)))
+    vb.sum().backward()
+    assert out.grad[:, :2].abs().max() == 0 and out.grad[:, 2:].abs().max() > 0
+    # without learned sigma: L_simple only
+    mse, vb = d.training_terms(eps.clone(), x0, xt, eps, t)
+    assert vb is None and float(mse.max()) == 0
+
+
+def test_per_token_steps_noise_each_patch_at_its_own_step():
+    d = ddpm.GaussianDiffusion.dit()
+    torch.manual_seed(3)
+    x0 = torch.randn(2, 3, 4, 4)
+    eps = torch.randn_like(x0)
+    # a 2 x 2 grid of 2 x 2 patches, one step per token (raster order)
+    tau = torch.tensor([[0, 10, 500, 999], [7, 7, 7, 7]])
+    pix = ddpm.pixel_timesteps(tau, grid=2, patch=2)
+    assert pix.shape == (2, 1, 4, 4)
+    got = d.q_sample(x0, pix, eps)
+    for n in range(2):
+        for k in range(4):
+            r, c = divmod(k, 2)
+            one = d.q_sample(x0[n:n + 1], tau[n, k:k + 1], eps[n:n + 1])
+            assert torch.allclose(got[n, :, 2 * r:2 * r + 2, 2 * c:2 * c + 2], one[0, :, 2 * r:2 * r + 2,
+                                                                                    2 * c:2 * c + 2])
+    # one step per sample: the same as the (N,) call
+    same = d.q_sample(x0, ddpm.pixel_timesteps(tau[:, :1], 2, 2), eps)
+    assert torch.allclose(same, d.q_sample(x0, tau[:, 0], eps))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Samplers on analytic Gaussian data
+# ------------------------------------------------------------------------------------------------------------
+
+class GaussianEps:
+    """The exact E[eps | x_t] of x0 ~ N(mu[y], Sigma) under DiT's process, at the original step t; the
+    variance channels say v (fixed)."""
+
+    def __init__(self, mu, sigma, v=0.0):
+        self.mu, self.sigma = mu.double(), sigma.double()
+        self.num_classes = mu.shape[0] - 1
+        self.acp = ddpm.GaussianDiffusion.dit().alphas_cumprod
+        self.v = v
+        self.steps = []
+
+    def __call__(self, x, t, y):
+        assert torch.all(t == t[0])
+        step = int(round(float(t[0])))
+        assert float(t[0]) == step
+        self.steps.append(step)
+        n, dim = x.shape[0], self.sigma.shape[0]
+        a = float(self.acp[step])
+        s_t = a * self.sigma + (1 - a) * torch.eye(dim, dtype=torch.float64)
+        gain = math.sqrt(1 - a) * torch.linalg.inv(s_t)
+        eps = (x.reshape(n, dim).double() - math.sqrt(a) * self.mu[y]) @ gain.T
+        eps = eps.reshape(x.shape).float()
+        return torch.cat([eps, torch.full_like(eps, self.v)], dim=1)
+
+
+def make_gaussian(v=0.0):
+    mu = torch.tensor([[1.0, -0.5], [-1.0, 2.0], [0.0, 0.0]])
+    sigma = torch.tensor([[1.0, 0.6], [0.6, 0.8]])
+    return GaussianEps(mu, sigma, v)
+
+
+def spd_sqrt(a):
+    w, q = torch.linalg.eigh(a)
+    return q @ torch.diag(w.sqrt()) @ q.T
+
+
+@pytest.mark.parametrize("mode,steps", [("ddpm", 250), ("ddim", 100)])
+def test_samplers_reach_the_gaussian(mode, steps):
+    torch.manual_seed(0)
+    model, n = make_gaussian(), 20000
+    y = torch.randint(0, 2, (n,))
+    z = torch.randn(n, 2, 1, 1)
+    x = ddpm.sample(model, z, y, mode=mode, num_steps=steps)
+    # the respaced steps, last to first, in the network's original indices
+    assert model.steps == ddpm.space_timesteps(1000, steps)[::-1]
+    for k in (0, 1):
+        xs = x[y == k].reshape(-1, 2).double()
+        assert torch.allclose(xs.mean(0), model.mu[k], atol=0.04), (k, xs.mean(0))
+        assert torch.allclose(torch.cov(xs.T), model.sigma, atol=0.06), (k, torch.cov(xs.T))
+    if mode == "ddim":
+        # the probability-flow endpoint of z is mu + Sigma^1/2 z (Sigma commutes with I), sample by sample
+        exact = model.mu[y] + z.reshape(n, 2).double() @ spd_sqrt(model.sigma).T
+        assert (x.reshape(n, 2).double() - exact).abs().mean() < 0.02
+
+
+def test_ddpm_with_per_image_generators_is_batch_independent():
+    from samplers import per_image_generators
+
+    model = make_gaussian()
+    z = torch.randn(4, 2, 1, 1)
+    y = torch.tensor([0, 1, 0, 1])
+    full = ddpm.sample(model, z, y, num_steps=20, generators=per_image_generators(range(4), "cpu"))
+    part = ddpm.sample(model, z[2:], y[2:], num_steps=20, generators=per_image_generators(range(2, 4), "cpu"))
+    assert torch.equal(full[2:], part)
+
+
+def test_cfg_is_dits_on_three_channels():
+    """forward_with_cfg: eps_u + w (eps_c - eps_u) on the first 3 channels, conditional eps on the 4th and the
+    conditional variance."""
+    def net(x, t, y):
+        base = torch.where(y == 5, 1.0, 3.0).view(-1, 1, 1, 1)
+        return base * torch.ones(x.shape[0], 8, 1, 1)
+
+    net.num_classes = 5
+    x = torch.zeros(2, 4, 1, 1)
+    out = ddpm.guided_output(net, x, torch.zeros(2), torch.tensor([0, 1]), 1.5, True, 3, 5)
+    # 1 + 1.5 (3 - 1) = 4 on the guided channels, 3 elsewhere
+    assert out[0, :, 0, 0].tolist() == [4, 4, 4, 3, 3, 3, 3, 3]
+    out = ddpm.guided_output(net, x, torch.zeros(2), torch.tensor([0, 1]), 1.5, True, None, 5)
+    assert out[0, :4, 0, 0].tolist() == [4, 4, 4, 4]
+
+
+def test_guidance_interval_counts_original_steps():
+    calls = []
+
+    def net(x, t, y):
+        calls.append((float(t[0]), x.shape[0]))
+        return torch.zeros(x.shape[0], 2 * x.shape[1], *x.shape[2:])
+
+    net.num_classes = 3
+    ddpm.sample(net, torch.zeros(2, 4, 1, 1), torch.tensor([0, 1]), num_steps=10, cfg_scale=2.0,
+                guidance_low=0.0, guidance_high=0.5)
+    doubled = {t for t, n in calls if n == 4}
+    assert doubled and all(t / 1000 <= 0.5 for t in doubled)
+    assert all(n == 2 for t, n in calls if t / 1000 > 0.5)
+
+
+def tiny_sit(seed=0):
+    torch.manual_seed(seed)
+    model = SiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2,
+                num_classes=3, learn_sigma=True).eval()
+    # a non-zero head (SiT's init zeroes it), small, so that eps_hat varies smoothly
+    for p in (model.final_layer.linear.weight, *(b.adaLN_modulation[-1].weight for b in model.blocks)):
+        torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
+def test_sit_returns_both_halves_with_sigma():
+    model = tiny_sit()
+    x = torch.randn(2, 4, 8, 8)
+    t = torch.tensor([10.0, 900.0])
+    y = torch.tensor([0, 2])
+    full = model(x, t, y, sigma=True)
+    assert full.shape == (2, 8, 8, 8) and torch.equal(full[:, :4], model(x, t, y))
+
+
+def test_ddim_is_deterministic_and_invertible():
+    model = tiny_sit()
+    torch.manual_seed(4)
+    z = torch.randn(2, 4, 8, 8)
+    y = torch.tensor([0, 1])
+    a = ddpm.sample(model, z, y, mode="ddim", num_steps=50)
+    # other global RNG state, same result: DDIM with eta = 0 draws nothing
+    torch.manual_seed(99)
+    assert torch.equal(a, ddpm.sample(model, z, y, mode="ddim", num_steps=50))
+    x0 = a
+    # the exact inverse (fixed-point iterations on eps_hat) takes x0 back to z, and DDIM takes z to x0
+    z_back = ddpm.ddim_invert(model, x0, y, num_steps=50, fixed_point_iters=6)
+    assert (z_back - z).abs().max() < 1e-4, (z_back - z).abs().max()
+    again = ddpm.sample(model, z_back, y, mode="ddim", num_steps=50)
+    assert (again - x0).abs().max() < 1e-4, (again - x0).abs().max()
+    # plain DDIM inversion (eps at the previous state) is close, not exact
+    z0 = ddpm.ddim_invert(model, x0, y, num_steps=50)
+    assert (z0 - z).abs().max() < 5e-2
