@@ -167,6 +167,11 @@ class GaussianDiffusion:
         return GaussianDiffusion(np.array(new_betas), [self.timestep_map[i] for i in kept])
 
     # ---- table lookups -------------------------------------------------------------------------------------
+    def tables_on(self, device: torch.device) -> None:
+        """Copy every table to `device` now (before a compiled step, which should only read them)."""
+        for name in self._cpu:
+            self._table(name, device)
+
     def _table(self, name: str, device: torch.device) -> Tensor:
         key = (name, str(device))
         if key not in self._on:

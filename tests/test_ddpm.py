@@ -325,3 +325,144 @@ def test_ddim_is_deterministic_and_invertible():
     # plain DDIM inversion (eps at the previous state) is close, not exact
     z0 = ddpm.ddim_invert(model, x0, y, num_steps=50)
     assert (z0 - z).abs().max() < 5e-2
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The loss under --process ddpm
+# ------------------------------------------------------------------------------------------------------------
+
+def ddpm_pair(seed=0, align_head="ap_head"):
+    import copy
+
+    torch.manual_seed(seed)
+    m = SiT(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=4, num_heads=2, num_classes=10,
+            learn_sigma=True, align_head=align_head)
+    for p in (m.final_layer.linear.weight, *(b.adaLN_modulation[-1].weight for b in m.blocks)):
+        torch.nn.init.normal_(p, std=0.02)
+    return m, copy.deepcopy(m).requires_grad_(False)
+
+
+def ddpm_loss(ema=None, **kw):
+    from loss import LossConfig, TrainingLoss
+
+    settings = dict(process="ddpm", align_target="ema" if ema is not None else "none", block_out_s=2,
+                    block_out_t=4, mask_ratio=(0.0,))
+    return TrainingLoss(LossConfig(**{**settings, **kw}), num_tokens=16, grid=4, patch=2, num_classes=10,
+                        ema=ema)
+
+
+def test_ddpm_loss_is_dits_hybrid_loss():
+    """One group, no alignment: the loss equals L_simple + L_vlb written out here from the same draws (eps,
+    label dropout, t ~ U{0..999}), the posterior from Bayes' rule and the learned-range variance."""
+    model, _ = ddpm_pair(align_head=None)
+    loss = ddpm_loss()
+    x0 = torch.rand(6, 1, 8, 8) * 2 - 1
+    y = torch.arange(6)
+    torch.manual_seed(5)
+    per_sample, logs = loss(model, x0, y)
+    torch.manual_seed(5)
+    eps = torch.randn_like(x0)
+    drop = torch.rand(6) < 0.1
+    t = torch.randint(0, 1000, (6, 1))[:, 0]
+    y_in = y.masked_fill(drop, 10)
+    betas = ddpm.linear_betas().tolist()
+    acp = naive_alphas_cumprod(betas)
+    want = []
+    for n in range(6):
+        s = int(t[n])
+        a = acp[s]
+        xt = math.sqrt(a) * x0[n:n + 1] + math.sqrt(1 - a) * eps[n:n + 1]
+        out = model(xt, t[n:n + 1].float(), y_in[n:n + 1], sigma=True).detach().double()
+        eps_hat, v = out[:, :1], out[:, 1:]
+        mse = float((eps_hat - eps[n:n + 1].double()).pow(2).mean())
+        prev = acp[s - 1] if s > 0 else 1.0
+        post_var = betas[s] * (1 - prev) / (1 - a)
+        post_var_1 = betas[1] * (1 - acp[0]) / (1 - acp[1])
+        log_post = math.log(post_var if s > 0 else post_var_1)
+        log_var = (v + 1) / 2 * math.log(betas[s]) + (1 - v) / 2 * log_post
+        x0_hat = (xt.double() - math.sqrt(1 - a) * eps_hat) / math.sqrt(a)
+
+        def posterior_mean(x_start):
+            # Bayes: precisions add; at t = 0 the posterior is x0 itself
+            if s == 0:
+                return x_start
+            precision = 1 / (1 - prev) + (1 - betas[s]) / betas[s]
+            weighted = math.sqrt(prev) * x_start / (1 - prev) \
+                + math.sqrt(1 - betas[s]) * xt.double() / betas[s]
+            return weighted / precision
+        mean = posterior_mean(x0_hat)
+        if s > 0:
+            true_mean = posterior_mean(x0[n:n + 1].double())
+            kl = 0.5 * (-1 + log_var - log_post + math.exp(log_post) / log_var.exp()
+                        + (true_mean - mean) ** 2 / log_var.exp())
+            vb = float(kl.mean()) / math.log(2)
+        else:
+            nll = ddpm.discretized_gaussian_nll(x0[n:n + 1].double(), mean, 0.5 * log_var)
+            vb = float(nll.mean()) / math.log(2)
+        want.append(mse + vb)
+    assert torch.allclose(per_sample.double(), torch.tensor(want, dtype=torch.float64), rtol=1e-4, atol=1e-6)
+    assert set(logs) == {"loss_gen", "loss_mse", "loss_vb"}
+
+
+def test_ddpm_with_dts_as_and_the_sra_teacher():
+    """DTS + AS + the EMA teacher under DDPM: integer steps per group, the teacher at clamp(t - U{0..199}, 1,
+    999) on the student's groups, gradients everywhere the flow loss has them."""
+    model, ema = ddpm_pair()
+    calls = []
+    real = ema.forward_features
+
+    def spy(x, t, y, layer, groups=None):
+        calls.append(t.clone())
+        return real(x, t, y, layer=layer, groups=groups)
+
+    ema.forward_features = spy
+    loss = ddpm_loss(ema, mask_ratio=(0.25,), dual_time_scheduling=True, attention_separation=True)
+    assert loss.teacher_mask
+    torch.manual_seed(0)
+    x0 = torch.rand(8, 1, 8, 8) * 2 - 1
+    t_drawn, _ = loss.draw_timesteps(8, torch.device("cpu"))
+    assert t_drawn.dtype == torch.long and t_drawn.shape == (8, 2) and 0 <= int(t_drawn.min())
+    assert int(t_drawn.max()) <= 999
+    torch.manual_seed(1)
+    per_sample, logs = loss(model, x0, torch.arange(8))
+    assert per_sample.shape == (8,) and torch.isfinite(per_sample).all() and "loss_align" in logs
+    per_sample.mean().backward()
+    assert model.ap_head.linear1.weight.grad.abs().max() > 0
+    assert model.final_layer.linear.weight.grad.abs().max() > 0
+    # the teacher's steps: integers in [1, 999], one per group
+    s = calls[0]
+    assert s.shape == (8, 2) and torch.equal(s, s.round()) and 1 <= float(s.min()) and float(s.max()) <= 999
+
+
+def test_ddpm_teacher_offsets():
+    from loss import Draw, EMATeacher, LossConfig
+
+    seen = {}
+
+    class Ema:
+        def forward_features(self, x, t, y, layer, groups=None):
+            seen["t"] = t
+            return torch.zeros(x.shape[0], 16, 4)
+
+    cfg = LossConfig(process="ddpm", align_target="ema", t_max=0.2)
+    teacher = EMATeacher(Ema(), cfg, teacher_mask=False)
+    t = torch.tensor([[0], [1], [5], [500], [999]]).repeat(400, 1)
+    d = Draw(x0=torch.zeros(2000, 1, 8, 8), eps=torch.zeros(2000, 1, 8, 8), t=t, y=torch.zeros(2000).long(),
+             y_dropped=torch.zeros(2000).long(), grid=4, patch=2, diffusion=ddpm.GaussianDiffusion.dit())
+    teacher(d)
+    s = seen["t"].long()
+    offset = t[:, 0] - s
+    assert int(s.min()) >= 1 and int(s.max()) <= 999
+    big = t[:, 0] == 500
+    # U{0, .., 199}: every offset, none larger
+    assert set(offset[big].tolist()) <= set(range(200)) and len(set(offset[big].tolist())) > 150
+    assert torch.all(s[t[:, 0] == 0] == 1)
+
+
+def test_ddpm_refuses_flow_settings():
+    from loss import LossConfig, TrainingLoss
+
+    for kw in (dict(path_type="cosine"), dict(weighting="lognormal")):
+        with pytest.raises(ValueError, match="flow-matching settings"):
+            TrainingLoss(LossConfig(process="ddpm", align_target="none", **kw), num_tokens=16, grid=4,
+                         patch=2, num_classes=10)
