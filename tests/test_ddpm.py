@@ -466,3 +466,67 @@ def test_ddpm_refuses_flow_settings():
         with pytest.raises(ValueError, match="flow-matching settings"):
             TrainingLoss(LossConfig(process="ddpm", align_target="none", **kw), num_tokens=16, grid=4,
                          patch=2, num_classes=10)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# train.py under --process ddpm
+# ------------------------------------------------------------------------------------------------------------
+
+TINY = ["--preset", "digits", "--data-dir", "digits:8", "--batch-size", "16", "--log-every", "2",
+        "--sample-steps", "0", "--eval-samples", "0", "--num-workers", "0", "--mixed-precision", "no",
+        "--block-out-s", "1", "--block-out-t", "2"]
+
+
+def test_train_ddpm_digits_with_previews_and_metric(tmp_path, monkeypatch):
+    """The digits preset (SRA + DTS + AS) under DDPM: a learned-sigma model, DiT's loss terms in the log, the
+    process in the checkpoint, previews and the embedded metric drawn with DDPM's sampler."""
+    import json
+    import os
+
+    import samplers
+    import train
+
+    seen, real = [], samplers.sample_images
+    monkeypatch.setattr(samplers, "sample_images", lambda *a, **k: (seen.append(dict(k)), real(*a, **k))[1])
+    train.main(TINY + ["--output-dir", str(tmp_path), "--exp-name", "d", "--process", "ddpm",
+                       "--max-train-steps", "2", "--sample-steps", "2", "--eval-samples", "4",
+                       "--preview-num-steps", "3"])
+    run = os.path.join(tmp_path, "d")
+    ckpt = torch.load(f"{run}/checkpoints/0000002.pt", map_location="cpu", weights_only=True)
+    assert ckpt["args"]["process"] == "ddpm"
+    # 2C output channels: eps and the variance
+    assert ckpt["ema"]["final_layer.linear.weight"].shape[0] == 4 * 4 * 2
+    row = json.loads(open(f"{run}/metrics.jsonl").read().splitlines()[-1])
+    assert {"loss_gen", "loss_mse", "loss_vb", "loss_align"} <= set(row)
+    assert [(k["process"], k["mode"], k["num_steps"]) for k in seen] == [("ddpm", "ddpm", 3)] * 2
+    assert json.load(open(f"{run}/eval_digits.json"))["sampler"] == "ddpm-3"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "DiT-B/2", "--process", "flow"], "--model DiT-B/2 is DiT"),
+    (["--process", "ddpm", "--path-type", "cosine"], "flow-matching settings"),
+    (["--process", "ddpm", "--init-ckpt", "x.pt"], "--init-ckpt with --process ddpm"),
+])
+def test_train_refuses_what_ddpm_cannot_take(tmp_path, argv, message, capsys):
+    import train
+
+    with pytest.raises(SystemExit) as e:
+        train.main(TINY + ["--output-dir", str(tmp_path), "--max-train-steps", "1", *argv])
+    assert message in str(e.value) + capsys.readouterr().err
+
+
+def test_dit_names_and_presets_resolve():
+    import presets
+    import train
+
+    notes = []
+    args = train.parse_args(["--model", "DiT-XL/2"], notes)
+    assert (args.model, args.process, args.exp_name) == ("SiT-XL/2", "ddpm", "DiT-XL-2")
+    assert any("DiT-XL/2 -> --model SiT-XL/2 --process ddpm" in n for n in notes)
+    dit = train.parse_args(["--preset", "dit-xl2"])
+    assert (dit.process, dit.align_target, dit.max_train_steps, dit.mixed_precision) == \
+        ("ddpm", "none", 7_000_000, "no") and dit.max_grad_norm == float("inf")
+    sra = train.parse_args(["--preset", "dit-sra-xl2"])
+    assert (sra.process, sra.align_target, sra.block_out_s, sra.block_out_t, sra.t_max, sra.loss_type,
+            sra.align_weight_schedule) == ("ddpm", "ema", 8, 16, 0.2, "sml1", "sra-256")
+    assert {"dit-b2", "dit-xl2", "dit-sra-xl2"} <= set(presets.PRESETS)
