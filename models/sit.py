@@ -471,8 +471,9 @@ def _make(size: str, patch: int):
 
 SiT_models = {f"SiT-{s}/{p}": _make(s, p) for s in SIZES for p in (2, 4, 8)}
 # DiT's names (Peebles & Xie): DiT-{S,B,L,XL}/{2,4,8} is the same network as SiT's of that name (keys,
-# adaLN-Zero, learned sigma), trained and sampled with DDPM (ddpm.py) instead of flow matching
-DIT_NAMES = {f"DiT-{s}/{p}": f"SiT-{s}/{p}" for s in ("S", "B", "L", "XL") for p in (2, 4, 8)}
+# adaLN-Zero, learned sigma), trained and sampled with DDPM (ddpm.py) instead of flow matching; DiT-T and
+# DiT-N are this codebase's CPU sizes under that name
+DIT_NAMES = {f"DiT-{s}/{p}": f"SiT-{s}/{p}" for s in SIZES for p in (2, 4, 8)}
 
 
 def patch_size_of(name: str) -> int:

@@ -530,3 +530,126 @@ def test_dit_names_and_presets_resolve():
     assert (sra.process, sra.align_target, sra.block_out_s, sra.block_out_t, sra.t_max, sra.loss_type,
             sra.align_weight_schedule) == ("ddpm", "ema", 8, 16, 0.2, "sml1", "sra-256")
     assert {"dit-b2", "dit-xl2", "dit-sra-xl2"} <= set(presets.PRESETS)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# sample_ddp.py: DiT's files and flags, on tiny stand-ins with DiT's key layout
+# ------------------------------------------------------------------------------------------------------------
+
+def dit_standin(seed=0):
+    """A DiT-layout state dict at a tiny width: pos_embed included, learned sigma (2C outputs), the label
+    table with its null row; random non-zero weights."""
+    torch.manual_seed(seed)
+    from models import SiT_models
+
+    m = SiT_models["SiT-N/2"](input_size=8, in_channels=3, num_classes=10, learn_sigma=True)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sd = m.state_dict()
+    assert "pos_embed" in sd and sd["final_layer.linear.weight"].shape[0] == 2 * 2 * 6
+    assert sd["y_embedder.embedding_table.weight"].shape[0] == 11
+    return sd
+
+
+def sample_args(ckpt, out, *extra):
+    return ["--ckpt", ckpt, "--num-fid-samples", "3", "--per-proc-batch-size", "2", "--sample-dir", str(out),
+            "--global-seed", "5", "--no-progress", "--vae", "none", *extra]
+
+
+def test_sample_ddp_bare_dit_state_dict(tmp_path):
+    import os
+
+    import sample_ddp
+    import samplers
+    from models import CheckpointError, load_checkpoint
+
+    path = str(tmp_path / "DiT-N-2-8x8.pt")
+    torch.save(dit_standin(), path)
+    # a bare state dict says nothing: flow needs a time convention, DDPM is asked for
+    with pytest.raises(CheckpointError, match="--time-convention"):
+        sample_ddp.main(sample_args(path, tmp_path / "s"))
+    npz = sample_ddp.main(sample_args(path, tmp_path / "s", "--process", "ddpm", "--num-sampling-steps", "3",
+                                      "--cfg-scale", "1.5"))
+    folder = os.path.basename(os.path.dirname(npz))
+    assert "-ddpm3-" in folder and folder.endswith("-ddpm-qrelease") and "-chall-" in folder
+    with np.load(npz) as z:
+        arr, labels = z["arr_0"], z["labels"]
+    # the images are ddpm.sample's with per-image generators, DiT's CFG on 3 channels (all of these 3)
+    model, info = load_checkpoint(path, process="ddpm")
+    assert info["process"] == "ddpm" and info["time_convention"] == "ddpm"
+    want = samplers.sample_images(model, [5, 6, 7], labels, "cpu", process="ddpm", mode="ddpm", num_steps=3,
+                                  cfg_scale=1.5, cfg_channels=3)
+    assert np.array_equal(arr, want) and arr.std() > 5
+    # DiT's name on the command line says DDPM too; flow samplers and paths are refused
+    npz2 = sample_ddp.main(sample_args(path, tmp_path / "t", "--model", "DiT-N/2", "--num-sampling-steps",
+                                       "3", "--cfg-scale", "1.5"))
+    with np.load(npz2) as z:
+        assert np.array_equal(z["arr_0"], arr)
+    for bad in (["--mode", "sde"], ["--path-type", "linear"]):
+        with pytest.raises(SystemExit):
+            sample_ddp.main(sample_args(path, tmp_path / "u", "--process", "ddpm", *bad))
+
+
+def test_sample_ddp_ddim_is_deterministic(tmp_path):
+    import sample_ddp
+
+    path = str(tmp_path / "dit.pt")
+    torch.save(dit_standin(1), path)
+    a = sample_ddp.main(sample_args(path, tmp_path / "a", "--process", "ddpm", "--mode", "ddim",
+                                    "--num-steps", "4"))
+    b = sample_ddp.main(sample_args(path, tmp_path / "b", "--process", "ddpm", "--mode", "ddim",
+                                    "--num-steps", "4", "--per-proc-batch-size", "3"))
+    with np.load(a) as za, np.load(b) as zb:
+        assert np.array_equal(za["arr_0"], zb["arr_0"])
+    assert "-ddim4-" in a
+
+
+def test_release_dit_sra_training_file_says_ddpm(tmp_path):
+    """The release's DiT-SRA files: {model, ema, opt, args} with args.model = 'DiT-XL/2' (a Namespace); here
+    at the stand-in width, DiT-N/2."""
+    import argparse
+
+    import sample_ddp
+    from models import CheckpointError, load_checkpoint
+
+    path = str(tmp_path / "0050000.pt")
+    args = argparse.Namespace(model="DiT-N/2", block_out_s=8, block_out_t=16, t_max=0.2, image_size=64,
+                              num_classes=10)
+    sd = dit_standin(2)
+    torch.save({"model": sd, "ema": sd, "opt": {}, "args": args}, path)
+    model, info = load_checkpoint(path)
+    assert (info["process"], info["model"], info["source"]) == ("ddpm", "SiT-N/2", "sra")
+    with pytest.raises(CheckpointError, match="holds a ddpm model but --process is flow"):
+        load_checkpoint(path, process="flow")
+    npz = sample_ddp.main(sample_args(path, tmp_path / "s", "--num-steps", "2"))
+    assert "-ddpm2-" in npz
+    # the file says DDPM: a flow sampler or path is refused once it is read
+    with pytest.raises(ValueError, match="--mode sde: .* holds a ddpm model"):
+        sample_ddp.main(sample_args(path, tmp_path / "u", "--mode", "sde"))
+    with pytest.raises(ValueError, match="--path-type"):
+        sample_ddp.main(sample_args(path, tmp_path / "u", "--path-type", "linear"))
+    # a DDPM file cannot warm-start a flow run
+    from models import init_from_checkpoint
+    with pytest.raises(CheckpointError, match="DDPM"):
+        init_from_checkpoint(model, model, path)
+
+
+def test_dits_sample_ddp_command_resolves(capsys):
+    """DiT's sample_ddp.py command line, replayed through --print-config."""
+    import json
+
+    import sample_ddp
+
+    argv = ["--model", "DiT-XL/2", "--vae", "mse", "--sample-dir", "samples", "--per-proc-batch-size", "32",
+            "--num-fid-samples", "50000", "--image-size", "256", "--num-classes", "1000", "--cfg-scale",
+            "1.5", "--num-sampling-steps", "250", "--global-seed", "0", "--tf32", "--ckpt",
+            "DiT-XL-2-256x256.pt"]
+    sample_ddp.main(argv + ["--print-config"])
+    out = capsys.readouterr()
+    cfg = json.loads(out.out)
+    want = dict(model="SiT-XL/2", process="ddpm", vae="mse", num_steps=250, resolution=256, num_classes=1000,
+                cfg_scale=1.5, per_proc_batch_size=32, tf32=True, num_fid_samples=50000)
+    assert {k: cfg[k] for k in want} == want
+    assert "--model DiT-XL/2: the SiT-XL/2 network with --process ddpm" in out.err
+    assert "--num-sampling-steps 250 -> --num-steps 250" in out.err
