@@ -653,3 +653,23 @@ def test_dits_sample_ddp_command_resolves(capsys):
     assert {k: cfg[k] for k in want} == want
     assert "--model DiT-XL/2: the SiT-XL/2 network with --process ddpm" in out.err
     assert "--num-sampling-steps 250 -> --num-steps 250" in out.err
+
+
+def test_dit_sra_preset_runs_on_digits(tmp_path):
+    """The whole DiT-SRA path (DDPM, one token group, the teacher at clamp(t - U{0..199}, 1, 999), smooth-L1
+    with the SRA lambda schedule) for two steps on the digits, at a CPU width."""
+    import json
+    import os
+
+    import train
+
+    train.main(["--preset", "dit-sra-xl2", "--model", "DiT-N/4", "--data-dir", "digits:8",
+                "--batch-size", "16", "--max-train-steps", "2", "--checkpoint-steps", "2", "--log-every", "1",
+                "--sample-steps", "0", "--num-workers", "0", "--block-out-s", "2", "--block-out-t", "4",
+                "--output-dir", str(tmp_path), "--exp-name", "dit-sra"])
+    run = os.path.join(tmp_path, "dit-sra")
+    rows = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
+    assert len(rows) == 2 and all({"loss_mse", "loss_vb", "loss_align"} <= set(r) for r in rows)
+    args = json.load(open(f"{run}/args.json"))
+    assert (args["model"], args["process"], args["loss_type"], args["t_max"]) == \
+        ("SiT-N/4", "ddpm", "sml1", 0.2)
