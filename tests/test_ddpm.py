@@ -673,3 +673,38 @@ def test_dit_sra_preset_runs_on_digits(tmp_path):
     args = json.load(open(f"{run}/args.json"))
     assert (args["model"], args["process"], args["loss_type"], args["t_max"]) == \
         ("SiT-N/4", "ddpm", "sml1", 0.2)
+
+
+def test_the_ddpm_step_compiles_as_one_graph_and_equals_eager(monkeypatch):
+    """--compile-scope step under DDPM (DTS + AS + full rows + the EMA teacher): one graph (fullgraph), no
+    recompile over new draws, the eager losses and gradients (the eager RNG inside the graph)."""
+    import train
+    from loss import LossConfig, TrainingLoss
+    from models import SiT_models
+
+    torch.manual_seed(0)
+    model = SiT_models["SiT-T/2"](input_size=8, in_channels=4, num_classes=10, align_head="ap_head",
+                                  learn_sigma=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)
+    ema = train.build_ema(model)
+    cfg = LossConfig(process="ddpm", align_target="ema", block_out_s=2, block_out_t=4, mask_ratio=[0.5],
+                     dual_time_scheduling=True, attention_separation=True, full_sample_prob=0.25)
+    eager, compiled = (TrainingLoss(cfg, num_tokens=16, grid=4, patch=2, num_classes=10, ema=ema)
+                       for _ in range(2))
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    torch._dynamo.reset()
+    train.compile_step("step", model, ema, compiled, fullgraph=True)
+    compiled(model, torch.randn(8, 4, 8, 8), torch.randint(0, 10, (8,)))
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    for seed in range(1, 4):
+        got = []
+        for fn in (eager, compiled):
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(seed)
+            loss, _ = fn(model, torch.randn(8, 4, 8, 8), torch.randint(0, 10, (8,)))
+            loss.mean().backward()
+            got.append((loss.detach(), model.final_layer.linear.weight.grad.clone()))
+        assert (got[0][0] - got[1][0]).abs().max() < 1e-5 and (got[0][1] - got[1][1]).abs().max() < 1e-5
