@@ -217,7 +217,11 @@ def main(argv: list | None = None) -> str:
     from models.vae import load_vae_spec
 
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():
+        return _main(args, load_checkpoint, load_vae_spec)
+
+
+def _main(args: argparse.Namespace, load_checkpoint, load_vae_spec) -> str:
     loaded = [load_checkpoint(c, which="ema", time_convention=args.time_convention, process=args.process)
               for c in args.ckpts]
     shapes = {(i["input_size"], i["in_channels"], i["patch_size"]) for _, i in loaded}

@@ -75,10 +75,19 @@ def test_block_and_noise_level_feed_the_model(tmp_path):
 
     steps = torch.full((2,), 500)
     x_t = ddpm.GaussianDiffusion.dit().q_sample(x0, steps, eps)
-    want = model.forward_features(x_t, steps.float(), torch.full((2,), 10), layer=3)
+    # without gradients, as pca runs it (the blocks fuse their multiply-adds then)
+    with torch.no_grad():
+        want = model.forward_features(x_t, steps.float(), torch.full((2,), 10), layer=3)
     assert torch.equal(got, want) and got.shape == (2, 16, 64)
     with pytest.raises(ValueError, match="--block 7 is outside"):
         pca.block_features(model, info, x0, block=7, t=0.5)
+
+
+def test_main_leaves_gradients_on(tmp_path):
+    path = str(tmp_path / "c.pt")
+    save_ckpt(path, False, "flow", seed=1)
+    pca.main([path, "--digits", "2", "--block", "1", "--t", "0.5", "--out", str(tmp_path / "f.png")])
+    assert torch.is_grad_enabled()
 
 
 def test_bad_flags_are_one_line(capsys):
