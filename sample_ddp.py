@@ -276,6 +276,9 @@ def fill_process_defaults(args: argparse.Namespace, info: dict) -> None:
         raise ValueError(f"--path-type {args.path_type}: {args.ckpt} holds a DDPM model, which has no path")
     if process == "ddpm" and args.cfg_channels is None:
         args.cfg_channels = 3
+    if process == "ddpm" and args.num_steps > 1000:
+        raise ValueError(f"--num-steps {args.num_steps}: DiT's process has 1000 steps to respace, at most "
+                         "1000")
 
 
 def fill_device_defaults(args: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> None:

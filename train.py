@@ -248,6 +248,9 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
         raise SystemExit(f"--batch-size {args.batch_size} is the global batch: it must be divisible by "
                          f"{world_size} processes x --gradient-accumulation-steps "
                          f"{args.gradient_accumulation_steps}")
+    if args.process == "ddpm" and args.preview_num_steps > 1000:
+        raise SystemExit(f"--preview-num-steps {args.preview_num_steps}: --process ddpm respaces DiT's 1000 "
+                         "steps, so at most 1000")
     if args.process == "ddpm" and args.init_ckpt:
         raise SystemExit("--init-ckpt with --process ddpm: warm starts are implemented for flow-matching "
                          "files only (their time conventions); start the DDPM run from scratch")

@@ -506,6 +506,7 @@ def test_train_ddpm_digits_with_previews_and_metric(tmp_path, monkeypatch):
     (["--model", "DiT-B/2", "--process", "flow"], "--model DiT-B/2 is DiT"),
     (["--process", "ddpm", "--path-type", "cosine"], "flow-matching settings"),
     (["--process", "ddpm", "--init-ckpt", "x.pt"], "--init-ckpt with --process ddpm"),
+    (["--process", "ddpm", "--preview-num-steps", "2000"], "--preview-num-steps 2000"),
 ])
 def test_train_refuses_what_ddpm_cannot_take(tmp_path, argv, message, capsys):
     import train
@@ -586,6 +587,8 @@ def test_sample_ddp_bare_dit_state_dict(tmp_path):
                                        "3", "--cfg-scale", "1.5"))
     with np.load(npz2) as z:
         assert np.array_equal(z["arr_0"], arr)
+    with pytest.raises(ValueError, match="--num-steps 1001: DiT's process has 1000 steps"):
+        sample_ddp.main(sample_args(path, tmp_path / "u", "--process", "ddpm", "--num-steps", "1001"))
     for bad in (["--mode", "sde"], ["--path-type", "linear"]):
         with pytest.raises(SystemExit):
             sample_ddp.main(sample_args(path, tmp_path / "u", "--process", "ddpm", *bad))
