@@ -14,7 +14,14 @@ disagree.
 One call draws everything (t per group, token groups, eps, label dropout), runs the student once and the
 alignment target (EMA teacher up to block n, or an external target), and returns per-sample losses plus the
 scalars to log. Nothing here reads a value back to the host: the step stays asynchronous on the GPU.
+
+The loss owns the process (--process): flow matching above, or DiT's DDPM (ddpm.py: integer steps
+t ~ U{0, .., 999} per group, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, L_gen = L_simple + L_vlb on the
+learned-sigma output). The model is the same network either way (it sees the integer step through the same
+sinusoidal embedding), so DTS, AS and every teacher work under both; the DiT-SRA teacher (the release's
+DiT-SRA/train.py, as issue 24 describes it) sees s = clamp(t - U{0, .., t_max * 1000 - 1}, 1, 999).
 """
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -23,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ddpm import NUM_TIMESTEPS, GaussianDiffusion, pixel_timesteps
 from models import SegmentLayout
 
 LOSS_TYPES = ("cos-token", "cos-channel", "sml1", "l1", "l2")
@@ -71,6 +79,8 @@ def align_weight_at(schedule: str, align_weight: float, epoch: int, step: int = 
 # ------------------------------------------------------------------------------------------------------------
 
 ALIGN_TARGETS = ("none", "ema", "repa", "sra2")
+# flow matching (SiT, Eq. 1-2) or DiT's DDPM (ddpm.py)
+PROCESSES = ("flow", "ddpm")
 
 
 def _setting(default, help: str, **argparse_kw):
@@ -79,6 +89,9 @@ def _setting(default, help: str, **argparse_kw):
 
 @dataclass(frozen=True)
 class LossConfig:
+    # the generative process: flow matching, or DDPM as DiT (eps + learned sigma, L_simple + L_vlb)
+    process: str = _setting("flow", "flow (flow matching, SiT) or ddpm (DiT's Gaussian diffusion: 1000 "
+                            "steps, eps and learned sigma, L_simple + L_vlb; ddpm.py)", choices=PROCESSES)
     # the interpolant x_t = alpha_t x0 + sigma_t eps (Eq. 1): linear (1 - t, t) or cosine
     path_type: str = _setting("linear", "x_t = (1 - t) x0 + t eps, or the cosine path",
                               choices=("linear", "cosine"))
@@ -277,9 +290,14 @@ class Draw:
     patch: int | None = None
     # the batch's precomputed alignment target (N, T, D) (REPA with --repa-features), else None
     features: Tensor | None = None
+    # --process ddpm: DiT's process, and t holds integer steps (int64); None: flow matching
+    diffusion: GaussianDiffusion | None = None
 
     def mix(self, tau: Tensor) -> Tensor:
-        """x_tau = alpha_tau x0 + sigma_tau eps (Eq. 1) for tau (N, T) per token (raster order) or (N, 1)."""
+        """x_tau = alpha_tau x0 + sigma_tau eps (Eq. 1) for tau (N, T) per token (raster order) or (N, 1);
+        under DDPM x_tau = sqrt(abar_tau) x0 + sqrt(1 - abar_tau) eps at integer steps tau."""
+        if self.diffusion is not None:
+            return self.diffusion.q_sample(self.x0, pixel_timesteps(tau, self.grid, self.patch), self.eps)
         return mixed(self.path_type, self.x0, self.eps, tau, self.grid, self.patch)
 
     def velocity(self, tau: Tensor) -> Tensor:
@@ -331,12 +349,21 @@ class EMATeacher:
             s = d.t.min(dim=1, keepdim=True).values
             x_in = d.mix(s)
         else:
-            # sra: s_g = clamp(t_g - t_max U_g, 0, 1)
-            u = torch.rand(d.t.shape, device=d.t.device)
+            if d.diffusion is None:
+                # sra: s_g = clamp(t_g - t_max U_g, 0, 1)
+                u = torch.rand(d.t.shape, device=d.t.device)
+            else:
+                # DiT-SRA: an integer offset U{0, .., t_max * 1000 - 1}
+                top = int(round(self.t_max * NUM_TIMESTEPS))
+                u = torch.randint(0, max(top, 1), d.t.shape, device=d.t.device)
             if d.num_full:
                 # a full-image row keeps one timestep
                 u[: d.num_full] = u[: d.num_full, :1]
-            s = (d.t - self.t_max * u).clamp(0, 1)
+            if d.diffusion is None:
+                s = (d.t - self.t_max * u).clamp(0, 1)
+            else:
+                # s_g = clamp(t_g - U_g, 1, 999), as the release's DiT-SRA/train.py (issue 24)
+                s = (d.t - u).clamp(1, NUM_TIMESTEPS - 1)
             if self.teacher_mask:
                 # the student's groups, each at its own s_g
                 layout = d.layout
@@ -345,7 +372,8 @@ class EMATeacher:
                 # one group: the plain SRA teacher
                 s = s[:, :1]
                 x_in = d.mix(s)
-        t_in = s[:, 0] if layout is None else s
+        # integer DDPM steps go to the time embedding as floats
+        t_in = (s[:, 0] if layout is None else s).float()
         return self.ema.forward_features(x_in, t_in, y, layer=self.block_out_t, groups=layout)
 
 
@@ -419,6 +447,11 @@ class VAELatentTarget:
 def _check_config(cfg: LossConfig, sizes: tuple[int, ...]) -> None:
     """Refuse settings that cannot be trained, in one line naming the flags."""
     interpolant(cfg.path_type, torch.zeros(1))
+    if cfg.process not in PROCESSES:
+        raise ValueError(f"--process must be one of {PROCESSES}, got {cfg.process!r}")
+    if cfg.process == "ddpm" and (cfg.path_type, cfg.weighting) != ("linear", "uniform"):
+        raise ValueError(f"--path-type {cfg.path_type} / --weighting {cfg.weighting} are flow-matching "
+                         "settings: --process ddpm draws t ~ U{0, .., 999} on DiT's linear beta schedule")
     align_weight_at(cfg.align_weight_schedule, cfg.align_weight, 0, 0, cfg.align_until)
     if not 0 <= cfg.t_max <= 1:
         raise ValueError(f"--t-max must lie in [0, 1], got {cfg.t_max}")
@@ -501,6 +534,8 @@ class TrainingLoss:
                              f"(REPATarget / VAELatentTarget): TrainingLoss(..., target=...)")
         self.target = target
         self._groups_cache = {}
+        # DiT's 1000-step process under --process ddpm
+        self.diffusion = GaussianDiffusion.dit() if cfg.process == "ddpm" else None
 
     def _rank_group(self, dev: torch.device) -> Tensor:
         """(T,) group of each rank in the random order: [0] * sizes[0] + [1] * sizes[1] + ... (cached per
@@ -519,7 +554,11 @@ class TrainingLoss:
         cfg = self.cfg
         G = len(self.sizes)
         columns = G if cfg.dual_time_scheduling else 1
-        drawn = sample_t((N, columns), cfg.weighting, cfg.path_type, dev).expand(N, G)
+        if self.diffusion is None:
+            drawn = sample_t((N, columns), cfg.weighting, cfg.path_type, dev).expand(N, G)
+        else:
+            # DDPM: integer steps t ~ U{0, .., 999} (int64)
+            drawn = torch.randint(0, NUM_TIMESTEPS, (N, columns), device=dev).expand(N, G)
         t = drawn.sort(dim=1, descending=True).values if cfg.sorted_timesteps else drawn
         # full-image mixing: an exact count, no sync
         num_full = int(round(cfg.full_sample_prob * N)) if G > 1 else 0
@@ -533,8 +572,11 @@ class TrainingLoss:
         """features: the batch's precomputed alignment target (N, T, D) when the target reads it (REPA), else
         None. epoch, step: the 0-based epoch and step of this step (python ints), read by
         --align-weight-schedule and --align-until, outside the compiled terms (no recompile per step)."""
-        # the group table on the device, made before the terms run (a compiled terms() reads, never adds)
+        # the group table (and DDPM's tables) on the device, made before the terms run (a compiled terms()
+        # reads, never adds)
         self._rank_group(x0.device)
+        if self.diffusion is not None:
+            self.diffusion.tables_on(x0.device)
         loss_gen, loss_align, logs = self.terms(model, x0, y, features)
         if loss_align is None:
             return loss_gen, logs
@@ -570,23 +612,35 @@ class TrainingLoss:
             ids = self._rank_group(dev)[layout.inv_perm]                       # (N, T)
             # each token's timestep t[n, ids[n, i]]
             tau = t.gather(1, ids)                                             # (N, T)
-        # Eq. 1 per token (Eq. 6 under DTS)
-        x_t = mixed(cfg.path_type, x0, eps, tau, self.grid, self.patch)
         draw = Draw(x0=x0, eps=eps, path_type=cfg.path_type, t=t, num_full=num_full, y=y, y_dropped=y_dropped,
-                    x_t=x_t, layout=layout, ids=ids, grid=self.grid, patch=self.patch, features=features)
-        # the target eps - x0 on the linear path
-        target_v = draw.velocity(tau)
+                    layout=layout, ids=ids, grid=self.grid, patch=self.patch, features=features,
+                    diffusion=self.diffusion)
+        # Eq. 1 per token (Eq. 6 under DTS); DDPM's q_sample at each token's step
+        x_t = draw.mix(tau)
+        draw = dataclasses.replace(draw, x_t=x_t)
 
         # ---- student ---------------------------------------------------------------------------------------
         align_layer = cfg.block_out_s if self.target is not None else None
+        # DDPM: the integer steps as floats, and both halves of the learned-sigma output (eps, variance)
+        kw = {} if self.diffusion is None else dict(sigma=True)
+        t_in = t.float()
         if layout is None:
-            out = model(x_t, t[:, 0], y_dropped, align_layer=align_layer)
+            out = model(x_t, t_in[:, 0], y_dropped, align_layer=align_layer, **kw)
         else:
-            out = model(x_t, t, y_dropped, groups=layout, align_layer=align_layer)
+            out = model(x_t, t_in, y_dropped, groups=layout, align_layer=align_layer, **kw)
         v, feats = out if align_layer is not None else (out, None)
-        # (N,), Eq. 2
-        loss_gen = F.mse_loss(v.float(), target_v.float(), reduction="none").mean(dim=(1, 2, 3))
-        logs = {"loss_gen": loss_gen.detach().mean()}
+        if self.diffusion is None:
+            # (N,), Eq. 2: the target eps - x0 on the linear path
+            loss_gen = F.mse_loss(v.float(), draw.velocity(tau).float(), reduction="none").mean(dim=(1, 2, 3))
+            logs = {"loss_gen": loss_gen.detach().mean()}
+        else:
+            # (N,) each: DiT's L_simple + L_vlb, every pixel scored at its token's step
+            steps = pixel_timesteps(tau, self.grid, self.patch)                # (N, 1, 1 or H, 1 or W)
+            mse, vb = self.diffusion.training_terms(v, x0, x_t, eps, steps)
+            loss_gen = mse if vb is None else mse + vb
+            logs = {"loss_gen": loss_gen.detach().mean(), "loss_mse": mse.detach().mean()}
+            if vb is not None:
+                logs["loss_vb"] = vb.detach().mean()
         if self.target is None:
             return loss_gen, None, logs
 

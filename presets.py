@@ -43,6 +43,16 @@ _SRA2 = dict(align_target="sra2", loss_type="sml1", align_weight=1.0, sra2_head_
 _SELF_FLOW = dict(teacher_t="self_flow", attention_separation=False)
 # ours with full-image mixing rho = 0.25 (Fig. 5)
 _MIX = dict(mask_ratio=[0.5], full_sample_prob=0.25)
+# DiT (Peebles & Xie, arXiv 2212.09748): the same network trained with DDPM (--process ddpm: eps and learned
+# sigma, L_simple + L_vlb, ddpm.py), no alignment, as DiT's train.py: fp32 (TF32 matmuls), no gradient
+# clipping, AdamW lr 1e-4 without weight decay, global batch 256, EMA 0.9999
+_DIT = dict(process="ddpm", align_target="none", mixed_precision="no", max_grad_norm=float("inf"), **_ONE)
+# DiT + SRA as the release's DiT-SRA/train.py is described in issue 24 (the file itself was not available
+# here): DiT-XL/2, student block 8, teacher block 16, the teacher at clamp(t - U{0, .., 199}, 1, 999)
+# (t_max 0.2), smooth-L1 with the original SRA's lambda (0.2, decaying after epoch 149). The teacher's labels
+# (the student's dropped ones) and DiT's fp32 / no clipping are SiT-SRA's and DiT's choices, assumed here
+_DIT_SRA = dict(_DIT, align_target="ema", loss_type="sml1", align_weight=0.2, align_weight_schedule="sra-256",
+                teacher_labels="dropped", block_out_s=8, block_out_t=16, t_max=0.2)
 
 # One row per preset: what differs from RELEASE. b2: 800K steps, xl2: 4M, xl2-512: 1M.
 PRESETS = {
@@ -79,6 +89,15 @@ PRESETS = {
     "sra2-b2": dict(_SRA2, block_out_s=2, max_train_steps=800_000),
     "sra2-xl2": dict(_XL2, **_SRA2, max_train_steps=4_000_000),
     "sra2-xl2-512": dict(_XL2, **_SRA2, max_train_steps=1_000_000),
+    # DiT reports FID-50K 43.47 for DiT-B/2 after 400K steps without CFG (DiT Table 4); none at 800K
+    "dit-b2": dict(_DIT, max_train_steps=800_000),
+    # the DiT-XL/2 row of the paper's Table 4: DiT's own FID 2.27 (256 px, 7M steps, CFG 1.5 on 3 channels);
+    # Table 5's 3.04 at 512 px is DiT's XL/2 after 3M steps (this preset with --resolution 512 data and
+    # --max-train-steps 3000000)
+    "dit-xl2": dict(_DIT, model="SiT-XL/2", max_train_steps=7_000_000),
+    # the release's DiT-SRA (DiT-XL/2 + SRA); no number of the paper's tables is this run, and the SRA
+    # paper's DiT-XL/2 + SRA figure is not recorded here (not checked against the paper)
+    "dit-sra-xl2": dict(_DIT_SRA, model="SiT-XL/2", max_train_steps=4_000_000),
     # the embedded default: the paper's full scheme (SRA + DTS + AS) on 16x16 digits, minutes on a laptop CPU
     "digits": dict(model="SiT-T/4", block_out_s=2, block_out_t=4, batch_size=64, learning_rate=1e-3,
                    ema_decay=0.995, mixed_precision="no", max_train_steps=2000, checkpoint_steps=1000,

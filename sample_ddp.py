@@ -26,6 +26,13 @@ checkpoint's weights: sampling.json records their sha256, and a rerun with other
 The checkpoint describes the run (models/checkpoint.py): model, classes, patch, learn_sigma, qk-norm, path
 type and time convention are read from it; a flag that is given and contradicts it is an error naming both
 values.
+DDPM (DiT, ddpm.py): the process is read from the checkpoint too (our --process ddpm runs, DiT's and the
+release's DiT-SRA training files, whose args say model DiT-XL/2); a bare state dict such as DiT's
+DiT-XL-2-256x256.pt needs --process ddpm (or --model DiT-XL/2). DDPM samples with DiT's ancestral sampler
+(--mode ddpm, the default) or DDIM (--mode ddim, eta 0), respaced to --num-steps (DiT's --num-sampling-steps,
+250 by default) and CFG on the first 3 channels unless --cfg-channels says otherwise (DiT's forward_with_cfg):
+    python sample_ddp.py --ckpt DiT-XL-2-256x256.pt --process ddpm --cfg-scale 1.5 --quantize dit
+                                                     # DiT-XL/2's published setting (FID 2.27)
 """
 import argparse
 import json
@@ -41,21 +48,10 @@ from PIL import Image
 import samplers
 from infra import flags
 from infra.distributed import barrier, setup_distributed, teardown
-from infra.fileio import (
-    WriteError,
-    atomic_path,
-    atomic_write_json,
-    ensure_free_space,
-    free_bytes,
-    human_bytes,
-    remove_stale_temporaries,
-    save_grid,
-    save_png,
-    scratch_file,
-    stream_npz,
-    unusable_folder,
-    write_error,
-)
+from infra.fileio import (WriteError, atomic_path, atomic_write_json, ensure_free_space, free_bytes,
+                          human_bytes, remove_stale_temporaries, save_grid, save_png, scratch_file,
+                          stream_npz, unusable_folder, write_error)
+from models.sit import DIT_NAMES
 from models.vae import load_vae_spec
 from samplers import QUANTIZE_OFFSET, sample_images
 
@@ -215,15 +211,26 @@ def parse_args(argv: list | None = None, notes: list | None = None) -> argparse.
                    "(public SiT, t = 0 noise) or 'repa' (REPA / SRA)")
     p.add_argument("--vae", default="auto", help="'ema' | 'mse' (HF cache) | a local folder | 'none' (pixel "
                    "model); auto = ema for 4-channel latent models, none otherwise")
-    p.add_argument("--mode", choices=["sde", "ode"], default="sde")
+    p.add_argument("--process", choices=["flow", "ddpm"], default=None,
+                   help="the checkpoint's process (default: what it says, else flow): ddpm for a bare DiT "
+                        "state dict such as DiT-XL-2-256x256.pt")
+    p.add_argument("--mode", choices=["sde", "ode", "ddpm", "ddim"], default=None,
+                   help="flow: sde (default) or ode; ddpm: ddpm (DiT's ancestral sampler, default) or ddim "
+                        "(eta 0)")
     p.add_argument("--heun", action=argparse.BooleanOptionalAction, default=False,
                    help="Heun ODE (2 NFE per step but the last)")
-    p.add_argument("--num-steps", type=int, default=250)
+    p.add_argument("--num-steps", type=int, default=250,
+                   help="steps of the sampler (ddpm: the respaced process, DiT's --num-sampling-steps)")
+    p.add_argument("--num-sampling-steps", dest="num_sampling_steps", type=int, default=None,
+                   help="DiT's spelling of --num-steps")
+    p.add_argument("--image-size", dest="image_size", type=int, default=None,
+                   help="DiT's spelling of --resolution (checked against the checkpoint)")
     p.add_argument("--cfg-scale", type=float, default=1.0)
     p.add_argument("--guidance-low", type=float, default=0.0)
     p.add_argument("--guidance-high", type=float, default=1.0)
     p.add_argument("--cfg-channels", type=int, choices=[3, 4], default=None,
-                   help="default: all channels (REPA / SRA); 3 reproduces DiT / SiT's released numbers")
+                   help="default: all channels for flow (REPA / SRA), 3 for ddpm (DiT); 3 reproduces DiT / "
+                        "SiT's released numbers")
     p.add_argument("--global-seed", type=int, default=0)
     p.add_argument("--balanced-labels", action="store_true", help="label of image i = i %% num_classes")
     p.add_argument("--num-fid-samples", type=int, default=50000)
@@ -248,8 +255,9 @@ def parse_args(argv: list | None = None, notes: list | None = None) -> argparse.
     p.add_argument("--path-type", choices=list(samplers.PATH_TYPES), default=None,
                    help="the path the model was trained on (default: what the checkpoint says, else linear)")
     flags.add_sample_flags(p)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
-    found = flags.resolve_sample(p, args)
+    found = flags.resolve_sample(p, args) + dit_spellings(p, args, argv)
     if notes is not None:
         notes.extend(found)
     if args.num_steps < 1:
@@ -261,11 +269,63 @@ def parse_args(argv: list | None = None, notes: list | None = None) -> argparse.
         p.error("--num-fid-samples and --per-proc-batch-size must be >= 1")
     if args.heun and args.mode != "ode":
         p.error("--heun needs --mode ode (the SDE sampler is Euler-Maruyama)")
+    if args.process is not None and args.mode is not None and args.mode not in PROCESS_MODES[args.process]:
+        p.error(f"--mode {args.mode} is not a {args.process} sampler (--process {args.process}: "
+                f"{' or '.join(PROCESS_MODES[args.process])})")
+    if args.process == "ddpm" and args.path_type is not None:
+        p.error(f"--path-type {args.path_type} is a flow-matching setting; --process ddpm has none")
     if not 0 <= args.guidance_low <= args.guidance_high <= 1:
         p.error(f"need 0 <= --guidance-low <= --guidance-high <= 1, got {args.guidance_low}, "
                 f"{args.guidance_high}")
     check_args(args)
     return args
+
+
+def dit_spellings(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list) -> list[str]:
+    """DiT's sample_ddp.py flags: --num-sampling-steps N = --num-steps N, --image-size R = --resolution R
+    (checked against the checkpoint), --model DiT-X/p = the SiT-X/p network with --process ddpm. -> notes."""
+    notes = []
+    if args.num_sampling_steps is not None:
+        said = any(a == "--num-steps" or a.startswith("--num-steps=") for a in argv)
+        if said and args.num_steps != args.num_sampling_steps:
+            p.error(f"--num-sampling-steps {args.num_sampling_steps} and --num-steps {args.num_steps} "
+                    "disagree")
+        args.num_steps = args.num_sampling_steps
+        notes.append(f"--num-sampling-steps {args.num_steps} -> --num-steps {args.num_steps}")
+    if args.image_size is not None:
+        if args.resolution is not None and args.resolution != args.image_size:
+            p.error(f"--image-size {args.image_size} and --resolution {args.resolution} disagree")
+        args.resolution = args.image_size
+        notes.append(f"--image-size {args.image_size} -> --resolution {args.image_size} (checked against the "
+                     "checkpoint)")
+    if args.model in DIT_NAMES:
+        if args.process == "flow":
+            p.error(f"--model {args.model} is DiT (DDPM) but --process is flow")
+        notes.append(f"--model {args.model}: the {DIT_NAMES[args.model]} network with --process ddpm")
+        args.model, args.process = DIT_NAMES[args.model], "ddpm"
+    return notes
+
+
+# the samplers of each process
+PROCESS_MODES = {"flow": ("sde", "ode"), "ddpm": ("ddpm", "ddim")}
+
+
+def fill_process_defaults(args: argparse.Namespace, info: dict) -> None:
+    """The process's sampler: --mode sde (flow) or ddpm (DDPM) unless given, DiT's guidance on 3 channels for
+    DDPM unless --cfg-channels is given; a sampler of the other process is refused."""
+    process = info["process"]
+    if args.mode is None:
+        args.mode = PROCESS_MODES[process][0]
+    if args.mode not in PROCESS_MODES[process]:
+        raise ValueError(f"--mode {args.mode}: {args.ckpt} holds a {process} model, sampled with --mode "
+                         f"{' or '.join(PROCESS_MODES[process])}")
+    if process == "ddpm" and args.path_type is not None:
+        raise ValueError(f"--path-type {args.path_type}: {args.ckpt} holds a DDPM model, which has no path")
+    if process == "ddpm" and args.cfg_channels is None:
+        args.cfg_channels = 3
+    if process == "ddpm" and args.num_steps > 1000:
+        raise ValueError(f"--num-steps {args.num_steps}: DiT's process has 1000 steps to respace, at most "
+                         "1000")
 
 
 def fill_device_defaults(args: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> None:
@@ -278,8 +338,11 @@ def fill_device_defaults(args: argparse.Namespace, model: torch.nn.Module, devic
         args.per_proc_batch_size = max(1, 256 * 32 ** 2 // model.input_size ** 2) if gpu else 32
 
 
-def resolve_path_type(flag: str | None, info: dict, ckpt: str) -> str:
-    """The model's path: what the checkpoint's settings say; --path-type must agree (default linear)."""
+def resolve_path_type(flag: str | None, info: dict, ckpt: str) -> str | None:
+    """The model's path: what the checkpoint's settings say; --path-type must agree (default linear). None for
+    a DDPM model."""
+    if info.get("process") == "ddpm":
+        return None
     # models/checkpoint.py gives it in our names, also for SiT's files
     recorded = info.get("path_type")
     if flag is not None and recorded is not None and flag != recorded:
@@ -330,15 +393,17 @@ def settings_of(args: argparse.Namespace, info: dict, device: torch.device) -> d
                 precision=precision, vae=os.path.basename(os.path.normpath(vae)),
                 noise_block=samplers.NOISE_BLOCK,
                 path_type=resolve_path_type(args.path_type, info, args.ckpt),
-                quantize=args.quantize)
+                quantize=args.quantize, **({"process": "ddpm"} if info.get("process") == "ddpm" else {}))
 
 
 def folder_name(s: dict) -> str:
     step = "" if s["steps"] is None or str(s["steps"]) in s["ckpt"] else f"-step{s['steps']}"
     sampler = f"{s['mode']}{'-heun' if s['heun'] else ''}{s['num_steps']}"
+    # a DDPM model has no path: its folder says the process there (flow folders keep their names)
+    path = s["path_type"] if s.get("process") != "ddpm" else "ddpm"
     return (f"{s['model'].replace('/', '-')}-{s['ckpt']}{step}-{s['which']}-{sampler}-cfg{s['cfg_scale']:g}"
             f"-g{s['guidance_low']:g}-{s['guidance_high']:g}-ch{s['cfg_channels']}-seed{s['global_seed']}"
-            f"-{s['labels']}-{s['precision']}-vae{s['vae']}-{s['path_type']}-q{s['quantize']}")
+            f"-{s['labels']}-{s['precision']}-vae{s['vae']}-{path}-q{s['quantize']}")
 
 
 def check_folder_owner(folder: str, json_path: str, done: set, digest: str, ckpt: str):
@@ -372,16 +437,20 @@ def main(argv: list | None = None) -> str | None:
     from models import load_checkpoint
 
     model, info = load_checkpoint(args.ckpt, which=args.which, model_name=args.model,
-                                  time_convention=args.time_convention)
+                                  time_convention=args.time_convention, process=args.process)
     model = model.to(device).eval()
     flags.check_sample_checkpoint(args, info)
+    fill_process_defaults(args, info)
     fill_device_defaults(args, model, device)
     s = settings_of(args, info, device)
     vae = None if s["vae"] == "none" else load_vae_spec(args.vae if args.vae != "auto" else "ema", device)
-    kw = dict(mode=args.mode, num_steps=args.num_steps, heun=args.heun, cfg_scale=args.cfg_scale,
+    kw = dict(mode=args.mode, num_steps=args.num_steps, cfg_scale=args.cfg_scale,
               guidance_low=args.guidance_low, guidance_high=args.guidance_high,
-              bf16=args.precision == "bf16",
-              cfg_channels=args.cfg_channels, path_type=s["path_type"], quantize=s["quantize"])
+              bf16=args.precision == "bf16", cfg_channels=args.cfg_channels, quantize=s["quantize"])
+    if info["process"] == "ddpm":
+        kw.update(process="ddpm")
+    else:
+        kw.update(heun=args.heun, path_type=s["path_type"])
     folder = os.path.join(args.sample_dir, folder_name(s))
     os.makedirs(folder, exist_ok=True)
 

@@ -296,12 +296,34 @@ def to_uint8(x: torch.Tensor, quantize: str = "release") -> np.ndarray:
 
 
 def sample_images(model: torch.nn.Module, seeds, labels, device: torch.device | str, vae=None,
-                  quantize: str = "release", **sampler_kwargs) -> np.ndarray:
+                  quantize: str = "release", process: str = "flow", **sampler_kwargs) -> np.ndarray:
     """Images from per-image seeds (one generator each) and labels -> (N, H, W, 3) uint8 numpy (to_uint8).
     vae: the SD-VAE that decodes latents (None: the model makes pixels). sampler_kwargs go to samplers.sample
-    (mode, num_steps, heun, cfg_scale, guidance_low, path_type, ...)."""
+    (mode, num_steps, heun, cfg_scale, guidance_low, path_type, ...), or with process='ddpm' to ddpm.sample
+    (mode ddpm | ddim, num_steps, cfg_scale, cfg_channels, ...)."""
     gens = per_image_generators(seeds, device)
     z = per_image_randn(gens, (model.in_channels, model.input_size, model.input_size), device)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device)
-    x = sample(model, z, y, generators=gens, **sampler_kwargs)
+    if process == "ddpm":
+        import ddpm
+
+        x = ddpm.sample(model, z, y, generators=gens, **sampler_kwargs)
+    elif process == "flow":
+        x = sample(model, z, y, generators=gens, **sampler_kwargs)
+    else:
+        raise ValueError(f"process must be flow or ddpm, got {process!r}")
     return to_uint8(decode_latents(vae, x), quantize)
+
+
+def run_sampler(process: str, num_steps: int, path_type: str = "linear", cfg_scale: float = 1.0,
+                bf16: bool = False) -> dict:
+    """sample_images' settings for a run's previews, embedded metric and fid_proxy: the Euler-Maruyama SDE on
+    the run's path for flow matching, DiT's ancestral sampler respaced to num_steps for --process ddpm."""
+    if process == "ddpm":
+        return dict(process="ddpm", mode="ddpm", num_steps=num_steps, cfg_scale=cfg_scale, bf16=bf16)
+    return dict(mode="sde", num_steps=num_steps, cfg_scale=cfg_scale, path_type=path_type, bf16=bf16)
+
+
+def sampler_name(kw: dict) -> str:
+    """'sde', 'ode', 'ode-heun', 'ddpm' or 'ddim' for sample_images' settings."""
+    return kw.get("mode", "sde") + ("-heun" if kw.get("heun") else "")

@@ -33,8 +33,8 @@ from infra import fileio, flags, runlog, tracking
 from infra.fileio import atomic_write_json, remove_stale_temporaries, unusable_folder
 from infra.preemption import RunControl, StopSignals, follow_launcher, parse_signals, survive_closed_output
 from loss import STEP_SCHEDULES, LossConfig, REPATarget, TrainingLoss, VAELatentTarget, student_head
-from models import (SIZES, CheckpointError, SiT, SiT_models, init_from_checkpoint, load_state_dict_strict,
-                    patch_size_of, read_training_state)
+from models import (DIT_NAMES, SIZES, CheckpointError, SiT, SiT_models, init_from_checkpoint,
+                    load_state_dict_strict, patch_size_of, read_training_state)
 from models.dinov2 import DINOV2_DIMS
 from models.sit import SRA2_HEAD_DEPTH
 from models.vae import LATENT_SCALE, decode_latents, load_vae_spec
@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fid-inception", default=None,
                    help="Inception graph (default: $ADM_INCEPTION_GRAPH or cache)")
     g = p.add_argument_group("model and optimisation")
-    g.add_argument("--model", choices=sorted(SiT_models))
+    g.add_argument("--model", choices=sorted(SiT_models) + sorted(DIT_NAMES),
+                   help="SiT-{S,B,L,XL}/{2,4,8} (and T, N for CPU runs); DiT-X/p is SiT-X/p with --process "
+                        "ddpm (DiT's spelling)")
     g.add_argument("--qk-norm", action=B, default=False)
     g.add_argument("--sra2-head-depth", type=int, default=SRA2_HEAD_DEPTH,
                    help="--align-target sra2: the head's Linear + SiLU layers before its SiT-style final "
@@ -170,12 +172,28 @@ def parse_args(argv: list[str] | None = None, notes: list[str] | None = None) ->
     args = parser.parse_args(argv)
     if args.exp_name is None:
         args.exp_name = args.preset or args.model.replace("/", "-")
-    found = flags.resolve_train(parser, args, flags.given_dests(parser, argv))
+    given = flags.given_dests(parser, argv)
+    dit = dit_model(parser, args, given)
+    found = ([dit] if dit else []) + flags.resolve_train(parser, args, given)
     if args.repa_features == "auto":
         args.repa_features = repa_features_for(args)
     if notes is not None:
         notes.extend(found)
     return args
+
+
+def dit_model(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set) -> str | None:
+    """--model DiT-X/p (DiT's and the release's DiT-SRA spelling): the same network as SiT-X/p, trained with
+    DDPM. -> a note, or None for a SiT name; a DiT name with --process flow given is refused."""
+    if args.model not in DIT_NAMES:
+        return None
+    if "process" in given and args.process != "ddpm":
+        parser.error(f"--model {args.model} is DiT: the {DIT_NAMES[args.model]} network with --process ddpm, "
+                     f"but --process is {args.process}")
+    name = args.model
+    args.model = DIT_NAMES[name]
+    args.process = "ddpm"
+    return f"--model {name} -> --model {args.model} --process ddpm (DiT: the same network, trained with DDPM)"
 
 
 def repa_features_for(args: argparse.Namespace) -> str | None:
@@ -245,6 +263,12 @@ def check_args(args: argparse.Namespace, world_size: int) -> None:
         raise SystemExit(f"--batch-size {args.batch_size} is the global batch: it must be divisible by "
                          f"{world_size} processes x --gradient-accumulation-steps "
                          f"{args.gradient_accumulation_steps}")
+    if args.process == "ddpm" and args.preview_num_steps > 1000:
+        raise SystemExit(f"--preview-num-steps {args.preview_num_steps}: --process ddpm respaces DiT's 1000 "
+                         "steps, so at most 1000")
+    if args.process == "ddpm" and args.init_ckpt:
+        raise SystemExit("--init-ckpt with --process ddpm: warm starts are implemented for flow-matching "
+                         "files only (their time conventions); start the DDPM run from scratch")
     if args.repa_features and args.align_target != "repa":
         raise SystemExit(f"--repa-features {args.repa_features} holds REPA targets: it needs "
                          f"--use-alignment-loss --align-target repa (or --align-target repa alone; e.g. "
@@ -290,8 +314,10 @@ def build_model(args: argparse.Namespace, dataset: Dataset, target: AlignTarget 
     width)."""
     head, z_dim = student_head(target, patch_size_of(args.model), dataset.latent_channels) \
         if args.align_target != "none" else (None, None)
+    # DDPM (DiT): eps and the learned variance, 2C output channels
     model = SiT_models[args.model](input_size=dataset.latent_size, in_channels=dataset.latent_channels,
-                                   num_classes=dataset.num_classes, qk_norm=args.qk_norm, align_head=head,
+                                   num_classes=dataset.num_classes, learn_sigma=args.process == "ddpm",
+                                   qk_norm=args.qk_norm, align_head=head,
                                    z_dim=z_dim, head_depth=args.sra2_head_depth if head == "sra2" else None)
     # the student's block for every target; the teacher's only for the EMA teacher
     blocks = {"none": (), "ema": (("--block-out-s", args.block_out_s), ("--block-out-t", args.block_out_t))}
@@ -782,18 +808,20 @@ def save_preview(accelerator: Accelerator, ema: torch.nn.Module, args: argparse.
         return
     n = 64 if not dataset.is_latent else 16
     labels = [i % dataset.num_classes for i in range(n)]
+    # bf16 autocast on a GPU, as sample_ddp.py (the sampler's state stays fp64)
+    kw = samplers.run_sampler(args.process, args.preview_num_steps, args.path_type, args.preview_cfg_scale,
+                              bf16=device.type == "cuda")
     try:
-        # bf16 autocast on a GPU, as sample_ddp.py (the sampler's state stays fp64)
-        img = samplers.sample_images(ema, range(args.seed, args.seed + n), labels, device, vae=vae,
-                                     mode="sde", num_steps=args.preview_num_steps,
-                                     cfg_scale=args.preview_cfg_scale, path_type=args.path_type,
-                                     bf16=device.type == "cuda", stop=stop)
+        img = samplers.sample_images(ema, range(args.seed, args.seed + n), labels, device, vae=vae, stop=stop,
+                                     **kw)
     except samplers.Stopped:
         logger.warning(f"preview at step {step} abandoned: a stop signal came during it")
         return
     path = os.path.join(run_dir, "samples", f"{step:07d}.png")
     grid = fileio.save_grid(img, path, nrow=int(math.sqrt(n)), min_width=tracking.PREVIEW_WIDTH)
-    settings = (f"EMA at step {step}, SDE {args.preview_num_steps} steps, CFG {args.preview_cfg_scale}, "
+    sampler = samplers.sampler_name(kw).upper()
+    settings = (f"EMA at step {step}, {sampler} {args.preview_num_steps} steps, CFG "
+                f"{args.preview_cfg_scale}, "
                 f"seeds {args.seed}..{args.seed + n - 1}, label of image i = i mod {dataset.num_classes}")
     tracking.log_image(accelerator, "samples/ema", grid, step, caption=settings)
     logger.info(f"preview {path}: {settings}")
@@ -841,10 +869,10 @@ def evaluate_digits(ema: torch.nn.Module, args: argparse.Namespace, dataset: Dat
     # far from the preview seeds
     seeds = range(10 ** 6 + args.seed, 10 ** 6 + args.seed + n)
     for a in tqdm(range(0, n, 250), desc="eval samples"):
+        kw = samplers.run_sampler(args.process, args.preview_num_steps, args.path_type)
         try:
-            images.append(samplers.sample_images(ema, seeds[a:a + 250], labels[a:a + 250], device, mode="sde",
-                                                 num_steps=args.preview_num_steps, path_type=args.path_type,
-                                                 stop=signals.stop_requested))
+            images.append(samplers.sample_images(ema, seeds[a:a + 250], labels[a:a + 250], device,
+                                                 stop=signals.stop_requested, **kw))
         except samplers.Stopped:
             pass
         if signals.received:
@@ -853,7 +881,8 @@ def evaluate_digits(ema: torch.nn.Module, args: argparse.Namespace, dataset: Dat
             return
     # a class subset (digits:R:0,1,2) is scored by the digits its labels stand for
     res = digits_metric(np.concatenate(images), torch.tensor([dataset.classes[c] for c in labels]))
-    res.update(step=step, sampler=f"sde-{args.preview_num_steps}", n=n)
+    kw = samplers.run_sampler(args.process, args.preview_num_steps, args.path_type)
+    res.update(step=step, sampler=f"{samplers.sampler_name(kw)}-{args.preview_num_steps}", n=n)
     atomic_write_json(os.path.join(run_dir, "eval_digits.json"), res)
     logger.info(f"embedded metric on {n} EMA samples: Frechet distance {res['fd']:.3f} (classifier "
                 f"features), {100 * res['accuracy']:.1f}% classified as their label -> "

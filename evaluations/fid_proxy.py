@@ -60,8 +60,10 @@ class FidProxy:
             check_batch_file(args.fid_ref, "--fid-ref")
             graph = resolve_graph_path(args.fid_inception)
             # bf16 autocast on a GPU (the sampler's state stays fp64)
-            sampler = dict(mode="sde", num_steps=args.preview_num_steps, cfg_scale=args.preview_cfg_scale,
-                           bf16=str(device).startswith("cuda"))
+            # the run's process and path (the SDE's score depends on the path)
+            sampler = samplers.run_sampler(getattr(args, "process", "flow"), args.preview_num_steps,
+                                           getattr(args, "path_type", "linear"), args.preview_cfg_scale,
+                                           bf16=str(device).startswith("cuda"))
             return cls(args.fid_ref, args.fid_samples, graph, device, seed=args.seed, log=log,
                        sampler_kwargs=sampler, reference=reference)
         except (FileNotFoundError, KeyError, ValueError) as e:

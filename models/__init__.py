@@ -6,10 +6,10 @@ from .checkpoint import (CheckpointError, SiTTimeFlip, infer_config, init_from_c
                          load_state_dict_strict, read_checkpoint, read_training_state, weights_digest)
 from .groups import SegmentLayout
 from .reference import ReferenceSiT, dense_masked_attention
-from .sit import SIZES, SiT, SiT_models, model_name_for, patch_size_of
+from .sit import DIT_NAMES, SIZES, SiT, SiT_models, model_name_for, patch_size_of
 
 __all__ = ["Attention", "separated_attention", "CheckpointError", "SiTTimeFlip", "infer_config",
            "init_from_checkpoint", "load_checkpoint", "load_state_dict_strict", "read_checkpoint",
            "read_training_state", "weights_digest", "SegmentLayout",
-           "ReferenceSiT", "dense_masked_attention", "SIZES", "SiT", "SiT_models", "model_name_for",
-           "patch_size_of"]
+           "ReferenceSiT", "dense_masked_attention", "DIT_NAMES", "SIZES", "SiT", "SiT_models",
+           "model_name_for", "patch_size_of"]

@@ -34,9 +34,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .sit import SiT, SiT_models, model_name_for, sincos_pos_embed_2d
+from .sit import DIT_NAMES, SiT, SiT_models, model_name_for, sincos_pos_embed_2d
 
 CONVENTIONS = ("ours", "repa", "sit")
+# the generative processes (loss.py --process): flow matching, or DDPM as DiT (ddpm.py); a DDPM network sees
+# integer steps, so it has no flow time convention ('ddpm' stands in its place in the settings)
+PROCESSES = ("flow", "ddpm")
 ALLOWED_GLOBALS = (argparse.Namespace,)
 HEAD_PREFIXES = ("ap_head.", "projectors.")
 # the safetensors metadata entry that models.export writes
@@ -309,6 +312,21 @@ def _path_type(ck: Checkpoint) -> str | None:
     return p
 
 
+def _process(ck: Checkpoint) -> str | None:
+    """flow | ddpm as the file records it: our args' / an export's `process`, or a DiT model name (DiT's own
+    training files, the release's DiT-SRA ones: args.model = 'DiT-XL/2'); None when it does not say."""
+    a = ck.settings if ck.source == "export" else ck.args
+    recorded = a.get("process")
+    # a model folder's config.json describes its flow-matching process as a dict (models/hf.py)
+    if isinstance(recorded, dict):
+        return "flow"
+    if recorded is not None:
+        if recorded not in PROCESSES:
+            raise CheckpointError(f"{ck.path}: records process {recorded!r}, expected one of {PROCESSES}")
+        return recorded
+    return "ddpm" if str(a.get("model", "")) in DIT_NAMES else None
+
+
 def file_settings(ck: Checkpoint, sd: dict) -> dict:
     """Constructor arguments (from the shapes) and the run's settings (from the args), checked against each
     other.
@@ -325,7 +343,9 @@ def file_settings(ck: Checkpoint, sd: dict) -> dict:
                                   f"has {rows} rows")
         cfg["num_classes"] = int(a["num_classes"])
     for key, flag in (("model", "model"), ("qk_norm", "qk_norm")):
-        if a.get(flag) is not None and a[flag] != cfg[key]:
+        # DiT-X/p is the network SiT-X/p
+        said = DIT_NAMES.get(a.get(flag), a.get(flag)) if flag == "model" else a.get(flag)
+        if said is not None and said != cfg[key]:
             raise CheckpointError(f"{ck.path}: its args say {flag} {a[flag]!r} but its weights are "
                                   f"{cfg[key]!r}")
     resolution = a.get("resolution", a.get("image_size"))
@@ -335,8 +355,12 @@ def file_settings(ck: Checkpoint, sd: dict) -> dict:
     if resolution is None and cfg["in_channels"] == 4:
         resolution = 8 * cfg["input_size"]
     patch = int(sd["x_embedder.proj.weight"].shape[2])
-    return dict(cfg, patch_size=patch, path_type=_path_type(ck), resolution=resolution,
-                time_convention=ck.time_convention, steps=ck.steps, source=ck.source)
+    process = _process(ck)
+    # a DDPM file has no flow time convention (DiT's own files look like SiT's to read_checkpoint)
+    conv = "ddpm" if process == "ddpm" else ck.time_convention
+    return dict(cfg, patch_size=patch, path_type=None if process == "ddpm" else _path_type(ck),
+                resolution=resolution, time_convention=conv, steps=ck.steps, source=ck.source,
+                process=process)
 
 
 # names of flags that sample_ddp (or any caller) may give, and the setting of the file each one must equal
@@ -389,22 +413,41 @@ def load_state_dict_strict(model: nn.Module, sd: dict, source: str = "state dict
 
 
 def load_checkpoint(path: str, which: str = "ema", model_name: str | None = None,
-                    time_convention: str | None = None, **flags):
-    """-> (model in eval mode, info) for sampling. Flags given (model_name, time_convention, path_type, ...;
-    None = not given) are checked against the file, never override it.
+                    time_convention: str | None = None, process: str | None = None, **flags):
+    """-> (model in eval mode, info) for sampling. Flags given (model_name, time_convention, process,
+    path_type, ...; None = not given) are checked against the file, never override it. A DiT model name
+    (DiT-XL/2) is the SiT network of that size with process ddpm; process ddpm tells a bare state dict
+    (DiT's DiT-XL-2-256x256.pt) apart from a flow model, and needs no time convention.
 
-    info: the file's settings (file_settings) plus model_name, time_convention, args and digest
+    info: the file's settings (file_settings) plus model_name, time_convention, process, args and digest
     (weights_digest)."""
     ck = read_checkpoint(path)
     sd = ck.state_dict(which)
     s = file_settings(ck, sd)
+    if model_name in DIT_NAMES:
+        if process == "flow":
+            raise CheckpointError(f"--model {model_name} is DiT (DDPM) but --process is flow")
+        model_name, process = DIT_NAMES[model_name], "ddpm"
+    if process is not None and process not in PROCESSES:
+        raise CheckpointError(f"process must be one of {PROCESSES}, got {process!r}")
+    if s["process"] is not None and process is not None and process != s["process"]:
+        raise CheckpointError(f"{path} holds a {s['process']} model but --process is {process}")
+    s["process"] = s["process"] or process or "flow"
+    if s["process"] == "ddpm":
+        if time_convention is not None:
+            raise CheckpointError(f"{path} is a DDPM model (integer steps 0..999): --time-convention "
+                                  f"{time_convention} is a flow-matching setting")
+        s["time_convention"] = time_convention = "ddpm"
+        if flags.get("path_type") is not None:
+            raise CheckpointError(f"{path} is a DDPM model: --path-type {flags['path_type']} is a "
+                                  "flow-matching setting")
     if s["time_convention"] is None and time_convention is None:
         raise CheckpointError(
             f"{path} is {ck.describe()}, which does not say its time convention: pass --time-convention sit "
             "(public SiT files: t = 0 is noise) or repa (REPA / SRA files: t = 1 is noise, as here)")
     check_flags(s, path, model=model_name, time_convention=time_convention, **flags)
     conv = s["time_convention"] or time_convention
-    if conv not in CONVENTIONS:
+    if conv not in CONVENTIONS + ("ddpm",):
         raise CheckpointError(f"time convention must be one of {CONVENTIONS}, got {conv!r}")
     kwargs = {k: s[k] for k in ("input_size", "in_channels", "num_classes", "learn_sigma", "qk_norm",
                                 "align_head", "z_dim", "head_depth")}
@@ -529,6 +572,9 @@ def init_from_checkpoint(model: SiT, ema: SiT, path: str, time_convention: str |
     converted to our time convention (adapt_weights; keep_classes: --init-keep-classes). -> notes for the
     log. The optimizer and the step count are not touched (a fresh start)."""
     ck = read_checkpoint(path)
+    if _process(ck) == "ddpm":
+        raise CheckpointError(f"{path} holds a DDPM (DiT) model: --init-ckpt starts flow-matching runs from "
+                              "flow-matching files only")
     conv = ck.time_convention
     if conv is None and time_convention is None:
         raise CheckpointError(f"{path} is {ck.describe()}, which does not say its time convention: pass "
@@ -557,6 +603,9 @@ def init_from_checkpoint(model: SiT, ema: SiT, path: str, time_convention: str |
 def export_settings(ck: Checkpoint, sd: dict, time_convention: str | None = None) -> dict:
     """The metadata `python -m models.export` records next to the EMA (JSON in the safetensors header)."""
     s = file_settings(ck, sd)
+    if s["process"] == "ddpm":
+        raise CheckpointError(f"{ck.path} holds a DDPM (DiT) model: export writes flow-matching models only "
+                              "(their model card and config describe a velocity network)")
     conv = s["time_convention"] or time_convention
     if conv is None:
         raise CheckpointError(f"{ck.path} is {ck.describe()}, which does not say its time convention: pass "

@@ -386,11 +386,15 @@ class SiT(nn.Module, PyTorchModelHubMixin, tags=HUB_TAGS):
         return torch.einsum("nhwpqc->nchpwq", x).reshape(N, C, g * p, g * p)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor, groups: SegmentLayout | Tensor | None = None,
-                separate: bool = False, align_layer: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+                separate: bool = False, align_layer: int | None = None,
+                sigma: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """x (N, C, H, W), t (N,) or (N, S), y (N,) -> velocity (N, C, H, W), or (velocity, head(h_m)) with
-        align_layer = m: the one call that runs the student, so DDP sees the head's parameters used."""
+        align_layer = m: the one call that runs the student, so DDP sees the head's parameters used.
+        sigma=True: all out_channels (2C with learn_sigma: DDPM's eps and variance, ddpm.py), not only the
+        first C."""
         if torch.is_tensor(groups):
-            return self._grouped_by_ids(self.forward, x, t, y, groups, separate, align_layer=align_layer)
+            return self._grouped_by_ids(self.forward, x, t, y, groups, separate, align_layer=align_layer,
+                                        sigma=sigma)
         if separate:
             raise ValueError(SEPARATE_WITH_IDS)
         layout = groups
@@ -408,8 +412,9 @@ class SiT(nn.Module, PyTorchModelHubMixin, tags=HUB_TAGS):
         out = self.final_layer(h, c, layout)                                 # (N, T, p*p*C_out), layout order
         if layout is not None:
             out = layout.to_raster(out)                                      # (N, T, p*p*C_out), raster
-        # learn_sigma: keep the velocity part
-        v = self.unpatchify(out)[:, : self.in_channels]                      # (N, C, H, W)
+        # learn_sigma: keep the velocity part (all 2C channels with sigma=True)
+        v = self.unpatchify(out)                                             # (N, C_out, H, W)
+        v = v if sigma else v[:, : self.in_channels]                         # (N, C or C_out, H, W)
         if align_layer is None:
             return v
         if feats is None:
@@ -465,6 +470,10 @@ def _make(size: str, patch: int):
 
 
 SiT_models = {f"SiT-{s}/{p}": _make(s, p) for s in SIZES for p in (2, 4, 8)}
+# DiT's names (Peebles & Xie): DiT-{S,B,L,XL}/{2,4,8} is the same network as SiT's of that name (keys,
+# adaLN-Zero, learned sigma), trained and sampled with DDPM (ddpm.py) instead of flow matching; DiT-T and
+# DiT-N are this codebase's CPU sizes under that name
+DIT_NAMES = {f"DiT-{s}/{p}": f"SiT-{s}/{p}" for s in SIZES for p in (2, 4, 8)}
 
 
 def patch_size_of(name: str) -> int:
