@@ -19,7 +19,7 @@ The loss owns the process (--process): flow matching above, or DiT's DDPM (ddpm.
 t ~ U{0, .., 999} per group, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, L_gen = L_simple + L_vlb on the
 learned-sigma output). The model is the same network either way (it sees the integer step through the same
 sinusoidal embedding), so DTS, AS and every teacher work under both; the DiT-SRA teacher (the release's
-DiT-SRA/train.py, as issue 24 describes it) sees s = clamp(t - U{0, .., t_max * 1000 - 1}, 1, 999).
+DiT-SRA/train.py) sees s = clamp(t - U{0, .., t_max * 1000 - 1}, 1, 999).
 """
 import dataclasses
 import math
@@ -362,7 +362,7 @@ class EMATeacher:
             if d.diffusion is None:
                 s = (d.t - self.t_max * u).clamp(0, 1)
             else:
-                # s_g = clamp(t_g - U_g, 1, 999), as the release's DiT-SRA/train.py (issue 24)
+                # s_g = clamp(t_g - U_g, 1, 999), as the release's DiT-SRA/train.py
                 s = (d.t - u).clamp(1, NUM_TIMESTEPS - 1)
             if self.teacher_mask:
                 # the student's groups, each at its own s_g
