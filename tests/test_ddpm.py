@@ -658,6 +658,26 @@ def test_dits_sample_ddp_command_resolves(capsys):
     assert "--num-sampling-steps 250 -> --num-steps 250" in out.err
 
 
+def test_release_dit_sra_gen_sh_command_resolves(capsys):
+    """The release's DiT-SRA/gen.sh (generate.py under torch.distributed.launch), replayed through
+    --print-config: --num-steps 250 are DDPM steps for a DiT-XL/2 model, CFG 1.0 (its default line)."""
+    import json
+
+    import sample_ddp
+
+    argv = ["--num-fid-samples", "50000", "--per-proc-batch-size", "64", "--num-steps", "250", "--cfg-scale",
+            "1.0", "--sample-dir", "samples", "--model", "DiT-XL/2", "--ckpt", "step-4000000.pt", "--vae",
+            "ema", "--resolution", "256", "--global-seed", "0", "--local-rank", "0"]
+    sample_ddp.main(argv + ["--print-config"])
+    out = capsys.readouterr()
+    cfg = json.loads(out.out)
+    want = dict(model="SiT-XL/2", process="ddpm", vae="ema", num_steps=250, resolution=256, cfg_scale=1.0,
+                per_proc_batch_size=64, num_fid_samples=50000, global_seed=0)
+    assert {k: cfg[k] for k in want} == want
+    # the sampler comes from the file (DDPM: ancestral); its generate.py rounds as the release does
+    assert cfg["mode"] is None and cfg["quantize"] == "release"
+
+
 def test_dit_sra_preset_runs_on_digits(tmp_path):
     """The whole DiT-SRA path (DDPM, one token group, the teacher at clamp(t - U{0..199}, 1, 999), smooth-L1
     with the SRA lambda schedule) for two steps on the digits, at a CPU width."""
