@@ -61,6 +61,9 @@ PAPER_SYSTEM = {
     "repa-xl2": dict(fid=1.42),
     "sra-xl2": dict(fid=1.58),
     "self-flow-xl2": dict(fid=1.47),
+    # DiT's own FID-50K (CFG 1.5), the DiT-XL/2 row of Tables 4 and 5
+    "dit-xl2": dict(fid=2.27),
+    "dit-xl2-512": dict(fid=3.04),
     "ours-xl2-512": dict(fid=2.08, sfid=4.12, inception_score=282.7, precision=0.83, recall=0.58),
 }
 PAPER_STEPS = (100_000, 400_000, 800_000)
@@ -69,12 +72,13 @@ TABLE1 = [("dual", "full", 0.25, 0.0), ("dual", "as", 0.25, 0.0)]
 TABLE2 = [("single", "full", 0.25, 0.0), ("single", "as", 0.25, 0.0)]
 TABLE3 = [("dual", "full", 0.35, 0.0), ("dual", "as", 0.35, 0.0), ("dual", "full", 0.5, 0.0),
           ("dual", "as", 0.5, 0.0), ("dual", "as", 0.5, 0.25)]
-SYSTEM_METHODS = ["sit", "sra", "self-flow", "repa", "sra2", "ours", "ours-mix"]
+SYSTEM_METHODS = ["sit", "sra", "self-flow", "repa", "sra2", "ours", "ours-mix", "dit", "dit-sra"]
 # rows always shown; others when they have records
 TABLE4 = ["sit", "sra", "self-flow", "repa", "sra2", "ours"]
 TABLE5 = ["ours"]
 METHOD_NAMES = {"sit": "SiT", "sra": "SRA", "self-flow": "Self-Flow", "repa": "REPA", "sra2": "SRA 2",
-                "ours": "ours (SRA + DTS + AS)", "ours-mix": "ours + full-image mixing"}
+                "ours": "ours (SRA + DTS + AS)", "ours-mix": "ours + full-image mixing", "dit": "DiT (DDPM)",
+                "dit-sra": "DiT + SRA (DDPM)"}
 
 # ---- what each kind of record measures ---------------------------------------------------------------------
 # view -> (record kind, main metric, second metric, their labels, all metrics of the system tables)
@@ -197,6 +201,11 @@ def system_method(args: dict) -> str | None:
     """The method (SYSTEM_METHODS) a run's loss flags make, as the presets of presets.py set them; None for
     recipes the tables do not show (e.g. sra-orig, self-flow-like settings with other attention)."""
     target = align_target(args)
+    # DiT's process (--process ddpm): DiT, or DiT + the SRA teacher; never a flow-matching row
+    if args.get("process", "flow") == "ddpm":
+        if target == "none":
+            return "dit"
+        return "dit-sra" if target == "ema" and max(_mask_ratios(args)) == 0 else None
     if target != "ema":
         return {"none": "sit", "repa": "repa", "sra2": "sra2"}.get(target)
     if args.get("teacher_t", "sra") == "self_flow":

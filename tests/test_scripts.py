@@ -200,6 +200,15 @@ def test_ablation_sweep_settings_and_bad_names(monkeypatch):
     assert res.returncode == 2 and "dual-sparse-r0.25" in res.stderr and not res.stdout
 
 
+def test_ddpm_runs_are_dit_rows_never_sit_or_sra_rows():
+    """A run's process decides first: DiT (DDPM, no alignment) is not vanilla SiT, DiT + SRA is not SRA."""
+    import train
+
+    for preset, method in (("dit-b2", "dit"), ("dit-xl2", "dit"), ("dit-sra-xl2", "dit-sra"),
+                           ("sit-b2", "sit"), ("sra-b2", "sra")):
+        assert collect_results.system_method(vars(train.parse_args(["--preset", preset]))) == method, preset
+
+
 def test_system_runs_dry_run(monkeypatch):
     """Table 4: six methods at 4M steps; FID-50K with CFG 1.8 on t <= 0.7 of the final checkpoint."""
     parsed = parse_all(dry_run("train_system.sh", ENC_WEIGHTS="/w/dinov2_vitb14.pth"), monkeypatch)
