@@ -83,6 +83,26 @@ def test_dry_run_is_the_whole_study(monkeypatch):
     assert len(metrics) == len(samples) and all(ns.reference == "heldout" for ns in metrics)
 
 
+def test_dry_run_of_the_dit_settings(monkeypatch):
+    """The extra settings dit and dit-sra: DiT's process at the study's scale, sampled with DDPM's ancestral
+    sampler, recorded under their own tag."""
+    res = run_study("--dry-run", "dit", "dit-sra", SEEDS="0")
+    assert res.returncode == 0, res.stderr
+    parsed = parse_all([shlex.split(line) for line in res.stdout.splitlines()], monkeypatch)
+    trains = {ns.exp_name: ns for _, _, program, ns in parsed if program == "train.py"}
+    assert sorted(trains) == ["cpu-dit-s0", "cpu-dit-sra-s0"]
+    for ns in trains.values():
+        assert ns.process == "ddpm" and ns.model == "SiT-N/2" and ns.max_train_steps == 720
+        assert (ns.block_out_s, ns.block_out_t, ns.mask_ratio) == (2, 4, [0.0])
+    assert trains["cpu-dit-s0"].align_target == "none"
+    sra = trains["cpu-dit-sra-s0"]
+    assert (sra.align_target, sra.loss_type, sra.align_weight, sra.teacher_labels) == \
+        ("ema", "sml1", 0.04, "dropped")
+    samples = [ns for _, _, program, ns in parsed if program == "sample_ddp.py"]
+    assert len(samples) == 6 and all((ns.mode, ns.num_steps) == ("ddpm", 25) for ns in samples)
+    assert all("-n500-ddpm25-" in ns.sample_dir for ns in samples)
+
+
 @pytest.mark.parametrize("args,env,message", [(["dual-sparse-r0.25"], {}, "dual-sparse-r0.25"),
                                               ([], dict(STEPS="100"), "multiple of 8"),
                                               ([], dict(SEEDS="a"), "SEEDS"),

@@ -60,7 +60,7 @@ def ablation_name(setting: tuple) -> str:
 # baselines, by the method collect_results reads from a run's flags.
 ABLATIONS = {ablation_name(s): s
              for s in collect_results.TABLE1 + collect_results.TABLE2 + collect_results.TABLE3}
-BASELINES = ("sit", "sra", "self-flow")
+BASELINES = ("sit", "sra", "self-flow", "dit", "dit-sra")
 # the method (SRA + DTS + AS, alpha 0.25) is this ablation run
 OURS = "dual-as-r0.25"
 
@@ -70,6 +70,7 @@ TABLES = [
     ("Table 3: mask ratio and full-image mixing", ["dual-full-r0.5", "dual-as-r0.5", "dual-as-r0.5-rho0.25",
                                                     "dual-full-r0.35", "dual-as-r0.35"]),
     ("The method against its baselines", ["sit", "sra", "self-flow", OURS]),
+    ("DiT's process (DDPM, ancestral sampler), with vanilla SiT for reference", ["dit", "dit-sra", "sit"]),
 ]
 # (claim, setting A, setting B, kind): kind "worse" = the paper finds A worse than B, "not-worse" = A is not
 # worse than B
@@ -88,8 +89,11 @@ CLAIMS = [
     ("Table 4: ours is not worse than SRA (1.44 vs 1.58)", OURS, "sra", "not-worse"),
     ("ours is not worse than vanilla SiT (the paper's premise; SiT is not in its Table 4)", OURS, "sit",
      "not-worse"),
+    ("DiT + SRA (the release's DiT-SRA) is not worse than DiT (the SRA paper's claim for DiT)", "dit-sra",
+     "dit", "not-worse"),
 ]
 NAMES = {"sit": "SiT (vanilla)", "sra": "SRA", "self-flow": "Self-Flow (DTS + full attn, teacher t_lo)",
+         "dit": "DiT (DDPM)", "dit-sra": "DiT + SRA (DDPM, the release's DiT-SRA)",
          OURS: "dual t, AS, alpha 0.25 = ours (SRA + DTS + AS)"}
 
 # two-sided 95% Student t quantiles t(0.975, df), df = K - 1 (scipy.stats.t.ppf(0.975, df))
@@ -276,7 +280,7 @@ def render(summary: dict, study: dict | None = None) -> str:
                     c = cells.get(setting, {}).get(p, {}).get(metric)
                     row.append(fmt_ms(c["mean"], c["std"], metric) if c else DASH)
             paper = paper_fid(setting)
-            if title.startswith("The method"):
+            if title.startswith(("The method", "DiT's process")):
                 paper = {"1": system_fid("ours" if setting == OURS else setting)}
             row += [fmt(paper.get(p), "fid") for p in POINTS]
             rows.append(row)
@@ -284,6 +288,9 @@ def render(summary: dict, study: dict | None = None) -> str:
         if title.startswith("The method"):
             parts += ["Paper column for the baselines: Table 4 (SiT-XL/2, 4M steps, FID-50K with CFG), the "
                       "only place the paper compares them; SiT is not in it.", ""]
+        if title.startswith("DiT's process"):
+            parts += ["Paper column: Table 4's DiT-XL/2 row (DiT's own FID-50K, 7M steps, CFG 1.5); the DiT "
+                      "runs are sampled with DDPM's ancestral sampler at the study's step count.", ""]
     header = ["claim", "A - B"] + [f"Δ digits FD @ {p} (95% CI)" for p in POINTS if p in steps] \
         + ["Δ accuracy @ 1", "Δ memorisation @ 1", "paper Δ FID @ 800K", "verdict (digits FD @ 1)"]
     rows = []

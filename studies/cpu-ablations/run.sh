@@ -17,6 +17,9 @@ Settings (default: all 12); run name cpu-SETTING-sSEED. Every run is a preset's 
   dual-full-r0.35  dual-as-r0.35          Table 3: mask ratio 0.35
   sit  sra  self-flow                     baselines (presets sit-b2, sra-b2, self-flow-b2); 'ours' (SRA +
                                           DTS + AS at 0.25) is the run dual-as-r0.25
+Extra settings (not in the default list; run them by name): DiT's process, sampled with DDPM's ancestral
+sampler respaced to NUM_STEPS steps:
+  dit  dit-sra                            presets dit-b2 (DiT) and dit-sra-xl2 (the release's DiT-SRA)
 The {dual|single}-{full|as}-r<ratio>[-rho<p>] runs are the preset ours-b2 with one factor changed, as in
 scripts/ablations_b2.sh (the teacher keeps --teacher-t sra, on the student's groups).
 
@@ -69,7 +72,9 @@ for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS must be whole numbe
 # EMA window 1/80 of the run (the paper: 0.9999 over 800K steps), at least 0.5
 EMA_DECAY=${EMA_DECAY:-$(awk -v s="$STEPS" 'BEGIN { d = 1 - 80 / s; printf "%.6g", (d < 0.5 ? 0.5 : d) }')}
 EVAL_STEPS="$((STEPS / 8)) $((STEPS / 2)) $STEPS"
-TAG="n${NUM_SAMPLES}-sde${NUM_STEPS}-cfg1.0-gh1.0"
+# sample_mode SETTING: the sampler of a setting's runs (DDPM's ancestral one for DiT's process)
+sample_mode() { case $1 in dit|dit-sra) echo ddpm ;; *) echo sde ;; esac; }
+tag() { echo "n${NUM_SAMPLES}-$(sample_mode "$1")${NUM_STEPS}-cfg1.0-gh1.0"; }
 
 SETTINGS=("$@")
 [ ${#SETTINGS[@]} -gt 0 ] || SETTINGS=(dual-full-r0.25 dual-as-r0.25 single-full-r0.25 single-as-r0.25
@@ -79,9 +84,12 @@ SETTINGS=("$@")
 setting_flags() {
   case $1 in
     sit|sra|self-flow) FLAGS=(--preset "$1-b2"); return ;;
+    dit) FLAGS=(--preset dit-b2); return ;;
+    dit-sra) FLAGS=(--preset dit-sra-xl2); return ;;
   esac
   [[ $1 =~ ^(dual|single)-(full|as)-r([0-9.]+)(-rho([0-9.]+))?$ ]] ||
-    die "setting '$1' is not {dual|single}-{full|as}-r<ratio>[-rho<p>], sit, sra or self-flow (see --help)"
+    die "setting '$1' is not {dual|single}-{full|as}-r<ratio>[-rho<p>], sit, sra, self-flow, dit or dit-sra" \
+      "(see --help)"
   FLAGS=(--preset ours-b2 --mask-ratio "${BASH_REMATCH[3]}" --full-sample-prob "${BASH_REMATCH[5]:-0}")
   local timesteps=${BASH_REMATCH[1]} attention=${BASH_REMATCH[2]}
   if [ "$timesteps" = dual ]; then FLAGS+=(--dual-time-scheduling)
@@ -95,7 +103,8 @@ SCALE_FLAGS=(--model "$MODEL" --block-out-s 2 --block-out-t 4 --batch-size "$BAT
   --ema-decay "$EMA_DECAY" --mixed-precision no --max-train-steps "$STEPS" --checkpoint-steps $((STEPS / 8))
   --sample-steps 0 --log-every $((STEPS / 8)) --num-workers 0 --eval-samples 0 --data-dir "$DATA_DIR")
 
-record() { echo "$RESULTS_DIR/$1/$(printf '%07d' "$2")-$TAG/digits.json"; }
+# record SETTING SEED STEP: the digits record of one evaluation
+record() { echo "$RESULTS_DIR/cpu-$1-s$2/$(printf '%07d' "$3")-$(tag "$1")/digits.json"; }
 
 # one_run SETTING SEED: train (unless its last checkpoint exists), then each missing evaluation.
 one_run() {
@@ -107,13 +116,13 @@ one_run() {
       --output-dir "$OUTPUT_DIR" --exp-name "$exp" --resume auto
   fi
   for step in $EVAL_STEPS; do
-    [ "$DRY_RUN" = 0 ] && [ -f "$(record "$exp" "$step")" ] && continue
+    [ "$DRY_RUN" = 0 ] && [ -f "$(record "$setting" "$seed" "$step")" ] && continue
     ckpt="$OUTPUT_DIR/$exp/checkpoints/$(printf '%07d' "$step").pt"
-    samples="$SAMPLE_DIR/$exp/$(printf '%07d' "$step")-$TAG"
-    records=$(dirname "$(record "$exp" "$step")")
-    run "$PYTHON" sample_ddp.py --ckpt "$ckpt" --mode sde --num-steps "$NUM_STEPS" --cfg-scale 1.0 \
-      --num-fid-samples "$NUM_SAMPLES" --per-proc-batch-size 250 --global-seed 0 --balanced-labels \
-      --vae none --npz-only --no-progress --sample-dir "$samples"
+    samples="$SAMPLE_DIR/$exp/$(printf '%07d' "$step")-$(tag "$setting")"
+    records=$(dirname "$(record "$setting" "$seed" "$step")")
+    run "$PYTHON" sample_ddp.py --ckpt "$ckpt" --mode "$(sample_mode "$setting")" --num-steps "$NUM_STEPS" \
+      --cfg-scale 1.0 --num-fid-samples "$NUM_SAMPLES" --per-proc-batch-size 250 --global-seed 0 \
+      --balanced-labels --vae none --npz-only --no-progress --sample-dir "$samples"
     local npz="$samples/*/samples_${NUM_SAMPLES}.npz"
     if [ "$DRY_RUN" = 0 ]; then
       mapfile -t found < <(compgen -G "$npz" || true)
@@ -128,9 +137,10 @@ one_run() {
   run cp "$OUTPUT_DIR/$exp/args.json" "$RESULTS_DIR/$exp/args.json"
 }
 
+# finished SETTING SEED: every evaluation of the run is recorded
 finished() {
   local step
-  for step in $EVAL_STEPS; do [ -f "$(record "$1" "$step")" ] || return 1; done
+  for step in $EVAL_STEPS; do [ -f "$(record "$1" "$2" "$step")" ] || return 1; done
 }
 
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1        # one thread per run; JOBS runs share the cores
@@ -157,7 +167,7 @@ for seed in $SEEDS; do
       one_run "$setting" "$seed"
       continue
     fi
-    if finished "$exp"; then
+    if finished "$setting" "$seed"; then
       note "$exp: finished, skipped"
       continue
     fi
@@ -172,7 +182,10 @@ while [ ${#running[@]} -gt 0 ]; do reap; done
 
 wall=$(($(date +%s) - start))
 load_after=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
-STUDY_SETTINGS="${SETTINGS[*]}" STUDY_FAILED="${failed[*]}" STUDY_WALL=$wall \
+# the samplers of the settings run: sde-N, and ddpm-N for DiT's process
+study_samplers=$(for s in "${SETTINGS[@]}"; do echo "$(sample_mode "$s")-$NUM_STEPS"; done | sort -u |
+  paste -sd,)
+STUDY_SETTINGS="${SETTINGS[*]}" STUDY_FAILED="${failed[*]}" STUDY_WALL=$wall STUDY_SAMPLER=$study_samplers \
   STUDY_LOAD="$load_before;$load_after" \
   SEEDS=$SEEDS STEPS=$STEPS BATCH=$BATCH LR=$LR EMA_DECAY=$EMA_DECAY MODEL=$MODEL DATA_DIR=$DATA_DIR \
   NUM_SAMPLES=$NUM_SAMPLES NUM_STEPS=$NUM_STEPS JOBS=$JOBS \
@@ -185,7 +198,7 @@ atomic_write_json(sys.argv[1], dict(
     settings=e["STUDY_SETTINGS"].split(), seeds=[int(s) for s in e["SEEDS"].split()], steps=steps,
     eval_steps=[steps // 8, steps // 2, steps], batch_size=int(e["BATCH"]), learning_rate=float(e["LR"]),
     ema_decay=float(e["EMA_DECAY"]), model=e["MODEL"], data_dir=e["DATA_DIR"],
-    num_samples=int(e["NUM_SAMPLES"]), sampler="sde-" + e["NUM_STEPS"], jobs=int(e["JOBS"]),
+    num_samples=int(e["NUM_SAMPLES"]), sampler=e["STUDY_SAMPLER"], jobs=int(e["JOBS"]),
     wall_seconds=int(e["STUDY_WALL"]), load_before=e["STUDY_LOAD"].split(";")[0],
     load_after=e["STUDY_LOAD"].split(";")[1], failed=e["STUDY_FAILED"].split()))' "$RESULTS_DIR/study.json"
 echo "study: ${#SETTINGS[@]} settings x seeds '$SEEDS' in ${wall}s" \
