@@ -312,7 +312,7 @@ PROCESS_MODES = {"flow": ("sde", "ode"), "ddpm": ("ddpm", "ddim")}
 
 def fill_process_defaults(args: argparse.Namespace, info: dict) -> None:
     """The process's sampler: --mode sde (flow) or ddpm (DDPM) unless given, DiT's guidance on 3 channels for
-    DDPM unless --cfg-channels is given; a sampler of the other process is refused."""
+    DDPM latents unless --cfg-channels is given; a sampler of the other process is refused."""
     process = info["process"]
     if args.mode is None:
         args.mode = PROCESS_MODES[process][0]
@@ -321,7 +321,8 @@ def fill_process_defaults(args: argparse.Namespace, info: dict) -> None:
                          f"{' or '.join(PROCESS_MODES[process])}")
     if process == "ddpm" and args.path_type is not None:
         raise ValueError(f"--path-type {args.path_type}: {args.ckpt} holds a DDPM model, which has no path")
-    if process == "ddpm" and args.cfg_channels is None:
+    # DiT's 3 of 4 latent channels; a pixel model with fewer (the 1-channel digits) is guided on all
+    if process == "ddpm" and args.cfg_channels is None and info["in_channels"] > 3:
         args.cfg_channels = 3
     if process == "ddpm" and args.num_steps > 1000:
         raise ValueError(f"--num-steps {args.num_steps}: DiT's process has 1000 steps to respace, at most "

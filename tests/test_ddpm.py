@@ -696,6 +696,10 @@ def test_dit_sra_preset_runs_on_digits(tmp_path):
     args = json.load(open(f"{run}/args.json"))
     assert (args["model"], args["process"], args["loss_type"], args["t_max"]) == \
         ("SiT-N/4", "ddpm", "sml1", 0.2)
+    # sampled as the CPU study samples it: a 1-channel pixel model is guided on its one channel
+    import sample_ddp
+    npz = sample_ddp.main(sample_args(f"{run}/checkpoints/0000002.pt", tmp_path / "s", "--num-steps", "2"))
+    assert "-ddpm2-" in npz and "-chall-" in npz
 
 
 def test_the_ddpm_step_compiles_as_one_graph_and_equals_eager(monkeypatch):
