@@ -48,12 +48,17 @@ def free_bytes(path: str) -> int:
     return shutil.disk_usage(folder).free
 
 
+def _refused(code: int, path: str, nbytes: int | None, free: int) -> WriteError:
+    """'PATH: no space left on the device: 4.1 KiB needed, 1000 B free' (the sizes when known)."""
+    need = f": {human_bytes(nbytes)} needed, {human_bytes(free)} free" if nbytes else ""
+    return WriteError(code, f"{path}: {_WRITE_ERRNOS[code]}{need}")
+
+
 def ensure_free_space(path: str, nbytes: int) -> None:
     """Refuse, before writing, a file of `nbytes` that the file system holding `path` cannot take."""
     free = free_bytes(path)
     if nbytes > free:
-        raise WriteError(errno.ENOSPC, f"{path}: no space left on the device: {human_bytes(nbytes)} needed, "
-                                       f"{human_bytes(free)} free")
+        raise _refused(errno.ENOSPC, path, nbytes, free)
 
 
 def write_error(exc: BaseException, path: str, nbytes: int | None = None) -> WriteError | None:
@@ -61,12 +66,13 @@ def write_error(exc: BaseException, path: str, nbytes: int | None = None) -> Wri
     torch's "file write failed"), None for any other error."""
     code = getattr(exc, "errno", None)
     # torch.save's writer reports a full disk as a RuntimeError
-    if code not in _WRITE_ERRNOS and "file write failed" in str(exc):
-        code = errno.ENOSPC if nbytes is None or nbytes > free_bytes(path) else errno.EIO
-    if code not in _WRITE_ERRNOS:
+    torch_write = code not in _WRITE_ERRNOS and "file write failed" in str(exc)
+    if code not in _WRITE_ERRNOS and not torch_write:
         return None
-    need = f" ({human_bytes(nbytes)} needed, {human_bytes(free_bytes(path))} free)" if nbytes else ""
-    return WriteError(code, f"{path}: {_WRITE_ERRNOS[code]}{need}")
+    free = free_bytes(path)
+    if torch_write:
+        code = errno.ENOSPC if nbytes is None or nbytes > free else errno.EIO
+    return _refused(code, path, nbytes, free)
 
 
 @contextlib.contextmanager

@@ -73,18 +73,25 @@ def test_sighup_with_the_terminal_gone_stops_with_a_checkpoint(tmp_path):
     assert_stopped_with_a_checkpoint(tmp_path / "hup", "SIGHUP")
 
 
-def test_a_stop_signal_during_a_preview_abandons_it_within_a_sampler_step(tmp_path, monkeypatch):
-    """SIGTERM at the 3rd of 500 sampler steps of the preview at step 2: the preview ends there, and the
-    checkpoint comes after the next step."""
+def sigterm_at_sampler_step(monkeypatch, n: int) -> list:
+    """Send SIGTERM to this process during the n-th sampler step (samplers.guided_velocity call). -> the list
+    that grows by one per step taken."""
     real, calls = samplers.guided_velocity, []
 
     def velocity(*a, **kw):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == n:
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*a, **kw)
 
     monkeypatch.setattr(samplers, "guided_velocity", velocity)
+    return calls
+
+
+def test_a_stop_signal_during_a_preview_abandons_it_within_a_sampler_step(tmp_path, monkeypatch):
+    """SIGTERM at the 3rd of 500 sampler steps of the preview at step 2: the preview ends there, and the
+    checkpoint comes after the next step."""
+    calls = sigterm_at_sampler_step(monkeypatch, 3)
     d = run(tmp_path, "preview", "--sample-steps", "2", "--preview-num-steps", "500",
             "--max-train-steps", "8")
     assert len(calls) == 3

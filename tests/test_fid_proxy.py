@@ -120,19 +120,10 @@ def test_a_stop_signal_during_the_fid_proxy_abandons_it_within_a_sampler_step(tm
                                                                              monkeypatch):
     """SIGTERM at the 3rd of 400 sampler steps of the pass at step 2: no further sampler step, no fid_proxy
     row, and the checkpoint at the next step (3): seconds, not the pass's minutes."""
-    import signal
+    from test_faults import sigterm_at_sampler_step
 
-    import samplers
     monkeypatch.setenv("SIT_SRA_CACHE", str(tmp_path / "cache"))
-    real, calls = samplers.guided_velocity, []
-
-    def velocity(*a, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(samplers, "guided_velocity", velocity)
+    calls = sigterm_at_sampler_step(monkeypatch, 3)
     d = run(tmp_path, "fid", "--fid-every", "2", "--fid-ref", fid_files["ref"], "--fid-samples", "12",
             "--fid-inception", fid_files["graph"], "--preview-num-steps", "400")
     assert len(calls) == 3
